@@ -1,0 +1,111 @@
+"""`nndsl build`: check, derive, lower and render a model into DIR/NAME.py."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .diagnostics import CompileError, Diagnostic, UsageError
+from .resources import templates_dir
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    module_name: str
+    source_hash: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def source_hash(source: str, dtype: str, target: str) -> str:
+    """Keys the generated file (and numba's cache) on source + compiler version + options."""
+    text = f"{source}\0nndsl {__version__}\0dtype={dtype}\0target={target}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
+                  timings: dict | None = None) -> str:
+    from .codegen import generate
+    if target != "cpu":
+        raise CompileError(Diagnostic(f"target `{target}` is not available yet; use --target cpu", None))
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    spec = generate(model, dtype)
+    timings["sympy"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    text = _environment().get_template("module.py.j2").render(**_context(spec, source_file or model.path, target))
+    timings["render"] = time.perf_counter() - t0
+    return text
+
+
+def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
+               target: str = "cpu", compile: bool = False) -> BuildResult:
+    """Write OUT_DIR/NAME.py; with `compile=True` also import it and compile its kernels."""
+    from .frontend import load_model
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = load_model(path)
+    timings["check"] = time.perf_counter() - t0
+    text = render_module(model, dtype, target, os.path.basename(str(path)), timings)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
+    dest = out / f"{model.name}.py"
+    _write_atomically(dest, text)
+    return BuildResult(dest, model.name, _hash_of(text), timings)
+
+
+def _hash_of(text: str) -> str:
+    for line in text.splitlines()[:4]:
+        if line.startswith("# source hash: "):
+            return line.split(": ", 1)[1]
+    return ""
+
+
+def _write_atomically(dest: Path, text: str) -> None:
+    # numba's cache is keyed on the file's path and mtime: rewrite only when the text changed,
+    # so an unchanged rebuild keeps the compiled kernels warm.
+    if dest.exists() and dest.read_text() == text:
+        return
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, dest)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["pyshape"] = lambda s: "(" + ", ".join(repr(x) for x in s) + ("," if len(s) == 1 else "") + ")"
+    env.filters["dict"] = lambda d: "{" + ", ".join(f"{k!r}: {v!r}" for k, v in d.items()) + "}"
+    env.filters["pytuple"] = lambda rs: "(" + ", ".join(f"({a}, {b})" for a, b in rs) + ("," if len(rs) == 1 else "") + ")"
+    return env
+
+
+def _context(spec, source_file: str, target: str) -> dict:
+    model = spec.model
+    inputs = [d["name"] for d in spec.data if not d["is_target"]]
+    size_names = ["N"] + [s for s, _, _ in spec.free_sizes]
+    train = model.train
+    return dict(
+        version=__version__, source_file=source_file, dtype=spec.dtype, target=target,
+        source_hash=source_hash(model.source, spec.dtype, target),
+        model=model, params=spec.params, n_params=spec.n_params, data=spec.data,
+        free_sizes=spec.free_sizes, ws_size=spec.ws_size, forward=spec.forward,
+        outputs=spec.outputs, losses=spec.losses,
+        output_names=repr(list(model.outputs)), loss_names=repr([l.name for l in spec.losses]),
+        input_names=inputs, data_names=[d["name"] for d in spec.data],
+        input_args="".join(f"{n}, " for n in inputs), first_data=spec.data[0]["name"],
+        size_args=", ".join(size_names),
+        size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
+        train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
+                        clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
+    )

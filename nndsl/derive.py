@@ -1,0 +1,133 @@
+"""Reverse mode over tensor formulas; every partial derivative comes from sympy.
+
+For a stage `out[I] = R_J F(u[A], ...)` and each access `u[A]` that needs a
+gradient, the adjoint stage is
+
+    Δu[A] += Σ_{(I ∪ J) \\ A} Δout[I] · w · ∂F/∂u
+
+with `∂F/∂u` from `sympy.diff` on the scalar `F` (accesses are plain symbols),
+re-expressed through the forward value `out` where sympy's result contains F
+itself (`1 - h²` for tanh, `h(1 - h)` for σ), and `w` the reduction's weight
+(1 for sums, `exp(F - out)` for log-sum-exp, the arg-max indicator for max).
+A plain `A` makes the adjoint a reduction; an affine or repeated `A` (windows,
+concat, broadcasting) makes it a scatter-add.  Nothing else is special-cased.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import functions as fn
+from .formulas import Builder, Handle, Stage, make_stage
+
+_DIFFERENTIABLE_ROLES = {"param", "value", "loss"}
+
+
+@dataclass
+class Adjoint:
+    stages: list[Stage]                 # the backward pass, in execution order
+    grads: dict[str, str]               # parameter tensor name -> gradient tensor name
+    zeroed: list[str]                   # gradient tensors never reached (identically zero)
+
+
+def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
+    """The stages that `target` depends on, in order."""
+    needed, keep = {target}, []
+    for s in reversed(stages):
+        if s.out in needed:
+            keep.append(s)
+            needed |= {a.tensor for a in s.accesses}
+    return keep[::-1]
+
+
+def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str]) -> Adjoint:
+    """Append gradient tensors to `b` and return the stages computing ∂loss/∂p for p in wrt."""
+    stages = relevant_stages(stages, loss.name)
+    active = set(wrt)
+    for s in stages:
+        if s.kind == "formula" and any(a.tensor in active for a in s.accesses):
+            active.add(s.out)
+
+    adjoint: dict[str, Handle] = {}
+    written: set[str] = set()
+    out_stages: list[Stage] = []
+
+    def grad_of(name: str) -> Handle:
+        if name not in adjoint:
+            t = b.tensors[name]
+            role = "pgrad" if t.role == "param" else "grad"
+            adjoint[name] = b.tensor("Δ" + t.label, t.shape, role, name="d_" + t.name)
+        return adjoint[name]
+
+    for s in reversed(stages):
+        if s.kind != "formula" or s.out not in active:
+            continue
+        if s.out == loss.name:
+            d_out = sp.Integer(1)
+        elif s.out in adjoint:
+            d_out = adjoint[s.out][s.index]
+        else:
+            continue                                  # out does not reach the loss
+        out_value = sp.IndexedBase(s.out)[s.index]
+        back = {a.symbol: sp.IndexedBase(a.tensor)[a.index] if a.index else sp.IndexedBase(a.tensor)[0]
+                for a in s.accesses}
+        for a in s.accesses:
+            if a.tensor not in active or b.tensors[a.tensor].role not in _DIFFERENTIABLE_ROLES:
+                continue
+            partial = sp.diff(s.expr, a.symbol)
+            if partial == 0:
+                continue
+            partial = _through_forward_value(partial, s, out_value)
+            contribution = (d_out * partial).xreplace(back)
+            target = grad_of(a.tensor)
+            first = a.tensor not in written
+            stage = make_stage(target.name, a.index, contribution, b.tensors,
+                               over=tuple(v for v, _ in s.ranges), reduce="sum",
+                               sizes=dict(s.ranges),
+                               note=f"Δ{b.tensors[a.tensor].label} from {s.note or s.out}")
+            if stage.plain and not stage.reduce_vars:
+                stage = _replace(stage, reduce=None)
+            full = stage.plain and _covers(stage, target)
+            if first and not full:
+                out_stages.append(_zero_stage(b, target))
+            out_stages.append(_replace(stage, accumulate=not (first and full)))
+            written.add(a.tensor)
+
+    grads = {w: grad_of(w).name for w in wrt}
+    zeroed = [grads[w] for w in wrt if w not in written]
+    for name in zeroed:
+        out_stages.append(_zero_stage(b, adjoint[_key(adjoint, name)]))
+    return Adjoint(out_stages, grads, zeroed)
+
+
+def _through_forward_value(partial: sp.Expr, s: Stage, out_value) -> sp.Expr:
+    """Reuse the forward result: F itself inside ∂F/∂u becomes `out` (tanh → 1 - h²)."""
+    if s.reduce is None:
+        return partial.xreplace({s.expr: out_value}) if not s.expr.is_Atom else partial
+    if s.reduce == "logsumexp":
+        return sp.exp(s.expr - out_value) * partial
+    if s.reduce == "max":
+        return fn.ge(s.expr, out_value) * partial
+    return partial
+
+
+def _covers(stage: Stage, target: Handle) -> bool:
+    sizes = dict(stage.ranges)
+    return all((n == 1) if i.is_Integer else sp.simplify(sizes[i] - n) == 0
+               for i, n in zip(stage.index, target.shape))
+
+
+def _zero_stage(b: Builder, target: Handle) -> Stage:
+    ind = tuple(sp.Symbol(f"i{j}", integer=True) for j in range(len(target.shape)))
+    return Stage(target.name, ind, sp.Integer(0), (), tuple(zip(ind, target.shape)),
+                 note=f"{target.tensor.label} = 0")
+
+
+def _replace(stage: Stage, **changes) -> Stage:
+    from dataclasses import replace
+    return replace(stage, **changes)
+
+
+def _key(adjoint: dict, grad_name: str) -> str:
+    return next(k for k, h in adjoint.items() if h.name == grad_name)

@@ -1,0 +1,150 @@
+"""Scalar primitives as sympy functions: definition, derivative and printed form side by side.
+
+sympy differentiates everything the user writes; these classes give it the
+derivative rules it must not invent itself (a kink's convention, a stable form
+that a naive formula would overflow).  Each primitive's numba text lives next
+to its derivative in `NUMBA`, so adding one is one block in this file.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+
+class sigmoid(sp.Function):
+    """σ(x) = 1/(1+e^-x); σ' = σ(1-σ), written through σ itself so it reuses forward values."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+
+class step(sp.Function):
+    """Heaviside with step(0) = 0: the derivative convention of relu at its kink."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
+class relu(sp.Function):
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return step(self.args[0])
+
+
+class leaky_relu(sp.Function):
+    """leaky_relu(x, alpha); alpha is a constant (no derivative flows into it)."""
+    nargs = (1, 2)
+
+    @classmethod
+    def eval(cls, x, alpha=None):
+        if alpha is None:
+            return cls(x, sp.Float(0.01))
+        return None
+
+    def fdiff(self, argindex=1):
+        x, alpha = self.args
+        if argindex == 2:
+            return sp.Integer(0)
+        return step(x) + alpha * (1 - step(x))
+
+
+class elu(sp.Function):
+    """x for x > 0, e^x - 1 otherwise."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return step(x) + (1 - step(x)) * sp.exp(x)
+
+
+class softplus(sp.Function):
+    """log(1 + e^x), printed as max(x, 0) + log1p(e^-|x|) so that x = ±1000 stays finite."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+
+class maximum(sp.Function):
+    """max(a, b) with the subgradient going to `a` on ties."""
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        return ge(a, b) if argindex == 1 else 1 - ge(a, b)
+
+
+class minimum(sp.Function):
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        return ge(b, a) if argindex == 1 else 1 - ge(b, a)
+
+
+class ge(sp.Function):
+    """1 where a >= b else 0 (an indicator; no derivative)."""
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
+class absolute(sp.Function):
+    """|x| with d|x|/dx = sign(x) and sign(0) = 0."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sign(self.args[0])
+
+
+class sign(sp.Function):
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
+class select(sp.Function):
+    """where(cond, a, b): cond is a comparison; derivatives flow into the chosen branch only."""
+    nargs = 3
+
+    def fdiff(self, argindex=1):
+        cond, a, b = self.args
+        if argindex == 1:
+            return sp.Integer(0)
+        if argindex == 2:
+            return select(cond, 1, 0)
+        return select(cond, 0, 1)
+
+
+# The numba text of each primitive; `{0}`, `{1}` are the printed arguments.
+NUMBA = {
+    "sigmoid": "_sigmoid({0})",
+    "step": "(1.0 if {0} > 0 else 0.0)",
+    "relu": "({0} if {0} > 0 else 0.0)",
+    "leaky_relu": "({0} if {0} > 0 else {1} * {0})",
+    "elu": "({0} if {0} > 0 else math.expm1({0}))",
+    "softplus": "_softplus({0})",
+    "maximum": "({0} if {0} >= {1} else {1})",
+    "minimum": "({0} if {0} <= {1} else {1})",
+    "ge": "(1.0 if {0} >= {1} else 0.0)",
+    "absolute": "abs({0})",
+    "sign": "(1.0 if {0} > 0 else (-1.0 if {0} < 0 else 0.0))",
+    "select": "({1} if {0} else {2})",
+}
+
+# Plain-text and LaTeX names for `nndsl grad`.
+DISPLAY = {"sigmoid": "σ", "absolute": "abs", "maximum": "max", "minimum": "min",
+           "select": "where", "step": "step", "ge": "ge"}
+
+# Name in the .nn language -> a callable building the sympy expression.
+BUILTIN = {
+    "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": absolute, "tanh": sp.tanh,
+    "sigmoid": sigmoid, "softplus": softplus, "relu": relu, "leaky_relu": leaky_relu,
+    "elu": elu, "swish": lambda x: x * sigmoid(x), "sin": sp.sin, "cos": sp.cos,
+    "min": minimum, "max": maximum, "where": select, "identity": lambda x: x,
+}

@@ -1,0 +1,147 @@
+"""Lowering: tensor-formula stages → kernel plan → lines of Numba Python.
+
+Three shapes of code come out of a stage:
+- a GEMM (`np.dot` into a workspace view, BLAS) for a sum over one shared index
+  of a product of two 2-D operands — forward `W·x` and both of its adjoints;
+- a loop nest for everything else: maps write each element once, reductions
+  accumulate in a scalar register, scatter-adds (`+=` at affine indices) loop
+  over the whole iteration space;
+- a few non-formula stages: random draws and one-hot labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import sympy as sp
+
+from .formulas import Stage, Tensor
+from .printer import NumbaPrinter, index_text
+
+
+@dataclass(frozen=True)
+class Gemm:
+    out: str
+    a: str            # operand text, e.g. "x" or "W.T"
+    b: str
+    accumulate: bool
+
+
+def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
+    """`out[i,j] = Σ_c A[.,.]·B[.,.]` with plain 2-D indices, as a BLAS call; else None."""
+    if s.kind != "formula" or s.reduce != "sum" or len(s.reduce_vars) != 1 or not s.plain:
+        return None
+    if len(s.index) != 2 or len(s.accesses) != 2 or s.expr != s.accesses[0].symbol * s.accesses[1].symbol:
+        return None
+    if any(a.tensor == s.out or len(a.index) != 2 or not all(isinstance(i, sp.Symbol) for i in a.index)
+           or tensors[a.tensor].dtype != "float" for a in s.accesses):
+        return None
+    (c,), (i, j) = s.reduce_vars, s.index
+    left = next((a for a in s.accesses if set(a.index) == {i, c}), None)
+    right = next((a for a in s.accesses if set(a.index) == {c, j} and a is not left), None)
+    if left is None or right is None or i == j:
+        return None
+    a_text = left.tensor if left.index == (i, c) else f"{left.tensor}.T"
+    b_text = right.tensor if right.index == (c, j) else f"{right.tensor}.T"
+    return Gemm(s.out, a_text, b_text, s.accumulate)
+
+
+class Emitter:
+    """Turns stages into indented source lines."""
+
+    def __init__(self, tensors: dict[str, Tensor], dtype: str):
+        self.tensors = tensors
+        self.dtype = dtype
+
+    def size(self, e) -> str:
+        return index_text([e])
+
+    def stage(self, s: Stage, training: str = "training") -> list[str]:
+        head = [f"# {s.note}"] if s.note else []
+        if s.kind == "draw":
+            return head + self._draw(s, training)
+        if s.kind == "onehot":
+            return head + self._onehot(s)
+        gemm = as_gemm(s, self.tensors)
+        if gemm is not None:
+            if gemm.accumulate:
+                return head + [f"{gemm.out} += np.dot({gemm.a}, {gemm.b})"]
+            return head + [f"np.dot({gemm.a}, {gemm.b}, {gemm.out})"]
+        return head + self._loops(s)
+
+    # ------------------------------------------------------------ loop nests
+    def _printer(self, s: Stage) -> NumbaPrinter:
+        names = {a.symbol: f"{a.tensor}[{index_text(a.index) if a.index else '0'}]" for a in s.accesses}
+        return NumbaPrinter(names, self.dtype)
+
+    def _loops(self, s: Stage) -> list[str]:
+        p = self._printer(s)
+        target = f"{s.out}[{index_text(s.index)}]"
+        sizes = dict(s.ranges)
+        lines, depth = [], 0
+
+        def open_loop(v):
+            nonlocal depth
+            lines.append("    " * depth + f"for {v} in range({self.size(sizes[v])}):")
+            depth += 1
+
+        if not s.reduce_vars or not s.plain:
+            # a map, or a scatter-add: one statement in the innermost loop
+            for v, _ in s.ranges:
+                open_loop(v)
+            op = "+=" if s.accumulate else "="
+            lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
+            return lines
+        for v in s.out_vars:
+            open_loop(v)
+        body = p.doprint(s.expr)
+        ind = "    " * depth
+        if s.reduce == "sum":
+            lines.append(ind + f"acc = {p._lit('0.0')}")
+            lines += self._inner(s, depth, f"acc += {body}")
+            result = "acc"
+        elif s.reduce == "max":
+            lines.append(ind + "acc = -np.inf")
+            lines += self._inner(s, depth, f"acc = max(acc, {body})")
+            result = "acc"
+        elif s.reduce == "logsumexp":                 # two passes: max, then Σ exp(x - max)
+            lines.append(ind + "top = -np.inf")
+            lines += self._inner(s, depth, f"top = max(top, {body})")
+            lines.append(ind + f"acc = {p._lit('0.0')}")
+            lines += self._inner(s, depth, f"acc += math.exp({body} - top)")
+            result = "top + math.log(acc)"
+        else:
+            raise ValueError(f"unknown reduction {s.reduce}")
+        lines.append(ind + f"{target} {'+=' if s.accumulate else '='} {result}")
+        return lines
+
+    def _inner(self, s: Stage, depth: int, statement: str) -> list[str]:
+        sizes = dict(s.ranges)
+        lines = []
+        for v in s.reduce_vars:
+            lines.append("    " * depth + f"for {v} in range({self.size(sizes[v])}):")
+            depth += 1
+        lines.append("    " * depth + statement)
+        return lines
+
+    # ---------------------------------------------------- non-formula stages
+    def _draw(self, s: Stage, training: str) -> list[str]:
+        flat = f"{s.out}_flat"
+        a = s.attrs
+        cond = "True" if a.get("always") else training
+        if a["dist"] == "normal":
+            draw = "np.random.standard_normal()"
+        else:                                         # keep with probability 1 - p, scaled
+            draw = f"{a['scale']!r} if np.random.random() >= {a['p']!r} else 0.0"
+        return [f"{flat} = {s.out}.reshape(-1)",
+                f"if {cond}:",
+                f"    for i in range({flat}.size):",
+                f"        {flat}[i] = {draw}",
+                "else:",
+                f"    {flat}[:] = {a['neutral']!r}"]
+
+    def _onehot(self, s: Stage) -> list[str]:
+        labels = s.attrs["labels"]
+        return [f"{s.out}[:] = 0.0",
+                f"for n in range({s.out}.shape[0]):",
+                f"    {s.out}[n, {labels}[n]] = 1.0"]

@@ -1,0 +1,471 @@
+"""The prelude: every built-in layer, activation and loss as index formulas, in one place.
+
+Each entry turns a checked IR node (or loss term) into `Stage`s through the
+`Builder`, in the notation of the lecture.  Nothing here differentiates:
+`nndsl.derive` gets every derivative from sympy.  Adding a layer is one
+`@layer("name")` function; adding a loss is one `@loss("name")` function.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import sympy as sp
+
+from . import functions as fn
+from . import ir
+from .diagnostics import CompileError, Diagnostic
+from .formulas import N, Builder, Handle, idx
+
+LAYERS: dict[str, Callable] = {}
+LOSSES: dict[str, Callable] = {}
+
+
+def layer(name):
+    def register(f):
+        LAYERS[name] = f
+        return f
+    return register
+
+
+def loss(name):
+    def register(f):
+        LOSSES[name] = f
+        return f
+    return register
+
+
+class Graph:
+    """The model being expanded: node values and parameters as Builder tensors."""
+
+    def __init__(self, model: ir.ModelIR):
+        self.model = model
+        self.b = Builder()
+        self.values: dict[str, Handle] = {}
+        self.params: dict[str, Handle] = {}
+        self.sizes = {}                      # free size name -> sympy symbol
+        for p in model.params:
+            self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
+
+    def size(self, d):
+        if isinstance(d, str):
+            return self.sizes.setdefault(d, sp.Symbol(d, integer=True, positive=True))
+        return sp.Integer(d)
+
+    def full_shape(self, shape) -> tuple:
+        return (N,) + tuple(self.size(d) for d in shape)
+
+    def new_value(self, label: str, shape, role="value") -> Handle:
+        return self.b.tensor(label, self.full_shape(shape), role)
+
+    def param(self, node: ir.Node, local: str) -> Handle:
+        return self.params[node.params[local]]
+
+    def unsupported(self, node: ir.Node, what: str):
+        raise CompileError(Diagnostic(
+            f"`{node.op}` is not supported by the code generator yet ({what})", node.span,
+            hint="it checks, but building it arrives with a later release"))
+
+
+def loop_indices(rank: int) -> tuple[sp.Symbol, ...]:
+    """(n, i1, ..., i_rank): the batch index and one index per per-example axis."""
+    return idx("n " + " ".join(f"i{j}" for j in range(1, rank + 1))) if rank else idx("n")
+
+
+def broadcast(h: Handle, index: tuple, result: tuple) -> sp.Expr:
+    """`h` read at the (n, i...) index of a result of full shape `result`, numpy-style (right-aligned)."""
+    per_example = h.shape[1:]
+    inner, sizes = index[1:], result[1:]
+    skip = len(inner) - len(per_example)
+    ind = [index[0]]
+    for size, i, full in zip(per_example, inner[skip:], sizes[skip:]):
+        ind.append(sp.Integer(0) if size == 1 and full != 1 else i)
+    return h[tuple(ind)]
+
+
+def result_shape(handles) -> tuple:
+    """The broadcast full shape of several tensors (scalars ignored)."""
+    shapes = [h.shape for h in handles if isinstance(h, Handle)]
+    rank = max(len(s) for s in shapes)
+    out = []
+    for axis in range(rank):
+        sizes = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
+        out.append(next((x for x in sizes if x != 1), sizes[0]))
+    return tuple(out)
+
+
+# --------------------------------------------------------------- activations
+def activation_fn(g: Graph, name: str) -> Callable[[sp.Expr], sp.Expr]:
+    if name in g.model.activations:
+        return user_function(g, g.model.activations[name])
+    return fn.BUILTIN[name]
+
+
+def user_function(g: Graph, f: ir.UserFn) -> Callable:
+    """A user activation/loss as a callable on sympy arguments (missing args take defaults)."""
+    def call(*args, **kwargs):
+        env = dict(zip(f.params, args))
+        for p in f.params[len(args):]:
+            env[p] = sp.Float(kwargs.get(p, f.defaults[p]))
+        return to_sympy(g, f.body, env)
+    return call
+
+
+def apply_activation(g: Graph, act: str, a: Handle, out_label: str, note: str) -> Handle:
+    """out = act(a) elementwise; softmax normalises over the last axis."""
+    if act == "identity":
+        return a
+    shape = a.shape
+    ind = loop_indices(len(shape) - 1)
+    out = g.b.tensor(out_label, shape, "value")
+    if act == "softmax":
+        lse = g.b.tensor(out_label + ".lse", shape[:-1], "value")
+        g.b.assign(lse, ind[:-1], a[ind], over=(ind[-1],), reduce="logsumexp",
+                   note=f"log Σ exp over the last axis of {a.tensor.label}")
+        g.b.assign(out, ind, sp.exp(a[ind] - lse[ind[:-1]]), note=note)
+        return out
+    g.b.assign(out, ind, activation_fn(g, act)(a[ind]), note=note)
+    return out
+
+
+# --------------------------------------------------------------- expressions
+_OPS = {"+": sp.Add, "*": sp.Mul, "-": lambda a, b: a - b, "/": lambda a, b: a / b,
+        "^": sp.Pow, "neg": lambda a: -a}
+_CMP = {"<": sp.StrictLessThan, "<=": sp.LessThan, ">": sp.StrictGreaterThan,
+        ">=": sp.GreaterThan, "==": sp.Eq, "!=": sp.Ne}
+
+
+def to_sympy(g: Graph, e: ir.Expr, env: dict) -> sp.Expr:
+    """An IR expression as sympy; `env` maps Ref/IVar/Access names to sympy values."""
+    if isinstance(e, ir.Const):
+        v = e.value
+        return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+    if isinstance(e, (ir.Ref, ir.IVar)):
+        value = env[e.name]
+        return value(*()) if callable(value) else value
+    if isinstance(e, ir.Access):
+        return env[e.tensor][tuple(to_sympy(g, i, env) for i in e.indices)]
+    if isinstance(e, ir.Apply):
+        args = [to_sympy(g, a, env) for a in e.args]
+        if e.fn in _OPS:
+            return _OPS[e.fn](*args)
+        if e.fn in _CMP:
+            return _CMP[e.fn](*args)
+        return activation_fn(g, e.fn)(*args)
+    raise TypeError(f"unexpected expression {e!r}")
+
+
+# -------------------------------------------------------------------- layers
+@layer("input")
+def _input(g: Graph, node: ir.Node):
+    return g.b.tensor(node.name, g.full_shape(node.shape), "input")
+
+
+@layer("target")
+def _target(g: Graph, node: ir.Node):
+    if node.attrs.get("classes"):
+        return g.b.tensor(node.name, (N,), "labels", dtype="int")
+    return g.b.tensor(node.name, g.full_shape(node.shape), "target")
+
+
+@layer("dense")
+def _dense(g: Graph, node: ir.Node, x: Handle):
+    """a[n,k] = Σ_d W[k,d]·x[n,d] + b[k];  out = act(a)."""
+    if len(x.shape) != 2:
+        g.unsupported(node, "dense on a rank > 1 input")
+    n, k, d = idx("n k d")
+    W = g.param(node, "W")
+    act = node.attrs.get("act", "identity")
+    bias = node.attrs.get("bias", True)
+    # The last stage of the node carries the node's own name.
+    z_label = node.name if act == "identity" and not bias else node.name + ".z"
+    z = g.b.tensor(z_label, (N, W.shape[0]), "value")
+    g.b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,), reduce="sum", note=f"{node.name}: W·x")
+    a = z
+    if bias:
+        b = g.param(node, "b")
+        a = g.b.tensor(node.name if act == "identity" else node.name + ".a", z.shape, "value")
+        g.b.assign(a, (n, k), z[n, k] + b[k], note=f"{node.name}: + b")
+    return apply_activation(g, act, a, node.name, f"{node.name} = {act}(a)")
+
+
+@layer("expr")
+def _expr(g: Graph, node: ir.Node, *operands: Handle):
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    env = {name: broadcast(h, ind, out.shape) for name, h in zip(node.inputs, operands)}
+    g.b.assign(out, ind, to_sympy(g, node.attrs["expr"], env), note=f"{node.name} (expression)",
+               sizes=dict(zip(ind, out.shape)))
+    return out
+
+
+@layer("concat")
+def _concat(g: Graph, node: ir.Node, *parts: Handle):
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    offset = 0
+    for name, h in zip(node.inputs, parts):
+        shifted = ind[:-1] + (ind[-1] + offset,)
+        g.b.assign(out, shifted, h[ind], note=f"{node.name}[..., {offset}:] = {name}")
+        offset += int(h.shape[-1])
+    return out
+
+
+@layer("flatten")
+def _flatten(g: Graph, node: ir.Node, x: Handle):
+    """out[n, Σ_j i_j·stride_j] = x[n, i...] (row-major)."""
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(x.shape) - 1)
+    flat, stride = sp.Integer(0), 1
+    for i, size in reversed(list(zip(ind[1:], x.shape[1:]))):
+        flat += i * stride
+        stride *= int(size)
+    g.b.assign(out, (ind[0], flat), x[ind], note=f"{node.name} = flatten({node.inputs[0]})")
+    return out
+
+
+def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:
+    eps = g.b.tensor(node.name + ".noise", g.full_shape(node.shape), "noise")
+    return g.b.special("draw", eps, note=f"{node.name}: {dist} noise", dist=dist, **attrs)
+
+
+@layer("dropout")
+def _dropout(g: Graph, node: ir.Node, x: Handle):
+    """Inverted dropout: mask ∈ {0, 1/(1-p)}; forward uses mask = 1."""
+    p = float(node.attrs["p"])
+    mask = _noise(g, node, "keep", p=p, scale=1.0 / (1.0 - p), neutral=1.0)
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    g.b.assign(out, ind, x[ind] * mask[ind], note=f"{node.name} = dropout")
+    return out
+
+
+@layer("mask_noise")
+def _mask_noise(g: Graph, node: ir.Node, x: Handle):
+    mask = _noise(g, node, "keep", p=float(node.attrs["p"]), scale=1.0, neutral=1.0)
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    g.b.assign(out, ind, x[ind] * mask[ind], note=f"{node.name} = masking noise")
+    return out
+
+
+@layer("gaussian_noise")
+def _gaussian_noise(g: Graph, node: ir.Node, x: Handle):
+    eps = _noise(g, node, "normal", neutral=0.0)
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    std = sp.Float(node.attrs["std"])
+    g.b.assign(out, ind, x[ind] + std * eps[ind], note=f"{node.name} = x + std·ε")
+    return out
+
+
+@layer("sample_normal")
+def _sample_normal(g: Graph, node: ir.Node, mu: Handle, logvar: Handle):
+    """Reparameterised: mu + exp(logvar/2)·ε; ε is drawn, never differentiated."""
+    eps = _noise(g, node, "normal", neutral=0.0, always=bool(node.attrs.get("sample", False)))
+    out = g.new_value(node.name, node.shape)
+    ind = loop_indices(len(node.shape))
+    g.b.assign(out, ind, mu[ind] + sp.exp(logvar[ind] / 2) * eps[ind],
+               note=f"{node.name} = mu + exp(logvar/2)·ε")
+    return out
+
+
+@layer("layer")
+def _user_layer(g: Graph, node: ir.Node, *args: Handle):
+    """A user `layer`: its body's index formulas, with the batch index n added to every tensor."""
+    spec = g.model.layers[node.attrs["layer"]]
+    n = idx("n")[0]
+    env: dict = {}
+    index_syms: dict = {}
+    sizes: dict = {}
+    for (aname, aidx), h in zip(spec.tensor_args, args):
+        env[aname] = _batched(h, n)
+        for i, size in zip(aidx, h.shape[1:]):
+            sizes[_isym(index_syms, i)] = size
+    for i, size_name in spec.out_indices:
+        sizes[_isym(index_syms, i)] = sp.Integer(node.attrs["sizes"][size_name])
+    for p in spec.params:
+        env[p.name] = g.param(node, p.name)
+    for var in _all_index_names(spec):
+        env[var] = _isym(index_syms, var)
+    for k, st in enumerate(spec.body):
+        is_out = st.target == spec.out_name
+        lhs = tuple(_isym(index_syms, i) for i in st.indices)
+        shape = tuple(sizes[i] for i in lhs)
+        if st.target not in env or not is_out:
+            label = node.name if is_out else f"{node.name}.{st.target}"
+            env[st.target] = _batched(g.b.tensor(label, (N,) + shape, "value"), n)
+        target = env[st.target]
+        value = _split_sums(g, node, st.value, env, (n,) + lhs, sizes, k)
+        g.b.assign(target.handle, (n,) + lhs, value, note=f"{node.name}: {st.target}[{', '.join(st.indices)}]",
+                   sizes=sizes)
+    return env[spec.out_name].handle
+
+
+class _batched:
+    """A tensor argument of a user layer, indexed without the batch index in the body."""
+
+    def __init__(self, handle: Handle, n):
+        self.handle, self.n = handle, n
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return self.handle[(self.n,) + index]
+
+
+def _isym(table: dict, name: str) -> sp.Symbol:
+    return table.setdefault(name, sp.Symbol(name, integer=True))
+
+
+def _all_index_names(spec: ir.UserLayer) -> set[str]:
+    names = {i for _, ii in spec.tensor_args for i in ii} | {i for i, _ in spec.out_indices}
+    for p in spec.params:
+        names |= set(p.indices)
+    for st in spec.body:
+        names |= set(st.indices)
+        names |= _sum_indices(st.value)
+    return names
+
+
+def _sum_indices(e) -> set[str]:
+    if isinstance(e, ir.SumOver):
+        return set(e.indices) | _sum_indices(e.body)
+    if isinstance(e, ir.Apply):
+        return set().union(*[_sum_indices(a) for a in e.args]) if e.args else set()
+    if isinstance(e, ir.Access):
+        return set().union(*[_sum_indices(a) for a in e.indices]) if e.indices else set()
+    if isinstance(e, ir.IVar):
+        return {e.name}
+    return set()
+
+
+def _split_sums(g: Graph, node: ir.Node, e: ir.Expr, env: dict, lhs: tuple, sizes: dict, k: int):
+    """Each `sum(...)` becomes its own reduction stage into a temporary; the rest is a map."""
+    if isinstance(e, ir.SumOver):
+        body = _split_sums(g, node, e.body, env, lhs, sizes, k)
+        summed = tuple(env[i] for i in e.indices)
+        keep = tuple(i for i in lhs if i in body.free_symbols)
+        temp = g.b.tensor(f"{node.name}.sum{k}", tuple(sizes.get(i, N) for i in keep), "value")
+        g.b.assign(temp, keep, body, over=summed, reduce="sum", sizes=sizes,
+                   note=f"{node.name}: Σ over {', '.join(e.indices)}")
+        return temp[keep]
+    if isinstance(e, ir.Apply):
+        args = [_split_sums(g, node, a, env, lhs, sizes, k) for a in e.args]
+        return to_sympy(g, ir.Apply(e.fn, tuple(ir.Ref(f"__arg{j}") for j in range(len(args)))),
+                        {f"__arg{j}": a for j, a in enumerate(args)})
+    return to_sympy(g, e, env)
+
+
+# -------------------------------------------------------------------- losses
+def _elementwise_loss(g: Graph, term: ir.LossTerm, operands, f: Callable, label: str) -> Handle:
+    """ℓ[n] = Σ_I f(operands[n, I]) over the example's elements (scalars broadcast)."""
+    shape = result_shape(operands)
+    ind = loop_indices(len(shape) - 1)
+    vals = [sp.Float(h) if not isinstance(h, Handle) else broadcast(h, ind, shape) for h in operands]
+    out = g.b.tensor(label, (N,), "value")
+    if len(ind) == 1:
+        g.b.assign(out, ind, f(*vals), note=f"{label}: per-example {term.fn}")
+    else:
+        g.b.assign(out, ind[:1], f(*vals), over=ind[1:], reduce="sum", sizes=dict(zip(ind, shape)),
+                   note=f"{label}: per-example {term.fn}, summed over the example")
+    return out
+
+
+@loss("squared")
+def _squared(g, term, label, o, y):
+    return _elementwise_loss(g, term, (o, y), lambda o, y: (o - y) ** 2 / 2, label)
+
+
+@loss("bce_logits")
+def _bce_logits(g, term, label, o, y):
+    """-log Bernoulli(y | σ(o)) = softplus(o) - y·o."""
+    return _elementwise_loss(g, term, (o, y), lambda o, y: fn.softplus(o) - y * o, label)
+
+
+@loss("gaussian_nll")
+def _gaussian_nll(g, term, label, *args):
+    """-log N(y | μ, σ²): learned log-variance, or fixed precision β (`beta=`)."""
+    half_log_2pi = sp.Float(0.5 * math.log(2 * math.pi))
+    if "beta" in term.kwargs:
+        beta = sp.Float(term.kwargs["beta"])
+        mu, y = args
+        return _elementwise_loss(
+            g, term, (mu, y),
+            lambda mu, y: beta * (y - mu) ** 2 / 2 - sp.log(beta) / 2 + half_log_2pi, label)
+    mu, logvar, y = args
+    return _elementwise_loss(
+        g, term, (mu, logvar, y),
+        lambda mu, lv, y: (lv + (y - mu) ** 2 * sp.exp(-lv)) / 2 + half_log_2pi, label)
+
+
+@loss("kl_normal")
+def _kl_normal(g, term, label, mu, logvar):
+    """KL(N(μ, e^logvar) ‖ N(0, I))."""
+    return _elementwise_loss(g, term, (mu, logvar),
+                             lambda mu, lv: -(1 + lv - mu ** 2 - sp.exp(lv)) / 2, label)
+
+
+@loss("cross_entropy")
+def _cross_entropy(g, term, label, o, labels):
+    """-log softmax(o)[label] = Σ_k Y[n,k]·(lse[n] - o[n,k]) with Y one-hot."""
+    n, k = idx("n k")
+    K = o.shape[1]
+    onehot = g.b.tensor(f"{labels.tensor.label}.onehot", (N, K), "value")
+    g.b.special("onehot", onehot, inputs=(labels.name,), note=f"one-hot of {labels.tensor.label}",
+                labels=labels.name)
+    lse = g.b.tensor(f"{label}.lse", (N,), "value")
+    g.b.assign(lse, (n,), o[n, k], over=(k,), reduce="logsumexp", note=f"log Σ_k exp {o.tensor.label}[n,k]")
+    out = g.b.tensor(label, (N,), "value")
+    g.b.assign(out, (n,), onehot[n, k] * (lse[n] - o[n, k]), over=(k,), reduce="sum",
+               note=f"{label}: cross-entropy")
+    return out
+
+
+def user_loss(g: Graph, term: ir.LossTerm, label: str, *operands):
+    f = user_function(g, g.model.user_losses[term.fn])
+    kwargs = {k: sp.Float(v) for k, v in term.kwargs.items()}
+    return _elementwise_loss(g, term, operands, lambda *a: f(*a, **kwargs), label)
+
+
+# ------------------------------------------------------------------- driver
+def expand_nodes(g: Graph, names=None) -> None:
+    """Stages for every node (in topological order), or for the given ones and their inputs."""
+    wanted = _ancestors(g.model, names) if names is not None else None
+    for node in g.model.nodes:
+        if node.name in g.values or (wanted is not None and node.name not in wanted):
+            continue
+        rule = LAYERS.get(node.op)
+        if rule is None:
+            g.unsupported(node, "no formula")
+        g.values[node.name] = rule(g, node, *[g.values[i] for i in node.inputs])
+
+
+def expand_loss(g: Graph, spec: ir.Loss) -> Handle:
+    """L = Σ_t w_t · (1/N) Σ_n ℓ_t[n]: the batch mean of the weighted per-example losses."""
+    names = [a for t in spec.terms for a in t.args if isinstance(a, str)]
+    expand_nodes(g, names)
+    n = idx("n")[0]
+    total = sp.Integer(0)
+    for j, term in enumerate(spec.terms):
+        operands = [g.values[a] if isinstance(a, str) else a for a in term.args]
+        label = f"{spec.name}.{j}" if len(spec.terms) > 1 else f"{spec.name}.per_example"
+        rule = LOSSES.get(term.fn)
+        per_example = rule(g, term, label, *operands) if rule else user_loss(g, term, label, *operands)
+        w = sp.nsimplify(term.weight) if float(term.weight).is_integer() else sp.Float(term.weight)
+        total += w * per_example[n]
+    L = g.b.tensor(spec.name, (1,), "loss")
+    g.b.assign(L, (sp.Integer(0),), total / N, over=(n,), reduce="sum", sizes={n: N},
+               note=f"{spec.name} = mean over the batch")
+    return L
+
+
+def _ancestors(model: ir.ModelIR, names) -> set[str]:
+    by_name = {nd.name: nd for nd in model.nodes}
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        todo.extend(by_name[name].inputs)
+    return seen
