@@ -14,7 +14,8 @@ import sympy as sp
 from . import ir
 from .derive import differentiate, relevant_stages
 from .formulas import N, Stage, Tensor
-from .lower import Emitter
+from .fuse import Group, fuse, propagate_copies
+from .lower import Emitter, as_gemm
 from .ops import Graph, expand_loss, expand_nodes
 from .printer import index_text
 
@@ -83,14 +84,15 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
 
     outputs = [g.values[o].name for o in model.outputs]
     fwd_stages = relevant_stages_multi(forward_stages, outputs)
-    forward = _kernel("forward", fwd_stages, [], emit, views)
+    forward = _kernel("forward", fwd_stages, [], emit, views, keep=set(outputs))
 
     losses = []
     for spec in model.losses:
         loss_stages, full, partial, wrt = adjoints[spec.name]
         ident = g.b.tensors[loss_handles[spec.name].name].name
-        value = _kernel(f"value_{ident}", loss_stages, full.stages, emit, views)
-        train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, emit, views)
+        keep = {ident}
+        value = _kernel(f"value_{ident}", loss_stages, full.stages, emit, views, keep)
+        train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, emit, views, keep)
         ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"]) for p in spec.wrt])
         data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
         losses.append(LossSpec(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data))
@@ -179,20 +181,29 @@ class _Views:
         return next(n for n, info in self.param_of.items() if info["name"] == label)
 
 
-def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitter, views: _Views) -> Kernel:
+def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitter, views: _Views,
+            keep: set[str]) -> Kernel:
+    """Copy propagation and loop fusion over the kernel's stages, then its source lines."""
+    kept, renames = propagate_copies(forward + backward, emit.tensors, keep)
+    in_backward = {id(s) for s in backward}
+    stages_f = [s for original, s in kept if id(original) not in in_backward]
+    stages_b = [s for original, s in kept if id(original) in in_backward]
+    reads: dict[str, int] = {}
+    for _, s in kept:
+        for a in s.accesses:
+            reads[a.tensor] = reads.get(a.tensor, 0) + 1
+    gemm = lambda s: as_gemm(s, emit.tensors) is not None          # noqa: E731
+    fwd_plan = fuse(stages_f, gemm, reads, keep)
+    back_plan = fuse(stages_b, gemm, reads, keep)
+    scalars = set().union(*[g.scalars for g in fwd_plan + back_plan if isinstance(g, Group)])
     used = []
-    for s in forward + backward:
+    for _, s in kept:
         for t in [s.out] + [a.tensor for a in s.accesses]:
-            if t not in used:
+            if t not in used and t not in scalars:
                 used.append(t)
     view_lines = [v for v in (views.line(t) for t in used) if v]
-    lines = []
-    for s in forward:
-        lines += emit.stage(s)
-    back = []
-    for s in backward:
-        back += emit.stage(s)
-    return Kernel(name, view_lines, lines, back, has_draws=any(s.kind == "draw" for s in forward))
+    return Kernel(name, view_lines, emit.plan(fwd_plan), emit.plan(back_plan),
+                  has_draws=any(s.kind == "draw" for s in forward))
 
 
 def _data_info(d: ir.DataDecl) -> dict:

@@ -123,7 +123,7 @@ class select(sp.Function):
 
 # The numba text of each primitive; `{0}`, `{1}` are the printed arguments.
 NUMBA = {
-    "sigmoid": "_sigmoid({0})",
+    "sigmoid": "_sigmoid({0})",        # dtype-specific helpers in the module template
     "step": "(1.0 if {0} > 0 else 0.0)",
     "relu": "({0} if {0} > 0 else 0.0)",
     "leaky_relu": "({0} if {0} > 0 else {1} * {0})",

@@ -16,6 +16,7 @@ from typing import Optional
 import sympy as sp
 
 from .formulas import Stage, Tensor
+from .fuse import Group
 from .printer import NumbaPrinter, index_text
 
 
@@ -56,6 +57,29 @@ class Emitter:
     def size(self, e) -> str:
         return index_text([e])
 
+    def plan(self, items) -> list[str]:
+        lines = []
+        for item in items:
+            lines += self.group(item) if isinstance(item, Group) else self.stage(item)
+        return lines
+
+    def group(self, g: Group) -> list[str]:
+        """One fused loop nest; reductions accumulate in memory order into zeroed targets."""
+        if len(g.stages) == 1 and not g.stages[0].reduce_vars:
+            return self.stage(g.stages[0])
+        lines = [f"# {s.note}" for s in g.stages if s.note]
+        lines += [f"{t}[:] = {NumbaPrinter({}, self.dtype)._lit('0.0')}" for t in g.zero_first]
+        depth = 0
+        for v, n in g.ranges:
+            lines.append("    " * depth + f"for {v} in range({self.size(n)}):")
+            depth += 1
+        for s in g.stages:
+            p = self._printer(s, g.scalars)
+            target = s.out if s.out in g.scalars else f"{s.out}[{index_text(s.index)}]"
+            op = "+=" if (s.reduce_vars or s.accumulate) else "="
+            lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
+        return lines
+
     def stage(self, s: Stage, training: str = "training") -> list[str]:
         head = [f"# {s.note}"] if s.note else []
         if s.kind == "draw":
@@ -70,8 +94,9 @@ class Emitter:
         return head + self._loops(s)
 
     # ------------------------------------------------------------ loop nests
-    def _printer(self, s: Stage) -> NumbaPrinter:
-        names = {a.symbol: f"{a.tensor}[{index_text(a.index) if a.index else '0'}]" for a in s.accesses}
+    def _printer(self, s: Stage, scalars=frozenset()) -> NumbaPrinter:
+        names = {a.symbol: a.tensor if a.tensor in scalars else
+                 f"{a.tensor}[{index_text(a.index) if a.index else '0'}]" for a in s.accesses}
         return NumbaPrinter(names, self.dtype)
 
     def _loops(self, s: Stage) -> list[str]:

@@ -65,6 +65,9 @@ class NumbaPrinter(PythonCodePrinter):
             return fn.NUMBA[name].format(*[self._print(a) for a in e.args])
         return super()._print_Function(e)
 
+    def _print_tanh(self, e):
+        return f"_tanh({self._print(e.args[0])})"
+
     def _print_Relational(self, e):
         ops = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
         return f"({self._print(e.lhs)} {ops[e.rel_op]} {self._print(e.rhs)})"

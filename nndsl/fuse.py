@@ -1,0 +1,146 @@
+"""Kernel-plan passes over a kernel's stage list: copy propagation and loop fusion.
+
+- A stage that only copies one tensor into another (`Δz = Δa` behind a bias
+  add) is removed and its readers read the source instead.
+- Consecutive stages over the same iteration space whose values flow element
+  to element (`a = z + b; h = tanh(a)`, or `Δa = Δh·(1 − h²); Δb[k] += Δa[n,k]`)
+  become one loop nest; a value read only inside its nest becomes a scalar
+  register instead of a workspace array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import sympy as sp
+
+from .formulas import Access, Stage, Tensor
+
+
+@dataclass
+class Group:
+    """One loop nest: `ranges` in loop order, `stages` renamed onto those loop variables."""
+    ranges: tuple
+    stages: list[Stage]
+    scalars: set[str] = field(default_factory=set)     # tensors held in registers
+    zero_first: list[str] = field(default_factory=list)  # reduction targets zeroed before the nest
+
+
+def propagate_copies(stages: list[Stage], tensors: dict[str, Tensor], keep: set[str]):
+    """Drop `B[I] = A[I]` stages. Returns [(original, rewritten)] for the kept stages and
+    the rename map B -> A."""
+    writers: dict[str, int] = {}
+    for s in stages:
+        writers[s.out] = writers.get(s.out, 0) + 1
+    renames: dict[str, str] = {}
+    kept = []
+    for original in stages:
+        s = _rename(original, renames)
+        src = _copy_source(s, tensors)
+        if src is not None and writers[s.out] == 1 and s.out not in keep and \
+                tensors[s.out].shape == tensors[src].shape:
+            renames[s.out] = src
+            continue
+        kept.append((original, s))
+    return kept, renames
+
+
+def _copy_source(s: Stage, tensors) -> str | None:
+    if s.kind != "formula" or s.reduce or s.accumulate or not s.plain or len(s.accesses) != 1:
+        return None
+    a = s.accesses[0]
+    if s.expr != a.symbol or a.index != s.index or tensors[a.tensor].role not in ("value", "grad"):
+        return None
+    if tensors[s.out].role not in ("value", "grad"):
+        return None
+    return a.tensor
+
+
+def _rename(s: Stage, renames: dict[str, str]) -> Stage:
+    if not renames or not any(a.tensor in renames for a in s.accesses):
+        return s
+    return replace(s, accesses=tuple(replace(a, tensor=renames.get(a.tensor, a.tensor)) for a in s.accesses))
+
+
+def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str]) -> list:
+    """Group consecutive fusible stages; GEMMs and special stages stay alone (as Stage)."""
+    plan: list = []
+    for s in stages:
+        if s.kind != "formula" or gemm_stage(s) or not _loopable(s):
+            plan.append(s)
+            continue
+        space = _space(s)
+        last = plan[-1] if plan else None
+        if isinstance(last, Group) and _same_space(last.ranges, space) and _can_join(last, s, space):
+            last.stages.append(_onto(s, space, last.ranges))
+        else:
+            plan.append(Group(tuple((v, n) for v, n in space), [s]))
+    writes: dict[str, int] = {}
+    for s in stages:
+        writes[s.out] = writes.get(s.out, 0) + 1
+    for item in plan:
+        if isinstance(item, Group):
+            _assign_storage(item, reads, writes, keep)
+    return plan
+
+
+def _loopable(s: Stage) -> bool:
+    """A map, or a sum whose target is plain: both run as one nest in memory order."""
+    if not s.plain:
+        return False
+    return s.reduce is None or s.reduce == "sum"
+
+
+def _space(s: Stage) -> list[tuple]:
+    """The loop order: that of the stage's largest access (memory order), then the rest."""
+    order = list(s.index)
+    if s.reduce_vars:
+        main = max(s.accesses, key=lambda a: len(a.index), default=None)
+        if main is not None:
+            order = [i for i in main.index if isinstance(i, sp.Symbol)]
+    sizes = dict(s.ranges)
+    order = [v for v in order if isinstance(v, sp.Symbol) and v in sizes]
+    order += [v for v, _ in s.ranges if v not in order]
+    return [(v, sizes[v]) for v in order]
+
+
+def _same_space(a, b) -> bool:
+    return len(a) == len(b) and all(sp.simplify(x[1] - y[1]) == 0 for x, y in zip(a, b))
+
+
+def _onto(s: Stage, space, ranges) -> Stage:
+    """Rename the stage's loop variables onto the group's."""
+    m = {v: w for (v, _), (w, _) in zip(space, ranges)}
+    return replace(
+        s, index=tuple(sp.sympify(i).xreplace(m) for i in s.index),
+        accesses=tuple(replace(a, index=tuple(sp.sympify(i).xreplace(m) for i in a.index)) for a in s.accesses),
+        ranges=tuple((m[v], n) for v, n in space))
+
+
+def _can_join(group: Group, s: Stage, space) -> bool:
+    """Values produced in the group may be read only element-locally (same index), and a
+    reduction's target is never read inside its group."""
+    s2 = _onto(s, space, group.ranges)
+    produced = {g.out: g for g in group.stages}
+    for a in s2.accesses:
+        if a.tensor in produced:
+            p = produced[a.tensor]
+            if p.reduce_vars or a.index != p.index:
+                return False
+    if s2.out in produced or any(s2.out == a.tensor for g in group.stages for a in g.accesses):
+        return False
+    return True
+
+
+def _assign_storage(group: Group, reads: dict[str, int], writes: dict[str, int], keep: set[str]) -> None:
+    full = set(v for v, _ in group.ranges)
+    inside: dict[str, int] = {}
+    for g in group.stages:
+        for a in g.accesses:
+            inside[a.tensor] = inside.get(a.tensor, 0) + 1
+    for g in group.stages:
+        if g.reduce_vars:
+            if not g.accumulate:
+                group.zero_first.append(g.out)
+        elif (reads.get(g.out, 0) == inside.get(g.out, 0) and writes[g.out] == 1 and g.out not in keep
+              and set(g.index) == full and not g.accumulate):
+            group.scalars.add(g.out)

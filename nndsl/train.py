@@ -1,0 +1,135 @@
+"""`nndsl train`: build a model, bind a data set to its inputs, train, evaluate, save."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .diagnostics import UsageError
+
+
+def import_module(path: Path, name: str):
+    """Import a generated module from its file (numba caches beside it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_and_import(path, out_dir=None, dtype="float32"):
+    """Build `path` (into `out_dir`, or a per-source cache folder) and import the module."""
+    from .build import build_file, source_hash
+    from .frontend import read_source
+    if out_dir is None:
+        key = source_hash(read_source(path), dtype, "cpu")[:16]
+        out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
+    result = build_file(path, out_dir, dtype=dtype)
+    return import_module(result.path, result.module_name), result
+
+
+def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
+    """The data set's arrays under the model's input names.
+
+    The first input takes the features (reshaped to its per-example shape), the
+    first target the labels; any other input without data gets fresh
+    standard-normal noise per batch (`"normal"`, e.g. a GAN's z).
+    """
+    inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
+    targets = [n for n, (_, _, is_target) in module.DATA.items() if is_target]
+    first_shape = module.DATA[inputs[0]][0]
+    data = {inputs[0]: _reshape(x, first_shape, inputs[0])}
+    for name in inputs[1:]:
+        data[name] = "normal"
+    if targets:
+        if y is None:
+            raise UsageError(f"the model needs target `{targets[0]}`, but the data set has no labels")
+        shape, classes, _ = module.DATA[targets[0]]
+        if classes is not None:
+            if not np.issubdtype(y.dtype, np.integer):
+                raise UsageError(f"target `{targets[0]}` is class({classes}), but the data set's labels are real numbers")
+            if y.max() >= classes:
+                raise UsageError(f"target `{targets[0]}` is class({classes}), but the data set has labels up to {y.max()}")
+            data[targets[0]] = y
+        else:
+            data[targets[0]] = _reshape(y.astype(np.float64), shape, targets[0])
+    return data
+
+
+def _reshape(a: np.ndarray, shape, name: str) -> np.ndarray:
+    fixed = [s for s in shape if not isinstance(s, str)]
+    per_example = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    if all(not isinstance(s, str) for s in shape):
+        if int(np.prod(shape)) != per_example:
+            raise UsageError(f"input `{name}` has {int(np.prod(shape))} values per example "
+                             f"{tuple(shape)}, the data set has {per_example}")
+        return a.reshape((a.shape[0],) + tuple(shape))
+    free = per_example // max(int(np.prod(fixed)), 1)
+    if free * int(np.prod(fixed)) != per_example:
+        raise UsageError(f"input `{name}` {tuple(shape)} does not divide the data set's {per_example} values per example")
+    return a.reshape((a.shape[0],) + tuple(free if isinstance(s, str) else s for s in shape))
+
+
+def noise_filled(module, data: dict, rng) -> dict:
+    """Replace "normal" placeholders by arrays of standard-normal noise."""
+    n = next(len(v) for v in data.values() if not isinstance(v, str))
+    return {k: rng.standard_normal((n,) + tuple(module.DATA[k][0])) if isinstance(v, str) else v
+            for k, v in data.items()}
+
+
+def evaluate(model_ir, module, m, ds, test: dict) -> str:
+    """Accuracy for classifiers, RMSE (original units) for regression, else the test loss."""
+    first = model_ir.losses[0].terms[0]
+    inputs = {k: v for k, v in test.items() if not module.DATA[k][2]}
+    if ds.y_test is not None and first.fn == "cross_entropy":
+        out = m.forward(**inputs)
+        logits = out[0] if isinstance(out, tuple) else out
+        return f"test accuracy {np.mean(np.argmax(logits, axis=1) == ds.y_test):.2%}"
+    if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
+        out = m.forward(**inputs)
+        logits = out[0] if isinstance(out, tuple) else out
+        return f"test accuracy {np.mean((logits.reshape(-1) > 0) == (ds.y_test.reshape(-1) > 0.5)):.2%}"
+    if ds.y_test is not None and first.fn in ("squared", "gaussian_nll") or \
+            (ds.task == "regression" and first.fn in model_ir.user_losses):
+        out = m.forward(**inputs)
+        pred = out[0] if isinstance(out, tuple) else out
+        rmse = float(np.sqrt(np.mean((pred.reshape(len(pred), -1)[:, :1] - ds.y_test.reshape(len(pred), -1)) ** 2)))
+        return f"test RMSE {rmse * ds.y_std:.4g} (standardised {rmse:.4f})"
+    losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module._KERNELS[l.name][2]})
+              for l in model_ir.losses}
+    return "test " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+
+
+def train_command(args) -> int:
+    from .data import load_dataset
+    from .frontend import load_model
+    model_ir = load_model(args.file)
+    ds = load_dataset(args.data, seed=0)
+    out_dir = Path(args.out) if args.out else None
+    t0 = time.perf_counter()
+    module, result = build_and_import(args.file, out_dir, args.dtype)
+    m = module.Model(seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    train = bind(module, ds.x_train, ds.y_train)
+    test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
+    print(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
+          f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples")
+    needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
+    history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
+                    validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
+                    **train)
+    seconds = time.perf_counter() - t0
+    print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
+    print(evaluate(model_ir, module, m, ds, test))
+    if out_dir is not None:
+        weights = out_dir / f"{model_ir.name}.npz"
+        m.save(weights)
+        print(f"saved {weights} and {result.path}")
+        from .pictures import save_pictures
+        for png in save_pictures(model_ir, module, m, ds, test, history, out_dir):
+            print(f"wrote {png}")
+    return 0
