@@ -29,6 +29,7 @@ class Adjoint:
     stages: list[Stage]                 # the backward pass, in execution order
     grads: dict[str, str]               # parameter tensor name -> gradient tensor name
     zeroed: list[str]                   # gradient tensors never reached (identically zero)
+    adjoint_of: dict[str, str]          # every differentiated tensor -> its gradient tensor
 
 
 def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
@@ -98,7 +99,7 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
     zeroed = [grads[w] for w in wrt if w not in written]
     for name in zeroed:
         out_stages.append(_zero_stage(b, adjoint[_key(adjoint, name)]))
-    return Adjoint(out_stages, grads, zeroed)
+    return Adjoint(out_stages, grads, zeroed, {k: h.name for k, h in adjoint.items()})
 
 
 def _through_forward_value(partial: sp.Expr, s: Stage, out_value) -> sp.Expr:

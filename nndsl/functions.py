@@ -108,17 +108,18 @@ class sign(sp.Function):
         return sp.Integer(0)
 
 
-class select(sp.Function):
-    """where(cond, a, b): cond is a comparison; derivatives flow into the chosen branch only."""
-    nargs = 3
-
+def _where_class(name: str, op: str):
+    """where(lhs OP rhs, a, b): derivatives flow into the chosen branch, never into the test."""
     def fdiff(self, argindex=1):
-        cond, a, b = self.args
-        if argindex == 1:
+        lhs, rhs, a, b = self.args
+        if argindex <= 2:
             return sp.Integer(0)
-        if argindex == 2:
-            return select(cond, 1, 0)
-        return select(cond, 0, 1)
+        return type(self)(lhs, rhs, 1, 0) if argindex == 3 else type(self)(lhs, rhs, 0, 1)
+    return type(name, (sp.Function,), {"nargs": 4, "fdiff": fdiff, "op": op})
+
+
+WHERE = {op: _where_class(f"where_{name}", op) for op, name in
+         [("<", "lt"), ("<=", "le"), (">", "gt"), (">=", "ge"), ("==", "eq"), ("!=", "ne")]}
 
 
 # The numba text of each primitive; `{0}`, `{1}` are the printed arguments.
@@ -134,17 +135,17 @@ NUMBA = {
     "ge": "(1.0 if {0} >= {1} else 0.0)",
     "absolute": "abs({0})",
     "sign": "(1.0 if {0} > 0 else (-1.0 if {0} < 0 else 0.0))",
-    "select": "({1} if {0} else {2})",
 }
+NUMBA.update({cls.__name__: "({2} if {0} %s {1} else {3})" % op for op, cls in WHERE.items()})
 
 # Plain-text and LaTeX names for `nndsl grad`.
 DISPLAY = {"sigmoid": "σ", "absolute": "abs", "maximum": "max", "minimum": "min",
-           "select": "where", "step": "step", "ge": "ge"}
+           "step": "step", "ge": "ge"}
 
 # Name in the .nn language -> a callable building the sympy expression.
 BUILTIN = {
     "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": absolute, "tanh": sp.tanh,
     "sigmoid": sigmoid, "softplus": softplus, "relu": relu, "leaky_relu": leaky_relu,
     "elu": elu, "swish": lambda x: x * sigmoid(x), "sin": sp.sin, "cos": sp.cos,
-    "min": minimum, "max": maximum, "where": select, "identity": lambda x: x,
+    "min": minimum, "max": maximum, "identity": lambda x: x,
 }

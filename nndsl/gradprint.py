@@ -20,6 +20,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
+from . import functions as fn
 from . import ir
 from .codegen import generate
 from .diagnostics import CompileError, Diagnostic, did_you_mean
@@ -68,9 +69,9 @@ class _View:
         operands = [a for t in loss.terms for a in t.args if isinstance(a, str)]
         self.signals = {}
         names = iter(["e"] + [f"e{k}" for k in range(2, 100)])
+        self.adjoint_of = adjoint.adjoint_of
         for node in operands:
-            t = self.g.values[node].name
-            grad = "d_" + t
+            grad = self.adjoint_of.get(self.g.values[node].name)
             if grad in self.defs and grad not in self.signals:
                 self.signals[grad] = (next(names), node)
         self.original: dict = {}
@@ -137,23 +138,40 @@ class _View:
     # -- rendering -------------------------------------------------------------
     def render(self, only: str | None) -> list[str]:
         p = _LatexPrinter(self) if self.latex else _TextPrinter(self)
-        lines = []
+        lines, shown = [], set()
         for grad, (sig, node) in self.signals.items():
             defn = self._inline(self._definition(grad, self._index_of(grad)), False)
             lhs = p.access(sig, grad, self._index_of(grad))
             lines.append(p.equation(lhs, p.partial(node, grad, self._index_of(grad)), p.doprint(defn)))
         for prm in self.spec.model.params:
-            t = self.g.params[prm.name].name
-            grad = "d_" + t
-            if only is not None and prm.name != only:
+            if prm.name not in self.loss.wrt or (only is not None and prm.name != only):
                 continue
+            grad = self.adjoint_of.get(self.g.params[prm.name].name)
             if grad not in self.defs:
-                lines.append(p.equation(p.partial(prm.name, grad, self._index_of(grad)), None, "0"))
+                index = self._index_of(self.g.params[prm.name].name)
+                lines.append(p.equation(p.partial(prm.name, self.g.params[prm.name].name, index), None, "0"))
                 continue
             expr = self._inline(self._definition(grad, self._index_of(grad)), False)
             if _size(expr) > _MAX_INLINE:
                 expr = self._inline(self._definition(grad, self._index_of(grad)), True)
+                lines += self._deltas_used(expr, p, shown)
             lines.append(p.equation(p.partial(prm.name, grad, self._index_of(grad)), None, p.doprint(expr)))
+        return lines
+
+    def _deltas_used(self, expr, p, shown: set) -> list[str]:
+        """Definition lines of the layer adjoints (Δh) a formula stopped at, innermost last."""
+        lines = []
+        for ind in sorted(expr.atoms(sp.Indexed), key=str):
+            name = str(ind.base.label)
+            if name in shown or name not in self.defs or name in self.signals:
+                continue
+            shown.add(name)
+            index = self._index_of(name)
+            defn = self._inline(self._definition(name, index), True)
+            lines += self._deltas_used(defn, p, shown)
+            node = self.tensors[name].label[1:]
+            lines.append(p.equation(p.access(self.tensors[name].label, name, index),
+                                    p.partial(node, name, index), p.doprint(defn)))
         return lines
 
     def _index_of(self, tensor: str) -> tuple:
@@ -265,8 +283,10 @@ class _TextPrinter(StrPrinter):
         return super()._print_Pow(e, rational)
 
     def _print_Function(self, e):
-        names = {"sigmoid": "σ", "absolute": "abs", "maximum": "max", "minimum": "min", "select": "where"}
-        name = names.get(type(e).__name__, type(e).__name__)
+        if hasattr(type(e), "op"):                       # where(lhs OP rhs, a, b)
+            lhs, rhs, a, b = (self._print(x) for x in e.args)
+            return f"where({lhs} {type(e).op} {rhs}, {a}, {b})"
+        name = fn.DISPLAY.get(type(e).__name__, type(e).__name__)
         return f"{name}({', '.join(self._print(a) for a in e.args)})"
 
     def _print_Symbol(self, e):
@@ -328,7 +348,7 @@ class _LatexPrinter(LatexPrinter):
     def _print_Function(self, e, exp=None):
         names = {"sigmoid": r"\sigma", "relu": r"\operatorname{relu}", "softplus": r"\operatorname{softplus}",
                  "step": r"\operatorname{step}", "elu": r"\operatorname{elu}", "leaky_relu": r"\operatorname{leaky\_relu}",
-                 "absolute": r"\operatorname{abs}", "sign": r"\operatorname{sign}", "select": r"\operatorname{where}",
+                 "absolute": r"\operatorname{abs}", "sign": r"\operatorname{sign}",
                  "maximum": r"\max", "minimum": r"\min", "ge": r"\operatorname{ge}"}
         name = type(e).__name__
         if name in names:

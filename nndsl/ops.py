@@ -106,7 +106,7 @@ def user_function(g: Graph, f: ir.UserFn) -> Callable:
     def call(*args, **kwargs):
         env = dict(zip(f.params, args))
         for p in f.params[len(args):]:
-            env[p] = sp.Float(kwargs.get(p, f.defaults[p]))
+            env[p] = number(kwargs.get(p, f.defaults[p]))
         return to_sympy(g, f.body, env)
     return call
 
@@ -129,6 +129,13 @@ def apply_activation(g: Graph, act: str, a: Handle, out_label: str, note: str) -
 
 
 # --------------------------------------------------------------- expressions
+def number(v) -> sp.Expr:
+    """A literal as sympy: integral values stay exact (prints `2·x`, not `2.0·x`)."""
+    if isinstance(v, sp.Expr):
+        return v
+    return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+
+
 _OPS = {"+": sp.Add, "*": sp.Mul, "-": lambda a, b: a - b, "/": lambda a, b: a / b,
         "^": sp.Pow, "neg": lambda a: -a}
 _CMP = {"<": sp.StrictLessThan, "<=": sp.LessThan, ">": sp.StrictGreaterThan,
@@ -138,14 +145,17 @@ _CMP = {"<": sp.StrictLessThan, "<=": sp.LessThan, ">": sp.StrictGreaterThan,
 def to_sympy(g: Graph, e: ir.Expr, env: dict) -> sp.Expr:
     """An IR expression as sympy; `env` maps Ref/IVar/Access names to sympy values."""
     if isinstance(e, ir.Const):
-        v = e.value
-        return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+        return number(e.value)
     if isinstance(e, (ir.Ref, ir.IVar)):
         value = env[e.name]
         return value(*()) if callable(value) else value
     if isinstance(e, ir.Access):
         return env[e.tensor][tuple(to_sympy(g, i, env) for i in e.indices)]
     if isinstance(e, ir.Apply):
+        if e.fn == "where":
+            cond, a, b = e.args
+            lhs, rhs = (to_sympy(g, x, env) for x in cond.args)
+            return fn.WHERE[cond.fn](lhs, rhs, to_sympy(g, a, env), to_sympy(g, b, env))
         args = [to_sympy(g, a, env) for a in e.args]
         if e.fn in _OPS:
             return _OPS[e.fn](*args)
@@ -361,7 +371,7 @@ def _elementwise_loss(g: Graph, term: ir.LossTerm, operands, f: Callable, label:
     """ℓ[n] = Σ_I f(operands[n, I]) over the example's elements (scalars broadcast)."""
     shape = result_shape(operands)
     ind = loop_indices(len(shape) - 1)
-    vals = [sp.Float(h) if not isinstance(h, Handle) else broadcast(h, ind, shape) for h in operands]
+    vals = [number(h) if not isinstance(h, Handle) else broadcast(h, ind, shape) for h in operands]
     out = g.b.tensor(label, (N,), "value")
     if len(ind) == 1:
         g.b.assign(out, ind, f(*vals), note=f"{label}: per-example {term.fn}")
@@ -423,7 +433,7 @@ def _cross_entropy(g, term, label, o, labels):
 
 def user_loss(g: Graph, term: ir.LossTerm, label: str, *operands):
     f = user_function(g, g.model.user_losses[term.fn])
-    kwargs = {k: sp.Float(v) for k, v in term.kwargs.items()}
+    kwargs = {k: number(v) for k, v in term.kwargs.items()}
     return _elementwise_loss(g, term, operands, lambda *a: f(*a, **kwargs), label)
 
 
@@ -451,8 +461,7 @@ def expand_loss(g: Graph, spec: ir.Loss) -> Handle:
         label = f"{spec.name}.{j}" if len(spec.terms) > 1 else f"{spec.name}.per_example"
         rule = LOSSES.get(term.fn)
         per_example = rule(g, term, label, *operands) if rule else user_loss(g, term, label, *operands)
-        w = sp.nsimplify(term.weight) if float(term.weight).is_integer() else sp.Float(term.weight)
-        total += w * per_example[n]
+        total += number(term.weight) * per_example[n]
     L = g.b.tensor(spec.name, (1,), "loss")
     g.b.assign(L, (sp.Integer(0),), total / N, over=(n,), reduce="sum", sizes={n: N},
                note=f"{spec.name} = mean over the batch")
