@@ -141,7 +141,8 @@ class Builder:
         return out
 
 
-_RESERVED = {"np", "nb", "math", "N", "L", "theta", "grad", "ws", "seed", "training"}
+_RESERVED = {"np", "nb", "math", "N", "F", "L", "theta", "grad", "ws", "seed", "training", "want_grad",
+             "acc", "top", "i", "value"}
 
 
 def make_stage(out: str, index: tuple, expr: sp.Expr, tensors: Mapping[str, Tensor], over=(),
@@ -153,11 +154,17 @@ def make_stage(out: str, index: tuple, expr: sp.Expr, tensors: Mapping[str, Tens
         accesses.append(Access(sym, str(ind.base.label), tuple(ind.indices)))
         subs[ind] = sym
     body = expr.xreplace(subs)
-    known = dict(sizes or {})
+    explicit = dict(sizes or {})
+    known = dict(explicit)
     for name, ind in [(out, index)] + [(a.tensor, a.index) for a in accesses]:
         for pos, e in enumerate(ind):
-            if isinstance(e, sp.Symbol) and e not in known:
-                known[e] = tensors[name].shape[pos]
+            if not isinstance(e, sp.Symbol) or e in explicit:
+                continue
+            size = tensors[name].shape[pos]
+            if e in known and sp.simplify(known[e] - size) != 0:
+                # an index plainly addressing axes of different sizes is a formula bug
+                raise ValueError(f"stage {out}: index {e} ranges over {known[e]} and {size}; give `sizes`")
+            known.setdefault(e, size)
     out_vars = []
     for e in index:
         out_vars += [v for v in sorted(e.free_symbols, key=str) if v not in out_vars]

@@ -53,6 +53,20 @@ class Emitter:
     def __init__(self, tensors: dict[str, Tensor], dtype: str):
         self.tensors = tensors
         self.dtype = dtype
+        # loop variables must not shadow array names (a node may be called `n` or `k`)
+        self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws"}
+
+    def var(self, v) -> str:
+        name = str(v)
+        while name in self.taken:
+            name += "_"
+        return name
+
+    def ix(self, exprs) -> str:
+        """An array subscript with loop variables renamed away from array names."""
+        subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in sp.sympify(e).free_symbols
+                if str(v) in self.taken}
+        return index_text([sp.sympify(e).xreplace(subs) for e in exprs])
 
     def size(self, e) -> str:
         return index_text([e])
@@ -71,11 +85,11 @@ class Emitter:
         lines += [f"{t}[:] = {NumbaPrinter({}, self.dtype)._lit('0.0')}" for t in g.zero_first]
         depth = 0
         for v, n in g.ranges:
-            lines.append("    " * depth + f"for {v} in range({self.size(n)}):")
+            lines.append("    " * depth + f"for {self.var(v)} in range({self.size(n)}):")
             depth += 1
         for s in g.stages:
             p = self._printer(s, g.scalars)
-            target = s.out if s.out in g.scalars else f"{s.out}[{index_text(s.index)}]"
+            target = s.out if s.out in g.scalars else f"{s.out}[{self.ix(s.index)}]"
             op = "+=" if (s.reduce_vars or s.accumulate) else "="
             lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
         return lines
@@ -96,18 +110,18 @@ class Emitter:
     # ------------------------------------------------------------ loop nests
     def _printer(self, s: Stage, scalars=frozenset()) -> NumbaPrinter:
         names = {a.symbol: a.tensor if a.tensor in scalars else
-                 f"{a.tensor}[{index_text(a.index) if a.index else '0'}]" for a in s.accesses}
+                 f"{a.tensor}[{self.ix(a.index) if a.index else '0'}]" for a in s.accesses}
         return NumbaPrinter(names, self.dtype)
 
     def _loops(self, s: Stage) -> list[str]:
         p = self._printer(s)
-        target = f"{s.out}[{index_text(s.index)}]"
+        target = f"{s.out}[{self.ix(s.index)}]"
         sizes = dict(s.ranges)
         lines, depth = [], 0
 
         def open_loop(v):
             nonlocal depth
-            lines.append("    " * depth + f"for {v} in range({self.size(sizes[v])}):")
+            lines.append("    " * depth + f"for {self.var(v)} in range({self.size(sizes[v])}):")
             depth += 1
 
         if not s.reduce_vars or not s.plain:
@@ -144,7 +158,7 @@ class Emitter:
         sizes = dict(s.ranges)
         lines = []
         for v in s.reduce_vars:
-            lines.append("    " * depth + f"for {v} in range({self.size(sizes[v])}):")
+            lines.append("    " * depth + f"for {self.var(v)} in range({self.size(sizes[v])}):")
             depth += 1
         lines.append("    " * depth + statement)
         return lines

@@ -216,7 +216,8 @@ def _concat(g: Graph, node: ir.Node, *parts: Handle):
     offset = 0
     for name, h in zip(node.inputs, parts):
         shifted = ind[:-1] + (ind[-1] + offset,)
-        g.b.assign(out, shifted, h[ind], note=f"{node.name}[..., {offset}:] = {name}")
+        g.b.assign(out, shifted, h[ind], note=f"{node.name}[..., {offset}:] = {name}",
+                   sizes=dict(zip(ind, h.shape)))
         offset += int(h.shape[-1])
     return out
 

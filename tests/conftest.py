@@ -1,0 +1,61 @@
+"""Shared fixtures: compile a `.nn` source to an imported module once per session."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nndsl.build import render_module
+from nndsl.frontend import load_source
+from nndsl.train import import_module
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+# Generated modules live under tests/.build, keyed by source + dtype, so that numba's
+# on-disk cache (cache=True) makes a second run of the suite start warm.
+BUILD = ROOT / "tests" / ".build"
+
+_modules: dict = {}
+
+
+def compile_source(source: str, dtype: str = "float64"):
+    """Check, render and import a model given as text (memoised per session)."""
+    key = hashlib.sha256(f"{dtype}\0{source}".encode()).hexdigest()[:16]
+    if key not in _modules:
+        model = load_source(source, f"{key}.nn")
+        folder = BUILD / key
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{model.name}.py"
+        text = render_module(model, dtype)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        _modules[key] = import_module(path, f"nndsl_test_{model.name}_{key}")
+    return _modules[key]
+
+
+def compile_example(name: str, dtype: str = "float64"):
+    return compile_source((EXAMPLES / f"{name}.nn").read_text(), dtype)
+
+
+def random_data(module, n: int = 5, seed: int = 0, overrides: dict | None = None) -> dict:
+    """A batch for every input and target of a module: normal inputs, targets in (0, 1),
+    class labels uniform over the classes."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for name, (shape, classes, is_target) in module.DATA.items():
+        shape = tuple(3 if isinstance(s, str) else s for s in shape)
+        if classes is not None:
+            data[name] = rng.integers(0, classes, n)
+        elif is_target:
+            data[name] = rng.uniform(0.05, 0.95, (n,) + shape)
+        else:
+            data[name] = rng.standard_normal((n,) + shape)
+    data.update(overrides or {})
+    return data
+
+
+@pytest.fixture(scope="session")
+def compile():
+    return compile_source
