@@ -13,7 +13,7 @@ from . import ast, ir
 from .builtins import ACTIVATIONS, DEFAULT_INIT, INITS, FunctionSpec, reserved_kind
 from .diagnostics import Diagnostic, Span, did_you_mean
 from .signature import ArgError, Number, bind, fold_number
-from .userdefs import LayerInfo
+from .userlayers import LayerInfo
 
 
 class Failed(Exception):

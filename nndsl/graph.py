@@ -25,7 +25,7 @@ from .diagnostics import Span, did_you_mean
 from .exprs import ExprLowering, Lowered
 from .shapes import LAYERS, LayerSpec, Operand, ShapeError
 from .signature import ArgError, Bound, Number, bind
-from .userdefs import instantiate
+from .userlayers import instantiate
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,349 @@
+"""The built-in layers: signature, defaults, ranges, shape rule and parameters, one entry each.
+
+Adding a layer is one `_layer(LayerSpec(...))` call below.  A shape rule gets
+the operands (node name + per-example shape) and the bound scalar arguments and
+returns the output shape, or raises `ShapeError` naming the argument at fault
+(its span is where the diagnostic points).  A parameter rule returns the
+layer's parameters with their shapes and fans.
+
+Fan conventions (used by xavier/he initialisation):
+  dense   W[units, in]           fan_in = in,        fan_out = units
+  conv2d  W[F, C, k, k]          fan_in = C*k*k,     fan_out = F*k*k
+  rnn/lstm/gru  W_*[hidden, in]  fan_in = in,        fan_out = hidden
+                U_*[hidden, hidden]  fan_in = fan_out = hidden
+  biases use the fans of their layer (they start at zero anyway).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Callable, Mapping, Optional, Sequence
+
+from .ir import Shape
+from .signature import (ACTIVATION, BOOL, INIT, POSITIVE_INT, TENSOR, Arg,
+                        ChoiceKind, IntKind, RealKind, Signature)
+
+
+def fmt_shape(shape: Shape) -> str:
+    """`(10,)`, `(T, 16)`, `()` -- the way numpy prints a shape."""
+    if len(shape) == 1:
+        return f"({shape[0]},)"
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+class ShapeError(Exception):
+    """An operand or argument that does not fit; `arg` names the argument to point at."""
+
+    def __init__(self, message: str, arg: Optional[str] = None, hint: Optional[str] = None,
+                 notes: tuple = ()):
+        super().__init__(message)
+        self.message, self.arg, self.hint, self.notes = message, arg, hint, notes
+
+
+@dataclass(frozen=True)
+class Operand:
+    """An operand as messages describe it: a node (by name) or an anonymous value."""
+    name: str                       # node name ("" for an anonymous value)
+    shape: Shape
+    classes: Optional[int] = None   # class-label targets
+    what: str = "expression"        # how an anonymous value is called
+
+    @property
+    def label(self) -> str:
+        return f"`{self.name}`" if self.name else f"the {self.what}"
+
+    def described(self) -> str:
+        if self.classes is not None:
+            return f"{self.label} holds class labels (class({self.classes}))"
+        return f"{self.label} has shape {fmt_shape(self.shape)}"
+
+
+def broadcast(operands: Sequence[Operand]) -> Shape:
+    """numpy-style broadcasting of per-example shapes (size-1 axes and scalars stretch)."""
+    out: Shape = ()
+    seen: list[Operand] = []
+    for op in operands:
+        merged = _broadcast2(out, op.shape)
+        if merged is None:
+            other = next((s for s in seen if _broadcast2(s.shape, op.shape) is None),
+                         Operand("", out))
+            raise ShapeError(f"shapes do not broadcast: {other.described()} and "
+                             f"{op.described()}")
+        out = merged
+        seen.append(op)
+    return out
+
+
+def _broadcast2(a: Shape, b: Shape) -> Optional[Shape]:
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(out)
+
+
+# ------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class ParamShape:
+    name: str                       # local name: "W", "b", "U_i"
+    shape: tuple[int, ...]
+    fan_in: int
+    fan_out: int
+    bias: bool = False              # biases start at zero
+
+
+ShapeRule = Callable[[Sequence[Operand], Mapping[str, object]], Shape]
+ParamRule = Callable[[Sequence[Operand], Mapping[str, object]], tuple[ParamShape, ...]]
+
+
+def _no_params(ops, a) -> tuple[ParamShape, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    signature: Signature
+    shape: ShapeRule
+    params: ParamRule = _no_params
+    doc: str = ""
+
+    def attrs(self, values: Mapping[str, object]) -> dict[str, object]:
+        """The IR attrs of a bound call: every scalar argument but `init` (which
+        belongs to the parameters)."""
+        return {k: v for k, v in values.items() if k != "init"}
+
+
+LAYERS: dict[str, LayerSpec] = {}
+
+
+def _layer(spec: LayerSpec) -> None:
+    LAYERS[spec.name] = spec
+
+
+# --------------------------------------------------- operand requirements
+def _kind_of(shape: Shape) -> str:
+    return {0: "a scalar", 1: "a vector", 2: "a sequence", 3: "an image"}.get(
+        len(shape), f"a rank-{len(shape)} tensor")
+
+
+def _fixed(op: Operand, layer: str, arg: str) -> tuple[int, ...]:
+    free = [d for d in op.shape if isinstance(d, str)]
+    if free:
+        raise ShapeError(f"`{layer}` needs fixed sizes, but {op.label} has shape "
+                         f"{fmt_shape(op.shape)} with free size `{free[0]}`", arg)
+    return tuple(int(d) for d in op.shape)
+
+
+def _vector(op: Operand, layer: str, arg: str = "x") -> int:
+    if len(op.shape) == 2:
+        raise ShapeError(
+            f"`{layer}` expects a vector, but {op.label} is a sequence of shape "
+            f"{fmt_shape(op.shape)}", arg,
+            "reduce the sequence with rnn/lstm/gru(..., return=last), or use flatten(...)")
+    if len(op.shape) != 1:
+        hint = (f"use flatten({op.name or 'x'}) first" if len(op.shape) > 1 else None)
+        raise ShapeError(f"`{layer}` expects a vector, but {op.label} is "
+                         f"{_kind_of(op.shape)} of shape {fmt_shape(op.shape)}", arg, hint)
+    return _fixed(op, layer, arg)[0]
+
+
+def _image(op: Operand, layer: str, arg: str = "x") -> tuple[int, int, int]:
+    if len(op.shape) != 3:
+        raise ShapeError(f"`{layer}` expects an image (channels, height, width), but "
+                         f"{op.label} is {_kind_of(op.shape)} of shape "
+                         f"{fmt_shape(op.shape)}", arg,
+                         "declare image inputs as `input img[C, H, W]`")
+    c, h, w = _fixed(op, layer, arg)
+    return c, h, w
+
+
+def _sequence(op: Operand, layer: str, arg: str = "x") -> int:
+    if len(op.shape) != 2:
+        hint = "declare sequences as `input seq[T, D]` (T may be a free size)"
+        raise ShapeError(f"`{layer}` expects a sequence (T, D), but {op.label} is "
+                         f"{_kind_of(op.shape)} of shape {fmt_shape(op.shape)}", arg, hint)
+    d = op.shape[1]
+    if isinstance(d, str):
+        raise ShapeError(f"`{layer}` needs a fixed feature size, but {op.label} has shape "
+                         f"{fmt_shape(op.shape)}", arg)
+    return int(d)
+
+
+def _same_shapes(ops: Sequence[Operand], layer: str, args: Sequence[str]) -> Shape:
+    for op, arg in zip(ops[1:], args[1:]):
+        if op.shape != ops[0].shape:
+            raise ShapeError(f"`{layer}` expects operands of the same shape, but "
+                             f"{ops[0].described()} and {op.described()}", arg)
+    return ops[0].shape
+
+
+# ------------------------------------------------------------------ dense
+def _dense_shape(ops, a):
+    _vector(ops[0], "dense")
+    return (a["units"],)
+
+
+def _dense_params(ops, a):
+    d, u = _vector(ops[0], "dense"), a["units"]
+    ps = (ParamShape("W", (u, d), d, u),)
+    return ps + ((ParamShape("b", (u,), d, u, bias=True),) if a["bias"] else ())
+
+
+_layer(LayerSpec(
+    "dense",
+    Signature((Arg("x", TENSOR), Arg("units", POSITIVE_INT),
+               Arg("act", ACTIVATION, "identity", "identity"), Arg("bias", BOOL, True),
+               Arg("init", INIT, None, "model default"))),
+    _dense_shape, _dense_params,
+    "out[k] = act(sum_d W[k,d] x[d] + b[k])"))
+
+
+# ----------------------------------------------------------------- conv2d
+def _window_out(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _conv_shape(ops, a):
+    c, h, w = _image(ops[0], "conv2d")
+    k, s, p = a["kernel"], a["stride"], a["pad"]
+    if k > h + 2 * p or k > w + 2 * p:
+        raise ShapeError(f"kernel {k}x{k} is larger than the padded input "
+                         f"{h + 2 * p}x{w + 2 * p} of {ops[0].label} "
+                         f"(shape {fmt_shape(ops[0].shape)}, pad={p})", "kernel",
+                         "use a smaller kernel or more padding")
+    return (a["filters"], _window_out(h, k, s, p), _window_out(w, k, s, p))
+
+
+def _conv_params(ops, a):
+    c = _image(ops[0], "conv2d")[0]
+    f, k = a["filters"], a["kernel"]
+    ps = (ParamShape("W", (f, c, k, k), c * k * k, f * k * k),)
+    return ps + ((ParamShape("b", (f,), c * k * k, f * k * k, bias=True),)
+                 if a["bias"] else ())
+
+
+_layer(LayerSpec(
+    "conv2d",
+    Signature((Arg("x", TENSOR), Arg("filters", POSITIVE_INT), Arg("kernel", POSITIVE_INT),
+               Arg("stride", POSITIVE_INT, 1), Arg("pad", IntKind(lo=0), 0),
+               Arg("act", ACTIVATION, "identity", "identity"), Arg("bias", BOOL, True),
+               Arg("init", INIT, None, "model default"))),
+    _conv_shape, _conv_params,
+    "out[f,i,j] = act(sum_{c,p,q} W[f,c,p,q] x[c, i*s+p, j*s+q] + b[f])"))
+
+
+# ------------------------------------------------------------------ pools
+def _pool_shape(name):
+    def rule(ops, a):
+        c, h, w = _image(ops[0], name)
+        size, s = a["size"], a["stride"]
+        if size > h or size > w:
+            raise ShapeError(f"pool window {size}x{size} is larger than the input "
+                             f"{h}x{w} of {ops[0].label}", "size")
+        return (c, _window_out(h, size, s, 0), _window_out(w, size, s, 0))
+    return rule
+
+
+for _name in ("maxpool", "avgpool"):
+    _layer(LayerSpec(
+        _name,
+        Signature((Arg("x", TENSOR), Arg("size", POSITIVE_INT),
+                   Arg("stride", POSITIVE_INT, lambda v: v["size"], "size"))),
+        _pool_shape(_name), doc=f"per-channel window {_name[:3]}"))
+
+
+# ---------------------------------------------------------------- flatten
+def _flatten_shape(ops, a):
+    if not ops[0].shape:
+        raise ShapeError(f"`flatten` expects a tensor, but {ops[0].label} is a scalar", "x")
+    return (prod(_fixed(ops[0], "flatten", "x")),)
+
+
+_layer(LayerSpec("flatten", Signature((Arg("x", TENSOR),)), _flatten_shape,
+                 doc="row-major flatten"))
+
+
+# -------------------------------------------------------------- recurrent
+def _recurrent(name: str, gates: tuple[str, ...], act: bool) -> LayerSpec:
+    def shape(ops, a):
+        _sequence(ops[0], name)
+        return (ops[0].shape[0], a["hidden"]) if a["return"] == "all" else (a["hidden"],)
+
+    def params(ops, a):
+        d, h = _sequence(ops[0], name), a["hidden"]
+        ps = []
+        for prefix, shp, fan in (("W", (h, d), (d, h)), ("U", (h, h), (h, h))):
+            ps += [ParamShape(f"{prefix}{g}", shp, *fan) for g in gates]
+        ps += [ParamShape(f"b{g}", (h,), d, h, bias=True) for g in gates]
+        return tuple(ps)
+
+    args = [Arg("x", TENSOR), Arg("hidden", POSITIVE_INT)]
+    if act:
+        args.append(Arg("act", ACTIVATION, "tanh", "tanh"))
+    args += [Arg("return", ChoiceKind(("all", "last")), "all", "all"),
+             Arg("init", INIT, None, "model default")]
+    return LayerSpec(name, Signature(tuple(args)), shape, params,
+                     f"recurrent {name}; return=all gives (T, hidden), last gives (hidden,)")
+
+
+_layer(_recurrent("rnn", ("",), act=True))
+_layer(_recurrent("lstm", ("_i", "_f", "_o", "_c"), act=False))
+_layer(_recurrent("gru", ("_z", "_r", "_h"), act=False))
+
+
+# ------------------------------------------------- noise and regularisers
+def _identity_shape(ops, a):
+    return ops[0].shape
+
+
+_PROB = RealKind(lo=0.0, hi=1.0, hi_open=True)
+
+_layer(LayerSpec("dropout", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
+                 _identity_shape, doc="inverted dropout while training"))
+_layer(LayerSpec("mask_noise", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
+                 _identity_shape, doc="zero-out with probability p while training"))
+_layer(LayerSpec("gaussian_noise",
+                 Signature((Arg("x", TENSOR), Arg("std", RealKind(lo=0.0)))),
+                 _identity_shape, doc="add N(0, std^2) noise while training"))
+
+
+def _sample_shape(ops, a):
+    return _same_shapes(ops, "sample_normal", ("mu", "logvar"))
+
+
+_layer(LayerSpec("sample_normal",
+                 Signature((Arg("mu", TENSOR), Arg("logvar", TENSOR),
+                            Arg("sample", BOOL, False))),
+                 _sample_shape, doc="mu + exp(logvar/2) * eps"))
+
+
+# ----------------------------------------------------------------- concat
+def _concat_shape(ops, a):
+    if len(ops) < 2:
+        raise ShapeError("`concat` needs at least two operands")
+    first = ops[0]
+    for i, op in enumerate(ops):
+        arg = f"inputs[{i}]"
+        if not op.shape:
+            raise ShapeError(f"`concat` cannot join scalars: {op.label} has shape ()", arg)
+        if len(op.shape) != len(first.shape):
+            raise ShapeError(f"`concat` operands must have the same rank, but "
+                             f"{first.described()} and {op.described()}", arg)
+        if op.shape[:-1] != first.shape[:-1]:
+            raise ShapeError(f"`concat` joins along the last axis; the other axes must "
+                             f"agree, but {first.described()} and {op.described()}", arg)
+        if isinstance(op.shape[-1], str):
+            raise ShapeError(f"`concat` needs a fixed last axis, but {op.described()}", arg)
+    return first.shape[:-1] + (sum(int(op.shape[-1]) for op in ops),)
+
+
+_layer(LayerSpec("concat", Signature((), variadic="inputs"), _concat_shape,
+                 doc="join along the last per-example axis"))
