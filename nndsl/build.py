@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
-from .diagnostics import CompileError, Diagnostic, UsageError
+from .diagnostics import UsageError
 from .resources import templates_dir
 
 
@@ -33,7 +33,8 @@ def render_module(model, dtype: str = "float32", target: str = "cpu", source_fil
                   timings: dict | None = None) -> str:
     from .codegen import generate
     if target != "cpu":
-        raise CompileError(Diagnostic(f"target `{target}` is not available yet; use --target cpu", None))
+        raise UsageError(f"target `{target}` is not available yet (the numba.cuda target comes in a "
+                         "later release); use --target cpu")
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     spec = generate(model, dtype)

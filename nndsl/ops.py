@@ -289,12 +289,10 @@ def _user_layer(g: Graph, node: ir.Node, *args: Handle):
     env: dict = {}
     index_syms: dict = {}
     sizes: dict = {}
-    for (aname, aidx), h in zip(spec.tensor_args, args):
+    for (aname, _), h in zip(spec.tensor_args, args):
         env[aname] = _batched(h, n)
-        for i, size in zip(aidx, h.shape[1:]):
-            sizes[_isym(index_syms, i)] = size
-    for i, size_name in spec.out_indices:
-        sizes[_isym(index_syms, i)] = sp.Integer(node.attrs["sizes"][size_name])
+    for i, size in node.attrs["index_sizes"].items():     # every index's range at this call
+        sizes[_isym(index_syms, i)] = sp.Integer(size)
     for p in spec.params:
         env[p.name] = g.param(node, p.name)
     for var in _all_index_names(spec):

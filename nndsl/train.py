@@ -91,8 +91,10 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
         return f"test accuracy {np.mean(np.argmax(logits, axis=1) == ds.y_test):.2%}"
     if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
         out = m.forward(**inputs)
-        logits = out[0] if isinstance(out, tuple) else out
-        return f"test accuracy {np.mean((logits.reshape(-1) > 0) == (ds.y_test.reshape(-1) > 0.5)):.2%}"
+        pred = out[0] if isinstance(out, tuple) else out
+        # the first output is either the loss's logits or a probability computed from them
+        threshold = 0.0 if model_ir.outputs[0] == first.args[0] else 0.5
+        return f"test accuracy {np.mean((pred.reshape(-1) > threshold) == (ds.y_test.reshape(-1) > 0.5)):.2%}"
     if ds.y_test is not None and first.fn in ("squared", "gaussian_nll") or \
             (ds.task == "regression" and first.fn in model_ir.user_losses):
         out = m.forward(**inputs)

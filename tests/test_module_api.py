@@ -1,0 +1,145 @@
+"""The generated module's API (LANGUAGE.md §7): shapes, calls, errors, persistence."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import compile_source, random_data
+
+MODEL = """model api
+input x[4]
+target y[2]
+h = dense(x, 5, act=tanh)
+o = dense(h, 2)
+s = sigmoid(o)
+loss squared(o, y)
+output o, s
+optimizer adam(lr=0.01)
+train batch=4 epochs=3
+"""
+CLASSIFIER = "model cls\ninput x[3]\ntarget label: class(4)\no = dense(x, 4)\nloss cross_entropy(o, label)\n"
+
+
+@pytest.fixture(scope="module")
+def api():
+    return compile_source(MODEL)
+
+
+@pytest.fixture
+def data(api):
+    return random_data(api, n=10)
+
+
+def test_params_are_named_views_with_the_documented_shapes(api):
+    m = api.Model(seed=0)
+    assert {k: v.shape for k, v in m.params.items()} == {
+        "h.W": (5, 4), "h.b": (5,), "o.W": (2, 5), "o.b": (2,)}
+    assert np.all(m.params["h.b"] == 0) and np.any(m.params["h.W"] != 0)
+    m.params["h.W"] = np.ones((5, 4))                  # assignment writes into the model
+    assert np.all(m.theta[:20] == 1)
+
+
+def test_same_seed_same_initial_parameters(api):
+    a, b, c = api.Model(seed=3), api.Model(seed=3), api.Model(seed=4)
+    assert np.array_equal(a.theta, b.theta) and not np.array_equal(a.theta, c.theta)
+
+
+def test_forward_loss_grad_step(api, data):
+    m = api.Model(seed=0)
+    o, s = m.forward(x=data["x"])
+    assert o.shape == (10, 2) and np.allclose(s, 1 / (1 + np.exp(-o)))
+    L = m.loss(**data)
+    assert L == pytest.approx(0.5 * np.sum((o - data["y"]) ** 2) / 10)
+    L2, g = m.grad(**data)
+    assert L2 == L and set(g) == set(m.params)
+    before = m.theta.copy()
+    assert m.step(**data) == pytest.approx(L)
+    assert not np.array_equal(before, m.theta)
+    assert m.loss(**data) < L
+
+
+def test_fit_returns_per_epoch_losses_and_validation(api, data):
+    m = api.Model(seed=0)
+    hist = m.fit(epochs=4, batch_size=3, validation=data, verbose=False, **data)
+    assert len(hist) == 4 and len(hist.val) == 4 and hist.losses["loss"] == list(hist)
+    assert hist[-1] < hist[0]
+
+
+def test_fit_prints_one_line_per_epoch(api, data, capsys):
+    api.Model(seed=0).fit(epochs=2, **data)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, d: m.forward(), "missing input 'x'"),
+    (lambda m, d: m.forward(x=d["x"], q=1), "unknown input 'q'"),
+    (lambda m, d: m.forward(x=d["x"][:, :3]), "'x': expected shape (N, 4)"),
+    (lambda m, d: m.loss(x=d["x"], y=d["y"][:, 0]), "use .reshape(-1, 1)" if False else "'y': expected a numeric array of shape (N, 2)"),
+    (lambda m, d: m.loss(x=d["x"], y=d["y"][:5]), "batch size 5 differs"),
+    (lambda m, d: m.loss(x=np.array([["a"] * 4]), y=d["y"][:1]), "'x': expected a numeric array"),
+    (lambda m, d: m.loss(name="nope", **d), "unknown loss 'nope'"),
+])
+def test_bad_calls_name_the_input_and_the_expected_shape(api, data, call, message):
+    with pytest.raises(ValueError, match=None) as err:
+        call(api.Model(seed=0), data)
+    assert message in str(err.value)
+
+
+def test_class_labels_are_checked():
+    module = compile_source(CLASSIFIER)
+    m = module.Model(seed=0)
+    x = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="labels must lie in 0..3"):
+        m.loss(x=x, label=np.array([0, 1, 4]))
+    with pytest.raises(ValueError, match="integer class labels"):
+        m.loss(x=x, label=np.array([0.0, 1.0, 2.0]))
+
+
+def test_save_load_round_trip_keeps_optimiser_state(api, data, tmp_path):
+    m = api.Model(seed=0)
+    for _ in range(3):
+        m.step(**data)
+    path = tmp_path / "w.npz"
+    m.save(path)
+    assert os.listdir(tmp_path) == ["w.npz"]          # written atomically, no temporary left
+    m2 = api.Model.load(path)
+    assert np.array_equal(m.theta, m2.theta)
+    m.step(seed=1, **data)
+    m2.step(seed=1, **data)
+    assert np.array_equal(m.theta, m2.theta)           # Adam moments and step count came back
+
+
+def test_loading_another_models_file_is_a_clear_error(data, tmp_path):
+    other = compile_source(CLASSIFIER).Model(seed=0)
+    other.save(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="saved by model 'cls'"):
+        compile_source(MODEL).Model.load(tmp_path / "other.npz")
+
+
+def test_non_finite_loss_stops_fit_and_keeps_last_finite_parameters(data):
+    module = compile_source(MODEL.replace("optimizer adam(lr=0.01)", "optimizer sgd(lr=1e30)"))
+    m = module.Model(seed=0)
+    with pytest.raises(FloatingPointError, match=r"at epoch \d+, step \d+"):
+        m.fit(epochs=3, batch_size=2, verbose=False, **data)
+    assert np.all(np.isfinite(m.theta))
+
+
+def test_generated_module_runs_without_nndsl(api, data, tmp_path):
+    """The module imports only numpy and numba."""
+    folder = tmp_path / "fresh"                      # a copy of its own: no numba cache written by this process
+    folder.mkdir()
+    (folder / "api.py").write_text(open(api.__file__).read())
+    code = ("import sys; sys.modules['nndsl'] = None; sys.path.insert(0, sys.argv[1]);"
+            "import numpy as np, api; m = api.Model(seed=0);"
+            "print(m.forward(x=np.zeros((2, 4)))[0].shape)")
+    out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(2, 2)"
+    source = open(api.__file__).read()
+    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"math", "os", "sys", "tempfile", "time", "numpy", "numba"}

@@ -1,0 +1,47 @@
+"""The examples train on real data with one command each (`nndsl train`), reaching these figures."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nndsl.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# example, data set, the figure printed, bound (accuracy at least / standardised RMSE at most)
+CASES = [
+    ("lecture_mlp", "diabetes", "standardised", 0.80),
+    ("digits_mlp", "digits", "accuracy", 0.95),
+    ("breast_cancer", "breast_cancer", "accuracy", 0.95),
+    ("gaussian_regression", "diabetes", "standardised", 0.80),
+    ("gaussian_fixed", "diabetes", "standardised", 0.80),
+    ("user_layer", "diabetes", "standardised", 0.80),
+    ("user_defined", "diabetes", "standardised", 0.95),
+    ("wine", "wine", "accuracy", 0.90),
+]
+
+
+@pytest.mark.parametrize("example,data,figure,bound", CASES, ids=[c[0] for c in CASES])
+def test_example_trains(example, data, figure, bound, capsys, tmp_path):
+    assert main(["train", str(EXAMPLES / f"{example}.nn"), "--data", data, "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    if figure == "accuracy":
+        value = float(re.search(r"test accuracy ([\d.]+)%", out).group(1)) / 100
+        assert value >= bound, out
+    else:
+        value = float(re.search(r"standardised ([\d.]+)\)", out).group(1))
+        assert value <= bound, out
+    assert (tmp_path / f"{example}.npz").exists() and (tmp_path / f"{example}.py").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--data", "digitz"], "did you mean `digits`?"),
+    (["--data", "diabetes"], "the data set's labels are real numbers"),
+])
+def test_train_usage_errors(argv, message, capsys):
+    assert main(["train", str(EXAMPLES / "digits_mlp.nn")] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
