@@ -79,7 +79,7 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
             partial = sp.diff(s.expr, a.symbol)
             if partial == 0:
                 continue
-            partial = _through_forward_value(partial, s, out_value)
+            partial = _through_forward_value(partial, s, out_value, a.symbol)
             contribution = (d_out * partial).xreplace(back)
             target = grad_of(a.tensor)
             first = a.tensor not in written
@@ -102,9 +102,16 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
     return Adjoint(out_stages, grads, zeroed, {k: h.name for k, h in adjoint.items()})
 
 
-def _through_forward_value(partial: sp.Expr, s: Stage, out_value) -> sp.Expr:
-    """Reuse the forward result: F itself inside ∂F/∂u becomes `out` (tanh → 1 - h²)."""
+def _through_forward_value(partial: sp.Expr, s: Stage, out_value, wrt: sp.Symbol) -> sp.Expr:
+    """Reuse the forward result: F itself inside ∂F/∂u becomes `out` (tanh → 1 - h²), and a
+    primitive whose derivative is a function of its output says so (relu → step(out)), so
+    the backward pass need not keep the pre-activation."""
     if s.reduce is None:
+        rule = getattr(type(s.expr), "derivative_from_output", None)
+        if rule is not None and s.expr.args and s.expr.args[0] == wrt:
+            via_output = rule(out_value, *s.expr.args)
+            if via_output is not None:
+                return via_output
         return partial.xreplace({s.expr: out_value}) if not s.expr.is_Atom else partial
     if s.reduce == "logsumexp":
         return sp.exp(s.expr - out_value) * partial

@@ -33,6 +33,11 @@ class relu(sp.Function):
     def fdiff(self, argindex=1):
         return step(self.args[0])
 
+    @staticmethod
+    def derivative_from_output(out, x):
+        """relu(x) > 0 exactly when x > 0: the backward pass needs only the output."""
+        return step(out)
+
 
 class leaky_relu(sp.Function):
     """leaky_relu(x, alpha); alpha is a constant (no derivative flows into it)."""
@@ -50,6 +55,12 @@ class leaky_relu(sp.Function):
             return sp.Integer(0)
         return step(x) + alpha * (1 - step(x))
 
+    @staticmethod
+    def derivative_from_output(out, x, alpha=None):
+        if alpha is None or not (alpha.is_number and alpha > 0):
+            return None
+        return step(out) + alpha * (1 - step(out))
+
 
 class elu(sp.Function):
     """x for x > 0, e^x - 1 otherwise."""
@@ -58,6 +69,11 @@ class elu(sp.Function):
     def fdiff(self, argindex=1):
         x = self.args[0]
         return step(x) + (1 - step(x)) * sp.exp(x)
+
+    @staticmethod
+    def derivative_from_output(out, x):
+        """e^x = elu(x) + 1 on the negative side."""
+        return step(out) + (1 - step(out)) * (out + 1)
 
 
 class softplus(sp.Function):
@@ -122,19 +138,20 @@ WHERE = {op: _where_class(f"where_{name}", op) for op, name in
          [("<", "lt"), ("<=", "le"), (">", "gt"), (">=", "ge"), ("==", "eq"), ("!=", "ne")]}
 
 
-# The numba text of each primitive; `{0}`, `{1}` are the printed arguments.
+# The numba text of each primitive; `{0}`, `{1}` are the printed arguments.  `F` is the
+# module's float type, so that constants do not promote float32 arithmetic to double.
 NUMBA = {
     "sigmoid": "_sigmoid({0})",        # dtype-specific helpers in the module template
-    "step": "(1.0 if {0} > 0 else 0.0)",
-    "relu": "({0} if {0} > 0 else 0.0)",
+    "step": "(F(1.0) if {0} > 0 else F(0.0))",
+    "relu": "({0} if {0} > 0 else F(0.0))",
     "leaky_relu": "({0} if {0} > 0 else {1} * {0})",
     "elu": "({0} if {0} > 0 else math.expm1({0}))",
     "softplus": "_softplus({0})",
     "maximum": "({0} if {0} >= {1} else {1})",
     "minimum": "({0} if {0} <= {1} else {1})",
-    "ge": "(1.0 if {0} >= {1} else 0.0)",
+    "ge": "(F(1.0) if {0} >= {1} else F(0.0))",
     "absolute": "abs({0})",
-    "sign": "(1.0 if {0} > 0 else (-1.0 if {0} < 0 else 0.0))",
+    "sign": "(F(1.0) if {0} > 0 else (F(-1.0) if {0} < 0 else F(0.0)))",
 }
 NUMBA.update({cls.__name__: "({2} if {0} %s {1} else {3})" % op for op, cls in WHERE.items()})
 

