@@ -85,6 +85,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
     """Accuracy for classifiers, RMSE (original units) for regression, else the test loss."""
     first = model_ir.losses[0].terms[0]
     inputs = {k: v for k, v in test.items() if not module.DATA[k][2]}
+    if not model_ir.targets:                      # unsupervised: the held-out loss is the figure
+        ds = _without_labels(ds)
     if ds.y_test is not None and first.fn == "cross_entropy":
         out = m.forward(**inputs)
         logits = out[0] if isinstance(out, tuple) else out
@@ -95,8 +97,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
         # the first output is either the loss's logits or a probability computed from them
         threshold = 0.0 if model_ir.outputs[0] == first.args[0] else 0.5
         return f"test accuracy {np.mean((pred.reshape(-1) > threshold) == (ds.y_test.reshape(-1) > 0.5)):.2%}"
-    if ds.y_test is not None and first.fn in ("squared", "gaussian_nll") or \
-            (ds.task == "regression" and first.fn in model_ir.user_losses):
+    if ds.y_test is not None and (first.fn in ("squared", "gaussian_nll") or
+                                  (ds.task == "regression" and first.fn in model_ir.user_losses)):
         out = m.forward(**inputs)
         pred = out[0] if isinstance(out, tuple) else out
         rmse = float(np.sqrt(np.mean((pred.reshape(len(pred), -1)[:, :1] - ds.y_test.reshape(len(pred), -1)) ** 2)))
@@ -104,6 +106,11 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
     losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module._KERNELS[l.name][2]})
               for l in model_ir.losses}
     return "test " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+
+
+def _without_labels(ds):
+    from dataclasses import replace
+    return replace(ds, y_test=None, y_train=None)
 
 
 def train_command(args) -> int:
