@@ -61,7 +61,28 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
     dest = out / f"{model.name}.py"
     _write_atomically(dest, text)
+    if compile:
+        t0 = time.perf_counter()
+        warm_up(dest, model.name)
+        timings["numba"] = time.perf_counter() - t0
     return BuildResult(dest, model.name, _hash_of(text), timings)
+
+
+def warm_up(path: Path, name: str) -> None:
+    """Import the module and run each kernel once on a tiny batch: numba compiles (or loads
+    from its cache) everything a training run needs."""
+    import numpy as np
+    from .train import import_module
+    module = import_module(path, name)
+    rng = np.random.default_rng(0)
+    data = {}
+    for key, (shape, classes, _) in module.DATA.items():
+        shape = tuple(2 if isinstance(s, str) else s for s in shape)
+        data[key] = rng.integers(0, classes, 2) if classes else rng.uniform(0, 1, (2,) + shape)
+    m = module.Model(seed=0)
+    m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
+    for loss, (_, _, names) in module._KERNELS.items():
+        m.step(loss, **{k: data[k] for k in names})
 
 
 def _hash_of(text: str) -> str:

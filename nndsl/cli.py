@@ -35,7 +35,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--out", default=".", help="output directory (default: .)")
     b.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--timings", action="store_true", help="report the time of each stage")
+    b.add_argument("--timings", action="store_true",
+                   help="report the time of each stage, numba's compilation of the kernels included")
 
     t = sub.add_parser("train", help="build and train on a bundled data set or an .npz file")
     t.add_argument("file")
@@ -102,7 +103,7 @@ def _cmd_grad(args) -> int:
 
 def _cmd_build(args) -> int:
     from .build import build_file
-    result = build_file(args.file, args.out, dtype=args.dtype, target=args.target)
+    result = build_file(args.file, args.out, dtype=args.dtype, target=args.target, compile=args.timings)
     print(f"wrote {result.path}")
     if args.timings:
         for stage, seconds in result.timings.items():

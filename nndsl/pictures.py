@@ -79,14 +79,13 @@ class _Context:
         self._evaluator = None
         self.rng = np.random.default_rng(0)
 
-    def ancestors(self, name: str, stop=()) -> set:
+    def ancestors(self, name: str) -> set:
+        """`name` and every node it is computed from."""
         seen, todo = set(), [name]
         while todo:
             n = todo.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            if n not in stop:
+            if n not in seen:
+                seen.add(n)
                 todo.extend(self.nodes[n].inputs)
         return seen
 
@@ -158,6 +157,8 @@ class _Context:
     def reconstruction(self):
         """(node, is_logits) for a loss term comparing a node with the first input, or None."""
         want = self.size(self.first)
+        if want is None:
+            return None
         for loss in self.ir.losses:
             for term in loss.terms:
                 if self.first not in term.args:
@@ -186,6 +187,8 @@ class _Context:
         """Image-sized outputs computed from noise inputs alone (a GAN's generator)."""
         want = self.size(self.first)
         found = []
+        if want is None:
+            return found
         for o in self.module.OUTPUTS:
             anc = self.ancestors(o)
             if self.first not in anc and any(z in anc for z in self.noise_inputs) and self.size(o) == want:
@@ -347,7 +350,11 @@ def _losses(ctx: _Context, out: Path, history):
                 label=f"{first} (held-out, after the epoch)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean per example)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, n + 0.5)
+    if n <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(f"{ctx.name}: loss per epoch", fontsize=11)

@@ -166,16 +166,17 @@ RANGES_loss = ((0, 352),)
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def step_loss(theta, grad, ws, x, y, seed, s1, s2, t, lr, clip_norm):
     value = value_loss(theta, grad, ws, x, y, seed, True, True)
+    lr = F(lr)                            # keep the update loops in the parameters' precision
     norm2 = 0.0
     for lo, hi in RANGES_loss:
         for i in range(lo, hi):
             norm2 += grad[i] * grad[i]
     if not (np.isfinite(value) and np.isfinite(norm2)):
         return value                      # leave the parameters at their last finite values
-    scale = 1.0
+    scale = F(1.0)
     if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
-        scale = clip_norm / math.sqrt(norm2)
-    momentum = 0.0
+        scale = F(clip_norm / math.sqrt(norm2))
+    momentum = F(0.0)
     for lo, hi in RANGES_loss:
         for i in range(lo, hi):
             g = grad[i] * scale
@@ -370,6 +371,9 @@ class Model:
         given = [k for k in needed if k not in noise]
         arrays, n_rows, _ = self._arrays(given, {k: v for k, v in data.items() if k not in noise}, "fit")
         data = dict(zip(given, arrays))
+        # batches are gathered into buffers allocated once, not per step
+        buffers = {k: np.empty((min(batch_size, n_rows),) + v.shape[1:], v.dtype) for k, v in data.items()}
+        buffers.update({k: np.empty((min(batch_size, n_rows),) + DATA[k][0], DTYPE) for k in noise})
         history = History()
         for epoch in range(1, epochs + 1):
             order = self._rng.permutation(n_rows) if shuffle else np.arange(n_rows)
@@ -379,9 +383,9 @@ class Model:
             batches = range(0, n_rows, batch_size)
             for b, lo in enumerate(batches, 1):
                 rows = order[lo:lo + batch_size]
-                batch = {k: v[rows] for k, v in data.items()}
+                batch = {k: np.take(v, rows, axis=0, out=buffers[k][:len(rows)]) for k, v in data.items()}
                 for k in noise:
-                    batch[k] = self._rng.standard_normal((len(rows),) + DATA[k][0]).astype(DTYPE)
+                    batch[k] = self._rng.standard_normal(out=buffers[k][:len(rows)], dtype=DTYPE)
                 for name in LOSSES:
                     for _ in range(d_steps if name == LOSSES[0] and len(LOSSES) > 1 else 1):
                         names = _KERNELS[name][2]
