@@ -114,7 +114,6 @@ def _environment() -> jinja2.Environment:
 
 def _context(spec, source_file: str, target: str) -> dict:
     model = spec.model
-    inputs = [d["name"] for d in spec.data if not d["is_target"]]
     size_names = ["N"] + [s for s, _, _ in spec.free_sizes]
     train = model.train
     return dict(
@@ -124,8 +123,9 @@ def _context(spec, source_file: str, target: str) -> dict:
         free_sizes=spec.free_sizes, ws_size=spec.ws_size, forward=spec.forward,
         outputs=spec.outputs, losses=spec.losses,
         output_names=repr(list(model.outputs)), loss_names=repr([l.name for l in spec.losses]),
-        input_names=inputs, data_names=[d["name"] for d in spec.data],
-        input_args="".join(f"{n}, " for n in inputs), first_data=spec.data[0]["name"],
+        data_names=[d["name"] for d in spec.data],
+        forward_inputs=spec.forward_inputs,
+        input_args="".join(f"{n}, " for n in spec.forward_inputs),
         size_args=", ".join(size_names),
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,

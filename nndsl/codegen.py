@@ -53,6 +53,7 @@ class ModuleSpec:
     free_sizes: list[tuple[str, str, int]]       # (size, data name, axis)
     ws_size: str
     forward: Kernel
+    forward_inputs: list[str]                    # the inputs the outputs depend on
     outputs: list[str]
     losses: list[LossSpec]
     tensors: dict[str, Tensor] = field(default_factory=dict)
@@ -85,6 +86,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
     outputs = [g.values[o].name for o in model.outputs]
     fwd_stages = relevant_stages_multi(forward_stages, outputs)
     forward = _kernel("forward", fwd_stages, [], emit, views, keep=set(outputs))
+    forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
 
     losses = []
     for spec in model.losses:
@@ -104,7 +106,8 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         data=[_data_info(d) for d in model.data],
         free_sizes=_free_sizes(model),
         ws_size=index_text([ws_size]),
-        forward=forward, outputs=outputs, losses=losses, tensors=tensors, graph=g,
+        forward=forward, forward_inputs=forward_inputs, outputs=outputs, losses=losses,
+        tensors=tensors, graph=g,
         adjoints=adjoints)
 
 

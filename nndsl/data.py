@@ -194,7 +194,8 @@ def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
 
 def _split(n: int, seed: int, test_fraction: float,
            labels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted train and test indices; stratified by `labels` when given.
+    """Train and test indices in a fixed shuffled order (a sorted source such as mnist's must
+    not give batches of one class); stratified by `labels` when given.
 
     Pure numpy, so the split depends only on (n, labels, seed, test_fraction)
     and not on the scikit-learn version.
@@ -221,7 +222,7 @@ def _split(n: int, seed: int, test_fraction: float,
     train_idx = np.flatnonzero(mask)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise UsageError(f"cannot split {n} example(s) into train and test parts")
-    return train_idx, test_idx
+    return rng.permutation(train_idx), rng.permutation(test_idx)
 
 
 # ------------------------------------------------------------------ npz files

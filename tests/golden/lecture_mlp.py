@@ -312,8 +312,8 @@ class Model:
 
     # -- the API -----------------------------------------------------------
     def forward(self, seed=None, **data):
-        """The outputs ([, ', o, ', ]) for a batch; noise layers are off
-        (`sample=true` layers still sample)."""
+        """The outputs ['o'] for a batch of x;
+        noise layers are off (`sample=true` layers still sample)."""
         arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
         ws = self._workspace(n_rows, sizes)
         outs = forward_kernel(self.theta, ws, *arrays, self._seed(seed), False)
