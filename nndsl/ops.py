@@ -240,24 +240,25 @@ def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:
     return g.b.special("draw", eps, note=f"{node.name}: {dist} noise", dist=dist, **attrs)
 
 
-@layer("dropout")
-def _dropout(g: Graph, node: ir.Node, x: Handle):
-    """Inverted dropout: mask ∈ {0, 1/(1-p)}; forward uses mask = 1."""
-    p = float(node.attrs["p"])
-    mask = _noise(g, node, "keep", p=p, scale=1.0 / (1.0 - p), neutral=1.0)
+def _masked(g: Graph, node: ir.Node, x: Handle, scale: float, what: str) -> Handle:
+    """out = x·mask with mask ∈ {0, scale}, kept with probability 1 - p; forward uses mask = 1."""
+    mask = _noise(g, node, "keep", p=float(node.attrs["p"]), scale=scale, neutral=1.0)
     out = g.new_value(node.name, node.shape)
     ind = loop_indices(len(node.shape))
-    g.b.assign(out, ind, x[ind] * mask[ind], note=f"{node.name} = dropout")
+    g.b.assign(out, ind, x[ind] * mask[ind], note=f"{node.name} = {what}")
     return out
+
+
+@layer("dropout")
+def _dropout(g: Graph, node: ir.Node, x: Handle):
+    """Inverted dropout: the kept units are scaled by 1/(1-p), so the expectation is x."""
+    return _masked(g, node, x, 1.0 / (1.0 - float(node.attrs["p"])), "dropout")
 
 
 @layer("mask_noise")
 def _mask_noise(g: Graph, node: ir.Node, x: Handle):
-    mask = _noise(g, node, "keep", p=float(node.attrs["p"]), scale=1.0, neutral=1.0)
-    out = g.new_value(node.name, node.shape)
-    ind = loop_indices(len(node.shape))
-    g.b.assign(out, ind, x[ind] * mask[ind], note=f"{node.name} = masking noise")
-    return out
+    """Denoising corruption: zero each input with probability p."""
+    return _masked(g, node, x, 1.0, "masking noise")
 
 
 @layer("gaussian_noise")
