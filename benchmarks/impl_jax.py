@@ -1,0 +1,97 @@
+"""JAX + optax Adam step: `python benchmarks/impl_jax.py --model lecture`.
+
+The whole step (loss, gradient, Adam update) is one `jax.jit` function that donates the
+parameter and optimiser-state buffers; it is compiled ahead of time (`lower().compile()`,
+reported as `compile_s`). By default every step waits for its loss (`block_until_ready`),
+as `m.step` of nndsl returns the loss as a float; `JAX_BENCH_SYNC=sample` waits only at
+the end of each timed sample, which lets JAX's asynchronous dispatch overlap the Python
+side of step k+1 with the computation of step k.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from _common import LR, BETA1, BETA2, EPS, MODELS, make_data, parse_args, run_benchmark, unavailable, xavier_limits
+
+IMPL = "jax"
+
+
+def build(model: str, x_np, y_np):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    spec = MODELS[model]
+    sizes = spec["sizes"]
+    act = jnp.tanh if spec["act"] == "tanh" else jax.nn.relu
+    keys = jax.random.split(jax.random.PRNGKey(0), len(sizes) - 1)
+    params = [
+        (jax.random.uniform(k, (a, b), jnp.float32, -lim, lim), jnp.zeros((b,), jnp.float32))
+        for k, a, b, lim in zip(keys, sizes[:-1], sizes[1:], xavier_limits(sizes))
+    ]
+    opt = optax.adam(LR, b1=BETA1, b2=BETA2, eps=EPS)
+    opt_state = opt.init(params)
+
+    def forward(params, x):
+        h = x
+        for W, b in params[:-1]:
+            h = act(h @ W + b)
+        W, b = params[-1]
+        return h @ W + b
+
+    if spec["loss"] == "squared":
+        def loss_fn(params, x, y):  # ½ Σ_k (o_k − y_k)², mean over the batch
+            o = forward(params, x)
+            return 0.5 * jnp.mean(jnp.sum((o - y) ** 2, axis=1))
+    else:
+        def loss_fn(params, x, y):
+            o = forward(params, x)
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(o, y))
+
+    def train_step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    x = jax.device_put(x_np)
+    y = jax.device_put(y_np.astype("int32") if spec["loss"] == "cross_entropy" else y_np)
+    t0 = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
+    compile_s = time.perf_counter() - t0
+    state = [params, opt_state]
+
+    def step():
+        state[0], state[1], loss = compiled(state[0], state[1], x, y)
+        return loss
+
+    return step, compile_s
+
+
+def main(argv=None):
+    args = parse_args(IMPL, argv)
+    try:
+        import jax
+        import optax  # noqa: F401
+    except ImportError as exc:
+        unavailable(IMPL, args.model, f"jax/optax not importable: {exc}")
+    x, y = make_data(args.model, args.data)
+
+    def setup():
+        compiled_step, compile_s = build(args.model, x, y)
+        sync_mode = os.environ.get("JAX_BENCH_SYNC", "step")
+        if sync_mode == "step":
+            def each_step():
+                return compiled_step().block_until_ready()
+        elif sync_mode == "sample":
+            each_step = compiled_step
+        else:
+            raise SystemExit(f"JAX_BENCH_SYNC must be 'step' or 'sample', not {sync_mode!r}")
+        return each_step, {"compile_s": compile_s, "sync": lambda r: r.block_until_ready(),
+                           "sync_mode": sync_mode, "backend": jax.default_backend()}
+
+    run_benchmark(IMPL, args, setup, version=jax.__version__)
+
+
+if __name__ == "__main__":
+    main()
