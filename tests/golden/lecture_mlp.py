@@ -26,6 +26,8 @@ SOURCE_HASH = "a368d38b72efbb01042833b95cd55e2c910555b560d30e7b6f43ddfd8f960d43"
 MODEL_NAME = "lecture_mlp"
 # Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Scalar helpers are inlined by numba itself (inline="always"): a helper loaded from numba's
+# cache is object code that LLVM cannot inline, and a call in a loop stops vectorisation.
 
 # name: (offset in theta, shape, init, init argument, fan_in, fan_out)
 PARAMS = {
@@ -47,7 +49,7 @@ OPTIMIZERS = {
 TRAIN = {'batch': 32, 'epochs': 100, 'shuffle': True, 'clip_norm': None, 'seed': 0, 'd_steps': 1}
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _tanh(x):
     # Rational approximation of tanh (as in Eigen and XLA), about 1 ulp in float32:
     # only multiplies, adds and a divide, so loops over it vectorise (libm's tanhf does not).
@@ -66,13 +68,13 @@ def _tanh(x):
     return x * p / q
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _sigmoid(x):
     # σ(x) = (1 + tanh(x/2)) / 2: stable for any x, and vectorisable
     return F(0.5) + F(0.5) * _tanh(F(0.5) * x)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _softplus(x):
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): finite for any x
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
@@ -167,10 +169,12 @@ RANGES_loss = ((0, 352),)
 def step_loss(theta, grad, ws, x, y, seed, s1, s2, t, lr, clip_norm):
     value = value_loss(theta, grad, ws, x, y, seed, True, True)
     lr = F(lr)                            # keep the update loops in the parameters' precision
-    norm2 = 0.0
+    # Each update loop runs over slices of one range: simple loops that LLVM vectorises.
+    norm2 = F(0.0)
     for lo, hi in RANGES_loss:
-        for i in range(lo, hi):
-            norm2 += grad[i] * grad[i]
+        dp = grad[lo:hi]
+        for i in range(dp.size):
+            norm2 += dp[i] * dp[i]
     if not (np.isfinite(value) and np.isfinite(norm2)):
         return value                      # leave the parameters at their last finite values
     scale = F(1.0)
@@ -178,9 +182,10 @@ def step_loss(theta, grad, ws, x, y, seed, s1, s2, t, lr, clip_norm):
         scale = F(clip_norm / math.sqrt(norm2))
     momentum = F(0.0)
     for lo, hi in RANGES_loss:
-        for i in range(lo, hi):
-            g = grad[i] * scale
-            theta[i] -= lr * g
+        p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
+        for i in range(p.size):
+            g = dp[i] * scale
+            p[i] -= lr * g
     return value
 
 
@@ -250,9 +255,42 @@ class Model:
         self._state = {name: (np.zeros(N_PARAMS, DTYPE), np.zeros(N_PARAMS, DTYPE)) for name in LOSSES}
         self._t = {name: 0 for name in LOSSES}
         self._ws = np.zeros(0, DTYPE)
+        self._lcg = int(self._rng.integers(0, 2**63))
 
     # -- argument checking -------------------------------------------------
     def _arrays(self, names, data, what):
+        fast = self._ready(names, data)
+        return fast if fast is not None else self._checked(names, data, what)
+
+    def _ready(self, names, data):
+        """The arrays as given when they already have the kernels' dtype, layout and shape
+        (the common case in a training loop); None sends the call to `_checked`."""
+        if len(data) != len(names):
+            return None
+        arrays, n_rows, sizes = [], -1, {}
+        for name in names:
+            a = data.get(name)
+            shape, classes, _ = DATA[name]
+            if type(a) is not np.ndarray or not a.flags.c_contiguous or a.ndim != len(shape) + 1:
+                return None
+            if a.dtype != (np.int64 if classes is not None else DTYPE):
+                return None
+            if n_rows < 0:
+                n_rows = a.shape[0]
+            if a.shape[0] != n_rows or n_rows == 0:
+                return None
+            for axis, size in enumerate(shape):
+                if isinstance(size, str):
+                    if sizes.setdefault(size, a.shape[axis + 1]) != a.shape[axis + 1]:
+                        return None
+                elif a.shape[axis + 1] != size:
+                    return None
+            if classes is not None and (a.min() < 0 or a.max() >= classes):
+                return None
+            arrays.append(a)
+        return arrays, n_rows, sizes
+
+    def _checked(self, names, data, what):
         unknown = sorted(set(data) - set(DATA))
         if unknown:
             raise ValueError(f"{what}: unknown input {unknown[0]!r}; expected {', '.join(names)}")
@@ -308,7 +346,11 @@ class Model:
         return name
 
     def _seed(self, seed):
-        return int(self._rng.integers(0, 2**31 - 1)) if seed is None else int(seed)
+        if seed is not None:
+            return int(seed)
+        # a 64-bit LCG seeded from the model's generator: cheap per step, reproducible per model
+        self._lcg = (self._lcg * 6364136223846793005 + 1442695040888963407) % 2**64
+        return self._lcg >> 33
 
     # -- the API -----------------------------------------------------------
     def forward(self, seed=None, **data):
@@ -417,7 +459,7 @@ class Model:
         """Parameters, optimiser state and step counts, written atomically."""
         path = os.fspath(path)
         state = {"theta": self.theta, "__model__": np.array(MODEL_NAME),
-                 "__hash__": np.array(SOURCE_HASH)}
+                 "__hash__": np.array(SOURCE_HASH), "__noise__": np.array(str(self._lcg))}
         for name in LOSSES:
             state[f"s1:{name}"], state[f"s2:{name}"] = self._state[name]
             state[f"t:{name}"] = np.array(self._t[name])
@@ -443,6 +485,7 @@ class Model:
                                  f"{MODEL_NAME!r} (hash {SOURCE_HASH[:12]})")
             m = cls(seed)
             m.theta[...] = f["theta"]
+            m._lcg = int(str(f["__noise__"])) if "__noise__" in f else m._lcg
             for name in LOSSES:
                 m._state[name][0][...] = f[f"s1:{name}"]
                 m._state[name][1][...] = f[f"s2:{name}"]
