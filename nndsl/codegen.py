@@ -162,7 +162,6 @@ class _Views:
     def __init__(self, tensors, layout, ws_offsets, g: Graph):
         self.tensors, self.ws_offsets = tensors, ws_offsets
         self.param_of = {g.params[name].name: info for name, info in layout.items()}
-        self.grad_param = {}
 
     def line(self, name: str) -> str | None:
         t = self.tensors[name]

@@ -97,8 +97,9 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
 
     grads = {w: grad_of(w).name for w in wrt}
     zeroed = [grads[w] for w in wrt if w not in written]
-    for name in zeroed:
-        out_stages.append(_zero_stage(b, adjoint[_key(adjoint, name)]))
+    for w in wrt:
+        if w not in written:                         # the loss does not reach this parameter
+            out_stages.append(_zero_stage(b, adjoint[w]))
     return Adjoint(out_stages, grads, zeroed, {k: h.name for k, h in adjoint.items()})
 
 
@@ -135,7 +136,3 @@ def _zero_stage(b: Builder, target: Handle) -> Stage:
 def _replace(stage: Stage, **changes) -> Stage:
     from dataclasses import replace
     return replace(stage, **changes)
-
-
-def _key(adjoint: dict, grad_name: str) -> str:
-    return next(k for k, h in adjoint.items() if h.name == grad_name)

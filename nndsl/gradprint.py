@@ -124,7 +124,6 @@ class _View:
         for index, body in self.defs[name]:
             if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
                 return sp.IndexedBase(name)[indices]        # a scatter: keep it named
-            bound = {s for s in body.free_symbols if isinstance(s, sp.Symbol) and not isinstance(s, sp.Indexed)}
             renames = {}
             for v in _sum_vars(body):
                 renames[v] = next(self.fresh)
@@ -132,7 +131,6 @@ class _View:
             body = body.xreplace(renames)
             subst = {i: v for i, v in zip(index, indices) if isinstance(i, sp.Symbol)}
             total += body.xreplace(subst)
-            del bound
         return total
 
     # -- rendering -------------------------------------------------------------
@@ -176,13 +174,11 @@ class _View:
 
     def _index_of(self, tensor: str) -> tuple:
         shape = self.tensors[tensor].shape
-        names = "n" if shape and shape[0] == N else ""
         letters = iter("kdijlmpqrs")
         out = []
         for k, size in enumerate(shape):
             out.append(sp.Symbol("n", integer=True) if (k == 0 and size == N) else
                        (sp.Integer(0) if size == 1 else sp.Symbol(next(letters), integer=True)))
-        del names
         return tuple(out)
 
     def sort_key(self, factor) -> tuple:
