@@ -19,6 +19,18 @@ BUILD = ROOT / "tests" / ".build"
 
 _modules: dict = {}
 
+# A small GAN shared by the gradient and the generative tests (one compiled module).
+GAN = """model gan
+input x[4]
+input z[2]
+network generator(z) { h = dense(z, 5, act=relu); return dense(h, 4, act=sigmoid) }
+network discriminator(v) { h = dense(v, 5, act=leaky_relu); return dense(h, 1) }
+fake = generator(z)
+loss d_loss = bce_logits(discriminator(x), 1) + bce_logits(discriminator(fake), 0) wrt discriminator
+loss g_loss = bce_logits(discriminator(fake), 1) wrt generator
+"""
+
+
 
 def compile_source(source: str, dtype: str = "float64"):
     """Check, render and import a model given as text (memoised per session)."""

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BUILD, EXAMPLES, compile_example, compile_source, random_data
+from conftest import BUILD, EXAMPLES, GAN, compile_example, compile_source, random_data
 
 pytest.importorskip("sklearn")
 from nndsl.data import load_dataset  # noqa: E402
@@ -23,16 +23,6 @@ def digits():
     return load_dataset("digits")
 
 
-# the same text as in test_gradients.py, so both files share one compiled module
-GAN = """model gan
-input x[4]
-input z[2]
-network generator(z) { h = dense(z, 5, act=relu); return dense(h, 4, act=sigmoid) }
-network discriminator(v) { h = dense(v, 5, act=leaky_relu); return dense(h, 1) }
-fake = generator(z)
-loss d_loss = bce_logits(discriminator(x), 1) + bce_logits(discriminator(fake), 0) wrt discriminator
-loss g_loss = bce_logits(discriminator(fake), 1) wrt generator
-"""
 
 # every stochastic layer at once; `s` samples even in forward
 STOCHASTIC = """model stochastic

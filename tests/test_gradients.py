@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import compile_source, random_data
+from conftest import GAN, compile_source, random_data
 from gradcheck import check_gradients
 
 
@@ -72,16 +72,6 @@ def test_gradient(case):
 
 VAE = model("h = dense(x, 6, act=relu)\nmu = dense(h, 2)\nlogvar = dense(h, 2)\nz = sample_normal(mu, logvar)\n"
             "d = dense(z, 6, act=relu)\nxr = dense(d, 4)\nloss bce_logits(xr, x) + kl_normal(mu, logvar)", "input x[4]")
-
-GAN = """model gan
-input x[4]
-input z[2]
-network generator(z) { h = dense(z, 5, act=relu); return dense(h, 4, act=sigmoid) }
-network discriminator(v) { h = dense(v, 5, act=leaky_relu); return dense(h, 1) }
-fake = generator(z)
-loss d_loss = bce_logits(discriminator(x), 1) + bce_logits(discriminator(fake), 0) wrt discriminator
-loss g_loss = bce_logits(discriminator(fake), 1) wrt generator
-"""
 
 
 def test_vae_loss_gradient():
