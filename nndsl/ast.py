@@ -185,12 +185,16 @@ class OutIndex:
 
 @dataclass(frozen=True)
 class ParamDecl:
-    """`param W[k, i, j] init=xavier` inside a layer body (init: Name or Call)."""
+    """`param W[k, i, j] init=xavier` inside a layer body (init: Name or Call).
+
+    An index may carry a size, `param W[f, c, p:K]`: that binds a window index
+    that no argument or output binds (a convolution's kernel offset)."""
     name: str
     indices: tuple[str, ...]
     init: Optional[Expr]
     span: Span
     name_span: Span
+    index_sizes: tuple[Optional[Expr], ...] = ()     # one per index; None where not given
 
 
 @dataclass(frozen=True)

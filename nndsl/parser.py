@@ -239,7 +239,9 @@ class _ToAst(Transformer_NonRecursive):
 
     def param_decl(self, meta, c):
         name = c[0]
-        indices = tuple(str(t) for t in c[1:] if isinstance(t, Token))
+        axes = [x for x in c[1:] if isinstance(x, ast.OutIndex)]
+        indices = tuple(a.name for a in axes)
+        sizes = tuple(a.size for a in axes)
         init = None
         for kw in _unique_kwargs([x for x in c[1:] if isinstance(x, ast.KwArg)]):
             if kw.name != "init":
@@ -247,7 +249,7 @@ class _ToAst(Transformer_NonRecursive):
                     f"unknown option `{kw.name}` for `param`", kw.span,
                     hint=did_you_mean(kw.name, ["init"]) or "the only option is `init=...`"))
             init = kw.value
-        return ast.ParamDecl(str(name), indices, init, _span(meta), _token_span(name))
+        return ast.ParamDecl(str(name), indices, init, _span(meta), _token_span(name), sizes)
 
     def index_assign(self, meta, c):
         name, *indices, value = c

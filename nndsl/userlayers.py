@@ -43,6 +43,7 @@ class LayerInfo:
     accesses: tuple[tuple[str, int, str, Span], ...]   # (tensor, axis, plain index, where)
     windows: tuple[tuple[str, int, ir.Expr, Span], ...]  # (tensor, axis, affine index, where)
     sum_only: tuple[str, ...]                     # indices bound by sums alone
+    param_sizes: tuple[tuple[str, ast.Expr], ...] = ()   # window indices sized in `param W[.., p:K]`
 
 
 class _LayerBody(ExprLowering):
@@ -180,6 +181,7 @@ class _LayerChecker:
         self.names: dict[str, Span] = {}          # layer-local names: args, params, temps
         self.tensors: dict[str, tuple[str, ...]] = {}
         self.signature_indices: set[str] = set()
+        self.param_sizes: list[tuple[str, ast.Expr]] = []
 
     def error(self, message, span, hint=None, notes=()):
         self.errors.append(Diagnostic(message, span, hint, notes=tuple(notes)))
@@ -209,7 +211,8 @@ class _LayerChecker:
             tuple(params), tuple(body), d.span)
         sum_only = tuple(sorted(lowering.sum_indices - self.signature_indices))
         return LayerInfo(layer, args, dict(self.tensors), tuple(out_sizes),
-                         tuple(lowering.accesses), tuple(lowering.windows), sum_only)
+                         tuple(lowering.accesses), tuple(lowering.windows), sum_only,
+                         tuple(self.param_sizes))
 
     def signature(self) -> Signature:
         args = []
@@ -285,6 +288,9 @@ class _LayerChecker:
 
     def param(self, st: ast.ParamDecl) -> Optional[ir.LayerParam]:
         ok = self.declare(st.name, st.name_span)
+        for i, size in zip(st.indices, st.index_sizes):
+            if size is not None:
+                ok = self.window_index(i, size, st) and ok
         for i in st.indices:
             if i not in self.signature_indices:
                 self.error(f"index `{i}` of param `{st.name}` is not bound by the signature",
@@ -300,6 +306,24 @@ class _LayerChecker:
                 ok = False
         self.tensors[st.name] = tuple(st.indices)
         return ir.LayerParam(st.name, tuple(st.indices), init) if ok else None
+
+    def window_index(self, i: str, size: ast.Expr, st: ast.ParamDecl) -> bool:
+        """`p:K` in a param declaration binds the window index `p` to size K."""
+        if i in self.signature_indices:
+            self.error(f"index `{i}` of param `{st.name}` is already bound", st.span,
+                       f"write `{i}` without a size: its range comes from the signature")
+            return False
+        sizes = {a.name for a in self.d.args if isinstance(a, ast.SizeArg)}
+        for n in _names_in(size):
+            if n.id not in sizes and n.id not in self.consts:
+                self.error(f"unknown size `{n.id}` in param `{st.name}`", n.span,
+                           did_you_mean(n.id, [*sizes, *self.consts]) or
+                           "sizes are size arguments (`units K`), consts or numbers")
+                self.signature_indices.add(i)       # bound all the same: no cascade of errors
+                return False
+        self.signature_indices.add(i)
+        self.param_sizes.append((i, size))
+        return True
 
     def assign(self, st: ast.IndexAssign, lowering: _LayerBody, assigned: dict[str, Span],
                tensor_args: set[str], params: set[str]) -> Optional[ir.LayerAssign]:
@@ -387,6 +411,7 @@ def instantiate(info: LayerInfo, operands: Mapping[str, Operand], sizes: Mapping
                                  f"({op.described()})", name)
             idx[i], source[i] = d, name
     _output_sizes(info, sizes, consts, idx, source)
+    _output_sizes(info, sizes, consts, idx, source, info.param_sizes, "window")
     _access_sizes(info, idx)
     missing = [i for i in info.sum_only if i not in idx]
     if missing:
@@ -407,22 +432,22 @@ def instantiate(info: LayerInfo, operands: Mapping[str, Operand], sizes: Mapping
     return LayerInstance(out_shape, dict(idx), tuple(params))
 
 
-def _output_sizes(info, sizes, consts, idx, source) -> None:
+def _output_sizes(info, sizes, consts, idx, source, entries=None, what="output") -> None:
     def lookup(name: ast.Name) -> Number:
         for table in (sizes, consts, idx):
             if name.id in table and isinstance(table[name.id], int):
                 return table[name.id]
         raise ArgError(f"the size `{name.id}` is not a fixed integer here", name.span)
 
-    for k, e in info.out_sizes:
+    for k, e in (info.out_sizes if entries is None else entries):
         if e is None:
             continue
         try:
             v = fold_number(e, lookup)
         except ArgError as exc:
-            raise ShapeError(f"output size of `{info.layer.name}`: {exc.message}") from None
+            raise ShapeError(f"{what} size of `{info.layer.name}`: {exc.message}") from None
         if not isinstance(v, int) or v < 1:
-            raise ShapeError(f"output index `{k}` of `{info.layer.name}` would have size {v}; "
+            raise ShapeError(f"{what} index `{k}` of `{info.layer.name}` would have size {v}; "
                              "sizes must be positive integers")
         if k in idx and idx[k] != v:
             raise ShapeError(f"index `{k}` of `{info.layer.name}` is bound to size {idx[k]} by "

@@ -43,6 +43,12 @@ CASES = {
         "layer lecture_hidden(x[d], units K) -> h[k:K] {\n"
         "    param W[k, d] init=normal(0.1)\n    h[k] = tanh(sum(d: W[k, d] * x[d]))\n}\n"
         "h = lecture_hidden(x, 6)\no = dense(h, 3)\nloss squared(o, y)"),
+    "user-layer-window": model(   # a strided 1-D convolution: affine reads, window index bound by the param
+        "layer conv(x[c, t], units F, units L, units K) -> out[f:F, i:L] {\n"
+        "    param W[f, c, p:K] init=xavier\n    param b[f] init=zeros\n"
+        "    out[f, i] = tanh(sum(c, p: W[f, c, p] * x[c, i*2 + p]) + b[f])\n}\n"
+        "s = conv(x, 3, 4, 3)\nh = conv(s, 2, 2, 2)\nloss squared(h, y)",   # Δs: a scatter-add over windows
+        "input x[2, 10]\ntarget y[2, 2]"),
     # -- losses
     "cross-entropy": model("h = dense(x, 5, act=relu)\no = dense(h, 4)\nloss cross_entropy(o, label)",
                            "input x[4]\ntarget label: class(4)"),
@@ -125,3 +131,14 @@ def test_float32_agrees_with_float64(case):
     assert L32 == pytest.approx(L64, rel=1e-5, abs=1e-6)
     for name in g64:
         np.testing.assert_allclose(g32[name], g64[name], rtol=2e-3, atol=2e-5)
+
+
+def test_window_outside_the_input_is_a_diagnostic():
+    from nndsl.diagnostics import CompileError
+    from nndsl.frontend import load_source
+    source = model("layer conv(x[c, t], units F, units L, units K) -> out[f:F, i:L] {\n"
+                   "    param W[f, c, p:K]\n    out[f, i] = sum(c, p: W[f, c, p] * x[c, i*2 + p])\n}\n"
+                   "h = conv(x, 3, 5, 3)\nloss squared(h, y)", "input x[2, 10]\ntarget y[3, 5]")
+    with pytest.raises(CompileError) as err:
+        load_source(source, "w.nn")
+    assert "ranges over 0..10, outside axis 1 of size 10" in str(err.value)

@@ -129,8 +129,9 @@ def sx(node) -> str:
     if isinstance(node, tuple):
         return "[" + ", ".join(map(sx, node)) + "]"
     if dataclasses.is_dataclass(node):
-        fields = [sx(getattr(node, f.name)) for f in dataclasses.fields(node)
-                  if not f.name.endswith("span")]
+        values = [getattr(node, f.name) for f in dataclasses.fields(node) if not f.name.endswith("span")]
+        # optional per-index sizes (`param W[f, c, p:K]`) are shown only where one is given
+        fields = [sx(v) for v in values if not (isinstance(v, tuple) and v and all(x is None for x in v))]
         return f"{type(node).__name__}({', '.join(fields)})"
     return str(node)
 
@@ -218,6 +219,11 @@ SHAPES = [
      "LayerDef(conv, [TensorArg(x, [c, h, w]), SizeArg(units, F), SizeArg(size, S)], y, "
      "[OutIndex(f, F), OutIndex(i, None), OutIndex(j, None)], [ParamDecl(W, [f, c, p, q], normal(0.1)), "
      "IndexAssign(y, [f, i, j], sum(c, p, q: (* W[f, c, p, q] x[c, (+ (* i 2) p), (+ (* j 2) q)])))])"),
+    ("layer conv1(x[c, t], units F, units L, units K) -> y[f:F, i:L] { param W[f, c, p:K]; "
+     "y[f, i] = sum(c, p: W[f, c, p] * x[c, i*2 + p]) }",
+     "LayerDef(conv1, [TensorArg(x, [c, t]), SizeArg(units, F), SizeArg(units, L), SizeArg(units, K)], y, "
+     "[OutIndex(f, F), OutIndex(i, L)], [ParamDecl(W, [f, c, p], None, [None, None, K]), "
+     "IndexAssign(y, [f, i], sum(c, p: (* W[f, c, p] x[c, (+ (* i 2) p)])))])"),
     ("layer id(x[i]) -> o[i] {\n  t = 2\n  o[i] = t * x[i]\n}",
      "LayerDef(id, [TensorArg(x, [i])], o, [OutIndex(i, None)], [IndexAssign(t, [], 2), "
      "IndexAssign(o, [i], (* t x[i]))])"),

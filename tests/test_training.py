@@ -20,6 +20,7 @@ CASES = [
     ("user_layer", "diabetes", "standardised", 0.80),
     ("user_defined", "diabetes", "standardised", 0.95),
     ("wine", "wine", "accuracy", 0.90),
+    ("user_conv", "digits", "accuracy", 0.90),
 ]
 
 
