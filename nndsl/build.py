@@ -65,7 +65,7 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
         t0 = time.perf_counter()
         warm_up(dest, model.name)
         timings["numba"] = time.perf_counter() - t0
-    return BuildResult(dest, model.name, _hash_of(text), timings)
+    return BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings)
 
 
 def warm_up(path: Path, name: str) -> None:
@@ -83,13 +83,6 @@ def warm_up(path: Path, name: str) -> None:
     m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
     for loss, (_, _, names) in module._KERNELS.items():
         m.step(loss, **{k: data[k] for k in names})
-
-
-def _hash_of(text: str) -> str:
-    for line in text.splitlines()[:4]:
-        if line.startswith("# source hash: "):
-            return line.split(": ", 1)[1]
-    return ""
 
 
 def _write_atomically(dest: Path, text: str) -> None:

@@ -13,7 +13,7 @@ import sympy as sp
 
 from . import ir
 from .derive import differentiate, relevant_stages
-from .formulas import N, Stage, Tensor
+from .formulas import Stage, Tensor
 from .fuse import Group, fuse, propagate_copies
 from .lower import Emitter, as_gemm
 from .ops import Graph, expand_loss, expand_nodes

@@ -28,7 +28,6 @@ _DIFFERENTIABLE_ROLES = {"param", "value", "loss"}
 class Adjoint:
     stages: list[Stage]                 # the backward pass, in execution order
     grads: dict[str, str]               # parameter tensor name -> gradient tensor name
-    zeroed: list[str]                   # gradient tensors never reached (identically zero)
     adjoint_of: dict[str, str]          # every differentiated tensor -> its gradient tensor
 
 
@@ -96,11 +95,10 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
             written.add(a.tensor)
 
     grads = {w: grad_of(w).name for w in wrt}
-    zeroed = [grads[w] for w in wrt if w not in written]
     for w in wrt:
         if w not in written:                         # the loss does not reach this parameter
             out_stages.append(_zero_stage(b, adjoint[w]))
-    return Adjoint(out_stages, grads, zeroed, {k: h.name for k, h in adjoint.items()})
+    return Adjoint(out_stages, grads, {k: h.name for k, h in adjoint.items()})
 
 
 def _through_forward_value(partial: sp.Expr, s: Stage, out_value, wrt: sp.Symbol) -> sp.Expr:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from .formulas import Access, Stage, Tensor
+from .formulas import Stage, Tensor
 
 
 @dataclass

@@ -180,12 +180,10 @@ def step_loss(theta, grad, ws, x, y, seed, s1, s2, t, lr, clip_norm):
     scale = F(1.0)
     if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
         scale = F(clip_norm / math.sqrt(norm2))
-    momentum = F(0.0)
     for lo, hi in RANGES_loss:
-        p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
+        p, dp = theta[lo:hi], grad[lo:hi]
         for i in range(p.size):
-            g = dp[i] * scale
-            p[i] -= lr * g
+            p[i] -= lr * (dp[i] * scale)
     return value
 
 
