@@ -23,6 +23,9 @@ class Group:
     stages: list[Stage]
     scalars: set[str] = field(default_factory=set)     # tensors held in registers
     zero_first: list[str] = field(default_factory=list)  # reduction targets zeroed before the nest
+    # reductions summed in a register opened at this loop depth (their reduced
+    # indices are the innermost loops), stored once when those loops close
+    registers: dict[str, int] = field(default_factory=dict)
 
 
 def propagate_copies(stages: list[Stage], tensors: dict[str, Tensor], keep: set[str]):
@@ -61,19 +64,21 @@ def _rename(s: Stage, renames: dict[str, str]) -> Stage:
     return replace(s, accesses=tuple(replace(a, tensor=renames.get(a.tensor, a.tensor)) for a in s.accesses))
 
 
-def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str]) -> list:
-    """Group consecutive fusible stages; GEMMs and special stages stay alone (as Stage)."""
+def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str],
+         memory_order=lambda tensor, index: index) -> list:
+    """Group consecutive fusible stages; GEMMs and special stages stay alone (as Stage).
+    `memory_order(tensor, index)` lists an access's index in the order its tensor is stored."""
     plan: list = []
     for s in stages:
         if s.kind != "formula" or gemm_stage(s) or not _loopable(s):
             plan.append(s)
             continue
-        space = _space(s)
+        space = _space(s, memory_order)
         last = plan[-1] if plan else None
         if isinstance(last, Group) and _same_space(last.ranges, space) and _can_join(last, s, space):
             last.stages.append(_onto(s, space, last.ranges))
         else:
-            plan.append(Group(tuple((v, n) for v, n in space), [s]))
+            plan.append(Group(tuple((v, n) for v, n in space), [_onto(s, space, space)]))
     writes: dict[str, int] = {}
     for s in stages:
         writes[s.out] = writes.get(s.out, 0) + 1
@@ -90,13 +95,14 @@ def _loopable(s: Stage) -> bool:
     return s.reduce is None or s.reduce == "sum"
 
 
-def _space(s: Stage) -> list[tuple]:
-    """The loop order: that of the stage's largest access (memory order), then the rest."""
-    order = list(s.index)
+def _space(s: Stage, memory_order) -> list[tuple]:
+    """The loop order: the memory order of the stage's target (of its largest access for a
+    reduction), then the rest, so the innermost loop walks contiguous memory."""
+    order = list(memory_order(s.out, s.index))
     if s.reduce_vars:
         main = max(s.accesses, key=lambda a: len(a.index), default=None)
         if main is not None:
-            order = [i for i in main.index if isinstance(i, sp.Symbol)]
+            order = [i for i in memory_order(main.tensor, main.index) if isinstance(i, sp.Symbol)]
     sizes = dict(s.ranges)
     order = [v for v in order if isinstance(v, sp.Symbol) and v in sizes]
     order += [v for v, _ in s.ranges if v not in order]
@@ -137,9 +143,13 @@ def _assign_storage(group: Group, reads: dict[str, int], writes: dict[str, int],
     for g in group.stages:
         for a in g.accesses:
             inside[a.tensor] = inside.get(a.tensor, 0) + 1
+    order = [v for v, _ in group.ranges]
     for g in group.stages:
         if g.reduce_vars:
-            if not g.accumulate:
+            depth = len(g.out_vars)
+            if set(g.out_vars) == set(order[:depth]):
+                group.registers[g.out] = depth
+            elif not g.accumulate:
                 group.zero_first.append(g.out)
         elif (reads.get(g.out, 0) == inside.get(g.out, 0) and writes[g.out] == 1 and g.out not in keep
               and set(g.index) == full and not g.accumulate):

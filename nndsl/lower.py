@@ -47,12 +47,17 @@ def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
     return Gemm(s.out, a_text, b_text, s.accumulate)
 
 
+def _transposed(operand: str) -> str:
+    return operand[:-2] if operand.endswith(".T") else f"{operand}.T"
+
+
 class Emitter:
     """Turns stages into indented source lines."""
 
-    def __init__(self, tensors: dict[str, Tensor], dtype: str):
+    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last: frozenset[str] = frozenset()):
         self.tensors = tensors
         self.dtype = dtype
+        self.batch_last = batch_last              # (N, K) tensors stored as (K, N)
         # loop variables must not shadow array names (a node may be called `n` or `k`)
         self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws"}
 
@@ -68,6 +73,10 @@ class Emitter:
                 if str(v) in self.taken}
         return index_text([sp.sympify(e).xreplace(subs) for e in exprs])
 
+    def memory_order(self, tensor: str, index: tuple) -> tuple:
+        """`index` of an access to `tensor`, outermost stored axis first."""
+        return tuple(index[::-1]) if tensor in self.batch_last else tuple(index)
+
     def size(self, e) -> str:
         return index_text([e])
 
@@ -78,21 +87,36 @@ class Emitter:
         return lines
 
     def group(self, g: Group) -> list[str]:
-        """One fused loop nest; reductions accumulate in memory order into zeroed targets."""
+        """One fused loop nest. A reduction whose reduced indices are the innermost loops sums
+        in a register; any other accumulates in memory order into its zeroed target."""
         if len(g.stages) == 1 and not g.stages[0].reduce_vars:
             return self.stage(g.stages[0])
+        zero = NumbaPrinter({}, self.dtype)._lit('0.0')
         lines = [f"# {s.note}" for s in g.stages if s.note]
-        lines += [f"{t}[:] = {NumbaPrinter({}, self.dtype)._lit('0.0')}" for t in g.zero_first]
+        lines += [f"{t}[:] = {zero}" for t in g.zero_first]
+        by_out = {s.out: s for s in g.stages}
+        register = {out: self.var(f"{out}_sum") for out in g.registers}
         depth = 0
         for v, n in g.ranges:
+            lines += ["    " * depth + f"{register[o]} = {zero}" for o, d in g.registers.items() if d == depth]
             lines.append("    " * depth + f"for {self.var(v)} in range({self.size(n)}):")
             depth += 1
         for s in g.stages:
             p = self._printer(s, g.scalars)
-            target = s.out if s.out in g.scalars else f"{s.out}[{self.ix(s.index)}]"
-            op = "+=" if (s.reduce_vars or s.accumulate) else "="
+            if s.out in register:
+                target, op = register[s.out], "+="
+            else:
+                target = s.out if s.out in g.scalars else f"{s.out}[{self.ix(s.index)}]"
+                op = "+=" if (s.reduce_vars or s.accumulate) else "="
             lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
+        for d in range(len(g.ranges) - 1, -1, -1):
+            for o in (o for o, od in g.registers.items() if od == d):
+                s = by_out[o]
+                lines.append("    " * d + f"{self._target(s)} {'+=' if s.accumulate else '='} {register[o]}")
         return lines
+
+    def _target(self, s: Stage) -> str:
+        return f"{s.out}[{self.ix(s.index) if s.index else '0'}]"
 
     def stage(self, s: Stage, training: str = "training") -> list[str]:
         head = [f"# {s.note}"] if s.note else []
@@ -104,6 +128,8 @@ class Emitter:
         if gemm is not None:
             if gemm.accumulate:
                 return head + [f"{gemm.out} += np.dot({gemm.a}, {gemm.b})"]
+            if gemm.out in self.batch_last:         # BLAS writes C-ordered memory: outᵀ = bᵀ·aᵀ
+                return head + [f"np.dot({_transposed(gemm.b)}, {_transposed(gemm.a)}, {gemm.out}.T)"]
             return head + [f"np.dot({gemm.a}, {gemm.b}, {gemm.out})"]
         return head + self._loops(s)
 
@@ -172,6 +198,15 @@ class Emitter:
             draw = "np.random.standard_normal()"
         else:                                         # keep with probability 1 - p, scaled
             draw = f"{a['scale']!r} if np.random.random() >= {a['p']!r} else 0.0"
+        if s.out in self.batch_last:
+            # draw in (example, feature) order whatever the storage: a seed gives the same noise
+            n, k = self.var("n"), self.var("k")
+            return [f"if {cond}:",
+                    f"    for {n} in range({s.out}.shape[0]):",
+                    f"        for {k} in range({s.out}.shape[1]):",
+                    f"            {s.out}[{n}, {k}] = {draw}",
+                    "else:",
+                    f"    {s.out}[:] = {a['neutral']!r}"]
         return [f"{flat} = {s.out}.reshape(-1)",
                 f"if {cond}:",
                 f"    for i in range({flat}.size):",

@@ -67,6 +67,17 @@ CASES = {
     "mask-noise": model("n = mask_noise(x, 0.25)\no = dense(n, 3)\nloss squared(o, y)"),
     "sample-normal": model("mu = dense(x, 3)\nlogvar = dense(x, 3)\nz = sample_normal(mu, logvar)\n"
                            "o = dense(z, 3)\nloss squared(o, y) + kl_normal(mu, logvar)"),
+    # -- vectors of 64+ features are stored batch-last ((K, N)): GEMMs write their transpose,
+    #    loops run the batch index innermost, draws fill the stored order
+    "wide-batch-last": model(
+        "activation swish2(a) = a * sigmoid(2 * a)\n"
+        "h = dense(x, 80, act=tanh)\nd = dropout(h, 0.3)\ng = dense(d, 70, act=swish2)\n"
+        "s = dense(g, 64, act=softmax)\nn = gaussian_noise(s, 0.1)\nc = concat(n, x)\n"
+        "o = dense(c, 3)\nloss squared(o, y)"),
+    "wide-user-layer": model(
+        "layer lecture_hidden(x[d], units K) -> h[k:K] {\n"
+        "    param W[k, d] init=normal(0.1)\n    h[k] = tanh(sum(d: W[k, d] * x[d]))\n}\n"
+        "h = lecture_hidden(x, 72)\ng = h * h + 0.5 * h\no = dense(g, 3)\nloss squared(o, y)"),
 }
 
 

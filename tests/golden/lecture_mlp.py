@@ -90,16 +90,17 @@ def workspace_size(N):
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def forward_kernel(theta, ws, x, seed, training):
     N = x.shape[0]
-    h_z = ws[0:32*N].reshape((N, 32))
+    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
+    h_z = ws[0:32*N].reshape((32, N)).T
     h_W = theta[0:320].reshape((32, 10))
-    h = ws[32*N:64*N].reshape((N, 32))
+    h = ws[32*N:64*N].reshape((32, N)).T
     o = ws[64*N:65*N].reshape((N, 1))
     o_W = theta[320:352].reshape((1, 32))
     # h: W·x
-    np.dot(x, h_W.T, h_z)
+    np.dot(h_W, x.T, h_z.T)
     # h = tanh(a)
-    for n in range(N):
-        for i1 in range(32):
+    for i1 in range(32):
+        for n in range(N):
             h[n, i1] = _tanh(h_z[n, i1])
     # o: W·x
     np.dot(h, o_W.T, o)
@@ -110,36 +111,39 @@ def forward_kernel(theta, ws, x, seed, training):
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def value_loss(theta, grad, ws, x, y, seed, training, want_grad):
     N = x.shape[0]
-    h_z = ws[0:32*N].reshape((N, 32))
+    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
+    h_z = ws[0:32*N].reshape((32, N)).T
     h_W = theta[0:320].reshape((32, 10))
-    h = ws[32*N:64*N].reshape((N, 32))
+    h = ws[32*N:64*N].reshape((32, N)).T
     o = ws[64*N:65*N].reshape((N, 1))
     o_W = theta[320:352].reshape((1, 32))
     loss_per_example = ws[65*N:66*N].reshape((N,))
     loss = ws[66*N:66*N + 1].reshape((1,))
     d_loss_per_example = ws[66*N + 1:67*N + 1].reshape((N,))
     d_o = ws[67*N + 1:68*N + 1].reshape((N, 1))
-    d_h = ws[68*N + 1:100*N + 1].reshape((N, 32))
+    d_h = ws[68*N + 1:100*N + 1].reshape((32, N)).T
     d_o_W = grad[320:352].reshape((1, 32))
-    d_h_z = ws[100*N + 1:132*N + 1].reshape((N, 32))
+    d_h_z = ws[100*N + 1:132*N + 1].reshape((32, N)).T
     d_h_W = grad[0:320].reshape((32, 10))
     # h: W·x
-    np.dot(x, h_W.T, h_z)
+    np.dot(h_W, x.T, h_z.T)
     # h = tanh(a)
-    for n in range(N):
-        for i1 in range(32):
+    for i1 in range(32):
+        for n in range(N):
             h[n, i1] = _tanh(h_z[n, i1])
     # o: W·x
     np.dot(h, o_W.T, o)
     # loss.per_example: per-example squared, summed over the example
-    loss_per_example[:] = F(0.0)
     for n in range(N):
+        loss_per_example_sum = F(0.0)
         for i1 in range(1):
-            loss_per_example[n] += (F(0.5))*((o[n, i1] - y[n, i1]) * (o[n, i1] - y[n, i1]))
+            loss_per_example_sum += (F(0.5))*((o[n, i1] - y[n, i1]) * (o[n, i1] - y[n, i1]))
+        loss_per_example[n] = loss_per_example_sum
     # loss = mean over the batch
-    loss[:] = F(0.0)
+    loss_sum = F(0.0)
     for n in range(N):
-        loss[0] += loss_per_example[n]/N
+        loss_sum += loss_per_example[n]/N
+    loss[0] = loss_sum
     if want_grad:
         # Δloss.per_example from loss = mean over the batch
         for n in range(N):
@@ -149,12 +153,12 @@ def value_loss(theta, grad, ws, x, y, seed, training, want_grad):
             for i1 in range(1):
                 d_o[n, i1] = d_loss_per_example[n]*(o[n, i1] - y[n, i1])
         # Δh from o: W·x
-        np.dot(d_o, o_W, d_h)
+        np.dot(o_W.T, d_o.T, d_h.T)
         # Δo.W from o: W·x
         np.dot(d_o.T, h, d_o_W)
         # Δh.z from h = tanh(a)
-        for n in range(N):
-            for i1 in range(32):
+        for i1 in range(32):
+            for n in range(N):
                 d_h_z[n, i1] = d_h[n, i1]*(F(1.0) - (h[n, i1] * h[n, i1]))
         # Δh.W from h: W·x
         np.dot(d_h_z.T, x, d_h_W)
