@@ -173,7 +173,7 @@ class Emitter:
             lines.append(ind + "top = -np.inf")
             lines += self._inner(s, depth, f"top = max(top, {body})")
             lines.append(ind + f"acc = {p._lit('0.0')}")
-            lines += self._inner(s, depth, f"acc += math.exp({body} - top)")
+            lines += self._inner(s, depth, f"acc += _exp({body} - top)")
             result = "top + math.log(acc)"
         else:
             raise ValueError(f"unknown reduction {s.reduce}")

@@ -68,6 +68,9 @@ class NumbaPrinter(PythonCodePrinter):
     def _print_tanh(self, e):
         return f"_tanh({self._print(e.args[0])})"
 
+    def _print_exp(self, e):
+        return f"_exp({self._print(e.args[0])})"
+
     def _print_Relational(self, e):
         ops = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
         return f"({self._print(e.lhs)} {ops[e.rel_op]} {self._print(e.rhs)})"

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
 DTYPE = np.float32
 F = np.float32
@@ -74,10 +76,47 @@ def _sigmoid(x):
     return F(0.5) + F(0.5) * _tanh(F(0.5) * x)
 
 
+@intrinsic
+def _pow2(typingctx, k):
+    """2**k for an integral float32 k in [-126, 127]: k + 127 written into the exponent bits."""
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), i32(127)), i32(23))
+        return builder.bitcast(bits, context.get_value_type(types.float32))
+    return types.float32(types.float32), codegen
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _exp(x):
+    # e^x = 2^k · e^r, k = round(x / ln 2), |r| <= ln(2)/2, e^r by Cephes' expf polynomial:
+    # about 2 ulp, and vectorisable (libm's expf is a call per element, 13x slower here).
+    x = max(min(x, F(88.3762626647949)), F(-87.3365447504019))
+    k = np.floor(x * F(1.44269504088896341) + F(0.5))
+    r = x - k * F(0.693359375) + k * F(2.12194440e-4)
+    p = F(1.9875691500e-4)
+    p = p * r + F(1.3981999507e-3)
+    p = p * r + F(8.3334519073e-3)
+    p = p * r + F(4.1665795894e-2)
+    p = p * r + F(1.6666665459e-1)
+    p = p * r + F(5.0000001201e-1)
+    return (p * r * r + r + F(1.0)) * _pow2(k)
+
+
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _softplus(x):
-    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): finite for any x
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+    # log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1]; log1p(u) = 2 atanh(s) with
+    # s = u / (2 + u) in (0, 1/3], an odd series in s: about 4 ulp, and vectorisable.
+    u = _exp(-abs(x))
+    s = u / (F(2.0) + u)
+    s2 = s * s
+    p = F(1.0 / 15.0)
+    p = p * s2 + F(1.0 / 13.0)
+    p = p * s2 + F(1.0 / 11.0)
+    p = p * s2 + F(1.0 / 9.0)
+    p = p * s2 + F(1.0 / 7.0)
+    p = p * s2 + F(1.0 / 5.0)
+    p = p * s2 + F(1.0 / 3.0)
+    return max(x, F(0.0)) + F(2.0) * s * (p * s2 + F(1.0))
 
 
 @njit(cache=True)
