@@ -13,7 +13,7 @@ import sympy as sp
 
 from . import ir
 from .derive import differentiate, relevant_stages
-from .formulas import Stage, Tensor
+from .formulas import N, Stage, Tensor
 from .fuse import Group, fuse, propagate_copies
 from .lower import Emitter, as_gemm
 from .ops import Graph, expand_loss, expand_nodes
@@ -158,7 +158,6 @@ def _param_layout(model: ir.ModelIR, g: Graph) -> dict[str, dict]:
 def _batch_last(tensors: dict[str, Tensor], outputs: list[str]) -> set[str]:
     """Workspace tensors of shape (N, K), K ≥ BATCH_LAST_MIN_WIDTH, stored as (K, N); outputs
     handed to the user stay (N, K)."""
-    from .formulas import N
     return {t.name for t in tensors.values()
             if t.role in _WORKSPACE_ROLES and t.name not in outputs and len(t.shape) == 2
             and t.shape[0] == N and t.shape[1].is_Integer and int(t.shape[1]) >= BATCH_LAST_MIN_WIDTH}

@@ -54,7 +54,7 @@ def _transposed(operand: str) -> str:
 class Emitter:
     """Turns stages into indented source lines."""
 
-    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last: frozenset[str] = frozenset()):
+    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset()):
         self.tensors = tensors
         self.dtype = dtype
         self.batch_last = batch_last              # (N, K) tensors stored as (K, N)
