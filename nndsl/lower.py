@@ -191,7 +191,6 @@ class Emitter:
 
     # ---------------------------------------------------- non-formula stages
     def _draw(self, s: Stage, training: str) -> list[str]:
-        flat = f"{s.out}_flat"
         a = s.attrs
         cond = "True" if a.get("always") else training
         if a["dist"] == "normal":
@@ -201,18 +200,16 @@ class Emitter:
         if s.out in self.batch_last:
             # draw in (example, feature) order whatever the storage: a seed gives the same noise
             n, k = self.var("n"), self.var("k")
-            return [f"if {cond}:",
-                    f"    for {n} in range({s.out}.shape[0]):",
+            setup, target = [], s.out
+            fill = [f"    for {n} in range({s.out}.shape[0]):",
                     f"        for {k} in range({s.out}.shape[1]):",
-                    f"            {s.out}[{n}, {k}] = {draw}",
-                    "else:",
-                    f"    {s.out}[:] = {a['neutral']!r}"]
-        return [f"{flat} = {s.out}.reshape(-1)",
-                f"if {cond}:",
-                f"    for i in range({flat}.size):",
-                f"        {flat}[i] = {draw}",
-                "else:",
-                f"    {flat}[:] = {a['neutral']!r}"]
+                    f"            {s.out}[{n}, {k}] = {draw}"]
+        else:
+            target = f"{s.out}_flat"
+            setup = [f"{target} = {s.out}.reshape(-1)"]
+            fill = [f"    for i in range({target}.size):",
+                    f"        {target}[i] = {draw}"]
+        return setup + [f"if {cond}:"] + fill + ["else:", f"    {target}[:] = {a['neutral']!r}"]
 
     def _onehot(self, s: Stage) -> list[str]:
         labels = s.attrs["labels"]
