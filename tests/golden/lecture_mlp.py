@@ -466,7 +466,9 @@ class Model:
             batches = range(0, n_rows, batch_size)
             for b, lo in enumerate(batches, 1):
                 rows = order[lo:lo + batch_size]
-                batch = {k: np.take(v, rows, axis=0, out=buffers[k][:len(rows)]) for k, v in data.items()}
+                # mode="clip": the rows are a permutation, and numpy buffers `out` under "raise"
+                batch = {k: np.take(v, rows, axis=0, out=buffers[k][:len(rows)], mode="clip")
+                         for k, v in data.items()}
                 for k in noise:
                     batch[k] = self._rng.standard_normal(out=buffers[k][:len(rows)], dtype=DTYPE)
                 for name in LOSSES:
