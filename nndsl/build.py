@@ -119,6 +119,8 @@ def _context(spec, source_file: str, target: str) -> dict:
         data_names=[d["name"] for d in spec.data],
         forward_inputs=spec.forward_inputs,
         input_args="".join(f"{n}, " for n in spec.forward_inputs),
+        inputs=[d.name for d in model.inputs], nodes=spec.nodes, node_info=spec.node_info,
+        all_input_args="".join(f"{d.name}, " for d in model.inputs),
         size_args=", ".join(size_names),
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,

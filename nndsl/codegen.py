@@ -61,6 +61,8 @@ class ModuleSpec:
     ws_size: str
     forward: Kernel
     forward_inputs: list[str]                    # the inputs the outputs depend on
+    nodes: Kernel                                # every node, each computed or given
+    node_info: list[dict]                        # name, ident, per-example shape, in order
     outputs: list[str]
     losses: list[LossSpec]
     tensors: dict[str, Tensor] = field(default_factory=dict)
@@ -95,6 +97,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
     fwd_stages = relevant_stages_multi(forward_stages, outputs)
     forward = _kernel("forward", fwd_stages, [], emit, views, keep=set(outputs))
     forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
+    nodes, node_info = _nodes_kernel(model, g, emit, views)
 
     losses = []
     for spec in model.losses:
@@ -114,7 +117,8 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         data=[_data_info(d) for d in model.data],
         free_sizes=_free_sizes(model),
         ws_size=index_text([ws_size]),
-        forward=forward, forward_inputs=forward_inputs, outputs=outputs, losses=losses,
+        forward=forward, forward_inputs=forward_inputs, nodes=nodes, node_info=node_info,
+        outputs=outputs, losses=losses,
         tensors=tensors, graph=g,
         adjoints=adjoints)
 
@@ -227,6 +231,27 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitte
         view_lines.insert(0, "# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)")
     return Kernel(name, view_lines, emit.plan(fwd_plan), emit.plan(back_plan),
                   has_draws=any(s.kind == "draw" for s in forward))
+
+
+def _nodes_kernel(model: ir.ModelIR, g: Graph, emit: Emitter, views: _Views) -> tuple[Kernel, list[dict]]:
+    """One kernel over every node in topological order, each one either computed from its
+    inputs or copied from a given array (`given_mask[i]`): `forward` at any node, from any
+    node — a VAE's decoder from a latent sample, a hidden layer of a trained MLP."""
+    nodes = [n for n in model.nodes if n.op not in ("input", "target")]
+    tensors = {n.name: g.values[n.name].name for n in nodes}
+    keep = set(tensors.values())
+    view_lines, lines, draws = [], [], False
+    for i, n in enumerate(nodes):
+        a, b = g.node_stages[n.name]
+        k = _kernel("node", g.b.stages[a:b], [], emit, views, keep)
+        view_lines += [v for v in k.views if v not in view_lines and not v.startswith("#")]
+        draws = draws or k.has_draws
+        lines += [f"# {n.name}", f"if given_mask[{i}]:", f"    {tensors[n.name]}[...] = given[{i}]", "else:"]
+        lines += ["    " + line for line in k.lines] or ["    pass"]
+    if any(v.endswith(".T") for v in view_lines):
+        view_lines.insert(0, "# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)")
+    info = [dict(name=n.name, ident=tensors[n.name], shape=tuple(n.shape), inputs=tuple(n.inputs)) for n in nodes]
+    return Kernel("forward_nodes", view_lines, lines, [], has_draws=draws), info
 
 
 def _data_info(d: ir.DataDecl) -> dict:

@@ -44,6 +44,7 @@ class Graph:
         self.values: dict[str, Handle] = {}
         self.params: dict[str, Handle] = {}
         self.sizes = {}                      # free size name -> sympy symbol
+        self.node_stages: dict[str, tuple[int, int]] = {}   # node -> its slice of b.stages
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
 
@@ -447,7 +448,9 @@ def expand_nodes(g: Graph, names=None) -> None:
         rule = LAYERS.get(node.op)
         if rule is None:
             g.unsupported(node, "no formula")
+        start = len(g.b.stages)
         g.values[node.name] = rule(g, node, *[g.values[i] for i in node.inputs])
+        g.node_stages[node.name] = (start, len(g.b.stages))
 
 
 def expand_loss(g: Graph, spec: ir.Loss) -> Handle:

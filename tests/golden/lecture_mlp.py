@@ -44,6 +44,12 @@ DATA = {
 }
 FREE_SIZES = []
 OUTPUTS = ['o']
+# node: (per-example shape, the nodes or inputs it reads), in topological order
+NODES = {
+    "h": ((32,), ['x']),
+    "o": ((1,), ['h']),
+}
+INPUTS = ['x']
 LOSSES = ['loss']
 OPTIMIZERS = {
     "loss": ("sgd", {'lr': 0.01, 'momentum': 0.0, 'nesterov': False}),
@@ -144,6 +150,35 @@ def forward_kernel(theta, ws, x, seed, training):
     # o: W·x
     np.dot(h, o_W.T, o)
     return (o.copy(), )
+
+
+# ---------------------------------------------------------------- any node, from any node
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def forward_nodes_kernel(theta, ws, x, given, given_mask, seed, training):
+    N = x.shape[0]
+    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
+    h_z = ws[0:32*N].reshape((32, N)).T
+    h_W = theta[0:320].reshape((32, 10))
+    h = ws[32*N:64*N].reshape((32, N)).T
+    o = ws[64*N:65*N].reshape((N, 1))
+    o_W = theta[320:352].reshape((1, 32))
+    # h
+    if given_mask[0]:
+        h[...] = given[0]
+    else:
+        # h: W·x
+        np.dot(h_W, x.T, h_z.T)
+        # h = tanh(a)
+        for i1 in range(32):
+            for n in range(N):
+                h[n, i1] = _tanh(h_z[n, i1])
+    # o
+    if given_mask[1]:
+        o[...] = given[1]
+    else:
+        # o: W·x
+        np.dot(h, o_W.T, o)
+    return (h, o, )
 
 
 # ---------------------------------------------------------------- loss
@@ -394,13 +429,66 @@ class Model:
         return self._lcg >> 33
 
     # -- the API -----------------------------------------------------------
-    def forward(self, seed=None, **data):
+    def forward(self, seed=None, outputs=None, **data):
         """The outputs ['o'] for a batch of x;
-        noise layers are off (`sample=true` layers still sample)."""
-        arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
+        noise layers are off (`sample=true` layers still sample).
+
+        `outputs` names any nodes to return instead, and any node may be given instead of
+        being computed: `m.forward(outputs="xr", z=Z)` runs a decoder on latent codes Z."""
+        if outputs is None and set(data) <= set(INPUTS):
+            arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
+            ws = self._workspace(n_rows, sizes)
+            outs = forward_kernel(self.theta, ws, *arrays, self._seed(seed), False)
+            return outs[0] if len(outs) == 1 else outs
+        names = list(OUTPUTS) if outputs is None else [outputs] if isinstance(outputs, str) else list(outputs)
+        for name in names:
+            if name not in NODES:
+                raise ValueError(f"forward: no node {name!r} to return; nodes: {', '.join(NODES)}")
+        given = {k: v for k, v in data.items() if k in NODES}
+        needed = self._needed_inputs(names, given)
+        provided = [k for k in INPUTS if k in data]
+        arrays, n_rows, sizes = self._checked(provided, {k: data[k] for k in data if k not in NODES}, "forward")
+        for k in needed:
+            if k not in data:
+                raise ValueError(f"forward: {', '.join(map(repr, names))} depend on input {k!r}: "
+                                 f"give it, or a node between it and them")
+        by_name = dict(zip(provided, arrays))
+        for k, v in given.items():
+            v = np.asarray(v)
+            expected = (v.shape[0] if v.ndim else 0,) + NODES[k][0]
+            if v.shape != expected or not np.issubdtype(v.dtype, np.number) or (n_rows is not None and v.shape[0] != n_rows):
+                raise ValueError(f"node {k!r}: expected a numeric array of shape "
+                                 f"({n_rows if n_rows is not None else 'N'}, {', '.join(map(str, NODES[k][0]))}), "
+                                 f"got {v.dtype} array of shape {v.shape}")
+            given[k] = np.ascontiguousarray(v, dtype=DTYPE)
+            n_rows = v.shape[0]
+        if not n_rows:
+            raise ValueError("forward: empty batch")
+        for k in INPUTS:                   # inputs no output needs: placeholders of the right shape
+            if k not in by_name:
+                shape = tuple(sizes.setdefault(s, 1) if isinstance(s, str) else s for s in DATA[k][0])
+                by_name[k] = np.zeros((n_rows,) + shape, DTYPE)
         ws = self._workspace(n_rows, sizes)
-        outs = forward_kernel(self.theta, ws, *arrays, self._seed(seed), False)
+        slots = tuple(given.get(k, np.zeros((0,) * (len(shape) + 1), DTYPE)) for k, (shape, _) in NODES.items())
+        mask = np.array([k in given for k in NODES], np.uint8)
+        values = dict(zip(NODES, forward_nodes_kernel(self.theta, ws, *[by_name[k] for k in INPUTS], slots, mask,
+                                                      self._seed(seed), False)))
+        outs = tuple(np.ascontiguousarray(values[n]).copy() for n in names)
         return outs[0] if len(outs) == 1 else outs
+
+    def _needed_inputs(self, names, given):
+        """The inputs that `names` depend on through nodes that are not given."""
+        needed, stack, seen = [], list(names), set()
+        while stack:
+            k = stack.pop()
+            if k in seen or k in given:
+                continue
+            seen.add(k)
+            if k in NODES:
+                stack += NODES[k][1]
+            elif k in INPUTS:
+                needed.append(k)
+        return needed
 
     def loss(self, name=None, seed=None, **data):
         """The mean loss over the batch (float)."""
