@@ -13,13 +13,8 @@ Images need an image-shaped first input: the data set's `image_shape` ((8, 8)
 digits, (28, 28) mnist), or an input declared `x[H, W]` / `x[1, H, W]`.
 Reconstructions given as logits (the loss is `bce_logits`) pass through a sigmoid.
 
-The generated module's `forward` returns only the declared outputs and has no
-entry point for a decoder, so nodes that are not outputs (a VAE's logits `xr`,
-its decoder fed with a chosen z) are computed here in numpy from the IR and
-`m.params`: dense layers, expressions, activations, concat, flatten and the
-stochastic layers (off, as in `forward`).  Before it is trusted, this evaluator
-must reproduce `m.forward` on the model's outputs; a model it cannot follow
-(convolutions, recurrent or user layers on the path) just gets fewer pictures.
+Nodes that are not outputs (a VAE's logits `xr`, its decoder fed with a chosen
+z) come from the generated module itself: `m.forward(outputs=..., z=Z)`.
 
 matplotlib is the optional `plots` extra: without it `save_pictures` writes
 nothing and returns [].  It draws through the Agg canvas directly (no pyplot,
@@ -76,7 +71,6 @@ class _Context:
         lo, hi = float(np.min(x)), float(np.max(x))
         self.vrange = (lo, hi if hi > lo else lo + 1.0)
         self.labels = ds.y_test if ds.y_test is not None and ds.task == "classification" else None
-        self._evaluator = None
         self.rng = np.random.default_rng(0)
 
     def ancestors(self, name: str) -> set:
@@ -109,49 +103,11 @@ class _Context:
             idx = list(range(min(n, total)))
         return {k: v[np.asarray(idx)] for k, v in self.inputs.items()}
 
-    def values(self, names, inputs: dict, at: dict | None = None) -> list | None:
-        """The values of nodes `names` for a batch of `inputs`, with nodes in `at` set to given
-        values; None where the numpy evaluator would be needed and cannot follow the model."""
-        outs = list(self.module.OUTPUTS)
-        if not at and all(n in outs for n in names):
-            res = self.m.forward(seed=0, **inputs)
-            res = res if isinstance(res, tuple) else (res,)
-            return [np.asarray(res[outs.index(n)], dtype=np.float64) for n in names]
-        ev = self.evaluator()
-        if ev is None:
-            return None
-        try:
-            return [ev.run(n, inputs, at) for n in names]
-        except _Unsupported as exc:
-            _note(f"{self.name}: {exc}")
-            return None
-
-    def evaluator(self):
-        if self._evaluator is None:
-            ev = _Evaluator(self.ir, self.m.params)
-            self._evaluator = ev if self._agrees(ev) else False
-        return self._evaluator or None
-
-    def _agrees(self, ev) -> bool:
-        """Does the numpy evaluator reproduce `forward` on the model's outputs?"""
-        batch = self.rows(min(8, len(self.inputs[self.first])))
-        got = self.m.forward(seed=0, **batch)
-        got = got if isinstance(got, tuple) else (got,)
-        sampled = {n.name for n in self.ir.nodes if n.op == "sample_normal" and n.attrs.get("sample")}
-        tol = 1e-9 if self.m.dtype == np.float64 else 2e-3
-        for name, want in zip(self.module.OUTPUTS, got):
-            if sampled & self.ancestors(name):
-                continue
-            try:
-                mine = ev.run(name, batch)
-            except _Unsupported as exc:
-                _note(f"{self.name}: fewer pictures: {exc}")
-                return False
-            want = np.asarray(want, dtype=np.float64)
-            if mine.shape != want.shape or not np.allclose(mine, want, rtol=tol, atol=tol * (1 + np.abs(want).max())):
-                _note(f"{self.name}: fewer pictures: the picture evaluator disagrees with forward on `{name}`")
-                return False
-        return True
+    def values(self, names, inputs: dict, at: dict | None = None) -> list:
+        """The values of nodes `names` for a batch of `inputs`, with the nodes in `at` given."""
+        res = self.m.forward(seed=0, outputs=list(names), **inputs, **(at or {}))
+        res = res if isinstance(res, tuple) else (res,)
+        return [np.asarray(r, dtype=np.float64) for r in res]
 
     # -- what the model is --------------------------------------------------
     def reconstruction(self):
@@ -229,13 +185,9 @@ def _reconstructions(ctx: _Context, out: Path):
             noisy = _corrupt(node, noisy, ctx.rng)
         what = ", ".join(_describe(node) for node in chain)
         values = ctx.values([recon], {**x, ctx.first: noisy})
-        if values is None:
-            return None
         rows.append((f"corrupted: {what}", noisy))
         rows.append(("reconstruction of the corrupted input", values[0]))
     values = ctx.values([recon], x)
-    if values is None:
-        return None
     rows.append(("reconstruction" + (" of the clean input" if chain else ""), values[0]))
     if logits:
         rows = rows[:1] + [(t, _sigmoid(v)) if t.startswith("reconstruction") else (t, v) for t, v in rows[1:]]
@@ -258,8 +210,6 @@ def _samples(ctx: _Context, out: Path):
         recon, logits = found
         z = ctx.rng.standard_normal((N_SAMPLES,) + tuple(z_node.shape))
         values = ctx.values([recon], ctx.rows(N_SAMPLES), at={z_node.name: z})
-        if values is None:
-            return None
         images = _sigmoid(values[0]) if logits else values[0]
         title = f"{ctx.name}: decoded samples, z ~ N(0, I) in the latent `{z_node.name}`"
         if logits:
@@ -272,8 +222,6 @@ def _samples(ctx: _Context, out: Path):
         for z in ctx.noise_inputs:
             batch[z] = ctx.rng.standard_normal((N_SAMPLES,) + tuple(ctx.module.DATA[z][0]))
         values = ctx.values(generated[:1], batch)
-        if values is None:
-            return None
         images = values[0]
         noise = ", ".join(ctx.noise_inputs)
         title = f"{ctx.name}: generated samples `{generated[0]}`, {noise} ~ N(0, I)"
@@ -291,8 +239,6 @@ def _latent(ctx: _Context, out: Path):
         return None
     mu_name = z_node.inputs[0]
     values = ctx.values([mu_name], ctx.inputs)
-    if values is None:
-        return None
     mu = values[0].reshape(-1, 2)
     found = ctx.reconstruction()
     plane = None
@@ -301,8 +247,7 @@ def _latent(ctx: _Context, out: Path):
         q = ndtri(np.linspace(0.5 / GRID, 1 - 0.5 / GRID, GRID))   # N(0, 1) quantiles
         z = np.array([(a, b) for b in q[::-1] for a in q])           # rows: z2 high to low
         dec = ctx.values([found[0]], ctx.rows(len(z)), at={z_node.name: z})
-        if dec is not None:
-            plane = (_sigmoid(dec[0]) if found[1] else dec[0], q)
+        plane = (_sigmoid(dec[0]) if found[1] else dec[0], q)
     fig = _figure(width=12.0 if plane else 6.6, height=5.8)
     ax = fig.add_subplot(1, 2 if plane else 1, 1)
     if ctx.labels is not None:
@@ -414,119 +359,3 @@ def _show_grid(ax, images, shape, ncols: int, vrange, pad: int = 1) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-
-
-# ---------------------------------------------------------- numpy evaluator
-class _Unsupported(Exception):
-    pass
-
-
-def _np_sigmoid(a):
-    return _sigmoid(a)
-
-
-_FUNCS = {
-    "identity": lambda a: a,
-    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs, "tanh": np.tanh,
-    "sin": np.sin, "cos": np.cos,
-    "sigmoid": _np_sigmoid,
-    "softplus": lambda a: np.maximum(a, 0.0) + np.log1p(np.exp(-np.abs(a))),
-    "relu": lambda a: np.where(a > 0, a, 0.0),
-    "leaky_relu": lambda a, alpha=0.01: np.where(a > 0, a, alpha * a),
-    "elu": lambda a: np.where(a > 0, a, np.expm1(np.minimum(a, 0.0))),
-    "swish": lambda a: a * _np_sigmoid(a),
-    "min": lambda a, b: np.where(a <= b, a, b),
-    "max": lambda a, b: np.where(a >= b, a, b),
-}
-_ARITH = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power, "neg": np.negative}
-_CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-        "==": np.equal, "!=": np.not_equal}
-
-
-class _Evaluator:
-    """The model's forward pass in numpy (float64), for nodes `forward` does not return."""
-
-    def __init__(self, model_ir, params):
-        self.ir = model_ir
-        self.params = params
-        self.nodes = {n.name: n for n in model_ir.nodes}
-
-    def run(self, name: str, inputs: dict, at: dict | None = None) -> np.ndarray:
-        memo = {k: np.asarray(v, dtype=np.float64) for k, v in (at or {}).items()}
-        with np.errstate(all="ignore"):
-            return self._value(name, inputs, memo)
-
-    def _value(self, name, inputs, memo):
-        if name in memo:
-            return memo[name]
-        node = self.nodes[name]
-        if node.op in ("input", "target"):
-            if name not in inputs:
-                raise _Unsupported(f"`{name}` has no value")
-            value = np.asarray(inputs[name], dtype=np.float64)
-        else:
-            args = [self._value(i, inputs, memo) for i in node.inputs]
-            value = self._apply(node, args)
-        memo[name] = value
-        return value
-
-    def _apply(self, node, args):
-        op = node.op
-        if op == "dense":
-            x = args[0]
-            if x.ndim != 2:
-                raise _Unsupported(f"`{node.name}`: dense on a rank > 1 input")
-            a = x @ np.asarray(self.params[node.params["W"]], dtype=np.float64).T
-            if node.attrs.get("bias", True):
-                a = a + np.asarray(self.params[node.params["b"]], dtype=np.float64)
-            return self._activation(node.attrs.get("act", "identity"), a)
-        if op == "expr":
-            return self._expr(node.attrs["expr"], dict(zip(node.inputs, args)))
-        if op == "concat":
-            return np.concatenate(args, axis=-1)
-        if op == "flatten":
-            return args[0].reshape(len(args[0]), -1)
-        if op in NOISE_OPS:
-            return args[0]                      # off, as in forward
-        if op == "sample_normal":
-            if node.attrs.get("sample"):
-                raise _Unsupported(f"`{node.name}` samples in forward (sample=true)")
-            return args[0]                      # forward gives mu
-        raise _Unsupported(f"the picture evaluator does not follow `{op}` (node `{node.name}`)")
-
-    def _activation(self, act, a):
-        if act == "softmax":
-            e = np.exp(a - a.max(axis=-1, keepdims=True))
-            return e / e.sum(axis=-1, keepdims=True)
-        if act in self.ir.activations:
-            return self._user(self.ir.activations[act], [a])
-        if act in _FUNCS:
-            return _FUNCS[act](a)
-        raise _Unsupported(f"activation `{act}`")
-
-    def _user(self, f, args):
-        env = dict(zip(f.params, args))
-        for p in f.params[len(args):]:
-            env[p] = float(f.defaults[p])
-        return self._expr(f.body, env)
-
-    def _expr(self, e, env):
-        from . import ir
-        if isinstance(e, ir.Const):
-            return float(e.value)
-        if isinstance(e, ir.Ref):
-            return env[e.name]
-        if isinstance(e, ir.Apply):
-            if e.fn == "where":
-                cond, a, b = e.args
-                lhs, rhs = (self._expr(c, env) for c in cond.args)
-                return np.where(_CMP[cond.fn](lhs, rhs), self._expr(a, env), self._expr(b, env))
-            args = [self._expr(a, env) for a in e.args]
-            if e.fn in _ARITH:
-                return _ARITH[e.fn](*args)
-            if e.fn in self.ir.activations:
-                return self._user(self.ir.activations[e.fn], args)
-            if e.fn in _FUNCS:
-                return _FUNCS[e.fn](*args)
-            raise _Unsupported(f"function `{e.fn}`")
-        raise _Unsupported(f"expression {type(e).__name__}")
