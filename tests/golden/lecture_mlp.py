@@ -473,7 +473,7 @@ class Model:
         mask = np.array([k in given for k in NODES], np.uint8)
         values = dict(zip(NODES, forward_nodes_kernel(self.theta, ws, *[by_name[k] for k in INPUTS], slots, mask,
                                                       self._seed(seed), False)))
-        outs = tuple(np.ascontiguousarray(values[n]).copy() for n in names)
+        outs = tuple(np.array(values[n], order="C") for n in names)   # copies out of the workspace
         return outs[0] if len(outs) == 1 else outs
 
     def _needed_inputs(self, names, given):
