@@ -441,6 +441,11 @@ class Model:
             outs = forward_kernel(self.theta, ws, *arrays, self._seed(seed), False)
             return outs[0] if len(outs) == 1 else outs
         names = list(OUTPUTS) if outputs is None else [outputs] if isinstance(outputs, str) else list(outputs)
+        outs = self._forward_nodes(names, data, seed)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _forward_nodes(self, names, data, seed):
+        """The nodes `names`, computing every node that `data` does not give."""
         for name in names:
             if name not in NODES:
                 raise ValueError(f"forward: no node {name!r} to return; nodes: {', '.join(NODES)}")
@@ -473,8 +478,7 @@ class Model:
         mask = np.array([k in given for k in NODES], np.uint8)
         values = dict(zip(NODES, forward_nodes_kernel(self.theta, ws, *[by_name[k] for k in INPUTS], slots, mask,
                                                       self._seed(seed), False)))
-        outs = tuple(np.array(values[n], order="C") for n in names)   # copies out of the workspace
-        return outs[0] if len(outs) == 1 else outs
+        return tuple(np.array(values[n], order="C") for n in names)   # copies out of the workspace
 
     def _needed_inputs(self, names, given):
         """The inputs that `names` depend on through nodes that are not given."""
