@@ -97,19 +97,21 @@ def test_nndsl_check_accepts_example(path, capsys):
     assert "error" not in err
 
 
-UNBUILT = {"cnn", "lstm", "gru", "rnn"}      # conv2d/pool/recurrent code generation is still to come
+# one example per construct (batch-last layers, draws, user layers and windows, user
+# functions, sampling, networks with two inputs, input noise, softmax): each compiles a kernel
+NODE_EXAMPLES = ["lecture_mlp", "dropout_mlp", "user_layer", "user_conv", "user_defined", "vae2d", "gan",
+                 "denoising_autoencoder", "iris_softmax"]
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in UNBUILT],
-                         ids=[p.stem for p in EXAMPLES if p.stem not in UNBUILT])
-def test_every_node_of_an_example_can_be_returned(path):
-    """`forward(outputs=<every node>)` compiles and runs for each example that builds."""
+@pytest.mark.parametrize("name", NODE_EXAMPLES)
+def test_every_node_of_an_example_can_be_returned(name):
+    """`forward(outputs=<every node>)` compiles and runs."""
     import numpy as np
     from conftest import compile_example, random_data
-    module = compile_example(path.stem, "float32")
+    module = compile_example(name, "float32")
     m = module.Model(seed=0)
     data = {k: v for k, v in random_data(module, n=3).items() if k in module.INPUTS}
     values = m.forward(outputs=list(module.NODES), **data)
     values = values if isinstance(values, tuple) else (values,)
-    for name, v in zip(module.NODES, values):
-        assert v.shape == (3,) + module.NODES[name][0] and np.all(np.isfinite(v)), name
+    for node, v in zip(module.NODES, values):
+        assert v.shape == (3,) + module.NODES[node][0] and np.all(np.isfinite(v)), node
