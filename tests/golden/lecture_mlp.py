@@ -433,8 +433,8 @@ class Model:
         """The outputs ['o'] for a batch of x;
         noise layers are off (`sample=true` layers still sample).
 
-        `outputs` names any nodes to return instead, and any node may be given instead of
-        being computed: `m.forward(outputs="xr", z=Z)` runs a decoder on latent codes Z."""
+        `outputs` names any nodes (NODES) to return instead, and any node may be given
+        instead of computed: for a VAE, `forward(outputs="xr", z=Z)` decodes the codes Z."""
         if outputs is None and set(data) <= set(INPUTS):
             arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
             ws = self._workspace(n_rows, sizes)
