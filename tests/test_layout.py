@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import random_data
+from conftest import BUILD, random_data
 from nndsl import codegen
 from nndsl.build import render_module
 from nndsl.frontend import load_source
@@ -21,21 +21,22 @@ loss cross_entropy(o, label)
 """
 
 
-def build(tmp_path, name: str, min_width: int, monkeypatch):
+def build(name: str, min_width: int, monkeypatch):
     monkeypatch.setattr(codegen, "BATCH_LAST_MIN_WIDTH", min_width)
     text = render_module(load_source(WIDE, "wide.nn"), "float64")
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "wide.py").write_text(text)
-    return text, import_module(folder / "wide.py", f"nndsl_test_layout_{name}")
+    # a fixed folder: numba's on-disk cache keeps the kernels warm between runs
+    path = BUILD / "layout" / name / "wide.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return text, import_module(path, f"nndsl_test_layout_{name}")
 
 
 @pytest.fixture(scope="module")
-def modules(tmp_path_factory):
+def modules():
     mp = pytest.MonkeyPatch()
     try:
-        tmp = tmp_path_factory.mktemp("layout")
-        return {name: build(tmp, name, width, mp) for name, width in [("batch_last", 64), ("batch_first", 10**9)]}
+        return {name: build(name, width, mp) for name, width in [("batch_last", 64), ("batch_first", 10**9)]}
     finally:
         mp.undo()
 
