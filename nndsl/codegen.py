@@ -227,8 +227,7 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitte
             if t not in used and t not in scalars:
                 used.append(t)
     view_lines = [v for v in (views.line(t) for t in used) if v]
-    if any(v.endswith(".T") for v in view_lines):
-        view_lines.insert(0, "# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)")
+    view_lines = _noted(view_lines)
     return Kernel(name, view_lines, emit.plan(fwd_plan), emit.plan(back_plan),
                   has_draws=any(s.kind == "draw" for s in forward))
 
@@ -248,10 +247,16 @@ def _nodes_kernel(model: ir.ModelIR, g: Graph, emit: Emitter, views: _Views) -> 
         draws = draws or k.has_draws
         lines += [f"# {n.name}", f"if given_mask[{i}]:", f"    {tensors[n.name]}[...] = given[{i}]", "else:"]
         lines += ["    " + line for line in k.lines] or ["    pass"]
-    if any(v.endswith(".T") for v in view_lines):
-        view_lines.insert(0, "# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)")
+    view_lines = _noted(view_lines)
     info = [dict(name=n.name, ident=tensors[n.name], shape=tuple(n.shape), inputs=tuple(n.inputs)) for n in nodes]
     return Kernel("forward_nodes", view_lines, lines, [], has_draws=draws), info
+
+
+def _noted(view_lines: list[str]) -> list[str]:
+    """The views, headed by a note on `.T` views when the kernel has batch-last tensors."""
+    if any(v.endswith(".T") for v in view_lines):
+        return ["# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)"] + view_lines
+    return view_lines
 
 
 def _data_info(d: ir.DataDecl) -> dict:

@@ -30,6 +30,21 @@ loss d_loss = bce_logits(discriminator(x), 1) + bce_logits(discriminator(fake), 
 loss g_loss = bce_logits(discriminator(fake), 1) wrt generator
 """
 
+# A small VAE for the 8x8 digits with a 2-D latent (the latent picture) and 64-wide layers
+# (batch-last storage), shared by the generative and the module-API tests.
+VAE_DIGITS = """model vae_digits
+input x[64]
+h      = dense(x, 64, act=relu)
+mu     = dense(h, 2)
+logvar = dense(h, 2)
+z      = sample_normal(mu, logvar)
+d      = dense(z, 64, act=relu)
+xr     = dense(d, 64)
+loss bce_logits(xr, x) + kl_normal(mu, logvar)
+output mu
+optimizer adam(lr=3e-3)
+train batch=32 epochs=8 seed=0
+"""
 
 
 def compile_source(source: str, dtype: str = "float64"):

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BUILD, EXAMPLES, GAN, compile_example, compile_source, random_data
+from conftest import BUILD, EXAMPLES, GAN, VAE_DIGITS, compile_example, compile_source, random_data
 
 pytest.importorskip("sklearn")
 from nndsl.data import load_dataset  # noqa: E402
@@ -49,22 +49,6 @@ o = dense(x, 40)
 d = dropout(o, 0.3)
 loss lin(d, 0)
 """
-
-# a small VAE for the 8x8 digits with a 2-D latent (so it also gets the latent picture)
-VAE_DIGITS = """model vae_digits
-input x[64]
-h      = dense(x, 64, act=relu)
-mu     = dense(h, 2)
-logvar = dense(h, 2)
-z      = sample_normal(mu, logvar)
-d      = dense(z, 64, act=relu)
-xr     = dense(d, 64)
-loss bce_logits(xr, x) + kl_normal(mu, logvar)
-output mu
-optimizer adam(lr=3e-3)
-train batch=32 epochs=8 seed=0
-"""
-
 
 # ------------------------------------------------------------- wrt confinement
 @pytest.mark.parametrize("loss,moves,stays", [("g_loss", "generator.", "discriminator."),

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import compile_source, random_data
+from conftest import VAE_DIGITS, compile_source, random_data
 
 MODEL = """model api
 input x[4]
@@ -146,19 +146,6 @@ def test_generated_module_runs_without_nndsl(api, data, tmp_path):
 
 
 # -- forward at any node, from any node -------------------------------------------------
-VAE = """model vae
-input x[6]
-h = dense(x, 40, act=relu)
-mu = dense(h, 2)
-logvar = dense(h, 2)
-z = sample_normal(mu, logvar)
-d = dense(z, 40, act=relu)
-xr = dense(d, 6)
-loss bce_logits(xr, x) + kl_normal(mu, logvar)
-output mu
-"""
-
-
 def test_forward_returns_any_node(api, data):
     m = api.Model(seed=0)
     o, s = m.forward(x=data["x"])
@@ -171,15 +158,15 @@ def test_forward_returns_any_node(api, data):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_forward_from_a_given_node_runs_the_rest_of_the_network(dtype):
     """A VAE's decoder on latent codes; wide layers (batch-last storage) on both sides."""
-    vae = compile_source(VAE, dtype)
+    vae = compile_source(VAE_DIGITS, dtype)
     m = vae.Model(seed=1)
-    x = np.random.default_rng(0).uniform(0, 1, (7, 6))
+    x = np.random.default_rng(0).uniform(0, 1, (7, 64))
     mu = m.forward(x=x)
     xr_from_x = m.forward(outputs="xr", x=x)              # noise off: z = mu
     xr_from_z = m.forward(outputs="xr", z=mu)
     np.testing.assert_allclose(xr_from_z, xr_from_x, rtol=1e-12 if dtype == "float64" else 1e-5)
     samples = m.forward(outputs=("d", "xr"), z=np.random.default_rng(1).standard_normal((3, 2)))
-    assert [a.shape for a in samples] == [(3, 40), (3, 6)] and all(a.flags.c_contiguous for a in samples)
+    assert [a.shape for a in samples] == [(3, 64), (3, 64)] and all(a.flags.c_contiguous for a in samples)
 
 
 @pytest.mark.parametrize("call,message", [
@@ -190,5 +177,5 @@ def test_forward_from_a_given_node_runs_the_rest_of_the_network(dtype):
 ])
 def test_bad_node_calls_are_clear_errors(call, message):
     with pytest.raises(ValueError) as err:
-        call(compile_source(VAE).Model(seed=0))
+        call(compile_source(VAE_DIGITS).Model(seed=0))
     assert message in str(err.value)
