@@ -31,7 +31,7 @@ def source_hash(source: str, dtype: str, target: str) -> str:
 
 def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
                   timings: dict | None = None) -> str:
-    from .codegen import generate
+    from .plan.codegen import generate
     if target != "cpu":
         raise UsageError(f"target `{target}` is not available yet (the numba.cuda target comes in a "
                          "later release); use --target cpu")
@@ -72,7 +72,8 @@ def warm_up(path: Path, name: str) -> None:
     """Import the module and run each kernel once on a tiny batch: numba compiles (or loads
     from its cache) everything a training run needs."""
     import numpy as np
-    from .train import import_module
+
+    from .runtime.loader import import_module
     module = import_module(path, name)
     rng = np.random.default_rng(0)
     data = {}

@@ -87,15 +87,15 @@ def _source_of(path: str) -> str:
 
 def _cmd_check(args) -> int:
     from .frontend import load_model
-    from .summary import summarize
+    from .frontend.summary import summarize
     model = load_model(args.file)
     print(summarize(model))
     return 0
 
 
 def _cmd_grad(args) -> int:
+    from .calculus.gradprint import format_gradients
     from .frontend import load_model
-    from .gradprint import format_gradients
     model = load_model(args.file)
     print(format_gradients(model, param=args.param, latex=args.latex))
     return 0
@@ -112,7 +112,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train_command
+    from .runtime.train import train_command
     return train_command(args)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from nndsl.build import render_module
 from nndsl.frontend import load_source
-from nndsl.train import import_module
+from nndsl.runtime.train import import_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nndsl import ir
+from nndsl.frontend import ir
 from nndsl.frontend import load_source
-from nndsl.summary import summarize
+from nndsl.frontend.summary import summarize
 
 
 # A loss must reach a parameter; snippets without one get this dense head.

@@ -22,12 +22,6 @@ DATA = {
     "user_conv": "digits",
 }
 
-_CHECKER = ROOT / "nndsl" / "checker.py"
-_PARSER = ROOT / "nndsl" / "parser.py"
-
-
-def _front_end_ready() -> bool:
-    return _CHECKER.exists() and _PARSER.exists()
 
 
 def test_the_example_set_is_complete():
@@ -45,8 +39,6 @@ def test_header_names_the_train_command(path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=IDS)
 def test_example_checks(path):
-    if not _front_end_ready():       # only while the parser/checker are being written
-        pytest.skip("nndsl/parser.py or nndsl/checker.py does not exist yet")
     from nndsl.frontend import load_model
     model = load_model(path)
     assert model.losses and model.params
@@ -56,13 +48,11 @@ def test_example_checks(path):
 @pytest.mark.parametrize("path", EXAMPLES, ids=IDS)
 def test_example_fits_its_data(path):
     """The first input takes the data set's features, the first target its labels."""
-    if not _front_end_ready():
-        pytest.skip("nndsl/parser.py or nndsl/checker.py does not exist yet")
     pytest.importorskip("sklearn")
     pytest.importorskip("mlxtend")
     from math import prod
 
-    from nndsl.data import load_dataset
+    from nndsl.runtime.data import load_dataset
     from nndsl.frontend import load_model
 
     model = load_model(path)
@@ -87,10 +77,6 @@ def test_example_fits_its_data(path):
 @pytest.mark.parametrize("path", EXAMPLES, ids=IDS)
 def test_nndsl_check_accepts_example(path, capsys):
     """`nndsl check examples/X.nn` exits 0 and prints no diagnostics."""
-    if not _front_end_ready():
-        pytest.skip("nndsl/parser.py or nndsl/checker.py does not exist yet")
-    if not (ROOT / "nndsl" / "summary.py").exists():
-        pytest.skip("nndsl/summary.py (the `check` summary) does not exist yet")
     from nndsl.cli import main
     assert main(["check", str(path)]) == 0
     err = capsys.readouterr().err

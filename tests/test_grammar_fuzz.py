@@ -12,10 +12,10 @@ from hypothesis.extra.lark import from_lark
 from lark.lexer import PatternStr
 
 from nndsl.diagnostics import CompileError, render_all
-from nndsl.parser import _lark, parse
+from nndsl.frontend.parser import _lark, parse
 
 try:                                       # parse + check once the checker exists
-    from nndsl.checker import check as _check
+    from nndsl.frontend.checker import check as _check
 except Exception:                          # noqa: BLE001 -- absent or unfinished: parse only
     _check = None
 

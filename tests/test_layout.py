@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import BUILD, random_data
-from nndsl import codegen
+from nndsl.plan import codegen
 from nndsl.build import render_module
 from nndsl.frontend import load_source
-from nndsl.train import import_module
+from nndsl.runtime.train import import_module
 
 WIDE = """model wide
 input x[5]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nndsl import ast
+from nndsl.frontend import ast
 from nndsl.diagnostics import Span
-from nndsl.parser import keywords, parse
+from nndsl.frontend.parser import keywords, parse
 
 LANGUAGE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "LANGUAGE.md"
 
@@ -356,7 +356,7 @@ def test_grammar_has_no_conflicts_or_collisions():
     pytest.importorskip("interegular")
     from lark import Lark
 
-    from nndsl.parser import _PostLexer
+    from nndsl.frontend.parser import _PostLexer
     from nndsl.resources import grammar_path
     Lark(grammar_path().read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
          postlex=_PostLexer(), strict=True)

@@ -10,7 +10,7 @@ import pytest
 
 from nndsl.cli import main
 from nndsl.diagnostics import CompileError, render
-from nndsl.parser import parse
+from nndsl.frontend.parser import parse
 
 # (id, source, "line:col" of the diagnostic, words that the message + hint must contain)
 ERRORS = [
@@ -112,7 +112,7 @@ def cli(monkeypatch, tmp_path, capsys):
 
     Every case here fails before checking, so where the checker or the summary
     (other stages, developed separately) cannot be imported yet, stubs stand in."""
-    for module, attr in (("nndsl.checker", "check"), ("nndsl.summary", "summarize")):
+    for module, attr in (("nndsl.frontend.checker", "check"), ("nndsl.frontend.summary", "summarize")):
         try:
             importlib.import_module(module)
         except Exception:                   # noqa: BLE001 -- absent or unfinished

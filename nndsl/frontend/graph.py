@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..diagnostics import Span, did_you_mean
 from . import ast, ir
 from .builtins import LOSSES
 from .context import DEFINITION_KINDS, Context, Failed
-from .diagnostics import Span, did_you_mean
 from .exprs import ExprLowering, Lowered
 from .shapes import LAYERS, LayerSpec, Operand, ShapeError
 from .signature import ArgError, Bound, Number, bind

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 from .shapes import LAYERS, Operand, ShapeError
-from .signature import (BOOL, POSITIVE_INT, TENSOR, Arg, IntKind, RealKind, Signature)
+from .signature import BOOL, POSITIVE_INT, TENSOR, Arg, IntKind, RealKind, Signature
 
 
 # ------------------------------------------------------ expression functions

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence, Union
 
+from ..diagnostics import Diagnostic, did_you_mean
 from . import ast, ir
 from .builtins import LOSSES, FunctionSpec
-from .diagnostics import Diagnostic, did_you_mean
 from .exprs import ExprLowering, Lowered
 from .shapes import LAYERS
 from .signature import ArgError, Number, fold_number

@@ -9,6 +9,7 @@ from .exprs import format_expr
 from .shapes import fmt_shape
 from .signature import fmt_number
 
+
 def summarize(model: ir.ModelIR) -> str:
     sections = [
         f"model {model.name}  ({model.path})",

@@ -243,7 +243,7 @@ def _latent(ctx: _Context, out: Path):
     found = ctx.reconstruction()
     plane = None
     if found is not None and ctx.image_shape is not None:
-        from scipy.special import ndtri        # scipy is a dependency of nndsl
+        from scipy.special import ndtri  # scipy is a dependency of nndsl
         q = ndtri(np.linspace(0.5 / GRID, 1 - 0.5 / GRID, GRID))   # N(0, 1) quantiles
         z = np.array([(a, b) for b in q[::-1] for a in q])           # rows: z2 high to low
         dec = ctx.values([found[0]], ctx.rows(len(z)), at={z_node.name: z})

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
+from ..diagnostics import Diagnostic, Span, did_you_mean
 from . import ast, ir
 from .builtins import ARITHMETIC, COMPARISONS, FUNCTIONS, FunctionSpec
-from .diagnostics import Diagnostic, Span, did_you_mean
 from .shapes import Operand, ShapeError, broadcast
 from .signature import Number, fmt_number
 

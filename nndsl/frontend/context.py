@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..diagnostics import Diagnostic, Span, did_you_mean
 from . import ast, ir
 from .builtins import ACTIVATIONS, DEFAULT_INIT, INITS, FunctionSpec, reserved_kind
-from .diagnostics import Diagnostic, Span, did_you_mean
 from .signature import ArgError, Number, bind, fold_number
 from .userlayers import LayerInfo
 

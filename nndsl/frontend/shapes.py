@@ -20,8 +20,18 @@ from math import prod
 from typing import Callable, Mapping, Optional, Sequence
 
 from .ir import Shape
-from .signature import (ACTIVATION, BOOL, INIT, POSITIVE_INT, TENSOR, Arg,
-                        ChoiceKind, IntKind, RealKind, Signature)
+from .signature import (
+    ACTIVATION,
+    BOOL,
+    INIT,
+    POSITIVE_INT,
+    TENSOR,
+    Arg,
+    ChoiceKind,
+    IntKind,
+    RealKind,
+    Signature,
+)
 
 
 def fmt_shape(shape: Shape) -> str:

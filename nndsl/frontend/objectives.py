@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+from ..diagnostics import Span, did_you_mean
 from . import ast, ir
 from .builtins import DEFAULT_OPTIMIZER, LOSSES, OPTIMIZERS, LossForm, same_shape
 from .context import Context, Failed
-from .diagnostics import Span, did_you_mean
 from .graph import GraphBuilder, Naming, NodeRef
 from .shapes import LAYERS, Operand, ShapeError
 from .signature import TENSOR, Arg, RealKind, Signature, bind

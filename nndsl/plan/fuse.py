@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from .formulas import Stage, Tensor
+from ..calculus.formulas import Stage, Tensor
 
 
 @dataclass

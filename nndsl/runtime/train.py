@@ -1,30 +1,20 @@
 """`nndsl train`: build a model, bind a data set to its inputs, train, evaluate, save."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import UsageError
-
-
-def import_module(path: Path, name: str):
-    """Import a generated module from its file (numba caches beside it)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from ..diagnostics import UsageError
+from .loader import import_module
 
 
 def build_and_import(path, out_dir=None, dtype="float32"):
     """Build `path` (into `out_dir`, or a per-source cache folder) and import the module."""
-    from .build import build_file, source_hash
-    from .frontend import read_source
+    from ..build import build_file, source_hash
+    from ..frontend import read_source
     if out_dir is None:
         key = source_hash(read_source(path), dtype, "cpu")[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
@@ -114,8 +104,8 @@ def _without_labels(ds):
 
 
 def train_command(args) -> int:
+    from ..frontend import load_model
     from .data import load_dataset
-    from .frontend import load_model
     model_ir = load_model(args.file)
     ds = load_dataset(args.data, seed=0)
     out_dir = Path(args.out) if args.out else None

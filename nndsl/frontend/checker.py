@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..diagnostics import CompileError, Diagnostic, Span
 from . import ast, ir
 from .builtins import TRAIN, FunctionSpec
 from .context import Context
-from .diagnostics import CompileError, Diagnostic, Span
 from .graph import GraphBuilder
 from .objectives import LossChecker, optimizers, outputs
 from .signature import ArgError, bind

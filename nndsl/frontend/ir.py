@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 
-from .diagnostics import Span
+from ..diagnostics import Span
 
 Dim = Union[int, str]          # str: a free size such as "T", fixed per call
 Shape = tuple[Dim, ...]

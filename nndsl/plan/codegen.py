@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import ir
-from .derive import differentiate, relevant_stages
-from .formulas import N, Stage, Tensor
+from ..calculus.derive import differentiate, relevant_stages
+from ..calculus.formulas import N, Stage, Tensor
+from ..calculus.ops import Graph, expand_loss, expand_nodes
+from ..frontend import ir
+from ..render.printer import index_text
 from .fuse import Group, fuse, propagate_copies
 from .lower import Emitter, as_gemm
-from .ops import Graph, expand_loss, expand_nodes
-from .printer import index_text
 
 _WORKSPACE_ROLES = {"value", "noise", "grad", "loss"}
 

@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from .diagnostics import UsageError, did_you_mean
+from ..diagnostics import UsageError, did_you_mean
 
 __all__ = ["Dataset", "dataset_names", "load_dataset"]
 

@@ -15,9 +15,9 @@ from typing import Optional
 
 import sympy as sp
 
-from .formulas import Stage, Tensor
+from ..calculus.formulas import Stage, Tensor
+from ..render.printer import NumbaPrinter, index_text
 from .fuse import Group
-from .printer import NumbaPrinter, index_text
 
 
 @dataclass(frozen=True)

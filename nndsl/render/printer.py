@@ -4,7 +4,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from . import functions as fn
+from ..calculus import functions as fn
 
 
 class NumbaPrinter(PythonCodePrinter):

@@ -25,12 +25,21 @@ from dataclasses import dataclass
 from math import prod
 from typing import Mapping, Optional
 
+from ..diagnostics import Diagnostic, Span, did_you_mean
 from . import ast, ir
 from .builtins import FunctionSpec
-from .diagnostics import Diagnostic, Span, did_you_mean
 from .exprs import ExprLowering, Lowered, format_expr
 from .shapes import Operand, ParamShape, ShapeError, fmt_shape
-from .signature import POSITIVE_INT, TENSOR, Arg, ArgError, Env, Number, Signature, fold_number
+from .signature import (
+    POSITIVE_INT,
+    TENSOR,
+    Arg,
+    ArgError,
+    Env,
+    Number,
+    Signature,
+    fold_number,
+)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
+from ..diagnostics import CompileError, Diagnostic, did_you_mean
+from ..frontend import ir
+from ..plan.codegen import generate
 from . import functions as fn
-from . import ir
-from .codegen import generate
-from .diagnostics import CompileError, Diagnostic, did_you_mean
 from .formulas import N, Stage
 
 _MAX_INLINE = 12            # beyond this many factors a formula stops at the layer's δ

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .diagnostics import UsageError
+from ..diagnostics import UsageError
 
 
 def read_source(path: str | Path) -> str:

@@ -15,13 +15,18 @@ from functools import lru_cache
 from typing import Iterable, Iterator, Optional, Sequence
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
-from lark.exceptions import (LarkError, UnexpectedCharacters, UnexpectedInput,
-                             UnexpectedToken, VisitError)
+from lark.exceptions import (
+    LarkError,
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 from lark.lexer import PatternStr
 
+from ..diagnostics import CompileError, Diagnostic, Span, did_you_mean
+from ..resources import grammar_path
 from . import ast
-from .diagnostics import CompileError, Diagnostic, Span, did_you_mean
-from .resources import grammar_path
 
 # Words that may begin a top-level statement, and those that begin a statement
 # inside a `layer`/`network` block (used for "did you mean" on misspellings).

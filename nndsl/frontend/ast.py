@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .diagnostics import Span
+from ..diagnostics import Span
 
 
 # ----------------------------------------------------------------- expressions

@@ -12,10 +12,10 @@ from typing import Callable
 
 import sympy as sp
 
+from ..diagnostics import CompileError, Diagnostic
+from ..frontend import ir
 from . import functions as fn
-from . import ir
-from .diagnostics import CompileError, Diagnostic
-from .formulas import N, Builder, Handle, idx
+from .formulas import Builder, Handle, N, idx
 
 LAYERS: dict[str, Callable] = {}
 LOSSES: dict[str, Callable] = {}

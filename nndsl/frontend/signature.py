@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
+from ..diagnostics import Diagnostic, Span, did_you_mean
 from . import ast, ir
-from .diagnostics import Diagnostic, Span, did_you_mean
 
 Number = Union[int, float]
 

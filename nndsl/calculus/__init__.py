@@ -1,0 +1,1 @@
+"""The calculus: layers as index formulas (the prelude), reverse mode by sympy, the gradient printer."""

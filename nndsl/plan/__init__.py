@@ -1,0 +1,1 @@
+"""The kernel plan: fused loop nests and GEMMs, memory layout, shared kernels."""

@@ -1,0 +1,1 @@
+"""Renderers: the kernel plan as source text for one target each."""

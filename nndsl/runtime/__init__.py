@@ -1,0 +1,1 @@
+"""The runtime side: `nndsl train`, bundled data sets, pictures."""
