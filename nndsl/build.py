@@ -122,10 +122,12 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     return result
 
 
-def warm_up(path: Path, name: str) -> None:
-    """Import the module and run each kernel once on a tiny batch: numba compiles (or loads
-    from its cache) everything a training run needs."""
+def warm_up(path: Path, name: str) -> dict[str, float]:
+    """Import the module and run forward and every step once on a tiny batch: numba compiles
+    (or loads from its cache) everything a training run needs. Returns numba's seconds per
+    function it compiled (kernels and the entry; loads from the cache are not compiles)."""
     import numpy as np
+    from numba.core import event
 
     from .runtime.loader import import_module
     module = import_module(path, name)
@@ -135,9 +137,26 @@ def warm_up(path: Path, name: str) -> None:
         shape = tuple(2 if isinstance(s, str) else s for s in shape)
         data[key] = rng.integers(0, classes, 2) if classes else rng.uniform(0, 1, (2,) + shape)
     m = module.Model(seed=0)
-    m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
-    for loss, (_, _, names, *_) in module._KERNELS.items():
-        m.step(loss, **{k: data[k] for k in names})
+    with event.install_recorder("numba:compile") as rec:
+        m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
+        for loss, (_, _, names, *_) in module._KERNELS.items():
+            m.step(loss, **{k: data[k] for k in names})
+    return _exclusive_times(rec.buffer)
+
+
+def _exclusive_times(buffer) -> dict[str, float]:
+    """Seconds per compiled function, less the compiles it started (its callees)."""
+    stack, out = [], {}
+    for ts, ev in buffer:
+        name = ev.data["dispatcher"].py_func.__name__
+        if ev.is_start:
+            stack.append([name, ts, 0.0])
+            continue
+        name, start, inner = stack.pop()
+        out[name] = out.get(name, 0.0) + (ts - start) - inner
+        if stack:
+            stack[-1][2] += ts - start
+    return out
 
 
 def _write_atomically(dest: Path, text: str) -> None:

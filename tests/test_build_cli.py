@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nndsl.build import render_module
+from nndsl.build import render
 from nndsl.cli import main
 from nndsl.frontend import load_model
 
@@ -89,8 +89,10 @@ def test_build_errors(argv, code, message, capsys, tmp_path):
 
 
 def test_generated_module_matches_the_golden_snapshot():
-    """A change to the generated code shows up here; regenerate with NNDSL_UPDATE_GOLDEN=1."""
-    text = render_module(load_model(LECTURE), "float32", source_file="lecture_mlp.nn")
+    """A change to the generated code shows up here (the module, then each of its kernels);
+    regenerate with NNDSL_UPDATE_GOLDEN=1."""
+    rendered = render(load_model(LECTURE), "float32", source_file="lecture_mlp.nn")
+    text = rendered.module + "".join(f"\n# ==== nndsl_kernels/{name}.py\n{k}" for name, k in rendered.kernels.items())
     if os.environ.get("NNDSL_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()

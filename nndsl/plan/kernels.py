@@ -13,9 +13,11 @@ and later build that needs it.
 A kernel takes the arrays it touches (`theta`, `grad`, `ws` or a data array),
 an offset per tensor stored in a flat array, and its sizes; it makes its own
 views.  A `Call` binds those to one use: the offsets and sizes are affine in
-the batch size `N` and the model's free sizes.  Integer constants are passed as
-`I(…)` (np.int64): numba compiles one specialisation per *literal* argument
-value, which would undo the sharing.
+the batch size `N` and the model's free sizes.  Calls become rows of a plan
+table (`Plans`), which the module's one entry function runs: numba compiles a
+call site per (kernel, arrays) pair, not per layer, and integers read from the
+table are never literals (numba would compile one specialisation per literal
+argument value, which would undo the sharing).
 """
 from __future__ import annotations
 

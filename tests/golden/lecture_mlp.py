@@ -11,6 +11,7 @@
 Every gradient below was derived symbolically (run `nndsl grad lecture_mlp.nn`).
 Parameters live in one flat vector `theta`; `params` holds named views of it.
 """
+import importlib.util
 import math
 import os
 import sys
@@ -19,17 +20,11 @@ import time
 
 import numpy as np
 from numba import njit
-from numba.core import types
-from numba.extending import intrinsic
 
 DTYPE = np.float32
 F = np.float32
 SOURCE_HASH = "a368d38b72efbb01042833b95cd55e2c910555b560d30e7b6f43ddfd8f960d43"
 MODEL_NAME = "lecture_mlp"
-# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-# Scalar helpers are inlined by numba itself (inline="always"): a helper loaded from numba's
-# cache is object code that LLVM cannot inline, and a call in a loop stops vectorisation.
 
 # name: (offset in theta, shape, init, init argument, fan_in, fan_out)
 PARAMS = {
@@ -57,72 +52,39 @@ OPTIMIZERS = {
 TRAIN = {'batch': 32, 'epochs': 100, 'shuffle': True, 'clip_norm': None, 'seed': 0, 'd_steps': 1}
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _tanh(x):
-    # Rational approximation of tanh (as in Eigen and XLA), about 1 ulp in float32:
-    # only multiplies, adds and a divide, so loops over it vectorise (libm's tanhf does not).
-    c = F(7.90531110763549805)
-    x = c if x > c else (-c if x < -c else x)
-    x2 = x * x
-    p = x2 * F(-2.76076847742355e-16) + F(2.00018790482477e-13)
-    p = x2 * p + F(-8.60467152213735e-11)
-    p = x2 * p + F(5.12229709037114e-08)
-    p = x2 * p + F(1.48572235717979e-05)
-    p = x2 * p + F(6.37261928875436e-04)
-    p = x2 * p + F(4.89352455891786e-03)
-    q = x2 * F(1.19825839466702e-06) + F(1.18534705686654e-04)
-    q = x2 * q + F(2.26843463243900e-03)
-    q = x2 * q + F(4.89352518554385e-03)
-    return x * p / q
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _sigmoid(x):
-    # σ(x) = (1 + tanh(x/2)) / 2: stable for any x, and vectorisable
-    return F(0.5) + F(0.5) * _tanh(F(0.5) * x)
+_KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nndsl_kernels")
 
 
-@intrinsic
-def _pow2(typingctx, k):
-    """2**k for an integral float32 k in [-126, 127]: k + 127 written into the exponent bits."""
-    def codegen(context, builder, signature, args):
-        i32 = context.get_value_type(types.int32)
-        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), i32(127)), i32(23))
-        return builder.bitcast(bits, context.get_value_type(types.float32))
-    return types.float32(types.float32), codegen
+def _kernel(name):
+    """A shared kernel from `nndsl_kernels/NAME.py` beside this file. Kernels are
+    content-addressed (the name is a hash of the text): every model built into this folder
+    that needs one loads the same file, and numba compiles it once for all of them."""
+    module_name = "nndsl_kernels_" + name
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(_KERNEL_DIR, name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module     # numba's cache finds the module by name
+        spec.loader.exec_module(module)
+    return getattr(module, name)
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _exp(x):
-    # e^x = 2^k · e^r, k = round(x / ln 2), |r| <= ln(2)/2, e^r by Cephes' expf polynomial:
-    # about 2 ulp, and vectorisable (libm's expf is a call per element, 13x slower here).
-    x = max(min(x, F(88.3762626647949)), F(-87.3365447504019))
-    k = np.floor(x * F(1.44269504088896341) + F(0.5))
-    r = x - k * F(0.693359375) + k * F(2.12194440e-4)
-    p = F(1.9875691500e-4)
-    p = p * r + F(1.3981999507e-3)
-    p = p * r + F(8.3334519073e-3)
-    p = p * r + F(4.1665795894e-2)
-    p = p * r + F(1.6666665459e-1)
-    p = p * r + F(5.0000001201e-1)
-    return (p * r * r + r + F(1.0)) * _pow2(k)
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _softplus(x):
-    # log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1]; log1p(u) = 2 atanh(s) with
-    # s = u / (2 + u) in (0, 1/3], an odd series in s: about 4 ulp, and vectorisable.
-    u = _exp(-abs(x))
-    s = u / (F(2.0) + u)
-    s2 = s * s
-    p = F(1.0 / 15.0)
-    p = p * s2 + F(1.0 / 13.0)
-    p = p * s2 + F(1.0 / 11.0)
-    p = p * s2 + F(1.0 / 9.0)
-    p = p * s2 + F(1.0 / 7.0)
-    p = p * s2 + F(1.0 / 5.0)
-    p = p * s2 + F(1.0 / 3.0)
-    return max(x, F(0.0)) + F(2.0) * s * (p * s2 + F(1.0))
+# The kernels of this model: one per kind of fused loop nest, GEMM and update.
+KERNELS = ['gemm_0a42a85409e5', 'loop_0a89e71ad8a1', 'gemm_d5a42c6446b3', 'loop_0ae414638f6c', 'loop_e4fbaa5c4311', 'loop_4129add463f3', 'loop_d53f961d137d', 'gemm_1fcd0128963a', 'gemm_668377364971', 'loop_3ccdb5938fc3', 'gemm_df01802d4b8e', 'update_sgd_f5fe62ebc1a7']
+gemm_0a42a85409e5 = _kernel("gemm_0a42a85409e5")
+loop_0a89e71ad8a1 = _kernel("loop_0a89e71ad8a1")
+gemm_d5a42c6446b3 = _kernel("gemm_d5a42c6446b3")
+loop_0ae414638f6c = _kernel("loop_0ae414638f6c")
+loop_e4fbaa5c4311 = _kernel("loop_e4fbaa5c4311")
+loop_4129add463f3 = _kernel("loop_4129add463f3")
+loop_d53f961d137d = _kernel("loop_d53f961d137d")
+gemm_1fcd0128963a = _kernel("gemm_1fcd0128963a")
+gemm_668377364971 = _kernel("gemm_668377364971")
+loop_3ccdb5938fc3 = _kernel("loop_3ccdb5938fc3")
+gemm_df01802d4b8e = _kernel("gemm_df01802d4b8e")
+update_sgd_f5fe62ebc1a7 = _kernel("update_sgd_f5fe62ebc1a7")
 
 
 @njit(cache=True)
@@ -130,143 +92,139 @@ def workspace_size(N):
     return 132*N + 1
 
 
+# ---------------------------------------------------------------- the entry
+@njit(cache=True)
+def run(theta, grad, ws, x, y, plan, stop, given_mask, seed, training,
+        update, value_at, s1, s2, ranges, t, lr, clip_norm):
+    """Runs the kernel calls `plan[:stop]` (the rows of a plan below: branch, node,
+    integer arguments), then, if `update`, one optimiser update; returns ws[value_at].
 
-# ---------------------------------------------------------------- forward
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def forward_kernel(theta, ws, x, seed, training):
-    N = x.shape[0]
-    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
-    h_z = ws[0:32*N].reshape((32, N)).T
-    h_W = theta[0:320].reshape((32, 10))
-    h = ws[32*N:64*N].reshape((32, N)).T
-    o = ws[64*N:65*N].reshape((N, 1))
-    o_W = theta[320:352].reshape((1, 32))
-    # h: W·x
-    np.dot(h_W, x.T, h_z.T)
-    # h = tanh(a)
-    for i1 in range(32):
-        for n in range(N):
-            h[n, i1] = _tanh(h_z[n, i1])
-    # o: W·x
-    np.dot(h, o_W.T, o)
-    return (o.copy(), )
-
-
-# ---------------------------------------------------------------- any node, from any node
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def forward_nodes_kernel(theta, ws, x, given, given_mask, seed, training):
-    N = x.shape[0]
-    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
-    h_z = ws[0:32*N].reshape((32, N)).T
-    h_W = theta[0:320].reshape((32, 10))
-    h = ws[32*N:64*N].reshape((32, N)).T
-    o = ws[64*N:65*N].reshape((N, 1))
-    o_W = theta[320:352].reshape((1, 32))
-    # h
-    if given_mask[0]:
-        h[...] = given[0]
-    else:
-        # h: W·x
-        np.dot(h_W, x.T, h_z.T)
-        # h = tanh(a)
-        for i1 in range(32):
-            for n in range(N):
-                h[n, i1] = _tanh(h_z[n, i1])
-    # o
-    if given_mask[1]:
-        o[...] = given[1]
-    else:
-        # o: W·x
-        np.dot(h, o_W.T, o)
-    return (h, o, )
-
-
-# ---------------------------------------------------------------- loss
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def value_loss(theta, grad, ws, x, y, seed, training, want_grad):
-    N = x.shape[0]
-    # `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)
-    h_z = ws[0:32*N].reshape((32, N)).T
-    h_W = theta[0:320].reshape((32, 10))
-    h = ws[32*N:64*N].reshape((32, N)).T
-    o = ws[64*N:65*N].reshape((N, 1))
-    o_W = theta[320:352].reshape((1, 32))
-    loss_per_example = ws[65*N:66*N].reshape((N,))
-    loss = ws[66*N:66*N + 1].reshape((1,))
-    d_loss_per_example = ws[66*N + 1:67*N + 1].reshape((N,))
-    d_o = ws[67*N + 1:68*N + 1].reshape((N, 1))
-    d_h = ws[68*N + 1:100*N + 1].reshape((32, N)).T
-    d_o_W = grad[320:352].reshape((1, 32))
-    d_h_z = ws[100*N + 1:132*N + 1].reshape((32, N)).T
-    d_h_W = grad[0:320].reshape((32, 10))
-    # h: W·x
-    np.dot(h_W, x.T, h_z.T)
-    # h = tanh(a)
-    for i1 in range(32):
-        for n in range(N):
-            h[n, i1] = _tanh(h_z[n, i1])
-    # o: W·x
-    np.dot(h, o_W.T, o)
-    # loss.per_example: per-example squared, summed over the example
-    for n in range(N):
-        loss_per_example_sum = F(0.0)
-        for i1 in range(1):
-            loss_per_example_sum += (F(0.5))*((o[n, i1] - y[n, i1]) * (o[n, i1] - y[n, i1]))
-        loss_per_example[n] = loss_per_example_sum
-    # loss = mean over the batch
-    loss_sum = F(0.0)
-    for n in range(N):
-        loss_sum += loss_per_example[n]/N
-    loss[0] = loss_sum
-    if want_grad:
-        # Δloss.per_example from loss = mean over the batch
-        for n in range(N):
-            d_loss_per_example[n] = F(1.0) / N
-        # Δo from loss.per_example: per-example squared, summed over the example
-        for n in range(N):
-            for i1 in range(1):
-                d_o[n, i1] = d_loss_per_example[n]*(o[n, i1] - y[n, i1])
-        # Δh from o: W·x
-        np.dot(o_W.T, d_o.T, d_h.T)
-        # Δo.W from o: W·x
-        np.dot(d_o.T, h, d_o_W)
-        # Δh.z from h = tanh(a)
-        for i1 in range(32):
-            for n in range(N):
-                d_h_z[n, i1] = d_h[n, i1]*(F(1.0) - (h[n, i1] * h[n, i1]))
-        # Δh.W from h: W·x
-        np.dot(d_h_z.T, x, d_h_W)
-    return loss[0]
-
-
-# Flat ranges of theta that a `loss` step updates.
-RANGES_loss = ((0, 352),)
-
-
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def step_loss(theta, grad, ws, x, y, seed, s1, s2, t, lr, clip_norm):
-    value = value_loss(theta, grad, ws, x, y, seed, True, True)
-    lr = F(lr)                            # keep the update loops in the parameters' precision
-    # Each update loop runs over slices of one range: simple loops that LLVM vectorises.
-    norm2 = F(0.0)
-    for lo, hi in RANGES_loss:
-        dp = grad[lo:hi]
-        for i in range(dp.size):
-            norm2 += dp[i] * dp[i]
-    if not (np.isfinite(value) and np.isfinite(norm2)):
-        return value                      # leave the parameters at their last finite values
-    scale = F(1.0)
-    if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
-        scale = F(clip_norm / math.sqrt(norm2))
-    for lo, hi in RANGES_loss:
-        p, dp = theta[lo:hi], grad[lo:hi]
-        for i in range(p.size):
-            p[i] -= lr * (dp[i] * scale)
+    One compiled function serves forward, loss, grad and step: a plan is data, so the
+    time numba takes grows with the kinds of kernels, not with the depth of the network."""
+    for r in range(stop):
+        a = plan[r]
+        if a[1] >= 0 and given_mask[a[1]]:
+            continue                      # a node the caller gave (forward from any node)
+        b = a[0]
+        if b == 0:
+            gemm_0a42a85409e5(theta, ws, x, a[2], a[3], a[4], a[5], a[6])
+        elif b == 1:
+            loop_0a89e71ad8a1(ws, a[2], a[3], a[4], a[5])
+        elif b == 2:
+            gemm_d5a42c6446b3(theta, ws, a[2], a[3], a[4], a[5], a[6], a[7])
+        elif b == 3:
+            loop_0ae414638f6c(ws, y, a[2], a[3], a[4], a[5])
+        elif b == 4:
+            loop_e4fbaa5c4311(ws, a[2], a[3], a[4], a[5])
+        elif b == 5:
+            loop_4129add463f3(ws, a[2], a[3])
+        elif b == 6:
+            loop_d53f961d137d(ws, y, a[2], a[3], a[4], a[5], a[6])
+        elif b == 7:
+            gemm_1fcd0128963a(theta, ws, a[2], a[3], a[4], a[5], a[6], a[7])
+        elif b == 8:
+            gemm_668377364971(grad, ws, a[2], a[3], a[4], a[5], a[6], a[7])
+        elif b == 9:
+            loop_3ccdb5938fc3(ws, a[2], a[3], a[4], a[5], a[6])
+        elif b == 10:
+            gemm_df01802d4b8e(grad, ws, x, a[2], a[3], a[4], a[5], a[6])
+    value = ws[value_at]
+    if update == 1:
+        update_sgd_f5fe62ebc1a7(theta, grad, s1, s2, ranges, value, t, lr, clip_norm)
     return value
 
 
+# ---------------------------------------------------------------- the plans
+# Each row: (branch of `run`, node or -1, the kernel's offsets and sizes for a batch of N).
+
+
+def _plan_forward(N):
+    """The outputs ['o']."""
+    return np.array([
+        # h: W·x
+        (0, -1, 0, 0, N, 32, 10, 0),
+        # h = tanh(a)
+        (1, -1, 32*N, 0, N, 32, 0, 0),
+        # o: W·x
+        (2, -1, 64*N, 32*N, 320, N, 1, 32),
+    ], np.int64).reshape(-1, 8)
+
+
+def _plan_nodes(N):
+    """Every node in order (a row of a node the caller gives is skipped)."""
+    return np.array([
+        # h: W·x
+        (0, 0, 0, 0, N, 32, 10, 0),
+        # h = tanh(a)
+        (1, 0, 32*N, 0, N, 32, 0, 0),
+        # o: W·x
+        (2, 1, 64*N, 32*N, 320, N, 1, 32),
+    ], np.int64).reshape(-1, 8)
+
+
+def _plan_value_loss(N):
+    """value_loss: the loss, then (from row 5) its gradient."""
+    return np.array([
+        # h: W·x
+        (0, -1, 0, 0, N, 32, 10, 0),
+        # h = tanh(a)
+        (1, -1, 32*N, 0, N, 32, 0, 0),
+        # o: W·x
+        (2, -1, 64*N, 32*N, 320, N, 1, 32),
+        # loss.per_example: per-example squared, summed over the example
+        (3, -1, 65*N, 64*N, N, 1, 0, 0),
+        # loss = mean over the batch
+        (4, -1, 66*N, 65*N, 1, N, 0, 0),
+        # ---- gradient
+        # Δloss.per_example from loss = mean over the batch
+        (5, -1, 66*N + 1, N, 0, 0, 0, 0),
+        # Δo from loss.per_example: per-example squared, summed over the example
+        (6, -1, 67*N + 1, 66*N + 1, 64*N, N, 1, 0),
+        # Δh from o: W·x
+        (7, -1, 68*N + 1, 67*N + 1, 320, N, 32, 1),
+        # Δo.W from o: W·x
+        (8, -1, 320, 67*N + 1, 32*N, 1, 32, N),
+        # Δh.z from h = tanh(a)
+        (9, -1, 100*N + 1, 68*N + 1, 32*N, N, 32, 0),
+        # Δh.W from h: W·x
+        (10, -1, 0, 100*N + 1, 32, 10, N, 0),
+    ], np.int64).reshape(-1, 8)
+
+
+_PLANS = {
+    "forward": (_plan_forward, 3),
+    "nodes": (_plan_nodes, 3),
+    "value_loss": (_plan_value_loss, 5),
+}
+
+
+def _value_at(N):
+    """Where each loss's value sits in the workspace."""
+    return {
+        "loss": 66*N,
+    }
+
+
+def _output_views(ws, N):
+    return [
+        ws[64*N:65*N].reshape((N, 1)),
+    ]
+
+
+def _node_views(ws, N):
+    """Every node's value, viewed in the workspace (batch-last ones transposed back)."""
+    return {
+        "h": ws[32*N:64*N].reshape((32, N)).T,
+        "o": ws[64*N:65*N].reshape((N, 1)),
+    }
+
+
+# Flat ranges of theta that a `loss` step updates.
+RANGES_loss = np.array([[0, 352]], np.int64).reshape(-1, 2)
+
+# loss: (plan for loss and grad, plan for step, the data it takes, update, ranges)
 _KERNELS = {
-    "loss": (value_loss, step_loss, ['x', 'y']),
+    "loss": ("value_loss", "value_loss", ['x', 'y'], 1, RANGES_loss),
 }
 
 
@@ -332,6 +290,37 @@ class Model:
         self._t = {name: 0 for name in LOSSES}
         self._ws = np.zeros(0, DTYPE)
         self._lcg = int(self._rng.integers(0, 2**63))
+        self._plans = {}
+        # arrays a plan does not read still take their argument of `run`: an empty one
+        self._absent = {k: np.zeros((0,) * (len(shape) + 1), np.int64 if classes is not None else DTYPE)
+                        for k, (shape, classes, _) in DATA.items()}
+        self._no_mask = np.zeros(max(len(NODES), 1), np.uint8)
+
+    # -- running a plan ----------------------------------------------------
+    def _plan(self, name, n_rows, sizes):
+        """The plan's table for this batch size (and free sizes), made once and kept."""
+        key = (name, n_rows) + tuple(sizes.values())
+        table = self._plans.get(key)
+        if table is None:
+            fill, n_forward = _PLANS[name]
+            table = self._plans[key] = (fill(n_rows), n_forward,
+                                        _value_at(n_rows))
+        return table
+
+    def _run(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
+             update=0, mask=None):
+        table, n_forward, value_at = self._plan(name, n_rows, sizes)
+        ws = self._workspace(n_rows, sizes)
+        given = dict(zip(names, arrays))
+        data = [given.get(k, self._absent[k]) for k in DATA]
+        s1, s2 = self._state[loss or LOSSES[0]]
+        ranges = _KERNELS[loss or LOSSES[0]][4]
+        t = self._t[loss] if loss else 0
+        lr = float(self.lr[loss]) if loss else 0.0
+        value = run(self.theta, self._grad, ws, *data, table, len(table) if want_grad else n_forward,
+                    self._no_mask if mask is None else mask, self._seed(seed), training,
+                    update, value_at[loss] if loss else 0, s1, s2, ranges, t, lr, float(self.clip_norm))
+        return value, ws
 
     # -- argument checking -------------------------------------------------
     def _arrays(self, names, data, what):
@@ -436,9 +425,10 @@ class Model:
         `outputs` names any nodes (NODES) to return instead, and any node may be given
         instead of computed: for a VAE, `forward(outputs="xr", z=Z)` decodes the codes Z."""
         if outputs is None and set(data) <= set(INPUTS):
-            arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
-            ws = self._workspace(n_rows, sizes)
-            outs = forward_kernel(self.theta, ws, *arrays, self._seed(seed), False)
+            names = ['x']
+            arrays, n_rows, sizes = self._arrays(names, data, "forward")
+            _, ws = self._run("forward", names, arrays, n_rows, sizes, seed, False)
+            outs = tuple(v.copy() for v in _output_views(ws, n_rows))
             return outs[0] if len(outs) == 1 else outs
         names = list(OUTPUTS) if outputs is None else [outputs] if isinstance(outputs, str) else list(outputs)
         outs = self._forward_nodes(names, data, seed)
@@ -474,11 +464,12 @@ class Model:
                 shape = tuple(sizes.setdefault(s, 1) if isinstance(s, str) else s for s in DATA[k][0])
                 by_name[k] = np.zeros((n_rows,) + shape, DTYPE)
         ws = self._workspace(n_rows, sizes)
-        slots = tuple(given.get(k, np.zeros((0,) * (len(shape) + 1), DTYPE)) for k, (shape, _) in NODES.items())
+        views = _node_views(ws, n_rows)
+        for k, v in given.items():
+            views[k][...] = v
         mask = np.array([k in given for k in NODES], np.uint8)
-        values = dict(zip(NODES, forward_nodes_kernel(self.theta, ws, *[by_name[k] for k in INPUTS], slots, mask,
-                                                      self._seed(seed), False)))
-        return tuple(np.array(values[n], order="C") for n in names)   # copies out of the workspace
+        self._run("nodes", INPUTS, [by_name[k] for k in INPUTS], n_rows, sizes, seed, False, mask=mask)
+        return tuple(np.array(views[n], order="C") for n in names)   # copies out of the workspace
 
     def _needed_inputs(self, names, given):
         """The inputs that `names` depend on through nodes that are not given."""
@@ -497,31 +488,26 @@ class Model:
     def loss(self, name=None, seed=None, **data):
         """The mean loss over the batch (float)."""
         name = self._loss_name(name)
-        value, _, names = _KERNELS[name]
+        plan, _, names, _, _ = _KERNELS[name]
         arrays, n_rows, sizes = self._arrays(names, data, f"loss {name!r}")
-        ws = self._workspace(n_rows, sizes)
-        return float(value(self.theta, self._grad, ws, *arrays, self._seed(seed), True, False))
+        return float(self._run(plan, names, arrays, n_rows, sizes, seed, True, want_grad=False, loss=name)[0])
 
     def grad(self, name=None, seed=None, **data):
         """(loss, {parameter name: gradient}) for a batch."""
         name = self._loss_name(name)
-        value, _, names = _KERNELS[name]
+        plan, _, names, _, _ = _KERNELS[name]
         arrays, n_rows, sizes = self._arrays(names, data, f"grad {name!r}")
-        ws = self._workspace(n_rows, sizes)
-        L = float(value(self.theta, self._grad, ws, *arrays, self._seed(seed), True, True))
+        L = float(self._run(plan, names, arrays, n_rows, sizes, seed, True, loss=name)[0])
         return L, {p: self._grad[o:o + int(np.prod(s))].reshape(s).copy()
                    for p, (o, s, *_r) in PARAMS.items()}
 
     def step(self, name=None, seed=None, **data):
         """One optimiser update of the loss's parameters; returns the loss before the update."""
         name = self._loss_name(name)
-        _, step, names = _KERNELS[name]
+        _, plan, names, update, _ = _KERNELS[name]
         arrays, n_rows, sizes = self._arrays(names, data, f"step {name!r}")
-        ws = self._workspace(n_rows, sizes)
         self._t[name] += 1
-        s1, s2 = self._state[name]
-        L = float(step(self.theta, self._grad, ws, *arrays, self._seed(seed), s1, s2,
-                       self._t[name], self.lr[name], self.clip_norm))
+        L = float(self._run(plan, names, arrays, n_rows, sizes, seed, True, loss=name, update=update)[0])
         if not math.isfinite(L):
             self._t[name] -= 1
         return L
@@ -537,7 +523,7 @@ class Model:
         batch_size = TRAIN["batch"] if batch_size is None else int(batch_size)
         shuffle = TRAIN["shuffle"] if shuffle is None else bool(shuffle)
         d_steps = TRAIN["d_steps"] if d_steps is None else int(d_steps)
-        needed = sorted({n for *_, names in _KERNELS.values() for n in names}, key=list(DATA).index)
+        needed = sorted({n for k in _KERNELS.values() for n in k[2]}, key=list(DATA).index)
         # an input given as "normal" gets fresh standard-normal noise every batch (a GAN's z)
         noise = [k for k, v in data.items() if isinstance(v, str)]
         for k in noise:
@@ -643,3 +629,307 @@ def _progress_done(line):
         sys.stderr.write("\r" + " " * 79 + "\r")
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+# ==== nndsl_kernels/gemm_0a42a85409e5.py
+# nndsl 0.1.0 kernel `gemm_0a42a85409e5`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gemm_0a42a85409e5(theta, ws, v2, o0, o1, s0, s1, s2):
+    v0 = ws[o0:o0 + s0 * s1].reshape((s1, s0)).T
+    v1 = theta[o1:o1 + s1 * s2].reshape((s1, s2))
+    np.dot(v1, v2.T, v0.T)
+
+# ==== nndsl_kernels/loop_0a89e71ad8a1.py
+# nndsl 0.1.0 kernel `loop_0a89e71ad8a1`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _tanh(x):
+    # Rational approximation of tanh (as in Eigen and XLA), about 1 ulp in float32:
+    # only multiplies, adds and a divide, so loops over it vectorise (libm's tanhf does not).
+    c = F(7.90531110763549805)
+    x = c if x > c else (-c if x < -c else x)
+    x2 = x * x
+    p = x2 * F(-2.76076847742355e-16) + F(2.00018790482477e-13)
+    p = x2 * p + F(-8.60467152213735e-11)
+    p = x2 * p + F(5.12229709037114e-08)
+    p = x2 * p + F(1.48572235717979e-05)
+    p = x2 * p + F(6.37261928875436e-04)
+    p = x2 * p + F(4.89352455891786e-03)
+    q = x2 * F(1.19825839466702e-06) + F(1.18534705686654e-04)
+    q = x2 * q + F(2.26843463243900e-03)
+    q = x2 * q + F(4.89352518554385e-03)
+    return x * p / q
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_0a89e71ad8a1(ws, o0, o1, s0, s1):
+    v0 = ws[o0:o0 + s0 * s1]
+    v1 = ws[o1:o1 + s0 * s1]
+    for i0 in range(s1):
+        for i1 in range(s0):
+            v0[i0*s0 + i1] = _tanh(v1[i0*s0 + i1])
+
+# ==== nndsl_kernels/gemm_d5a42c6446b3.py
+# nndsl 0.1.0 kernel `gemm_d5a42c6446b3`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gemm_d5a42c6446b3(theta, ws, o0, o1, o2, s0, s1, s2):
+    v0 = ws[o0:o0 + s0 * s1].reshape((s0, s1))
+    v1 = ws[o1:o1 + s0 * s2].reshape((s2, s0)).T
+    v2 = theta[o2:o2 + s1 * s2].reshape((s1, s2))
+    np.dot(v1, v2.T, v0)
+
+# ==== nndsl_kernels/loop_0ae414638f6c.py
+# nndsl 0.1.0 kernel `loop_0ae414638f6c`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_0ae414638f6c(ws, v2, o0, o1, s0, s1):
+    v0 = ws[o0:o0 + s0]
+    v1 = ws[o1:o1 + s0 * s1]
+    for i0 in range(s0):
+        v0_sum = F(0.0)
+        for i1 in range(s1):
+            v0_sum += (F(0.5))*((v1[i0*s1 + i1] - v2[i0, i1]) * (v1[i0*s1 + i1] - v2[i0, i1]))
+        v0[i0] = v0_sum
+
+# ==== nndsl_kernels/loop_e4fbaa5c4311.py
+# nndsl 0.1.0 kernel `loop_e4fbaa5c4311`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_e4fbaa5c4311(ws, o0, o1, s0, s1):
+    v0 = ws[o0:o0 + s0]
+    v1 = ws[o1:o1 + s1]
+    v0_sum = F(0.0)
+    for i0 in range(s1):
+        v0_sum += v1[i0]/s1
+    v0[0] = v0_sum
+
+# ==== nndsl_kernels/loop_4129add463f3.py
+# nndsl 0.1.0 kernel `loop_4129add463f3`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_4129add463f3(ws, o0, s0):
+    v0 = ws[o0:o0 + s0]
+    for i0 in range(s0):
+        v0[i0] = F(1.0) / s0
+
+# ==== nndsl_kernels/loop_d53f961d137d.py
+# nndsl 0.1.0 kernel `loop_d53f961d137d`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_d53f961d137d(ws, v3, o0, o1, o2, s0, s1):
+    v0 = ws[o0:o0 + s0 * s1]
+    v1 = ws[o1:o1 + s0]
+    v2 = ws[o2:o2 + s0 * s1]
+    for i0 in range(s0):
+        for i1 in range(s1):
+            v0[i0*s1 + i1] = v1[i0]*(v2[i0*s1 + i1] - v3[i0, i1])
+
+# ==== nndsl_kernels/gemm_1fcd0128963a.py
+# nndsl 0.1.0 kernel `gemm_1fcd0128963a`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gemm_1fcd0128963a(theta, ws, o0, o1, o2, s0, s1, s2):
+    v0 = ws[o0:o0 + s0 * s1].reshape((s1, s0)).T
+    v1 = ws[o1:o1 + s0 * s2].reshape((s0, s2))
+    v2 = theta[o2:o2 + s2 * s1].reshape((s2, s1))
+    np.dot(v2.T, v1.T, v0.T)
+
+# ==== nndsl_kernels/gemm_668377364971.py
+# nndsl 0.1.0 kernel `gemm_668377364971`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gemm_668377364971(grad, ws, o0, o1, o2, s0, s1, s2):
+    v0 = grad[o0:o0 + s0 * s1].reshape((s0, s1))
+    v1 = ws[o1:o1 + s2 * s0].reshape((s2, s0))
+    v2 = ws[o2:o2 + s2 * s1].reshape((s1, s2)).T
+    np.dot(v1.T, v2, v0)
+
+# ==== nndsl_kernels/loop_3ccdb5938fc3.py
+# nndsl 0.1.0 kernel `loop_3ccdb5938fc3`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def loop_3ccdb5938fc3(ws, o0, o1, o2, s0, s1):
+    v0 = ws[o0:o0 + s0 * s1]
+    v1 = ws[o1:o1 + s0 * s1]
+    v2 = ws[o2:o2 + s0 * s1]
+    for i0 in range(s1):
+        for i1 in range(s0):
+            v0[i0*s0 + i1] = v1[i0*s0 + i1]*(F(1.0) - (v2[i0*s0 + i1] * v2[i0*s0 + i1]))
+
+# ==== nndsl_kernels/gemm_df01802d4b8e.py
+# nndsl 0.1.0 kernel `gemm_df01802d4b8e`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gemm_df01802d4b8e(grad, ws, v2, o0, o1, s0, s1, s2):
+    v0 = grad[o0:o0 + s0 * s1].reshape((s0, s1))
+    v1 = ws[o1:o1 + s2 * s0].reshape((s0, s2)).T
+    np.dot(v1.T, v2, v0)
+
+# ==== nndsl_kernels/update_sgd_f5fe62ebc1a7.py
+# nndsl 0.1.0 kernel `update_sgd_f5fe62ebc1a7`: one fused loop nest or GEMM of the kernel plan.
+# Content-addressed: the name is a hash of the text, so every model built into this
+# folder that needs this kernel shares it (and numba's cache of it).
+# DO NOT EDIT: `nndsl build` writes it.
+import math
+
+import numpy as np
+from numba import njit
+
+F = np.float32
+# Fast-math without nnan/ninf: the step checks for non-finite losses and gradients.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def update_sgd_f5fe62ebc1a7(theta, grad, s1, s2, ranges, value, t, lr, clip_norm):
+    lr = F(lr)                                # keep the update loops in the parameters' precision
+    norm2 = F(0.0)
+    for r in range(ranges.shape[0]):
+        dp = grad[ranges[r, 0]:ranges[r, 1]]
+        for i in range(dp.size):
+            norm2 += dp[i] * dp[i]
+    if not (np.isfinite(value) and np.isfinite(norm2)):
+        return False                          # leave the parameters at their last finite values
+    scale = F(1.0)
+    if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
+        scale = F(clip_norm / math.sqrt(norm2))
+    for r in range(ranges.shape[0]):
+        lo, hi = ranges[r, 0], ranges[r, 1]
+        p, dp = theta[lo:hi], grad[lo:hi]
+        for i in range(p.size):
+            p[i] -= lr * (dp[i] * scale)
+    return True
