@@ -43,7 +43,7 @@ def format_gradients(model: ir.ModelIR, param: str | None = None, latex: bool = 
         if not lines:
             continue
         if len(blocks) > 1:
-            updates = sorted({p.rsplit(".", 1)[0] for p in block.updates})
+            updates = sorted({p.rsplit(".", 1)[0] + ".*" for p in block.updates})   # as `nndsl check`
             out.append(f"# loss {block.loss} (updates {', '.join(updates)})")
         out.extend(lines)
         out.append("")

@@ -589,7 +589,13 @@ def _simplify(expr: sp.Expr) -> sp.Expr:
     body = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), protect))
     while body.has(*sums):
         body = body.xreplace(sums)
-    return body.replace(lambda e: e.is_Mul, _into_sum)
+    return body.replace(lambda e: e.is_Mul, _into_sum).replace(lambda e: isinstance(e, sp.Sum), _batch_outermost)
+
+
+def _batch_outermost(s: sp.Sum) -> sp.Sum:
+    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last)."""
+    limits = sorted(s.limits, key=lambda lim: str(lim[0]) == "n")
+    return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
 
 
 def _into_sum(m: sp.Mul) -> sp.Expr:

@@ -92,7 +92,7 @@ class _Base:
 
     # -- sums of terms: positive terms first (`o − y`, `1 − h²`) ----------
     def add(self, e) -> str:
-        terms = sorted(e.args, key=lambda t: (_is_negative(t), t.is_number, sp.default_sort_key(t)))
+        terms = sorted(e.args, key=lambda t: (_is_negative(t), not t.is_number, sp.default_sort_key(t)))
         out = self.expr(terms[0], ADD)
         for t in terms[1:]:
             if _is_negative(t):
@@ -245,7 +245,7 @@ class Latex(_Base):
         """`h.W` → `W^{(h)}`: the parameter named by its layer, as a lecture writes it."""
         delta = label.startswith("Δ")
         head, _, last = label.lstrip("Δ").rpartition(".")
-        if not head and last[-1:].isdigit() and last.rstrip("0123456789"):     # e2 -> e^{(2)}
+        if not head and label in self.defined and last[-1:].isdigit() and last.rstrip("0123456789"):  # e2 -> e^{(2)}
             head, last = last[len(last.rstrip("0123456789")):], last.rstrip("0123456789")
         name = f"{last}^{{({head})}}" if head else last
         return (r"\Delta " if delta else "") + name
