@@ -223,6 +223,7 @@ def latex_to_text(s: str) -> str:
     t = re.sub(r"\{([^{}^]+)\^\{\(([^{}]+)\)\}\}" + idx, r"\2.\1[\3]", t)     # {W^{(h)}}_{k,d}
     t = re.sub(r"\{([^{}^]+)\^\{\(([^{}]+)\)\}\}", r"\2.\1", t)               # {b^{(mu)}}
     t = re.sub(r"(Δ?[A-Za-zε]\w*)\^\{\((\d+)\)\}" + idx, r"\1\2[\3]", t)       # e^{(2)}_{n}
+    t = re.sub(r"(Δ?)([A-Za-zε]\w*)\^\{\(([^{}]+)\)\}" + idx, r"\1\3.\2[\4]", t)  # \Delta h^{(d)}_{n,k}
     t = re.sub(r"\{([^{}]+)\}" + idx, r"\1[\2]", t)                            # {h}_{n,k}
     t = re.sub(r"(Δ?[A-Za-zε][\w.()]*)" + idx, r"\1[\2]", t)                   # e_{n}
     return t
@@ -237,13 +238,19 @@ class Evaluator:
     """Evaluates display expressions at random tensor values; every Σ runs over at most
     `clip` values, the same for both sides, so equal formulas give equal numbers."""
 
-    def __init__(self, sizes: dict, int_labels=(), seed=0, clip=3):
+    def __init__(self, sizes: dict, int_labels=(), seed=0, clip=3, resolve=None):
         self.sizes, self.ints, self.clip = sizes, set(int_labels), clip
         self.seed = seed
         self.values: dict = {}
+        self.resolve = resolve              # (label, idx) -> a value, or None for a leaf
 
     def value(self, label, idx):
         key = (label, idx)
+        if self.resolve is not None and key not in self.values:
+            got = self.resolve(label, idx)
+            if got is not None:
+                self.values[key] = got
+                return got
         if key not in self.values:
             rnd = random.Random(hash((self.seed, label, idx)) & 0xFFFFFFFF)
             self.values[key] = rnd.randrange(self.clip) if label in self.ints else rnd.uniform(-1.5, 1.5)
@@ -256,7 +263,9 @@ class Evaluator:
             total = 0.0
             (var, _, _), rest = e.limits[0], e.limits[1:]
             inner = sp.Sum(e.function, *rest) if rest else e.function
-            for v in range(min(self.clip, self.size(var))):
+            upper = e.limits[0][2]
+            size = int(upper) + 1 if upper.is_Integer else self.size(var)
+            for v in range(min(self.clip, size)):
                 total += self(inner, {**env, var.name: v})
             return total
         if isinstance(e, sp.Indexed):
@@ -307,3 +316,37 @@ _NUMERIC = {
     "leaky_relu": lambda x, a: x if x > 0 else a * x, "sin": math.sin, "cos": math.cos,
     "ge": lambda a, b: 1.0 if a >= b else 0.0,
 }
+
+
+def internal(expr):
+    """An expression over internal tensor names, moved to their own namespace (`§h`)."""
+    return expr.xreplace({i: sp.IndexedBase("§" + str(i.base.label))[i.indices] for i in expr.atoms(sp.Indexed)})
+
+
+def model_resolver(block, ev_for):
+    """Resolve display labels and internal tensors (`§name`, see `internal`) of a
+    `LossFormulas` through their definitions: defined quantities (e, p, Δh) by their lines,
+    node values by their forward formulas; inputs, parameters and noise stay random leaves."""
+    lines = {}
+    for f in block.formulas:
+        if f.rhs is not None and f.kind in ("define", "signal", "delta"):
+            label = str(f.lhs.base.label) if isinstance(f.lhs, sp.Indexed) else str(f.lhs)
+            lines[label] = (tuple(f.lhs.indices) if isinstance(f.lhs, sp.Indexed) else (), f.rhs)
+    forward = {t: (index, internal(value)) for t, (index, value) in block.forward.items()}
+
+    def bind(index, idx):
+        return {str(i): v for i, v in zip(index, idx) if isinstance(i, sp.Symbol)}
+
+    def resolve(label, idx):
+        if label.startswith("§"):
+            if label[1:] in forward:
+                index, value = forward[label[1:]]
+                return ev_for()(value, bind(index, idx))
+            return None                                   # a leaf: random
+        if label in lines:
+            index, rhs = lines[label]
+            return ev_for()(rhs, bind(index, idx))
+        tensor, shown = block.tensor_of[label]
+        it = iter(idx)
+        return ev_for().value("§" + tensor, tuple(next(it) if keep else 0 for keep in shown))
+    return resolve

@@ -52,6 +52,7 @@ class Formula:
     partial: sp.Expr | None = None
     note: str = ""
     sizes: dict = field(default_factory=dict)       # summation index -> size, for checks
+    raw: sp.Expr | None = None        # the derivation before naming and simplifying (internal names)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class LossFormulas:
     labels: dict[str, tuple]          # display label -> displayed shape (ints, N)
     int_labels: set[str]              # class-label tensors (integer valued)
     order: list[str] = field(default_factory=list)    # display labels, forward order
+    # for checking the display against the derivation (tests): display label -> (tensor,
+    # shown axes); tensor -> (index, value) of every forward formula with a plain index
+    tensor_of: dict = field(default_factory=dict)
+    forward: dict = field(default_factory=dict)
 
 
 def model_formulas(model: ir.ModelIR, param: str | None = None) -> list[LossFormulas]:
@@ -450,7 +455,7 @@ class _View:
                     self.pending.clear()
                     lines.append(f)
             emit(Formula("param", self.access(tensor, index), self.display(expr, _names(index)),
-                         partial=partial))
+                         partial=partial, raw=self._inline_everything(grad, index)))
         lines.extend(self.pending)
         lines = [self._finish(f) for f in lines]
         defined = {str(_label_of(f.lhs)) for f in lines if f.kind in ("define", "signal", "delta", "note")}
@@ -459,7 +464,20 @@ class _View:
         updates = [p.name for p in self.model.params if p.name in self.loss.wrt]
         order = sorted(self.order, key=self.order.get)
         order = [self.tensor_label(t) if t in self.tensors else t for t in order]
-        return LossFormulas(self.loss.name, updates, lines, defined, labels, ints, order)
+        tensor_of = {self.tensor_label(t): (t, self.shown_axes(t)) for t in self.order   # this loss's
+                     if self.tensors[t].role not in ("grad", "pgrad")}
+        forward = {t: (s.index, _as_forward(s)) for t, s in self.forward.items() if s.plain}
+        for t, s in self.special.items():
+            if s.kind == "onehot":
+                forward[t] = (s.index, indicator(s.index[1], sp.IndexedBase(s.attrs["labels"])[s.index[0]]))
+        return LossFormulas(self.loss.name, updates, lines, defined, labels, ints, order, tensor_of, forward)
+
+    def _inline_everything(self, grad: str, index) -> sp.Expr:
+        saved, self.signals = self.signals, {}
+        try:
+            return self._inline(self._definition(grad, index), False)
+        finally:
+            self.signals = saved
 
     def _finish(self, f: Formula) -> Formula:
         """Definitions were collected over internal names: relabel their two sides."""
