@@ -25,9 +25,9 @@ FUNCS = {"σ": fn.sigmoid, "exp": sp.exp, "log": sp.log, "tanh": sp.tanh, "sqrt"
          "step": fn.step, "sign": fn.sign, "abs": fn.absolute, "max": fn.maximum, "min": fn.minimum,
          "relu": fn.relu, "elu": fn.elu, "softplus": fn.softplus, "leaky_relu": fn.leaky_relu,
          "sin": sp.sin, "cos": sp.cos, "ge": fn.ge}
-NAME = r"Δ?[A-Za-zε_][A-Za-z0-9_]*(?:\([A-Za-z0-9_, ]+\)(?=\.))?(?:\.[A-Za-z_][A-Za-z0-9_]*)*'*"
+NAME = r"[^\W\d][\w]*(?:\([A-Za-z0-9_, ]+\)(?=\.))?(?:\.[A-Za-z_][A-Za-z0-9_]*)*'*"
 TOKEN = re.compile(rf"\s*(?:(?P<sum>Σ_(?:[A-Za-z]\w*'*))|(?P<ind>𝟙\[)|(?P<num>\d+(?:\.\d+)?(?:e-?\d+)?)"
-                   rf"|(?P<sup>[⁰¹²³⁴⁵⁶⁷⁸⁹]+)|(?P<op><=|>=|==|!=|[-−+·/^()\[\],<>=])|(?P<name>σ|{NAME}))")
+                   rf"|(?P<sup>[⁰¹²³⁴⁵⁶⁷⁸⁹]+)|(?P<op><=|>=|==|!=|[-−+·/^()\[\],<>=])|(?P<name>{NAME}))")
 
 
 def tokens(text: str) -> list[tuple[str, str]]:
@@ -222,10 +222,10 @@ def latex_to_text(s: str) -> str:
     idx = r"_\{([^{}]*)\}"
     t = re.sub(r"\{([^{}^]+)\^\{\(([^{}]+)\)\}\}" + idx, r"\2.\1[\3]", t)     # {W^{(h)}}_{k,d}
     t = re.sub(r"\{([^{}^]+)\^\{\(([^{}]+)\)\}\}", r"\2.\1", t)               # {b^{(mu)}}
-    t = re.sub(r"(Δ?[A-Za-zε]\w*)\^\{\((\d+)\)\}" + idx, r"\1\2[\3]", t)       # e^{(2)}_{n}
-    t = re.sub(r"(Δ?)([A-Za-zε]\w*)\^\{\(([^{}]+)\)\}" + idx, r"\1\3.\2[\4]", t)  # \Delta h^{(d)}_{n,k}
+    t = re.sub(r"([^\W\d]\w*)\^\{\((\d+)\)\}" + idx, r"\1\2[\3]", t)       # e^{(2)}_{n}
+    t = re.sub(r"(Δ?)([^\W\d]\w*)\^\{\(([^{}]+)\)\}" + idx, r"\1\3.\2[\4]", t)  # \Delta h^{(d)}_{n,k}
     t = re.sub(r"\{([^{}]+)\}" + idx, r"\1[\2]", t)                            # {h}_{n,k}
-    t = re.sub(r"(Δ?[A-Za-zε][\w.()]*)" + idx, r"\1[\2]", t)                   # e_{n}
+    t = re.sub(r"([^\W\d][\w.()]*)" + idx, r"\1[\2]", t)                   # e_{n}
     return t
 
 

@@ -150,7 +150,13 @@ class _View:
         self.adjoint_of = adjoint.adjoint_of
         self.grads = adjoint.grads
         self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
-        letters = iter(["e"] + [f"e{k}" for k in range(2, 100)])
+        # names the output defines must not be the user's: an autoencoder's layer may be `e`
+        self.taken = {n.name for n in model.nodes} | {d.name for d in model.data} | \
+            {p.name for p in model.params} | set(model.consts) | {"N", "L"}
+        self.taken |= {self.names.node_label(n.name) for n in model.nodes}
+        self.user_names = set(self.taken)          # index letters avoid them too (`d` of a decoder)
+        letter = next(x for x in ("e", "δ", "err", "err_") if x not in self.taken)
+        letters = (self.fresh_label(letter) for _ in itertools.count())
         for node in [a for t in loss.terms for a in t.args if isinstance(a, str)]:
             grad = self.adjoint_of.get(g.values[node].name)
             if grad in self.defs and grad not in self.signals:
@@ -162,13 +168,20 @@ class _View:
         self.defined_lines: list[Formula] = []
         self.noise_names = {}
 
+    def fresh_label(self, base: str) -> str:
+        """`base`, or `base2`, `base3`, ...: the first name neither the user nor this output took."""
+        label = next(x for x in itertools.chain([base], (f"{base}{k}" for k in itertools.count(2)))
+                     if x not in self.taken)
+        self.taken.add(label)
+        return label
+
     # -- reading adjoint stages back --------------------------------------------
-    def _inline(self, expr: sp.Expr, stop_at_values: bool) -> sp.Expr:
+    def _inline(self, expr: sp.Expr, stop_at_values: bool, keep=()) -> sp.Expr:
         for _ in range(64):
             changed = False
             for ind in sorted(expr.atoms(sp.Indexed), key=str):
                 name = str(ind.base.label)
-                if name not in self.defs or name in self.signals:
+                if name not in self.defs or name in self.signals or name in keep:
                     continue
                 if stop_at_values and self._is_node_value(name):
                     continue
@@ -222,7 +235,7 @@ class _View:
             if forward is not None:
                 return self.index_of(forward)
         letters = _declared_letters(self.model, t.label, t.role, len(t.shape))
-        pool = iter(x for x in "kdijlmrs" if x not in letters)
+        pool = iter(x for x in "kdijlmrsuvw" if x not in letters and x not in self.user_names)
         out = []
         shown = self.shown_axes(tensor)
         for pos, size in enumerate(t.shape):
@@ -297,7 +310,7 @@ class _View:
         return None
 
     def _define_softmax(self, logits: str, lse_stage: Stage):
-        label = "p" if not self.softmax else f"p{len(self.softmax) + 1}"
+        label = self.fresh_label("p")
         self.softmax[logits] = label
         n, k = self.index_of(logits)[:1] + self.index_of(logits)[-1:]
         j = sp.Symbol(k.name + "'", integer=True)
@@ -324,14 +337,15 @@ class _View:
         if name not in self.noise_names:
             s = self.special[name]
             letter = "ε" if s.attrs.get("dist") == "normal" else "m"
-            used = set(self.noise_names.values())
-            label = letter if letter not in used else next(f"{letter}{k}" for k in itertools.count(2)
-                                                          if f"{letter}{k}" not in used)
+            label = self.fresh_label(letter)
             self.noise_names[name] = label
             owner = self.names.label(next((x.out for x in self.forward.values()
                                            if any(a.tensor == name for a in x.accesses)), name)) or name
+            keep = _keep(s)
+            value = "1" if float(s.attrs.get("scale", 1.0)) == 1.0 else f"1/{keep}"
+            kind = "dropout mask" if value != "1" else "masking noise"
             what = ("~ N(0, 1), the noise of " + owner) if letter == "ε" else \
-                f"{_mask_scale(s)} with probability {_keep(s)}, else 0 (the random mask of {owner})"
+                f"{value} with probability {keep}, else 0 (the {kind} of {owner})"
             lhs = sp.IndexedBase(label)[self.index_of(name)]
             self.pending.append(Formula("note", lhs, None, note=what))
         return sp.IndexedBase("__noise_" + self.noise_names[name])[ind.indices]
@@ -358,9 +372,7 @@ class _View:
         t = self.tensors[name]
         node, _, part = t.label.rpartition(".")
         node_label = self.names.node_label(node) if node else t.label
-        label = f"{part.rstrip('0123456789') or 'a'}_{node_label}"
-        while label in self.aux.values():
-            label += "'"
+        label = self.fresh_label(f"{part.rstrip('0123456789') or 'a'}_{node_label}")
         self.aux[name] = label
         s = self.forward.get(name)
         if s is None:
@@ -447,7 +459,8 @@ class _View:
             if grad not in self.defs:
                 emit(Formula("zero", self.access(tensor, index), sp.Integer(0), partial=partial))
                 continue
-            expr = self._inline(self._definition(grad, index), False)
+            # a Δ already printed is used again (a layer's W and b stop at the same Δ)
+            expr = self._inline(self._definition(grad, index), False, keep=shown)
             if _size(expr) > _MAX_INLINE:
                 expr = self._inline(self._definition(grad, index), True)
                 for f in self._deltas_used(expr, shown):
@@ -663,10 +676,6 @@ def _label_of(access) -> str:
 
 def _keep(s: Stage) -> str:
     return _num(1 - float(s.attrs.get("p", 0.0)))
-
-
-def _mask_scale(s: Stage) -> str:
-    return _num(float(s.attrs.get("scale", 1.0)))
 
 
 def _num(x: float) -> str:
