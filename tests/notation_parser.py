@@ -194,7 +194,7 @@ def _braced(s: str, i: int) -> tuple[str, int]:
 
 
 def latex_to_text(s: str) -> str:
-    s = s.replace(r"\left(", "(").replace(r"\right)", ")").replace(r"\mathbb{1}[", "𝟙[")
+    s = s.replace(r"\_", "_").replace(r"\left(", "(").replace(r"\right)", ")").replace(r"\mathbb{1}[", "𝟙[")
     out, i = [], 0
     while i < len(s):
         if s.startswith(r"\frac", i):

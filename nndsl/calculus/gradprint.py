@@ -18,10 +18,18 @@ affine: `t + 1`, `i*s + p - pad`) and `sp.Sum(body, (v, 0, size - 1))`, and call
 
 e.g. the recursion of an Elman layer h[n,t,k] = tanh(a[n,t,k]):
 
-    Δh[n,t,k] = ∂L/∂h[n,t,k] = e[n,t,k] + Σ_k' Δh[n,t+1,k']·(1 − h[n,t+1,k']²)·h.U[k',k]
+    n, t, k = symbols("n t k", integer=True); k2 = Symbol("k'", integer=True)
+    Dh, e, h, U = (IndexedBase(c) for c in ("Δh", "e", "h", "h.U"))
+    rhs = e[n, t, k] + Sum(Dh[n, t + 1, k2]·(1 - h[n, t + 1, k2]**2)·U[k2, k], (k2, 0, K - 1))
+    format_equation(Dh[n, t, k], rhs, middle=h[n, t, k], defined={"Δh", "e"})
 
-is `format_equation(Dh[n, t, k], e[n, t, k] + Sum(Dh[n, t+1, k2]*(1 - h[n, t+1, k2]**2)*U[k2, k],
-(k2, 0, K - 1)), middle=partial_text("h", (n, t, k)), defined={"Δh", "e"})` with `k2 = Symbol("k'")`.
+prints
+
+    Δh[n,t,k] = ∂L/∂h[n,t,k] = e[n,t,k] + Σ_k' (1 − h[n,t+1,k']²)·h.U[k',k]·Δh[n,t+1,k']
+
+(`latex=True` for LaTeX; `order` is a key function that orders a product's factors,
+`defined` names the quantities the output defines, which LaTeX prints unbraced).
+`notation.text(expr)` / `notation.latex(expr)` print a bare expression.
 """
 from __future__ import annotations
 
@@ -65,6 +73,9 @@ def format_formula(f: Formula, block: LossFormulas, latex: bool) -> str:
     order = _order_key(block)
     if f.kind == "note":
         lhs = (notation.latex if latex else notation.text)(f.lhs, block.defined)
+        if latex:
+            sep = " " if f.note.startswith("~") else ": "
+            return lhs + r"\ \text{" + (sep + f.note).replace("~", r"$\sim$") + "}"
         return f"{lhs}: {f.note}" if not f.note.startswith("~") else f"{lhs} {f.note}"
     if f.kind in ("param", "zero"):
         return format_equation(f.partial, f.rhs, partial=True, latex=latex, defined=block.defined, order=order)

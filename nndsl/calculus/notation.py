@@ -247,13 +247,16 @@ class Latex(_Base):
         head, _, last = label.lstrip("Δ").rpartition(".")
         if not head and label in self.defined and last[-1:].isdigit() and last.rstrip("0123456789"):  # e2 -> e^{(2)}
             head, last = last[len(last.rstrip("0123456789")):], last.rstrip("0123456789")
+        if "_" in last and label not in self.defined:
+            last = last.replace("_", r"\_")             # a user's `my_layer` is one name
         name = f"{last}^{{({head})}}" if head else last
         return (r"\Delta " if delta else "") + name
 
     def access(self, label: str, indices) -> str:
         inner = ",".join(self.index_text(i) for i in indices)
         name = self.label(label)
-        return f"{name}_{{{inner}}}" if label in self.defined else f"{{{name}}}_{{{inner}}}"
+        plain = label in self.defined and "_" not in label      # a_h: {a_h}_{n,k}, one name
+        return f"{name}_{{{inner}}}" if plain else f"{{{name}}}_{{{inner}}}"
 
     def symbol(self, name: str) -> str:
         return name if name in self.defined or "." not in name else "{" + self.label(name) + "}"
