@@ -86,6 +86,23 @@ def test_patterns_are_named_as_a_lecture_names_them(example, line):
     assert line in format_gradients(model).splitlines()
 
 
+ONE_PARAM = [  # example, parameter, the lines `--param` prints (definitions it needs, then the gradient)
+    ("lecture_mlp", "o.W", [LECTURE["e[n]"], LECTURE["o.W"]]),
+    ("vae", "d.W", ["e[n,k] = ∂L/∂xr[n,k] = (σ(xr[n,k]) − x[n,k]) / N",
+                    "Δd[n,k] = ∂L/∂d[n,k] = Σ_k' e[n,k']·xr.W[k',k]",
+                    "∂L/∂d.W[k,i] = Σ_n Δd[n,k]·step(d[n,k])·z[n,i]"]),
+    ("dropout_mlp", "o.b", ["p[n,k] = exp(o[n,k]) / Σ_k' exp(o[n,k'])   (p = softmax(o))",
+                            "e[n,k] = ∂L/∂o[n,k] = (p[n,k] − 𝟙[k = label[n]]) / N",
+                            "∂L/∂o.b[k] = Σ_n e[n,k]"]),
+]
+
+
+@pytest.mark.parametrize("example,param,lines", ONE_PARAM)
+def test_one_parameter_prints_what_it_needs(example, param, lines):
+    model, _ = blocks(example)
+    assert format_gradients(model, param=param).splitlines() == lines
+
+
 # ------------------------------------------------------------------ round trip
 def _lines(example):
     model, bs = blocks(example)

@@ -471,6 +471,8 @@ class _View:
                          partial=partial, raw=self._inline_everything(grad, index)))
         lines.extend(self.pending)
         lines = [self._finish(f) for f in lines]
+        if only is not None:
+            lines = _needed(lines)
         defined = {str(_label_of(f.lhs)) for f in lines if f.kind in ("define", "signal", "delta", "note")}
         labels = self._label_shapes()
         ints = {self.names.label(t.name) or t.label for t in self.tensors.values() if t.role == "labels"}
@@ -532,6 +534,21 @@ class _View:
 
 
 # ------------------------------------------------------------------ helpers
+def _needed(lines: list[Formula]) -> list[Formula]:
+    """The parameter lines and, transitively, the definitions they use (`--param`)."""
+    def used(f):
+        names = set() if f.rhs is None else \
+            {str(i.base.label) for i in f.rhs.atoms(sp.Indexed)} | {str(x) for x in f.rhs.free_symbols}
+        return names
+    need = set().union(*[used(f) for f in lines if f.kind in ("param", "zero")])
+    keep = []
+    for f in reversed(lines):
+        if f.kind in ("param", "zero") or _label_of(f.lhs) in need:
+            keep.append(f)
+            need |= used(f)
+    return keep[::-1]
+
+
 def _declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tuple[str, ...]:
     """The index names a parameter was declared with: `W[f, c, p]` of a user layer, `W[k, d]`."""
     if role != "param":
