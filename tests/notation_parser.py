@@ -258,7 +258,7 @@ class Evaluator:
 
     def __call__(self, e, env=None):
         env = env or {}
-        ev = lambda x: self(x, env)          # noqa: E731
+        ev = lambda x: self(x, env)
         if isinstance(e, sp.Sum):
             total = 0.0
             (var, _, _), rest = e.limits[0], e.limits[1:]
@@ -269,7 +269,7 @@ class Evaluator:
                 total += self(inner, {**env, var.name: v})
             return total
         if isinstance(e, sp.Indexed):
-            return self.value(str(e.base.label), tuple(int(round(ev(i))) for i in e.indices))
+            return self.value(str(e.base.label), tuple(round(ev(i)) for i in e.indices))
         if isinstance(e, sp.Symbol):
             if e.name in env:
                 return env[e.name]

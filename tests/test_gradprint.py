@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 import sympy as sp
+from notation_parser import (
+    Evaluator,
+    internal,
+    model_resolver,
+    parse_latex,
+    parse_text,
+    rhs_of,
+)
 
 import nndsl
 from nndsl.calculus import functions as fn
@@ -16,7 +24,6 @@ from nndsl.calculus.gradview import model_formulas
 from nndsl.calculus.notation import indicator, latex, text
 from nndsl.diagnostics import CompileError
 from nndsl.frontend import load_model
-from notation_parser import Evaluator, parse_latex, parse_text, rhs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "grad"
@@ -105,7 +112,7 @@ def test_one_parameter_prints_what_it_needs(example, param, lines):
 
 # ------------------------------------------------------------------ round trip
 def _lines(example):
-    model, bs = blocks(example)
+    _, bs = blocks(example)
     for b in bs:
         for f, t, tex in zip(b.formulas, format_block(b, False), format_block(b, True)):
             if f.rhs is not None:
@@ -130,20 +137,19 @@ def test_printed_formulas_parse_back_to_the_derived_expression(example):
 def test_the_named_simplified_formulas_equal_the_derivation(example):
     """Every ∂L/∂P line, its definitions (p, e, Δh, a_h) substituted, equals the adjoint
     that `derive` produced, evaluated through the forward formulas at random points."""
-    from notation_parser import internal, model_resolver
     _, bs = blocks(example)
     checked = 0
     for b in bs:
+        ints = {"§" + b.tensor_of[x][0] for x in b.int_labels if x in b.tensor_of}
         for f in b.formulas:
             if f.raw is None or any(str(i.base.label).startswith("d_") for i in f.raw.atoms(sp.Indexed)):
                 continue                         # a scatter-add stays a named adjoint
+            shown = {str(s): 1 for s in f.lhs.free_symbols if s.is_integer and str(s) != "N"}
+            full = {str(s): shown.get(str(s), 0) for s in f.raw.free_symbols if s.is_integer and str(s) != "N"}
             for seed in range(2):
-                ev = Evaluator({}, {"§" + b.tensor_of[x][0] for x in b.int_labels if x in b.tensor_of}, seed=seed)
-                ev.resolve = model_resolver(b, lambda: ev)
-                env = {str(s): 1 for s in f.lhs.free_symbols if s.is_integer and str(s) != "N"}
-                raw_env = {str(i): env.get(str(i), 0) for i in f.raw.free_symbols if i.is_integer and str(i) != "N"}
-                shown = _raw_env(b, f, env)
-                assert ev(f.rhs, env) == pytest.approx(ev(internal(f.raw), {**raw_env, **shown}), rel=1e-9, abs=1e-12), \
+                ev = Evaluator({}, ints, seed=seed)
+                ev.resolve = model_resolver(b, lambda ev=ev: ev)
+                assert ev(f.rhs, shown) == pytest.approx(ev(internal(f.raw), full), rel=1e-9, abs=1e-12), \
                     format_gradients(blocks(example)[0], param=_label_of(f.lhs))
             checked += 1
     assert checked
@@ -151,13 +157,6 @@ def test_the_named_simplified_formulas_equal_the_derivation(example):
 
 def _label_of(access):
     return str(access.base.label) if isinstance(access, sp.Indexed) else str(access)
-
-
-def _raw_env(b, f, env):
-    """The raw adjoint is indexed like the parameter tensor (every axis); bind its index symbols."""
-    tensor, shown = b.tensor_of[_label_of(f.lhs)]
-    full = [s for s in f.raw.free_symbols if s.is_integer and str(s) != "N"]
-    return {str(s): env.get(str(s), 0) for s in full}
 
 
 INTERNAL = re.compile(r"per_example|onehot|\blse\b|\.lse|\.noise|\.sum\d|#\d|\.[za]\[|1\.0·|\*\*|\bloss\.")
@@ -247,6 +246,6 @@ def test_import_nndsl_is_cheap():
     import subprocess
     import sys
     code = "import sys, nndsl; print(any(m.startswith(('sympy', 'lark', 'numba')) for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out.strip() == "False"

@@ -61,7 +61,6 @@ class LossFormulas:
     updates: list[str]                # parameter names the loss updates
     formulas: list[Formula]
     defined: set[str]                 # names the output itself defines (e, p, Δh, a_h)
-    labels: dict[str, tuple]          # display label -> displayed shape (ints, N)
     int_labels: set[str]              # class-label tensors (integer valued)
     order: list[str] = field(default_factory=list)    # display labels, forward order
     # for checking the display against the derivation (tests): display label -> (tensor,
@@ -127,7 +126,7 @@ def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
         outside = [i for i in node.inputs if not i.startswith(head + ".")]
         if outside and head not in calls.get(base, {}):
             calls.setdefault(base, {})[head] = ", ".join(outside)
-    return {b: c for b, c in calls.items() if any(n.name.startswith(b + ".") for n in model.nodes)}
+    return calls
 
 
 # ---------------------------------------------------------------- the view
@@ -148,7 +147,6 @@ class _View:
             if s.kind == "formula" and s.expr != 0:
                 self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
         self.adjoint_of = adjoint.adjoint_of
-        self.grads = adjoint.grads
         self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
         # names the output defines must not be the user's: an autoencoder's layer may be `e`
         self.taken = {n.name for n in model.nodes} | {d.name for d in model.data} | \
@@ -165,8 +163,8 @@ class _View:
         self.fresh = (sp.Symbol(f"{c}{k}", integer=True) for k in itertools.count() for c in "jmpq")
         self.aux: dict[str, str] = {}               # internal tensor -> its defined label
         self.softmax: dict[str, str] = {}           # logits tensor -> label of its softmax (p)
-        self.defined_lines: list[Formula] = []
-        self.noise_names = {}
+        self.noise_names: dict[str, str] = {}       # noise tensor -> m, ε
+        self.pending: list[Formula] = []            # definitions waiting for the line that uses them
 
     def fresh_label(self, base: str) -> str:
         """`base`, or `base2`, `base3`, ...: the first name neither the user nor this output took."""
@@ -430,7 +428,6 @@ class _View:
 
     # -- the lines ------------------------------------------------------------------
     def formulas(self, only: str | None) -> LossFormulas:
-        self.pending: list[Formula] = []
         lines: list[Formula] = []
         shown: set[str] = set()
 
@@ -474,7 +471,6 @@ class _View:
         if only is not None:
             lines = _needed(lines)
         defined = {str(_label_of(f.lhs)) for f in lines if f.kind in ("define", "signal", "delta", "note")}
-        labels = self._label_shapes()
         ints = {self.names.label(t.name) or t.label for t in self.tensors.values() if t.role == "labels"}
         updates = [p.name for p in self.model.params if p.name in self.loss.wrt]
         order = sorted(self.order, key=self.order.get)
@@ -485,7 +481,7 @@ class _View:
         for t, s in self.special.items():
             if s.kind == "onehot":
                 forward[t] = (s.index, indicator(s.index[1], sp.IndexedBase(s.attrs["labels"])[s.index[0]]))
-        return LossFormulas(self.loss.name, updates, lines, defined, labels, ints, order, tensor_of, forward)
+        return LossFormulas(self.loss.name, updates, lines, defined, ints, order, tensor_of, forward)
 
     def _inline_everything(self, grad: str, index) -> sp.Expr:
         saved, self.signals = self.signals, {}
@@ -524,13 +520,6 @@ class _View:
             lines.append(Formula("delta", self.access(name, index), rhs,
                                  partial=self.access(node, index)))
         return lines
-
-    def _label_shapes(self) -> dict[str, tuple]:
-        out = {}
-        for name, t in self.tensors.items():
-            kept = tuple(s for s, keep in zip(t.shape, self.shown_axes(name)) if keep)
-            out[self.tensor_label(name)] = kept
-        return out
 
 
 # ------------------------------------------------------------------ helpers

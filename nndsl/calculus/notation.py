@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from . import functions as fn
-
 
 class indicator(sp.Function):
     """𝟙[a = b]: 1 where the two integers agree (the one-hot of a class label)."""
@@ -306,8 +304,7 @@ def _is_negative(t) -> bool:
 
 
 def _float_text(x: float) -> str:
-    text = repr(x)
-    return text[:-2] if text.endswith(".0") else text
+    return repr(x).removesuffix(".0")
 
 
 def text(expr, defined=()) -> str:
