@@ -78,6 +78,12 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     return Rendered(text, kernels, names)
 
 
+def render_helpers(dtype: str) -> str:
+    """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
+    return _environment().get_template("kernel.py.j2").render(
+        version=__version__, k=None, dtype=dtype, uses=set(_HELPERS))
+
+
 def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
                   timings: dict | None = None) -> str:
     """The module's text alone (its kernels: `render`)."""

@@ -32,6 +32,7 @@ from .fuse import Group
 from .lower import Emitter, as_gemm
 
 BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
+_ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,25 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     stages = list(item.stages) if isinstance(item, Group) else [item]
     scalars = set(item.scalars) if isinstance(item, Group) else set()
 
-    # tensors in order of appearance; registers stay locals
-    order: list[str] = []
-    for s in stages:
-        for t in [s.out] + [a.tensor for a in s.accesses] + ([s.attrs["labels"]] if "labels" in s.attrs else []):
-            if t not in order:
-                order.append(t)
+    # tensors in a structural order (outputs first, then by role, home and index pattern),
+    # never by name: sympy sorts accesses by name, and `h10.W` sorts before `h9`
+    ranges = item.ranges if isinstance(item, Group) else stages[0].ranges
+    loop_vars = {v: sp.Symbol(f"i{j}", integer=True) for j, (v, _) in enumerate(ranges)}
+    for s in stages:                     # a lone stage's reduced indices, in its own order
+        for v, _ in s.ranges:
+            loop_vars.setdefault(v, sp.Symbol(f"i{len(loop_vars)}", integer=True))
+    pattern = lambda index: str(tuple(sp.sympify(e).xreplace(loop_vars) for e in index))    # noqa: E731
+    first: dict[str, tuple] = {}
+    for si, s in enumerate(stages):
+        seen = [(s.out, s.index, 0)] + [(a.tensor, a.index, 1) for a in s.accesses]
+        if "labels" in s.attrs:
+            seen.append((s.attrs["labels"], (), 1))
+        for t, index, reads in seen:
+            st = storage[t]
+            first.setdefault(t, (si, reads, _ROLE_ORDER.get(tensors[t].role, 9), st.base not in BUFFERS,
+                                 BUFFERS.index(st.base) if st.base in BUFFERS else 0, st.batch_last,
+                                 len(tensors[t].shape), pattern(index)))
+    order = sorted(first, key=lambda t: (first[t], t))
     rename = {t: f"v{i}" for i, t in enumerate(order)}
 
     # sizes: every distinct size expression of a shape or a loop bound
@@ -115,7 +129,6 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
             sizes[e] = sp.Symbol(f"s{len(sizes)}", integer=True, positive=True)
         return sizes[e]
 
-    ranges = item.ranges if isinstance(item, Group) else stages[0].ranges
     for t in order:
         if t not in scalars:
             for d in tensors[t].shape:
@@ -123,10 +136,6 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     for s in stages:
         for _, n in s.ranges:
             size_symbol(n)
-    loop_vars = {v: sp.Symbol(f"i{j}", integer=True) for j, (v, _) in enumerate(ranges)}
-    for s in stages:                     # a lone stage's reduced indices, in its own order
-        for v, _ in s.ranges:
-            loop_vars.setdefault(v, sp.Symbol(f"i{len(loop_vars)}", integer=True))
     symbolic = {e: sym for e, sym in sizes.items() if e.free_symbols}   # N, T: also in formulas
 
     def canon_stage(s: Stage) -> Stage:
@@ -134,10 +143,15 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         attrs = dict(s.attrs)
         if "labels" in attrs:
             attrs["labels"] = rename[attrs["labels"]]
+        # access symbols renamed in the canonical order too: sympy orders a product's
+        # factors by symbol name, so the printed text must not depend on the user's names
+        accesses = sorted(s.accesses, key=lambda a: (int(rename[a.tensor][1:]), pattern(a.index)))
+        symbols = {a.symbol: sp.Symbol(f"a{j}") for j, a in enumerate(accesses)}
         return replace(
             s, out=rename[s.out], index=ix(s.index), note="",
-            expr=sp.sympify(s.expr).xreplace(symbolic),
-            accesses=tuple(replace(a, tensor=rename[a.tensor], index=ix(a.index)) for a in s.accesses),
+            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols}),
+            accesses=tuple(replace(a, symbol=symbols[a.symbol], tensor=rename[a.tensor], index=ix(a.index))
+                           for a in accesses),
             ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in s.ranges),
             attrs=attrs)
 
