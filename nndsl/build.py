@@ -27,7 +27,8 @@ class BuildResult:
 
 # Shared kernels live in this folder beside the modules that load them.
 KERNEL_DIR = "nndsl_kernels"
-_HELPERS = {"_tanh": (), "_sigmoid": ("_tanh",), "_exp": ("_pow2",), "_softplus": ("_exp",), "_pow2": ()}
+_HELPERS = {"_tanh": (), "_sigmoid": ("_tanh",), "_exp": ("_pow2",), "_softplus": ("_exp",), "_pow2": (),
+            "_draw_key": ("_mix",), "_uniform": ("_mix",), "_normal": ("_uniform",), "_mix": ()}
 
 
 def _helpers_used(text: str) -> set[str]:

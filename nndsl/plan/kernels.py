@@ -201,7 +201,14 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         ints.append(_int_arg(e))
     has_draws = any(s.kind == "draw" for s in stages)
     if has_draws:
-        params.append("training")
+        # A draw's noise is a function of (step seed, draw, example's place in the global
+        # batch, element): `salt` names the draw (a row integer, so kernels stay shared),
+        # `seed` and `first` come from the entry. The noise of an example then does not
+        # depend on how a batch is split over data-parallel ranks (docs/scaling.md).
+        (draw,) = [s for s in stages if s.kind == "draw"]
+        params.append("salt")
+        ints.append(str(draw_salt(draw.out)))
+        params += ["training", "seed", "first"]
 
     batch_last = {rename[t] for t in order if t not in scalars and storage[t].batch_last}
     emit = Emitter(c_tensors, dtype, batch_last, flat)
@@ -210,6 +217,11 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     digest = hashlib.sha256("\n".join([dtype] + params + views + body).encode()).hexdigest()[:12]
     k = KernelDef(f"{kind}_{digest}", kind, params, views, body, c_tensors, c_storage, c_item, has_draws)
     return k, arrays, ints
+
+
+def draw_salt(tensor: str) -> int:
+    """A draw's key: 31 bits of a hash of its tensor's name, the same in every plan and build."""
+    return int.from_bytes(hashlib.sha256(tensor.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def _kind(item, tensors) -> str:
@@ -244,7 +256,8 @@ class Branch:
 
     def line(self, row: str = "a") -> str:
         ints = [f"{row}[{2 + i}]" for i in range(self.n_ints)]
-        return f"{self.kernel}({', '.join(self.arrays + ints + (['training'] if self.training else []))})"
+        extra = ["training", "seed", "first"] if self.training else []    # a draw's entry arguments
+        return f"{self.kernel}({', '.join(self.arrays + ints + extra)})"
 
 
 @dataclass

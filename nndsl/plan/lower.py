@@ -62,7 +62,8 @@ class Emitter:
         # to compile (a reshaped view is not), and loops over it vectorise all the same
         self.flat = flat
         # loop variables must not shadow array names (a node may be called `n` or `k`)
-        self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws"}
+        self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws",
+                                     "key", "base", "seed", "salt", "first", "training"}
 
     def var(self, v) -> str:
         name = str(v)
@@ -207,29 +208,36 @@ class Emitter:
 
     # ---------------------------------------------------- non-formula stages
     def _draw(self, s: Stage, training: str) -> list[str]:
+        """Counter-based noise: element `c` of example `first + n` of the global batch draws
+        from `_mix(key + c·γ)`, key = f(seed, salt). No generator state, so the value of an
+        element does not depend on the batch split (data-parallel ranks) nor on loop order
+        (a CUDA thread per element draws the same number)."""
         a = s.attrs
         cond = "True" if a.get("always") else training
-        if a["dist"] == "normal":
-            draw = "np.random.standard_normal()"
-        else:                                         # keep with probability 1 - p, scaled
-            draw = f"{a['scale']!r} if np.random.random() >= {a['p']!r} else 0.0"
         shape = self.tensors[s.out].shape
+        n_sym, k_sym = self.var('n'), self.var('k')
+        per_example = " * ".join(self.size(d) for d in shape[1:]) or "1"
+
+        def draw(counter):
+            if a["dist"] == "normal":
+                return f"_normal(key, {counter})"
+            # keep with probability 1 - p, scaled
+            return f"{a['scale']!r} if _uniform(key, {counter}) >= {a['p']!r} else 0.0"
+
+        setup = ["key = _draw_key(seed, salt)", f"base = first * ({per_example})"]
         if s.out in self.batch_last:
-            # draw in (example, feature) order whatever the storage: a seed gives the same noise
-            n, k = sp.symbols(f"{self.var('n')} {self.var('k')}", integer=True)
-            setup, target = [], s.out
+            # counted in (example, feature) order whatever the storage
+            n, k = sp.symbols(f"{n_sym} {k_sym}", integer=True)
+            target = s.out
             fill = [f"    for {n} in range({self.size(shape[0])}):",
                     f"        for {k} in range({self.size(shape[1])}):",
-                    f"            {self.ref(s.out, (n, k))} = {draw}"]
-        elif s.out in self.flat:
-            setup, target = [], s.out
-            fill = [f"    for i in range({target}.size):",
-                    f"        {target}[i] = {draw}"]
+                    f"            {self.ref(s.out, (n, k))} = {draw(f'base + {n} * {self.size(shape[1])} + {k}')}"]
         else:
-            target = f"{s.out}_flat"
-            setup = [f"{target} = {s.out}.reshape(-1)"]
+            target = s.out if s.out in self.flat else f"{s.out}_flat"
+            if s.out not in self.flat:
+                setup.append(f"{target} = {s.out}.reshape(-1)")
             fill = [f"    for i in range({target}.size):",
-                    f"        {target}[i] = {draw}"]
+                    f"        {target}[i] = {draw('base + i')}"]
         return setup + [f"if {cond}:"] + fill + ["else:", f"    {target}[:] = {a['neutral']!r}"]
 
     def _onehot(self, s: Stage) -> list[str]:
