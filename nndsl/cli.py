@@ -47,11 +47,20 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    # data-parallel training and checkpoints (docs/scaling.md)
+    t.add_argument("--workers", type=int, default=1,
+                   help="train on K MPI processes (runs mpiexec -n K; needs the mpi extra)")
+    t.add_argument("--checkpoint", metavar="DIR", help="write DIR/checkpoint.npz every --every batches")
+    t.add_argument("--every", type=int, default=0, metavar="K",
+                   help="checkpoint every K batches (default: every epoch)")
+    t.add_argument("--resume", metavar="DIR", help="continue from DIR/checkpoint.npz (same command otherwise)")
     return p
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _arg_parser().parse_args(argv)
+    args.argv = argv                   # `train --workers K` runs the same command under mpiexec
     if args.version:
         from . import __version__
         print(f"nndsl {__version__}")
@@ -72,8 +81,8 @@ def main(argv=None) -> int:
         n = len(exc.diagnostics)
         print(f"{n} error{'s' if n != 1 else ''} in {args.file}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("nndsl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"nndsl: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
 
 

@@ -104,24 +104,54 @@ def _without_labels(ds):
 
 
 def train_command(args) -> int:
+    from . import parallel
+    if args.workers and args.workers > 1 and parallel.launched_size() <= 1:
+        return parallel.launch(args.argv, args.workers)
+    comm = parallel.world()
+    with parallel.aborting(comm):
+        return _train(args, comm)
+
+
+def _train(args, comm) -> int:
     from ..frontend import load_model
     from .data import load_dataset
+    rank = comm.Get_rank() if comm is not None else 0
+    say = print if rank == 0 else (lambda *a, **k: None)        # one voice: rank 0
     model_ir = load_model(args.file)
-    ds = load_dataset(args.data, seed=0)
     out_dir = Path(args.out) if args.out else None
     t0 = time.perf_counter()
-    module, result = build_and_import(args.file, out_dir, args.dtype)
+    # rank 0 first: it downloads the data and writes the module; the others then read both
+    for turn in ((0, 1) if comm is not None else (0,)):
+        if (rank == 0) == (turn == 0):
+            ds = load_dataset(args.data, seed=0)
+            module, result = build_and_import(args.file, out_dir, args.dtype)
+        if comm is not None:
+            comm.Barrier()
     m = module.Model(seed=args.seed)
     rng = np.random.default_rng(args.seed)
     train = bind(module, ds.x_train, ds.y_train)
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
-    print(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
-          f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples")
+    workers = f" on {comm.Get_size()} workers" if comm is not None else ""
+    say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
+        f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples{workers}")
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
-    history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
-                    validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
-                    **train)
+    checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
+    resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
+    if resume is not None and not resume.exists():
+        raise UsageError(f"--resume {args.resume}: no checkpoint.npz there")
+    if resume is not None:
+        say(f"resuming from {resume}")
+    try:
+        history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
+                        validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
+                        comm=comm, checkpoint=checkpoint, every=args.every, resume=resume, **train)
+    except KeyboardInterrupt as exc:
+        if checkpoint is not None:
+            say(f"{exc}; continue with the same command and --resume {checkpoint.parent}")
+        raise
     seconds = time.perf_counter() - t0
+    if rank != 0:
+        return 0
     print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
     print(evaluate(model_ir, module, m, ds, test))
     if out_dir is not None:
