@@ -147,7 +147,7 @@ def test_generated_module_runs_without_nndsl(api, data, tmp_path):
     for path in [folder / "api.py", *(folder / "nndsl_kernels").glob("*.py")]:
         source = path.read_text()
         imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-        assert imports <= {"importlib.util", "math", "os", "sys", "tempfile", "time", "numpy", "numba",
+        assert imports <= {"importlib.util", "json", "math", "os", "signal", "sys", "tempfile", "time", "numpy", "numba",
                            "numba.core", "numba.extending"}, path
 
 

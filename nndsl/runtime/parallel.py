@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -64,13 +65,17 @@ def launch(argv: list[str], workers: int) -> int:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env.setdefault(name, threads)
     command = [mpiexec(), "-n", str(workers), sys.executable, "-m", "nndsl"] + argv + ["--workers", "1"]
-    job = subprocess.Popen(command, env=env)
-    while True:
-        try:
-            status = job.wait()
-            break
-        except KeyboardInterrupt:          # mpiexec forwards Ctrl-C to the ranks: wait for them
-            continue
+    # mpiexec in a session of its own, so that a Ctrl-C reaches it once, from here: the
+    # terminal's SIGINT to the whole group would reach it twice with ours, and hydra takes
+    # a second Ctrl-C as "force abort" (no checkpoint)
+    job = subprocess.Popen(command, env=env, start_new_session=True)
+    forward = lambda signum, frame: job.send_signal(signum)     # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = job.wait()            # mpiexec forwards the signal to every rank, which finish
+    finally:                           # the batch, checkpoint and exit 130
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if status not in (0, 130):
         print(f"nndsl: the {workers}-worker job failed (mpiexec exit status {status}); "
               "the messages above say which rank and why", file=sys.stderr)
