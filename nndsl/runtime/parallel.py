@@ -85,20 +85,22 @@ def launch(argv: list[str], workers: int) -> int:
 @contextmanager
 def aborting(comm):
     """An error on one rank must end the job, not leave the others waiting forever in an
-    Allreduce: print it and MPI_Abort. A KeyboardInterrupt from `fit` is agreed by every
-    rank (the stop flag travels in the Allreduce), so it passes through for a clean exit."""
+    Allreduce or Barrier: print it and MPI_Abort. A KeyboardInterrupt that `fit` raises on
+    every rank at the same batch (`all_ranks`: the stop flag travels in the Allreduce)
+    passes through for a clean exit 130; any other (during loading or building) aborts."""
     try:
         yield
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:
-        if comm is None:
+        if comm is None or getattr(exc, "all_ranks", False):
             raise
-        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
-        if code == 0:
-            raise
+        if isinstance(exc, KeyboardInterrupt):     # outside fit (loading, building): the
+            code, detail = 130, "interrupted"      # others may be waiting in a Barrier
+        else:
+            code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+            if code == 0:
+                raise
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         rank = comm.Get_rank()
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         print(f"nndsl: rank {rank} of {comm.Get_size()} failed: {detail}; ending the job", file=sys.stderr)
         sys.stderr.flush()
         comm.Abort(code or 1)

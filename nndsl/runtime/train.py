@@ -105,6 +105,8 @@ def _without_labels(ds):
 
 def train_command(args) -> int:
     from . import parallel
+    if args.resume and not (Path(args.resume) / "checkpoint.npz").exists():
+        raise UsageError(f"--resume {args.resume}: no checkpoint.npz there")   # before K ranks start
     if args.workers and args.workers > 1 and parallel.launched_size() <= 1:
         return parallel.launch(args.argv, args.workers)
     comm = parallel.world()
@@ -137,8 +139,6 @@ def _train(args, comm) -> int:
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
-    if resume is not None and not resume.exists():
-        raise UsageError(f"--resume {args.resume}: no checkpoint.npz there")
     if resume is not None:
         say(f"resuming from {resume}")
     try:
@@ -146,8 +146,10 @@ def _train(args, comm) -> int:
                         validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
                         comm=comm, checkpoint=checkpoint, every=args.every, resume=resume, **train)
     except KeyboardInterrupt as exc:
+        if rank != 0:
+            return 130                 # every rank stopped at the same batch; rank 0 speaks
         if checkpoint is not None:
-            say(f"{exc}; continue with the same command and --resume {checkpoint.parent}")
+            say(f"continue with the same command and --resume {checkpoint.parent}")
         raise
     seconds = time.perf_counter() - t0
     if rank != 0:
