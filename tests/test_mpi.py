@@ -233,3 +233,83 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, ranks, two_
     resumed = launch(tmp_path, "resumed", [run_spec("gan", checkpoint=checkpoint, resume=checkpoint)], ranks)
     uninterrupted = two_ranks["gan"] if ranks else single_process("gan")
     assert np.array_equal(resumed["gan"], uninterrupted)
+
+
+# ------------------------------------------------------------------ interrupts and failures
+def test_sigint_finishes_the_batch_checkpoints_and_resumes_exactly(tmp_path):
+    """A real SIGINT in the middle of `fit`: the batch completes, the checkpoint is written,
+    KeyboardInterrupt is raised, and resuming gives the uninterrupted parameters."""
+    import signal
+    module = compile_source(GAN)
+    spec = run_spec("gan")
+    checkpoint = str(tmp_path / "ck.npz")
+    m = module.Model(seed=0)
+    drawn, draw = [0], m._seed
+
+    def interrupting(seed):
+        drawn[0] += seed is None
+        if drawn[0] == 20:                       # inside batch 7 (3 steps a batch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return draw(seed)
+    m._seed = interrupting
+    data = data_for(module, spec["n"], spec["data_seed"])
+    data["z"] = "normal"
+    with pytest.raises(KeyboardInterrupt, match="epoch 2, batch 2"):
+        m.fit(epochs=4, batch_size=8, d_steps=2, verbose=False, checkpoint=checkpoint, **data)
+    with np.load(checkpoint) as f:
+        assert list(f["__position__"]) == [2, 2]
+    resumed = module.Model(seed=0)
+    resumed.fit(epochs=4, batch_size=8, d_steps=2, verbose=False, resume=checkpoint, **data)
+    assert np.array_equal(resumed.theta, single_process("gan"))
+
+
+class RecordingComm:
+    def __init__(self):
+        self.aborted = None
+
+    def Get_rank(self):
+        return 1
+
+    def Get_size(self):
+        return 2
+
+    def Abort(self, code):
+        self.aborted = code
+
+
+@pytest.mark.parametrize("error,aborts_with", [
+    (ValueError("bad data on this rank"), 1),     # would leave rank 0 waiting in an Allreduce
+    (SystemExit(3), 3),
+    (KeyboardInterrupt(), 130),                   # a Ctrl-C while loading or building
+])
+def test_an_error_on_one_rank_aborts_the_job(error, aborts_with, capsys):
+    from nndsl.runtime.parallel import aborting
+    comm = RecordingComm()
+    with aborting(comm):
+        raise error
+    assert comm.aborted == aborts_with
+    assert "rank 1 of 2 failed" in capsys.readouterr().err
+
+
+def test_an_interrupt_every_rank_agreed_on_passes_through():
+    from nndsl.runtime.parallel import aborting
+    comm, agreed = RecordingComm(), KeyboardInterrupt("interrupted at epoch 1, batch 2")
+    agreed.all_ranks = True
+    with pytest.raises(KeyboardInterrupt):
+        with aborting(comm):
+            raise agreed
+    assert comm.aborted is None
+
+
+def test_nndsl_train_workers_runs_mpiexec(tmp_path):
+    """`nndsl train --workers 2`: one report (rank 0's), on 2 workers."""
+    mpiexec()
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "nndsl", "train", str(ROOT / "examples" / "iris_softmax.nn"),
+                           "--data", "iris", "--epochs", "3", "--quiet", "--workers", "2",
+                           "--checkpoint", str(tmp_path / "ck")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "on 2 workers" in done.stdout and done.stdout.count("test accuracy") == 1
+    assert (tmp_path / "ck" / "checkpoint.npz").exists()
