@@ -66,16 +66,33 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     timings["sympy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     env = _environment()
-    context = _context(spec, source_file or model.path, target)
-    context["kernel_dir"] = kernel_dir
-    text = env.get_template("module.py.j2").render(**context)
     kernel_template = env.get_template("kernel.py.j2")
     kernels, names = {}, {}
     for name, k in spec.kernels.items():
         kernels[name] = kernel_template.render(version=__version__, k=k, dtype=dtype, uses=_helpers_used(k.text))
         names.setdefault(k.kind, []).append(name)
+    entry_name, kernels[entry_name] = _render_entry(env, spec)
+    names["entry"] = [entry_name]
+    context = _context(spec, source_file or model.path, target)
+    context.update(kernel_dir=kernel_dir, entry_name=entry_name)
+    text = env.get_template("module.py.j2").render(**context)
     timings["render"] = time.perf_counter() - t0
     return Rendered(text, kernels, names)
+
+
+def _render_entry(env, spec) -> tuple[str, str]:
+    """The entry function's file, named by a hash of its text. Data arguments get canonical
+    names (d0, d1, …), so models with the same kinds of kernels and data share it."""
+    from dataclasses import replace
+    canonical = {d["name"]: f"d{i}" for i, d in enumerate(spec.data)}
+    branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
+    context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
+                   updates=spec.updates, has_draws=spec.has_draws,
+                   data_args="".join(f"{canonical[d['name']]}, " for d in spec.data))
+    template = env.get_template("entry.py.j2")
+    digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
+    name = f"entry_{digest}"
+    return name, template.render(name=name, **context)
 
 
 def render_helpers(dtype: str) -> str:
@@ -204,9 +221,7 @@ def _context(spec, source_file: str, target: str) -> dict:
         size_args=", ".join(size_names),
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         kernel_names=list(spec.kernels), output_views=spec.output_views,
-        branches=list(spec.plans.branches.values()), plans=list(spec.plans.plans.values()),
-        width=spec.plans.width, updates=spec.updates, has_draws=spec.has_draws,
-        data_args="".join(f"{d['name']}, " for d in spec.data),
+        plans=list(spec.plans.plans.values()), width=spec.plans.width,
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
                         clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
     )
