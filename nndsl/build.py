@@ -122,20 +122,23 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
 
 
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
-               target: str = "cpu", compile: bool = False) -> BuildResult:
-    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile."""
+               target: str = "cpu", compile: bool = False, shared_kernels: bool = False) -> BuildResult:
+    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile.
+    `shared_kernels`: the kernels go to OUT_DIR/../nndsl_kernels, shared by every sibling
+    folder (the per-source build folders of `nndsl train`)."""
     from .frontend import load_model
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
     timings["check"] = time.perf_counter() - t0
-    rendered = render(model, dtype, target, os.path.basename(str(path)), timings)
+    kernel_dir = "../" + KERNEL_DIR if shared_kernels else KERNEL_DIR
+    rendered = render(model, dtype, target, os.path.basename(str(path)), timings, kernel_dir=kernel_dir)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
-    dest = write_rendered(rendered, out / f"{model.name}.py")
+    dest = write_rendered(rendered, out / f"{model.name}.py", out.parent / KERNEL_DIR if shared_kernels else None)
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
     if compile:

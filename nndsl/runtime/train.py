@@ -15,10 +15,11 @@ def build_and_import(path, out_dir=None, dtype="float32"):
     """Build `path` (into `out_dir`, or a per-source cache folder) and import the module."""
     from ..build import build_file, source_hash
     from ..frontend import read_source
-    if out_dir is None:
+    shared = out_dir is None
+    if shared:      # one folder per source, one kernel folder for all: models share kernels
         key = source_hash(read_source(path), dtype, "cpu")[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
-    result = build_file(path, out_dir, dtype=dtype)
+    result = build_file(path, out_dir, dtype=dtype, shared_kernels=shared)
     return import_module(result.path, result.module_name), result
 
 
