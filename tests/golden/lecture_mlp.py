@@ -286,6 +286,72 @@ class Params(dict):
         dict.__setitem__(self, name, view)
 
 
+class LearningRates(dict):
+    """`m.lr`: the learning rate of each named loss's optimiser; a new value must be a
+    finite number > 0, and the names are fixed (they are the model's losses)."""
+
+    def __setitem__(self, name, value):
+        if name not in OPTIMIZERS:
+            raise KeyError(f"no loss {name!r} to set a learning rate for; losses: {', '.join(LOSSES)}")
+        dict.__setitem__(self, name, _positive_float(value, f"lr[{name!r}]"))
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name, value=None):
+        if name not in self:
+            self[name] = value
+        return self[name]
+
+    def __delitem__(self, name):
+        raise TypeError("learning rates cannot be removed; set another value instead")
+
+    def pop(self, *args):
+        raise TypeError("learning rates cannot be removed; set another value instead")
+
+    def popitem(self):
+        raise TypeError("learning rates cannot be removed; set another value instead")
+
+    def clear(self):
+        raise TypeError("learning rates cannot be removed; set another value instead")
+
+
+def _positive_float(value, what):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}: expected a number > 0, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"{what}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _count(value, what, minimum=1):
+    """An integer option (epochs, batch_size, ...): ints only, at least `minimum`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _seed_value(seed, what="seed"):
+    if seed is None:
+        return None
+    return _count(seed, what, minimum=0)
+
+
+def _check_finite(name, a):
+    """ValueError naming the array, the count of rows with NaN or inf, and the first one.
+    O(size) once per array: `fit` checks its arrays once, `step` only arrays it has not seen."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return
+    ok = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise ValueError(f"{name!r}: {len(bad)} of {a.shape[0]} rows hold NaN or inf "
+                         f"(the first is row {bad[0]}); remove or impute them before training")
+
+
 def _initial_values(name, rng):
     _, shape, kind, arg, fan_in, fan_out = PARAMS[name]
     if kind == "zeros":
@@ -317,7 +383,7 @@ class Model:
     dtype = DTYPE
 
     def __init__(self, seed=0):
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(_seed_value(seed))
         self.theta = np.empty(N_PARAMS, DTYPE)
         self.params = Params()
         for name, (offset, shape, *_rest) in PARAMS.items():
@@ -326,14 +392,36 @@ class Model:
             view[...] = _initial_values(name, self._rng)
             self.params._set_view(name, view)
         self._grad = np.zeros(N_PARAMS, DTYPE)
-        self.lr = {name: float(args["lr"]) for name, (_, args) in OPTIMIZERS.items()}
+        self._lr = LearningRates({name: float(args["lr"]) for name, (_, args) in OPTIMIZERS.items()})
+        self._finite_seen = {}          # id -> array: arrays `step` has checked for NaN/inf
         self.clip_norm = TRAIN["clip_norm"] or 0.0
         self._state = {name: (np.zeros(N_PARAMS, DTYPE), np.zeros(N_PARAMS, DTYPE)) for name in LOSSES}
         self._t = {name: 0 for name in LOSSES}
         self._ws = np.zeros(0, DTYPE)
         self._lcg = int(self._rng.integers(0, 2**63))
 
+    @property
+    def lr(self):
+        """Learning rate per named loss; `m.lr[name] = value` changes it between steps."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, values):
+        if not isinstance(values, dict):
+            raise TypeError(f"lr: expected a dict of learning rates by loss name, got {values!r}")
+        self._lr.update(values)
+
     # -- argument checking -------------------------------------------------
+    def _unseen_finite(self, names, arrays):
+        """Check for NaN/inf the arrays not seen before (by identity; kept alive while
+        remembered so an id is not reused): repeated calls with the same arrays stay O(1).
+        An array changed in place after its first check is not checked again."""
+        for name, a in zip(names, arrays):
+            if a.dtype.kind == "f" and self._finite_seen.get(id(a)) is not a:
+                _check_finite(name, a)
+                if len(self._finite_seen) >= 16:
+                    self._finite_seen.clear()
+                self._finite_seen[id(a)] = a
     def _arrays(self, names, data, what):
         fast = self._ready(names, data)
         return fast if fast is not None else self._checked(names, data, what)
@@ -423,7 +511,7 @@ class Model:
 
     def _seed(self, seed):
         if seed is not None:
-            return int(seed)
+            return _seed_value(seed)
         # a 64-bit LCG seeded from the model's generator: cheap per step, reproducible per model
         self._lcg = (self._lcg * 6364136223846793005 + 1442695040888963407) % 2**64
         return self._lcg >> 33
@@ -435,6 +523,11 @@ class Model:
 
         `outputs` names any nodes (NODES) to return instead, and any node may be given
         instead of computed: for a VAE, `forward(outputs="xr", z=Z)` decodes the codes Z."""
+        if outputs is not None and not isinstance(outputs, str):
+            if not isinstance(outputs, (list, tuple)) or not outputs or \
+                    not all(isinstance(o, str) for o in outputs):
+                raise TypeError(f"forward: outputs must be a node name or a non-empty list of node "
+                                f"names ({', '.join(NODES)}), got {outputs!r}")
         if outputs is None and set(data) <= set(INPUTS):
             arrays, n_rows, sizes = self._arrays(['x'], data, "forward")
             ws = self._workspace(n_rows, sizes)
@@ -513,10 +606,17 @@ class Model:
                    for p, (o, s, *_r) in PARAMS.items()}
 
     def step(self, name=None, seed=None, **data):
-        """One optimiser update of the loss's parameters; returns the loss before the update."""
+        """One optimiser update of the loss's parameters; returns the loss before the update.
+
+        Each array is checked for NaN/inf the first time `step` sees it (by identity)."""
+        return self._step(name, seed, data, True)
+
+    def _step(self, name, seed, data, check_finite):
         name = self._loss_name(name)
         _, step, names = _KERNELS[name]
         arrays, n_rows, sizes = self._arrays(names, data, f"step {name!r}")
+        if check_finite:
+            self._unseen_finite(names, arrays)
         ws = self._workspace(n_rows, sizes)
         self._t[name] += 1
         s1, s2 = self._state[name]
@@ -533,11 +633,12 @@ class Model:
         With several losses (a GAN), each batch takes `d_steps` steps of the first
         loss, then one step of each other loss.
         """
-        epochs = TRAIN["epochs"] if epochs is None else int(epochs)
-        batch_size = TRAIN["batch"] if batch_size is None else int(batch_size)
+        epochs = TRAIN["epochs"] if epochs is None else _count(epochs, "fit: epochs")
+        batch_size = TRAIN["batch"] if batch_size is None else _count(batch_size, "fit: batch_size")
         shuffle = TRAIN["shuffle"] if shuffle is None else bool(shuffle)
-        d_steps = TRAIN["d_steps"] if d_steps is None else int(d_steps)
+        d_steps = TRAIN["d_steps"] if d_steps is None else _count(d_steps, "fit: d_steps")
         needed = sorted({n for *_, names in _KERNELS.values() for n in names}, key=list(DATA).index)
+        validation = self._validation(validation)
         # an input given as "normal" gets fresh standard-normal noise every batch (a GAN's z)
         noise = [k for k, v in data.items() if isinstance(v, str)]
         for k in noise:
@@ -545,6 +646,8 @@ class Model:
                 raise ValueError(f"{k!r}: expected an array, or \"normal\" for fresh noise in an input")
         given = [k for k in needed if k not in noise]
         arrays, n_rows, _ = self._arrays(given, {k: v for k, v in data.items() if k not in noise}, "fit")
+        for k, a in zip(given, arrays):          # once per array, not per step
+            _check_finite(k, a)
         data = dict(zip(given, arrays))
         # batches are gathered into buffers allocated once, not per step
         buffers = {k: np.empty((min(batch_size, n_rows),) + v.shape[1:], v.dtype) for k, v in data.items()}
@@ -566,7 +669,7 @@ class Model:
                 for name in LOSSES:
                     for _ in range(d_steps if name == LOSSES[0] and len(LOSSES) > 1 else 1):
                         names = _KERNELS[name][2]
-                        L = self.step(name, **{k: batch[k] for k in names})
+                        L = self._step(name, None, {k: batch[k] for k in names}, False)
                         if not math.isfinite(L):
                             raise FloatingPointError(
                                 f"loss {name!r} became {L} at epoch {epoch}, step {b}; "
@@ -589,6 +692,25 @@ class Model:
                 _progress_done(f"epoch {epoch}/{epochs}: {line}")
         return history
 
+    def _validation(self, validation):
+        """`fit(validation=...)`: a dict by name, or a tuple of arrays in the order of the
+        first loss's data; checked once, before the first epoch."""
+        if validation is None:
+            return None
+        names = _KERNELS[LOSSES[0]][2]
+        if isinstance(validation, (tuple, list)):
+            if len(validation) != len(names):
+                raise ValueError(f"fit: validation as a tuple needs {len(names)} arrays in the order "
+                                 f"({', '.join(names)}), got {len(validation)}; or pass a dict by name")
+            validation = dict(zip(names, validation))
+        if not isinstance(validation, dict):
+            raise TypeError(f"fit: validation must be a dict of arrays by name ({', '.join(names)}) "
+                            f"or a tuple of them in that order, got {type(validation).__name__}")
+        arrays, _, _ = self._checked(names, validation, "fit: validation")
+        for k, a in zip(names, arrays):
+            _check_finite(f"validation {k}", a)
+        return dict(zip(names, arrays))
+
     # -- persistence -------------------------------------------------------
     def save(self, path):
         """Parameters, optimiser state and step counts, written atomically."""
@@ -599,19 +721,33 @@ class Model:
             state[f"s1:{name}"], state[f"s2:{name}"] = self._state[name]
             state[f"t:{name}"] = np.array(self._t[name])
         folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+        except OSError as exc:            # name the user's path, not the temporary one
+            raise type(exc)(exc.errno, f"cannot save to {path!r}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **state)
+            os.chmod(tmp, _user_file_mode())   # mkstemp makes 0600; a saved file gets the umask
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise type(exc)(exc.errno, f"cannot save to {path!r}: {exc.strerror}") from None
             raise
 
     @classmethod
     def load(cls, path, seed=0):
-        with np.load(os.fspath(path)) as f:
+        try:
+            f = np.load(os.fspath(path))
+        except OSError:
+            raise
+        except Exception as exc:           # a zip that is not .npz, a pickle, ...
+            raise ValueError(f"{path}: not a saved nndsl model ({type(exc).__name__})") from None
+        if not hasattr(f, "files"):
+            raise ValueError(f"{path}: not a saved nndsl model (a single array)")
+        with f:
             if "__hash__" not in f or "theta" not in f:
                 raise ValueError(f"{path}: not a saved nndsl model")
             if str(f["__model__"]) != MODEL_NAME or str(f["__hash__"]) != SOURCE_HASH:
@@ -626,6 +762,13 @@ class Model:
                 m._state[name][1][...] = f[f"s2:{name}"]
                 m._t[name] = int(f[f"t:{name}"])
         return m
+
+
+def _user_file_mode():
+    """0666 less the umask: the mode `open()` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _progress(epoch, epochs, done, total, loss, rate):
