@@ -110,6 +110,14 @@ def test_standardize_says_so(tmp_path, npz, capsys):
     assert "(features and targets standardised)" in scaled and "(standardised " in scaled
 
 
+def test_diverging_training_is_a_message_not_a_traceback(tmp_path, npz, capsys):
+    src = tmp_path / "tiny.nn"
+    src.write_text(TINY)
+    code, err = run(["train", str(src), "--data", npz(x=_xy(40)[0], y=_xy(40)[1]), "--quiet",
+                     "--lr", "1e30"], capsys)
+    assert code == 1 and "nndsl: error: loss 'loss' became" in err and "at epoch 1, step" in err
+
+
 def test_a_closed_stdout_ends_quietly(monkeypatch, capsys):
     class Closed(io.StringIO):
         def write(self, text):
