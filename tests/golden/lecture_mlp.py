@@ -475,7 +475,7 @@ class Model:
                                      f"got values in {a.min()}..{a.max()}")
                 a = np.ascontiguousarray(a, dtype=np.int64)
             else:
-                if a.ndim != len(shape) + 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                if a.ndim != len(shape) + 1 or a.dtype.kind not in "biuf":
                     hint = " (use .reshape(-1, 1))" if shape == (1,) and a.ndim == 1 else ""
                     raise ValueError(f"{name!r}: expected a numeric array of shape {expected}, "
                                      f"got {a.dtype} array of shape {a.shape}{hint}")
@@ -554,7 +554,7 @@ class Model:
         for k, v in given.items():
             v = np.asarray(v)
             expected = (v.shape[0] if v.ndim else 0,) + NODES[k][0]
-            if v.shape != expected or not np.issubdtype(v.dtype, np.number) or (n_rows is not None and v.shape[0] != n_rows):
+            if v.shape != expected or v.dtype.kind not in "biuf" or (n_rows is not None and v.shape[0] != n_rows):
                 raise ValueError(f"node {k!r}: expected a numeric array of shape "
                                  f"({n_rows if n_rows is not None else 'N'}, {', '.join(map(str, NODES[k][0]))}), "
                                  f"got {v.dtype} array of shape {v.shape}")
