@@ -80,7 +80,9 @@ def _arg_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()          # a pipe closed early fails here, not in Python's exit-time flush
+        return code
     except BrokenPipeError:
         # stdout closed early (`nndsl train ... | head -2`): stop quietly, like a shell tool
         # killed by SIGPIPE; point stdout at /dev/null so the exit-time flush cannot fail too

@@ -303,3 +303,22 @@ def test_python_keywords_cannot_name_values(tmp_path, capsys):
     src.write_text("model kw\ninput x[3]\ntarget y[1]\nlambda = dense(x, 1)\nloss squared(lambda, y)\n")
     code, err = run(["check", str(src)], capsys)
     assert code == 1 and "`lambda` is a Python keyword and cannot name a value" in err
+
+
+@pytest.mark.parametrize("content,kind,message", [
+    (None, FileNotFoundError, "missing.npz"),
+    (b"not a zip at all", ValueError, "not a saved nndsl model"),
+    ("array", ValueError, "not a saved nndsl model (a single array)"),
+    ("other", ValueError, "not a saved nndsl model"),
+])
+def test_load_refuses_what_is_not_a_saved_model(api, tmp_path, content, kind, message):
+    path = tmp_path / ("missing.npz" if content is None else "w.npz")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "array":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "other":
+        np.savez(path, theta=np.zeros(3))
+    with pytest.raises(kind, match=message.replace("(", r"\(").replace(")", r"\)")):
+        api.Model.load(path)
