@@ -186,13 +186,13 @@ def _with_nan(data, key, rows):
 API_ERRORS = [
     # (call, exception type, words of the message)
     (lambda m, d: m.fit(batch_size=0, verbose=False, **d), ValueError, "batch_size: expected an integer >= 1, got 0"),
-    (lambda m, d: m.fit(epochs=-1, verbose=False, **d), ValueError, "epochs: expected an integer >= 1, got -1"),
-    (lambda m, d: m.fit(epochs=2.5, verbose=False, **d), TypeError, "epochs: expected an integer >= 1, got 2.5"),
+    (lambda m, d: m.fit(epochs=-1, verbose=False, **d), ValueError, "epochs: expected an integer >= 0, got -1"),
+    (lambda m, d: m.fit(epochs=2.5, verbose=False, **d), TypeError, "epochs: expected an integer >= 0, got 2.5"),
     (lambda m, d: m.fit(d_steps=0, verbose=False, **d), ValueError, "d_steps: expected an integer >= 1"),
     (lambda m, d: m.lr.__setitem__("unknown", 0.1), KeyError, "no loss 'unknown'"),
-    (lambda m, d: m.lr.__setitem__("loss", -1), ValueError, "lr['loss']: expected a finite number > 0, got -1"),
-    (lambda m, d: m.lr.__setitem__("loss", "fast"), TypeError, "lr['loss']: expected a number > 0"),
-    (lambda m, d: m.lr.update(loss=float("nan")), ValueError, "expected a finite number > 0"),
+    (lambda m, d: m.lr.__setitem__("loss", -1), ValueError, "lr['loss']: expected a finite number >= 0, got -1"),
+    (lambda m, d: m.lr.__setitem__("loss", "fast"), TypeError, "lr['loss']: expected a number >= 0"),
+    (lambda m, d: m.lr.update(loss=float("nan")), ValueError, "expected a finite number >= 0"),
     (lambda m, d: m.lr.pop("loss"), TypeError, "cannot be removed"),
     (lambda m, d: setattr(m, "lr", 0.1), TypeError, "lr: expected a dict"),
     (lambda m, d: type(m)(seed="a"), TypeError, "seed: expected an integer >= 0, got 'a'"),
@@ -226,6 +226,8 @@ def test_module_api_mistakes(api, data, call, kind, message):
 def test_accepted_forms(api, data):
     m = api.Model(seed=np.int64(1))
     m.lr["loss"] = 0.05
+    m.lr["loss"] = 0                                       # 0 freezes the parameters
+    assert len(m.fit(epochs=0, verbose=False, **data)) == 0    # 0 epochs: an empty History
     m.lr = {"loss": np.float32(0.02)}
     assert m.lr == {"loss": pytest.approx(0.02)}
     hist = m.fit(epochs=np.int64(2), validation=(data["x"], data["y"]), verbose=False, **data)

@@ -288,12 +288,13 @@ class Params(dict):
 
 class LearningRates(dict):
     """`m.lr`: the learning rate of each named loss's optimiser; a new value must be a
-    finite number > 0, and the names are fixed (they are the model's losses)."""
+    finite number >= 0 (0 freezes), and the names are fixed (they are the model's losses)."""
 
     def __setitem__(self, name, value):
         if name not in OPTIMIZERS:
             raise KeyError(f"no loss {name!r} to set a learning rate for; losses: {', '.join(LOSSES)}")
-        dict.__setitem__(self, name, _positive_float(value, f"lr[{name!r}]"))
+        # 0 is allowed: it freezes the loss's parameters (a step still computes the loss)
+        dict.__setitem__(self, name, _rate(value, f"lr[{name!r}]"))
 
     def update(self, *args, **kwargs):
         for name, value in dict(*args, **kwargs).items():
@@ -317,11 +318,11 @@ class LearningRates(dict):
         raise TypeError("learning rates cannot be removed; set another value instead")
 
 
-def _positive_float(value, what):
+def _rate(value, what):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what}: expected a number > 0, got {value!r}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise ValueError(f"{what}: expected a finite number > 0, got {value!r}")
+        raise TypeError(f"{what}: expected a number >= 0, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"{what}: expected a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -633,7 +634,8 @@ class Model:
         With several losses (a GAN), each batch takes `d_steps` steps of the first
         loss, then one step of each other loss.
         """
-        epochs = TRAIN["epochs"] if epochs is None else _count(epochs, "fit: epochs")
+        # epochs=0 is allowed: an untrained model and an empty History
+        epochs = TRAIN["epochs"] if epochs is None else _count(epochs, "fit: epochs", minimum=0)
         batch_size = TRAIN["batch"] if batch_size is None else _count(batch_size, "fit: batch_size")
         shuffle = TRAIN["shuffle"] if shuffle is None else bool(shuffle)
         d_steps = TRAIN["d_steps"] if d_steps is None else _count(d_steps, "fit: d_steps")
