@@ -93,7 +93,10 @@ def _write_atomically(dest: Path, text: str) -> None:
     # so an unchanged rebuild keeps the compiled kernels warm.
     if dest.exists() and dest.read_text(encoding="utf-8", errors="replace") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -117,7 +120,7 @@ def display_text(text: str) -> str:
     letters, digits and a few punctuation marks stay, everything else (newlines, quotes,
     backslashes, braces, control characters) becomes `?`, so it can end neither the comment
     nor the docstring, and holds no escape sequence."""
-    return "".join(c if (c.isalnum() or c in " ._-+,()[]@=~") and c.isprintable() else "?"
+    return "".join(c if (c.isalnum() or c in " ._-+,()[]@=~/") and c.isprintable() else "?"
                    for c in text)
 
 
