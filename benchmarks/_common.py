@@ -30,6 +30,11 @@ MODELS = {
                   sizes=[784, 256, 128, 10], act="relu", batch=128, loss="cross_entropy",
                   steps=100, samples=5),
 }
+# deep MLPs for the compile-time depth sweep: L hidden tanh layers of 64
+for _depth in (16, 20, 48):
+    MODELS[f"deep{_depth}"] = dict(nn=MODELS_DIR / f"deep{_depth}.nn", module=f"deep{_depth}", target="label",
+                                   sizes=[32] + [64] * _depth + [10], act="tanh", batch=64,
+                                   loss="cross_entropy", steps=100, samples=5)
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 UNAVAILABLE = 3  # exit status of an implementation whose library is not installed
 
@@ -72,7 +77,7 @@ def make_data(model: str, data: str = "random"):
         x = (xs[:n] / 255.0).astype(np.float32)
         y = ys[:n].astype(np.int64)
         return np.ascontiguousarray(x), y
-    x = rng.random((n, spec["sizes"][0]), dtype=np.float32)
+    x = rng.random((n, spec["sizes"][0]), dtype=np.float32)   # mnist, deep*
     y = rng.integers(0, spec["sizes"][-1], size=n).astype(np.int64)
     return x, y
 

@@ -1,6 +1,12 @@
 """Cold and warm start of nndsl (MNIST MLP by default), with PyTensor's cold compile beside it.
 
     python benchmarks/compile_time.py [--model mnist] [--impls nndsl,pytensor,jax] [--rounds 1]
+    python benchmarks/compile_time.py --impls nndsl --models mnist,deep16,deep48 --second deep20
+
+`--models` sweeps several models (the deep MLPs: 16, 20 and 48 hidden tanh layers of 64);
+`--second M` adds a phase per model: model M built into the same folder and numba cache
+right after the cold build, the case of a second model that uses the same kinds of layers
+(its kernels come from the shared cache; only its entry function compiles).
 
 Every phase is a new process running `impl_<name>.py --samples 0` (build/compile, then one
 timed step), so interpreter start-up and imports are inside `process s`:
@@ -50,24 +56,29 @@ def run_impl(impl, model, env_extra, extra_args=(), timeout=1800):
     return rec, ""
 
 
-def phases(impl, model, root: Path):
-    """(phase name, env, extra args) for one implementation, in the order they must run."""
+def phases(impl, model, root: Path, second=None):
+    """(phase name, env, extra args, model) for one implementation, in the order they must run."""
     if impl == "nndsl":
         env = {"NUMBA_CACHE_DIR": str(root / "numba")}
         out = ["--out-dir", str(root / "out")]
-        return [("cold build", env, out), ("warm build", env, out),
-                ("warm import", env, out + ["--reuse"])]
+        runs = [("cold build", env, out, model)]
+        if second:
+            runs.append((f"then {second}", env, out, second))
+        return runs + [("warm build", env, out, model), ("warm import", env, out + ["--reuse"], model)]
     if impl == "pytensor":
         flags = os.environ.get("PYTENSOR_FLAGS", "")
         flags = (flags + "," if flags else "") + f"base_compiledir={root / 'pytensor'}"
         env = {"PYTENSOR_FLAGS": flags}
-        return [("cold compile", env, []), ("warm compile", env, [])]
-    return [("start", {}, [])]
+        return [("cold compile", env, [], model), ("warm compile", env, [], model)]
+    return [("start", {}, [], model)]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="mnist")
+    ap.add_argument("--models", help="comma list of models to sweep (overrides --model)")
+    ap.add_argument("--second", choices=sorted(MODELS),
+                    help="nndsl: build this model into the same folder after each cold build")
     ap.add_argument("--impls", default="nndsl,pytensor",
                     help="comma list of nndsl,pytensor,jax,torch (default nndsl,pytensor)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat each cold/warm sequence")
@@ -75,13 +86,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
 
+    models = [m.strip() for m in (args.models or args.model).split(",") if m.strip()]
+    for model in models:
+        report(model, impls, args)
+
+
+def report(model, impls, args):
     results = []
     for rnd in range(args.rounds):
         for impl in impls:
             root = Path(tempfile.mkdtemp(prefix=f"compile_time_{impl}_"))
             try:
-                for phase, env, extra in phases(impl, args.model, root):
-                    rec, note = run_impl(impl, args.model, env, extra)
+                for phase, env, extra, which in phases(impl, model, root, args.second):
+                    rec, note = run_impl(impl, which, env, extra)
                     if rec is None:
                         print(f"# {impl} {phase}: {note}", flush=True)
                         break
@@ -95,7 +112,7 @@ def main(argv=None):
             finally:
                 shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{args.model}: start-up costs, seconds (median over {args.rounds} round(s))\n")
+    print(f"\n{model}: start-up costs, seconds (median over {args.rounds} round(s))\n")
     print("| impl | phase | build/compile | import + Model() | first step | compile + first step | whole process |")
     print("|---|---|---|---|---|---|---|")
     seen = []
@@ -124,8 +141,9 @@ def main(argv=None):
             cells = " | ".join(f"{r['timings'][k]:.3f}" if k in r["timings"] else "—" for k in names)
             print(f"| {r['phase']} | {r['round']} | {cells} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-        print(f"\nWrote {args.json}")
+        path = Path(args.json).with_suffix(f".{model}.json") if len(args.models or "") else Path(args.json)
+        path.write_text(json.dumps(results, indent=1))
+        print(f"\nWrote {path}")
 
 
 if __name__ == "__main__":

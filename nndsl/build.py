@@ -22,6 +22,23 @@ class BuildResult:
     module_name: str
     source_hash: str
     timings: dict[str, float] = field(default_factory=dict)
+    kernels: dict[str, list[str]] = field(default_factory=dict)   # kind -> kernel names
+    compiled: dict[str, float] = field(default_factory=dict)      # kernel -> numba seconds
+
+
+# Shared kernels live in this folder beside the modules that load them.
+KERNEL_DIR = "nndsl_kernels"
+_HELPERS = {"_tanh": (), "_sigmoid": ("_tanh",), "_exp": ("_pow2",), "_softplus": ("_exp",), "_pow2": ()}
+
+
+def _helpers_used(text: str) -> set[str]:
+    """The scalar helpers a kernel's text calls, with the helpers they call."""
+    used = {h for h in _HELPERS if f"{h}(" in text}
+    while True:
+        more = used | {d for h in used for d in _HELPERS[h]}
+        if more == used:
+            return used
+        used = more
 
 
 def source_hash(source: str, dtype: str, target: str) -> str:
@@ -30,8 +47,16 @@ def source_hash(source: str, dtype: str, target: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
-                  timings: dict | None = None) -> str:
+@dataclass
+class Rendered:
+    """A module's text and the texts of the shared kernels it loads (name -> text)."""
+    module: str
+    kernels: dict[str, str]
+    names: dict[str, list[str]] = field(default_factory=dict)   # kernel kind -> names
+
+
+def render(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
+           timings: dict | None = None, kernel_dir: str = KERNEL_DIR) -> Rendered:
     from .plan.codegen import generate
     if target != "cpu":
         raise UsageError(f"target `{target}` is not available yet (the numba.cuda target comes in a "
@@ -41,39 +66,76 @@ def render_module(model, dtype: str = "float32", target: str = "cpu", source_fil
     spec = generate(model, dtype)
     timings["sympy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    text = _environment().get_template("module.py.j2").render(**_context(spec, source_file or model.path, target))
+    env = _environment()
+    context = _context(spec, source_file or model.path, target)
+    context["kernel_dir"] = kernel_dir
+    text = env.get_template("module.py.j2").render(**context)
+    kernel_template = env.get_template("kernel.py.j2")
+    kernels, names = {}, {}
+    for name, k in spec.kernels.items():
+        kernels[name] = kernel_template.render(version=__version__, k=k, dtype=dtype, uses=_helpers_used(k.text))
+        names.setdefault(k.kind, []).append(name)
     timings["render"] = time.perf_counter() - t0
-    return text
+    return Rendered(text, kernels, names)
+
+
+def render_helpers(dtype: str) -> str:
+    """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
+    return _environment().get_template("kernel.py.j2").render(
+        version=__version__, k=None, dtype=dtype, uses=set(_HELPERS))
+
+
+def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
+                  timings: dict | None = None) -> str:
+    """The module's text alone (its kernels: `render`)."""
+    return render(model, dtype, target, source_file, timings).module
+
+
+def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = None) -> Path:
+    """Write the module to `dest` and each kernel it loads into `kernel_dir` (by default
+    `nndsl_kernels/` beside it). A kernel file that exists already is left alone: its name
+    is a hash of its text, and an untouched file keeps numba's cache of it valid."""
+    kernel_dir = dest.parent / KERNEL_DIR if kernel_dir is None else kernel_dir
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.kernels.items():
+        path = kernel_dir / f"{name}.py"
+        if not path.exists():
+            _write_atomically(path, text)
+    _write_atomically(dest, rendered.module)
+    return dest
 
 
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
                target: str = "cpu", compile: bool = False) -> BuildResult:
-    """Write OUT_DIR/NAME.py; with `compile=True` also import it and compile its kernels."""
+    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile."""
     from .frontend import load_model
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
     memory.check_fits(model, dtype)        # refuse before numpy's allocator fails at Model()
     timings["check"] = time.perf_counter() - t0
-    text = render_module(model, dtype, target, os.path.basename(str(path)), timings)
+    rendered = render(model, dtype, target, os.path.basename(str(path)), timings)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
-    dest = out / f"{model.name}.py"
-    _write_atomically(dest, text)
+    dest = write_rendered(rendered, out / f"{model.name}.py")
+    result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
+                         kernels=rendered.names)
     if compile:
         t0 = time.perf_counter()
-        warm_up(dest, model.name)
+        result.compiled = warm_up(dest, model.name)
         timings["numba"] = time.perf_counter() - t0
-    return BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings)
+    return result
 
 
-def warm_up(path: Path, name: str) -> None:
-    """Import the module and run each kernel once on a tiny batch: numba compiles (or loads
-    from its cache) everything a training run needs."""
+def warm_up(path: Path, name: str) -> dict[str, float]:
+    """Import the module and run forward and every step once on a tiny batch: numba compiles
+    (or loads from its cache) everything a training run needs. Returns numba's seconds per
+    function it compiled (kernels and the entry; loads from the cache are not compiles)."""
     import numpy as np
+    from numba.core import event
 
     from .runtime.loader import import_module
     module = import_module(path, name)
@@ -83,9 +145,26 @@ def warm_up(path: Path, name: str) -> None:
         shape = tuple(2 if isinstance(s, str) else s for s in shape)
         data[key] = rng.integers(0, classes, 2) if classes else rng.uniform(0, 1, (2,) + shape)
     m = module.Model(seed=0)
-    m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
-    for loss, (_, _, names) in module._KERNELS.items():
-        m.step(loss, **{k: data[k] for k in names})
+    with event.install_recorder("numba:compile") as rec:
+        m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
+        for loss, (_, _, names, *_) in module._KERNELS.items():
+            m.step(loss, **{k: data[k] for k in names})
+    return _exclusive_times(rec.buffer)
+
+
+def _exclusive_times(buffer) -> dict[str, float]:
+    """Seconds per compiled function, less the compiles it started (its callees)."""
+    stack, out = [], {}
+    for ts, ev in buffer:
+        name = ev.data["dispatcher"].py_func.__name__
+        if ev.is_start:
+            stack.append([name, ts, 0.0])
+            continue
+        name, start, inner = stack.pop()
+        out[name] = out.get(name, 0.0) + (ts - start) - inner
+        if stack:
+            stack[-1][2] += ts - start
+    return out
 
 
 def _write_atomically(dest: Path, text: str) -> None:
@@ -129,7 +208,7 @@ def _environment() -> jinja2.Environment:
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["pyshape"] = lambda s: "(" + ", ".join(repr(x) for x in s) + ("," if len(s) == 1 else "") + ")"
     env.filters["dict"] = lambda d: "{" + ", ".join(f"{k!r}: {v!r}" for k, v in d.items()) + "}"
-    env.filters["pytuple"] = lambda rs: "(" + ", ".join(f"({a}, {b})" for a, b in rs) + ("," if len(rs) == 1 else "") + ")"
+    env.filters["pylist"] = lambda rs: "[" + ", ".join(f"[{a}, {b}]" for a, b in rs) + "]"
     return env
 
 
@@ -152,6 +231,10 @@ def _context(spec, source_file: str, target: str) -> dict:
         all_input_args="".join(f"{d.name}, " for d in model.inputs),
         size_args=", ".join(size_names),
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
+        kernel_names=list(spec.kernels), output_views=spec.output_views,
+        branches=list(spec.plans.branches.values()), plans=list(spec.plans.plans.values()),
+        width=spec.plans.width, updates=spec.updates, has_draws=spec.has_draws,
+        data_args="".join(f"{d['name']}, " for d in spec.data),
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
                         clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
     )

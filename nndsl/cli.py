@@ -158,7 +158,22 @@ def _cmd_build(args) -> int:
     if args.timings:
         for stage, seconds in result.timings.items():
             print(f"  {stage:<12} {seconds * 1000:8.1f} ms")
+        print(_kernel_report(result))
     return 0
+
+
+def _kernel_report(result) -> str:
+    """Distinct kernels per kind, how many numba compiled now (the rest came from its cache),
+    and numba's seconds per kind."""
+    by_kind = {name: kind for kind, names in result.kernels.items() for name in names}
+    lines = [f"  {sum(map(len, result.kernels.values()))} distinct kernels, "
+             f"{sum(1 for k in result.compiled if k in by_kind)} compiled now (others from numba's cache):"]
+    for kind, names in result.kernels.items():
+        done = [result.compiled[n] for n in names if n in result.compiled]
+        lines.append(f"    {kind:<10} {len(names):3d} kernels, {len(done):3d} compiled {sum(done) * 1000:8.1f} ms")
+    other = {k: v for k, v in result.compiled.items() if k not in by_kind}
+    lines.append(f"    {'entry':<10} {sum(other.values()) * 1000:29.1f} ms  ({', '.join(sorted(other)) or 'cached'})")
+    return "\n".join(lines)
 
 
 def _cmd_train(args) -> int:

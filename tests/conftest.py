@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nndsl.build import render_module
+from nndsl.build import render, write_rendered
 from nndsl.frontend import load_source
 from nndsl.runtime.train import import_module
 
@@ -55,9 +55,9 @@ def compile_source(source: str, dtype: str = "float64"):
         folder = BUILD / key
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{model.name}.py"
-        text = render_module(model, dtype)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        # every test module loads its kernels from one shared folder: a kernel that one
+        # model compiled is served from numba's cache to every other model that needs it
+        write_rendered(render(model, dtype, kernel_dir="../nndsl_kernels"), path, BUILD / "nndsl_kernels")
         _modules[key] = import_module(path, f"nndsl_test_{model.name}_{key}")
     return _modules[key]
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import BUILD, random_data
-from nndsl.plan import codegen
-from nndsl.build import render_module
+
+from nndsl.build import render, write_rendered
 from nndsl.frontend import load_source
+from nndsl.plan import codegen
 from nndsl.runtime.train import import_module
 
 WIDE = """model wide
@@ -23,12 +23,12 @@ loss cross_entropy(o, label)
 
 def build(name: str, min_width: int, monkeypatch):
     monkeypatch.setattr(codegen, "BATCH_LAST_MIN_WIDTH", min_width)
-    text = render_module(load_source(WIDE, "wide.nn"), "float64")
+    rendered = render(load_source(WIDE, "wide.nn"), "float64", kernel_dir="../../nndsl_kernels")
     # a fixed folder: numba's on-disk cache keeps the kernels warm between runs
     path = BUILD / "layout" / name / "wide.py"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_rendered(rendered, path, BUILD / "nndsl_kernels")
+    text = rendered.module + "".join(rendered.kernels.values())
     return text, import_module(path, f"nndsl_test_layout_{name}")
 
 

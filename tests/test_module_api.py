@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import VAE_DIGITS, compile_source, random_data
 
 MODEL = """model api
@@ -133,16 +133,22 @@ def test_generated_module_runs_without_nndsl(api, data, tmp_path):
     """The module imports only numpy and numba."""
     folder = tmp_path / "fresh"                      # a copy of its own: no numba cache written by this process
     folder.mkdir()
-    (folder / "api.py").write_text(open(api.__file__).read())
+    kernels = Path(api._KERNEL_DIR)
+    (folder / "api.py").write_text(open(api.__file__).read().replace('"../nndsl_kernels"', '"nndsl_kernels"'))
+    (folder / "nndsl_kernels").mkdir()
+    for name in api.KERNELS:
+        (folder / "nndsl_kernels" / f"{name}.py").write_text((kernels / f"{name}.py").read_text())
     code = ("import sys; sys.modules['nndsl'] = None; sys.path.insert(0, sys.argv[1]);"
             "import numpy as np, api; m = api.Model(seed=0);"
             "print(m.forward(x=np.zeros((2, 4)))[0].shape)")
     out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(2, 2)"
-    source = open(api.__file__).read()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"math", "os", "sys", "tempfile", "time", "numpy", "numba"}
+    for path in [folder / "api.py", *(folder / "nndsl_kernels").glob("*.py")]:
+        source = path.read_text()
+        imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+        assert imports <= {"importlib.util", "math", "os", "sys", "tempfile", "time", "numpy", "numba",
+                           "numba.core", "numba.extending"}, path
 
 
 # -- forward at any node, from any node -------------------------------------------------

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BUILD
 
-from conftest import compile_source
+from nndsl.build import render_helpers
+from nndsl.runtime.loader import import_module
 
-SOURCE = """model prims
-input x[3]
-target y[2]
-h = dense(x, 4, act=softplus)
-o = dense(h, 2, act=tanh)
-loss squared(o, y)
-"""
+
+@pytest.fixture(scope="module")
+def helpers():
+    """The float32 scalar helpers every kernel file carries, in a module of their own."""
+    path = BUILD / "helpers_float32.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_helpers("float32")
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return import_module(path, "nndsl_test_helpers_float32")
 
 
 def _sigmoid(v):
@@ -31,8 +36,8 @@ EPS32 = 2.0 ** -23
     ("_tanh", np.tanh, -12.0, 12.0, 1e-30, 2.5),
     ("_sigmoid", _sigmoid, -80.0, 80.0, 1.0, 1.5),
 ])
-def test_float32_helper_is_accurate(helper, exact, lo, hi, floor, max_eps):
-    module = compile_source(SOURCE, "float32")
+def test_float32_helper_is_accurate(helpers, helper, exact, lo, hi, floor, max_eps):
+    module = helpers
     xs = np.concatenate([np.linspace(lo, hi, 1501), np.linspace(-1e-3, 1e-3, 41)]).astype(np.float32)
     got = np.array([getattr(module, helper)(v) for v in xs], dtype=np.float64)
     want = exact(xs.astype(np.float64))
@@ -40,7 +45,7 @@ def test_float32_helper_is_accurate(helper, exact, lo, hi, floor, max_eps):
     assert err.max() <= max_eps, f"{helper}({xs[err.argmax()]}) off by {err.max():.2f} eps"
 
 
-def test_float32_exp_saturates_instead_of_overflowing():
-    module = compile_source(SOURCE, "float32")
+def test_float32_exp_saturates_instead_of_overflowing(helpers):
+    module = helpers
     assert np.isfinite(module._exp(np.float32(1000.0)))
     assert module._exp(np.float32(-1000.0)) < 1.2e-38

@@ -16,8 +16,10 @@ from ..calculus.formulas import N, Stage, Tensor
 from ..calculus.ops import Graph, expand_loss, expand_nodes
 from ..frontend import ir
 from ..render.printer import index_text
-from .fuse import Group, fuse, propagate_copies
-from .lower import Emitter, as_gemm
+from .fuse import fuse, propagate_copies
+from .kernels import BUFFERS, Call, KernelLibrary, Plans, Storage
+from .lower import as_gemm
+from .optimizers import update_kernel
 
 _WORKSPACE_ROLES = {"value", "noise", "grad", "loss"}
 
@@ -31,11 +33,11 @@ BATCH_LAST_MIN_WIDTH = 32
 
 @dataclass
 class Kernel:
-    """One njit function body: its views, its stage lines, what it returns."""
+    """One entry function: the kernel calls of its forward (and loss) part and of its
+    gradient part (run when want_grad)."""
     name: str
-    views: list[str]
-    lines: list[str]              # forward and loss stages
-    backward: list[str]           # gradient stages (run when want_grad)
+    calls: list[Call]
+    backward: list[Call]
     has_draws: bool = False
 
 
@@ -48,6 +50,10 @@ class LossSpec:
     optimizer: ir.Optimizer
     ranges: list[tuple[int, int]]       # flat parameter ranges that `step` updates
     data: list[str]                     # data arrays the kernels take
+    loss_offset: str = "0"              # where the loss value sits in the workspace
+    update_kernel: str = ""             # the shared optimiser update
+    update_args: list[str] = field(default_factory=list)   # its hyperparameters
+    update_id: int = 0                  # its arm in the entry's update dispatch
 
 
 @dataclass
@@ -62,10 +68,15 @@ class ModuleSpec:
     forward: Kernel
     forward_inputs: list[str]                    # the inputs the outputs depend on
     nodes: Kernel                                # every node, each computed or given
-    node_info: list[dict]                        # name, ident, per-example shape, in order
+    node_info: list[dict]                        # name, ident, per-example shape, view, in order
     outputs: list[str]
     losses: list[LossSpec]
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)  # name -> KernelDef: the distinct kernels
+    output_views: list[str] = field(default_factory=list)   # view lines of the outputs
+    plans: Plans | None = None                   # every entry's calls, and their branches
+    updates: list = field(default_factory=list)  # (update id, kernel, hyperparameters)
+    has_draws: bool = False
     graph: Graph | None = None
     adjoints: dict = field(default_factory=dict)
 
@@ -91,24 +102,40 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
     layout = _param_layout(model, g)
     ws_offsets, ws_size = _workspace_layout(tensors)
     batch_last = _batch_last(tensors, outputs)
-    emit = Emitter(tensors, dtype, batch_last)
-    views = _Views(tensors, layout, ws_offsets, g, batch_last)
+    storage = _storage(tensors, layout, g, ws_offsets, batch_last)
+    lib = KernelLibrary(tensors, storage, dtype)
 
     fwd_stages = relevant_stages_multi(forward_stages, outputs)
-    forward = _kernel("forward", fwd_stages, [], emit, views, keep=set(outputs))
+    forward = _kernel("forward", fwd_stages, [], lib, keep=set(outputs))
     forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
-    nodes, node_info = _nodes_kernel(model, g, emit, views)
+    nodes, node_info = _nodes_kernel(model, g, lib)
 
     losses = []
     for spec in model.losses:
         loss_stages, full, partial, wrt = adjoints[spec.name]
         ident = g.b.tensors[loss_handles[spec.name].name].name
         keep = {ident}
-        value = _kernel(f"value_{ident}", loss_stages, full.stages, emit, views, keep)
-        train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, emit, views, keep)
+        value = _kernel(f"value_{ident}", loss_stages, full.stages, lib, keep)
+        train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, lib, keep)
         ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"]) for p in spec.wrt])
         data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
-        losses.append(LossSpec(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data))
+        update = update_kernel(model.optimizers[spec.name], dtype)
+        lib.kernels.setdefault(update.name, update)
+        losses.append(LossSpec(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data,
+                               loss_offset=index_text([ws_offsets[ident]]),
+                               update_kernel=update.name, update_args=update.args))
+
+    plans = Plans()
+    plans.add("forward", forward.calls)
+    plans.add("nodes", nodes.calls)
+    updates: dict = {}
+    for l in losses:
+        for k in (l.value, l.train):
+            if k is not None:
+                plans.add(k.name, k.calls, k.backward)
+        key = (l.update_kernel, tuple(l.update_args))
+        l.update_id = updates.setdefault(key, len(updates) + 1)
+    has_draws = forward.has_draws or nodes.has_draws or any(l.value.has_draws for l in losses)
 
     return ModuleSpec(
         model=model, dtype=dtype,
@@ -118,7 +145,9 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         free_sizes=_free_sizes(model),
         ws_size=index_text([ws_size]),
         forward=forward, forward_inputs=forward_inputs, nodes=nodes, node_info=node_info,
-        outputs=outputs, losses=losses,
+        outputs=outputs, losses=losses, kernels=lib.kernels,
+        output_views=[_view_text(o, tensors[o], storage[o]) for o in outputs],
+        plans=plans, updates=[(i, k, list(args)) for (k, args), i in updates.items()], has_draws=has_draws,
         tensors=tensors, graph=g,
         adjoints=adjoints)
 
@@ -176,40 +205,45 @@ def _workspace_layout(tensors: dict[str, Tensor]):
     return offsets, total
 
 
-class _Views:
-    """The line that makes a named array view of a tensor inside a kernel."""
-
-    def __init__(self, tensors, layout, ws_offsets, g: Graph, batch_last: set[str]):
-        self.tensors, self.ws_offsets, self.batch_last = tensors, ws_offsets, batch_last
-        self.param_of = {g.params[name].name: info for name, info in layout.items()}
-
-    def line(self, name: str) -> str | None:
-        t = self.tensors[name]
-        shape = "(" + ", ".join(index_text([s]) for s in t.shape) + ("," if len(t.shape) == 1 else "") + ")"
-        if t.role == "param":
-            info = self.param_of[name]
-            return f"{name} = theta[{info['offset']}:{info['offset'] + info['size']}].reshape({shape})"
+def _storage(tensors, layout, g: Graph, ws_offsets, batch_last: set[str]) -> dict[str, Storage]:
+    """Every tensor's home: a slice of theta (parameters), grad (their gradients), the
+    workspace (values, noise, adjoints), or a data argument (inputs, targets)."""
+    param_of = {g.params[name].name: info for name, info in layout.items()}
+    grad_of = {}
+    for t in tensors.values():
         if t.role == "pgrad":
-            info = self.param_of[self._param_for_grad(name)]
-            return f"{name} = grad[{info['offset']}:{info['offset'] + info['size']}].reshape({shape})"
-        if name in self.ws_offsets:
-            lo = self.ws_offsets[name]
-            hi = sp.expand(lo + sp.prod(t.shape))
-            if name in self.batch_last:             # an (N, K) view of (K, N) storage
-                stored = "(" + ", ".join(index_text([s]) for s in t.shape[::-1]) + ")"
-                return f"{name} = ws[{index_text([lo])}:{index_text([hi])}].reshape({stored}).T"
-            return f"{name} = ws[{index_text([lo])}:{index_text([hi])}].reshape({shape})"
-        return None                                  # data: a kernel argument
+            label = t.label[1:]                 # "Δh.W" -> "h.W"
+            grad_of[t.name] = next(info for info in param_of.values() if info["name"] == label)
+    out = {}
+    for name, t in tensors.items():
+        if t.role == "param":
+            out[name] = Storage("theta", sp.Integer(param_of[name]["offset"]))
+        elif t.role == "pgrad":
+            out[name] = Storage("grad", sp.Integer(grad_of[name]["offset"]))
+        elif name in ws_offsets:
+            out[name] = Storage("ws", ws_offsets[name], name in batch_last)
+        else:
+            out[name] = Storage(name)           # data: an argument of the entry function
+    return out
 
-    def _param_for_grad(self, grad_name: str) -> str:
-        label = self.tensors[grad_name].label[1:]     # "Δh.W" -> "h.W"
-        return next(n for n, info in self.param_of.items() if info["name"] == label)
+
+def _view_text(name: str, t: Tensor, st: Storage) -> str:
+    """`name = ws[a:b].reshape(shape)` for an entry function that returns the tensor."""
+    if st.base not in BUFFERS:
+        return f"{name} = {st.base}"
+    lo = st.offset
+    hi = sp.expand(lo + sp.prod(t.shape))
+    dims = t.shape[::-1] if st.batch_last else t.shape
+    shape = "(" + ", ".join(index_text([d]) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+    line = f"{name} = {st.base}[{index_text([lo])}:{index_text([hi])}].reshape({shape})"
+    return line + ".T" if st.batch_last else line
 
 
-def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitter, views: _Views,
+def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelLibrary,
             keep: set[str]) -> Kernel:
-    """Copy propagation and loop fusion over the kernel's stages, then its source lines."""
-    kept, renames = propagate_copies(forward + backward, emit.tensors, keep)
+    """Copy propagation and loop fusion over the entry's stages, then one kernel call per
+    fused group, GEMM or special stage."""
+    kept, renames = propagate_copies(forward + backward, lib.tensors, keep)
     in_backward = {id(s) for s in backward}
     stages_f = [s for original, s in kept if id(original) not in in_backward]
     stages_b = [s for original, s in kept if id(original) in in_backward]
@@ -217,46 +251,31 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], emit: Emitte
     for _, s in kept:
         for a in s.accesses:
             reads[a.tensor] = reads.get(a.tensor, 0) + 1
-    gemm = lambda s: as_gemm(s, emit.tensors) is not None          # noqa: E731
-    fwd_plan = fuse(stages_f, gemm, reads, keep, emit.memory_order)
-    back_plan = fuse(stages_b, gemm, reads, keep, emit.memory_order)
-    scalars = set().union(*[g.scalars for g in fwd_plan + back_plan if isinstance(g, Group)])
-    used = []
-    for _, s in kept:
-        for t in [s.out] + [a.tensor for a in s.accesses]:
-            if t not in used and t not in scalars:
-                used.append(t)
-    view_lines = [v for v in (views.line(t) for t in used) if v]
-    view_lines = _noted(view_lines)
-    return Kernel(name, view_lines, emit.plan(fwd_plan), emit.plan(back_plan),
+    gemm = lambda s: as_gemm(s, lib.tensors) is not None          # noqa: E731
+    order = lambda t, index: tuple(index[::-1]) if lib.storage[t].batch_last else tuple(index)  # noqa: E731
+    fwd_plan = fuse(stages_f, gemm, reads, keep, order)
+    back_plan = fuse(stages_b, gemm, reads, keep, order)
+    return Kernel(name, [lib.call(item) for item in fwd_plan], [lib.call(item) for item in back_plan],
                   has_draws=any(s.kind == "draw" for s in forward))
 
 
-def _nodes_kernel(model: ir.ModelIR, g: Graph, emit: Emitter, views: _Views) -> tuple[Kernel, list[dict]]:
-    """One kernel over every node in topological order, each one either computed from its
-    inputs or copied from a given array (`given_mask[i]`): `forward` at any node, from any
-    node — a VAE's decoder from a latent sample, a hidden layer of a trained MLP."""
+def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Kernel, list[dict]]:
+    """Every node in topological order, each either computed from its inputs or copied in
+    from a given array (`given_mask[i]`): `forward` at any node, from any node — a VAE's
+    decoder from a latent sample, a hidden layer of a trained MLP."""
     nodes = [n for n in model.nodes if n.op not in ("input", "target")]
     tensors = {n.name: g.values[n.name].name for n in nodes}
     keep = set(tensors.values())
-    view_lines, lines, draws = [], [], False
+    calls, draws, info = [], False, []
     for i, n in enumerate(nodes):
         a, b = g.node_stages[n.name]
-        k = _kernel("node", g.b.stages[a:b], [], emit, views, keep)
-        view_lines += [v for v in k.views if v not in view_lines and not v.startswith("#")]
+        k = _kernel("node", g.b.stages[a:b], [], lib, keep)
         draws = draws or k.has_draws
-        lines += [f"# {n.name}", f"if given_mask[{i}]:", f"    {tensors[n.name]}[...] = given[{i}]", "else:"]
-        lines += ["    " + line for line in k.lines] or ["    pass"]
-    view_lines = _noted(view_lines)
-    info = [dict(name=n.name, ident=tensors[n.name], shape=tuple(n.shape), inputs=tuple(n.inputs)) for n in nodes]
-    return Kernel("forward_nodes", view_lines, lines, [], has_draws=draws), info
-
-
-def _noted(view_lines: list[str]) -> list[str]:
-    """The views, headed by a note on `.T` views when the kernel has batch-last tensors."""
-    if any(v.endswith(".T") for v in view_lines):
-        return ["# `.reshape((K, N)).T`: an (N, K) view of batch-last storage (docs/performance.md)"] + view_lines
-    return view_lines
+        calls.append((i, k.calls))
+        t = tensors[n.name]
+        info.append(dict(name=n.name, ident=t, shape=tuple(n.shape), inputs=tuple(n.inputs),
+                         view=_view_text(t, lib.tensors[t], lib.storage[t]).split(" = ", 1)[1]))
+    return Kernel("forward_nodes", calls, [], has_draws=draws), info
 
 
 def _data_info(d: ir.DataDecl) -> dict:

@@ -54,10 +54,13 @@ def _transposed(operand: str) -> str:
 class Emitter:
     """Turns stages into indented source lines."""
 
-    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset()):
+    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset(), flat=frozenset()):
         self.tensors = tensors
         self.dtype = dtype
         self.batch_last = batch_last              # (N, K) tensors stored as (K, N)
+        # tensors held as 1-D slices and indexed by flat offsets: a slice is cheap to make and
+        # to compile (a reshaped view is not), and loops over it vectorise all the same
+        self.flat = flat
         # loop variables must not shadow array names (a node may be called `n` or `k`)
         self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws"}
 
@@ -69,9 +72,22 @@ class Emitter:
 
     def ix(self, exprs) -> str:
         """An array subscript with loop variables renamed away from array names."""
+        return index_text(self._renamed(exprs))
+
+    def _renamed(self, exprs) -> list:
         subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in sp.sympify(e).free_symbols
                 if str(v) in self.taken}
-        return index_text([sp.sympify(e).xreplace(subs) for e in exprs])
+        return [sp.sympify(e).xreplace(subs) for e in exprs]
+
+    def ref(self, tensor: str, index: tuple) -> str:
+        """The text of one element: `x[n, k]`, or `x[k*N + n]` for a flat tensor."""
+        if tensor not in self.flat:
+            return f"{tensor}[{self.ix(index) if index else '0'}]"
+        dims = self.memory_order(tensor, self.tensors[tensor].shape)
+        offset = sp.Integer(0)
+        for i, d in zip(self.memory_order(tensor, self._renamed(index)), dims):
+            offset = offset * d + i
+        return f"{tensor}[{index_text([sp.expand(offset)])}]"
 
     def memory_order(self, tensor: str, index: tuple) -> tuple:
         """`index` of an access to `tensor`, outermost stored axis first."""
@@ -106,7 +122,7 @@ class Emitter:
             if s.out in register:
                 target, op = register[s.out], "+="
             else:
-                target = s.out if s.out in g.scalars else f"{s.out}[{self.ix(s.index)}]"
+                target = s.out if s.out in g.scalars else self.ref(s.out, s.index)
                 op = "+=" if (s.reduce_vars or s.accumulate) else "="
             lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
         for d in range(len(g.ranges) - 1, -1, -1):
@@ -116,7 +132,7 @@ class Emitter:
         return lines
 
     def _target(self, s: Stage) -> str:
-        return f"{s.out}[{self.ix(s.index) if s.index else '0'}]"
+        return self.ref(s.out, s.index)
 
     def stage(self, s: Stage, training: str = "training") -> list[str]:
         head = [f"# {s.note}"] if s.note else []
@@ -136,12 +152,12 @@ class Emitter:
     # ------------------------------------------------------------ loop nests
     def _printer(self, s: Stage, scalars=frozenset()) -> NumbaPrinter:
         names = {a.symbol: a.tensor if a.tensor in scalars else
-                 f"{a.tensor}[{self.ix(a.index) if a.index else '0'}]" for a in s.accesses}
+                 self.ref(a.tensor, a.index) for a in s.accesses}
         return NumbaPrinter(names, self.dtype)
 
     def _loops(self, s: Stage) -> list[str]:
         p = self._printer(s)
-        target = f"{s.out}[{self.ix(s.index)}]"
+        target = self.ref(s.out, s.index)
         sizes = dict(s.ranges)
         lines, depth = [], 0
 
@@ -197,13 +213,18 @@ class Emitter:
             draw = "np.random.standard_normal()"
         else:                                         # keep with probability 1 - p, scaled
             draw = f"{a['scale']!r} if np.random.random() >= {a['p']!r} else 0.0"
+        shape = self.tensors[s.out].shape
         if s.out in self.batch_last:
             # draw in (example, feature) order whatever the storage: a seed gives the same noise
-            n, k = self.var("n"), self.var("k")
+            n, k = sp.symbols(f"{self.var('n')} {self.var('k')}", integer=True)
             setup, target = [], s.out
-            fill = [f"    for {n} in range({s.out}.shape[0]):",
-                    f"        for {k} in range({s.out}.shape[1]):",
-                    f"            {s.out}[{n}, {k}] = {draw}"]
+            fill = [f"    for {n} in range({self.size(shape[0])}):",
+                    f"        for {k} in range({self.size(shape[1])}):",
+                    f"            {self.ref(s.out, (n, k))} = {draw}"]
+        elif s.out in self.flat:
+            setup, target = [], s.out
+            fill = [f"    for i in range({target}.size):",
+                    f"        {target}[i] = {draw}"]
         else:
             target = f"{s.out}_flat"
             setup = [f"{target} = {s.out}.reshape(-1)"]
@@ -213,6 +234,7 @@ class Emitter:
 
     def _onehot(self, s: Stage) -> list[str]:
         labels = s.attrs["labels"]
+        n = sp.Symbol("n", integer=True)
         return [f"{s.out}[:] = 0.0",
-                f"for n in range({s.out}.shape[0]):",
-                f"    {s.out}[n, {labels}[n]] = 1.0"]
+                f"for n in range({self.size(self.tensors[s.out].shape[0])}):",
+                f"    {self.ref(s.out, (n, sp.Symbol(labels + '[n]')))} = 1.0"]

@@ -1,0 +1,688 @@
+"""The derived gradients of a model as lecture formulas: which lines, in which names.
+
+`model_formulas(model)` expands the model (`ops`), differentiates every loss
+(`derive`) and reads the adjoint stages back as `Formula`s: display expressions
+(see `notation`) over the user's names only.  Per loss, in the order printed:
+
+- quantities the formulas use that the user did not name, each defined once
+  (`p[n,k] = exp(o[n,k]) / Σ_k' exp(o[n,k'])`, a pre-activation `a_h`, a noise);
+- the error signals `e[n] = ∂L/∂o[n]`, one per loss operand;
+- the layer deltas `Δh[n,k] = ∂L/∂h[n,k]` a long formula stops at;
+- `∂L/∂P[...]` for every parameter `P` the loss updates.
+
+Intermediate adjoints are substituted by their definitions until only forward
+quantities and the named signals remain (`Σ_n e[n]·o.W[k]·(1 − h[n,k]²)·x[n,d]`).
+Before display each formula is simplified (exact numbers, common factors) and
+known patterns are named as a lecture names them: the softmax of a
+cross-entropy is `p`, its one-hot is `𝟙[k = label[n]]`, a reparameterised
+sample's noise is `(z − mu)·exp(−logvar/2)`, `step(pre-activation)` of a relu
+layer is `step(h)`.  Axes of size 1 are dropped for vectors and matrices
+(`o.W[k]` for a 1×K weight, as the lecture's `v[k]`); tensors of higher rank
+keep every axis (`q.W[0,i,j]`).  Index letters are the user's (`W[f,c,p]` of a
+user layer) or the lecture's (`W[k,d]` of a dense layer).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ..frontend import ir
+from . import functions as fn
+from .derive import differentiate, relevant_stages
+from .formulas import N, Stage
+from .notation import exact_numbers, indicator
+from .ops import Graph, expand_loss, expand_nodes
+
+_MAX_INLINE = 12            # beyond this many factors a formula stops at the layer's Δ
+
+
+@dataclass
+class Formula:
+    """One printed line: `lhs = [middle =] rhs`.
+
+    kind: "define" (a quantity the output names), "signal" (e = ∂L/∂operand),
+    "delta" (Δh = ∂L/∂h), "param" (∂L/∂P), "zero" (the loss does not reach P),
+    "note" (a line of words: a noise's distribution; `rhs` is None).
+    `partial` is the display access of ∂L/∂· (None for definitions)."""
+    kind: str
+    lhs: sp.Expr                      # display access: e[n], p[n,k], h.W[k,d]
+    rhs: sp.Expr | None
+    partial: sp.Expr | None = None
+    note: str = ""
+    sizes: dict = field(default_factory=dict)       # summation index -> size, for checks
+    raw: sp.Expr | None = None        # the derivation before naming and simplifying (internal names)
+
+
+@dataclass
+class LossFormulas:
+    loss: str
+    updates: list[str]                # parameter names the loss updates
+    formulas: list[Formula]
+    defined: set[str]                 # names the output itself defines (e, p, Δh, a_h)
+    int_labels: set[str]              # class-label tensors (integer valued)
+    order: list[str] = field(default_factory=list)    # display labels, forward order
+    # for checking the display against the derivation (tests): display label -> (tensor,
+    # shown axes); tensor -> (index, value) of every forward formula with a plain index
+    tensor_of: dict = field(default_factory=dict)
+    forward: dict = field(default_factory=dict)
+
+
+def model_formulas(model: ir.ModelIR, param: str | None = None) -> list[LossFormulas]:
+    g = Graph(model)
+    expand_nodes(g)
+    forward = list(g.b.stages)
+    out = []
+    for loss in model.losses:
+        start = len(g.b.stages)
+        handle = expand_loss(g, loss)
+        stages = relevant_stages(forward + g.b.stages[start:], handle.name)
+        wrt = [g.params[p].name for p in loss.wrt]
+        adjoint = differentiate(g.b, stages, handle, wrt)
+        view = _View(model, g, loss, stages, adjoint)
+        out.append(view.formulas(param))
+    return out
+
+
+# ---------------------------------------------------------------- names
+class _Names:
+    """Display labels of the tensors: the user's names, never an internal one."""
+
+    def __init__(self, model: ir.ModelIR, g: Graph):
+        self.model, self.g = model, g
+        self.tensors = g.b.tensors
+        self.node_of = {h.name: name for name, h in g.values.items()}
+        self.calls = _network_calls(model)
+
+    def node_label(self, node: str) -> str:
+        """`discriminator#2.out` → `discriminator(fake).out` where a network is called twice."""
+        head, dot, rest = node.partition(".")
+        base = head.split("#")[0]
+        if dot and base in self.calls and len(self.calls[base]) > 1:
+            return f"{base}({self.calls[base][head]}).{rest}"
+        return node
+
+    def label(self, tensor: str) -> str | None:
+        """The display label of a forward tensor, or None for an internal one."""
+        t = self.tensors[tensor]
+        if t.role == "param":
+            return t.label
+        if tensor in self.node_of:
+            return self.node_label(self.node_of[tensor])
+        if t.role in ("input", "target", "labels"):
+            return t.label
+        return None
+
+
+def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
+    """network -> {call prefix ("discriminator#2"): the call's argument ("fake")}."""
+    calls: dict[str, dict[str, str]] = {}
+    for node in model.nodes:
+        head, dot, _ = node.name.partition(".")
+        if not dot:
+            continue
+        base = head.split("#")[0]
+        outside = [i for i in node.inputs if not i.startswith(head + ".")]
+        if outside and head not in calls.get(base, {}):
+            calls.setdefault(base, {})[head] = ", ".join(outside)
+    return calls
+
+
+# ---------------------------------------------------------------- the view
+class _View:
+    def __init__(self, model, g: Graph, loss: ir.Loss, stages: list[Stage], adjoint):
+        self.model, self.g, self.loss = model, g, loss
+        self.tensors = g.b.tensors
+        self.names = _Names(model, g)
+        self.forward = {s.out: s for s in stages if s.kind == "formula" and not s.accumulate}
+        self.special = {s.out: s for s in stages if s.kind != "formula"}
+        self.order = {}
+        for pos, s in enumerate(stages):
+            self.order.setdefault(s.out, pos)
+            for a in s.accesses:
+                self.order.setdefault(a.tensor, pos)
+        self.defs: dict[str, list[tuple[tuple, sp.Expr]]] = {}
+        for s in adjoint.stages:
+            if s.kind == "formula" and s.expr != 0:
+                self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
+        self.adjoint_of = adjoint.adjoint_of
+        self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
+        # names the output defines must not be the user's: an autoencoder's layer may be `e`
+        self.taken = {n.name for n in model.nodes} | {d.name for d in model.data} | \
+            {p.name for p in model.params} | set(model.consts) | {"N", "L"}
+        self.taken |= {self.names.node_label(n.name) for n in model.nodes}
+        self.user_names = set(self.taken)          # index letters avoid them too (`d` of a decoder)
+        letter = next(x for x in ("e", "δ", "err", "err_") if x not in self.taken)
+        letters = (self.fresh_label(letter) for _ in itertools.count())
+        for node in [a for t in loss.terms for a in t.args if isinstance(a, str)]:
+            grad = self.adjoint_of.get(g.values[node].name)
+            if grad in self.defs and grad not in self.signals:
+                self.signals[grad] = (next(letters), node)
+        self.original: dict = {}
+        self.fresh = (sp.Symbol(f"{c}{k}", integer=True) for k in itertools.count() for c in "jmpq")
+        self.aux: dict[str, str] = {}               # internal tensor -> its defined label
+        self.softmax: dict[str, str] = {}           # logits tensor -> label of its softmax (p)
+        self.noise_names: dict[str, str] = {}       # noise tensor -> m, ε
+        self.pending: list[Formula] = []            # definitions waiting for the line that uses them
+
+    def fresh_label(self, base: str) -> str:
+        """`base`, or `base2`, `base3`, ...: the first name neither the user nor this output took."""
+        label = next(x for x in itertools.chain([base], (f"{base}{k}" for k in itertools.count(2)))
+                     if x not in self.taken)
+        self.taken.add(label)
+        return label
+
+    # -- reading adjoint stages back --------------------------------------------
+    def _inline(self, expr: sp.Expr, stop_at_values: bool, keep=()) -> sp.Expr:
+        for _ in range(64):
+            changed = False
+            for ind in sorted(expr.atoms(sp.Indexed), key=str):
+                name = str(ind.base.label)
+                if name not in self.defs or name in self.signals or name in keep:
+                    continue
+                if stop_at_values and self._is_node_value(name):
+                    continue
+                new = self._definition(name, ind.indices)
+                if new == ind:
+                    continue
+                expr = expr.xreplace({ind: new})
+                changed = True
+            if not changed:
+                break
+        return expr
+
+    def _is_node_value(self, grad_name: str) -> bool:
+        t = self.tensors[grad_name]
+        return t.role == "grad" and t.label[1:] in self.g.values
+
+    def _definition(self, name: str, indices) -> sp.Expr:
+        total = sp.Integer(0)
+        for index, body in self.defs[name]:
+            if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
+                return sp.IndexedBase(name)[indices]        # a scatter: keep it named
+            renames = {}
+            for v in _sum_vars(body):
+                renames[v] = next(self.fresh)
+                self.original[renames[v]] = v
+            body = body.xreplace(renames)
+            subst = {i: v for i, v in zip(index, indices) if isinstance(i, sp.Symbol)}
+            total += body.xreplace(subst)
+        return total
+
+    def _restore_names(self, expr: sp.Expr, taken_outside=()) -> sp.Expr:
+        """Give each summation index back its natural name where that name is free there."""
+        for fresh, orig in self.original.items():
+            for s in list(expr.atoms(sp.Sum)):
+                if any(lim[0] == fresh for lim in s.limits):
+                    taken = {x.name for x in s.free_symbols if isinstance(x, sp.Symbol)}
+                    outer = {x.name for x in expr.free_symbols if isinstance(x, sp.Symbol)} | set(taken_outside)
+                    name = orig.name.rstrip("'")
+                    while name in taken or name in outer or _bound_inside(s, name, fresh) \
+                            or _bound_around(expr, s, name):
+                        name = name + "'"
+                    expr = expr.xreplace({s: s.xreplace({fresh: sp.Symbol(name, integer=True)})})
+        return expr
+
+    # -- index letters ------------------------------------------------------------
+    def index_of(self, tensor: str) -> tuple:
+        """The lecture's index letters for a tensor (the user's for user-layer parameters)."""
+        t = self.tensors[tensor]
+        if t.role in ("pgrad", "grad"):
+            forward = next((k for k, v in self.adjoint_of.items() if v == tensor), None)
+            if forward is not None:
+                return self.index_of(forward)
+        letters = _declared_letters(self.model, t.label, t.role, len(t.shape))
+        pool = iter(x for x in "kdijlmrsuvw" if x not in letters and x not in self.user_names)
+        out = []
+        shown = self.shown_axes(tensor)
+        for pos, size in enumerate(t.shape):
+            if not shown[pos] or size == 1:
+                out.append(sp.Integer(0))
+            elif pos == 0 and size == N:
+                out.append(sp.Symbol("n", integer=True))
+            elif letters and pos - (len(t.shape) - len(letters)) >= 0:
+                out.append(sp.Symbol(letters[pos - (len(t.shape) - len(letters))], integer=True))
+            else:
+                out.append(sp.Symbol(next(pool), integer=True))
+        return tuple(out)
+
+    def shown_axes(self, tensor: str) -> list[bool]:
+        shape = self.tensors[tensor].shape
+        if len(shape) >= 3:
+            return [True] * len(shape)
+        return [size != 1 for size in shape]
+
+    # -- rewriting into the user's names ----------------------------------------
+    def display(self, expr: sp.Expr, taken=()) -> sp.Expr:
+        expr = exact_numbers(expr)
+        expr = self._named_patterns(expr)
+        expr = self._restore_names(expr, taken)
+        expr = _merge_where(expr)
+        expr = _simplify(expr)
+        expr = self._relabel(expr)
+        return expr
+
+    def _named_patterns(self, expr: sp.Expr) -> sp.Expr:
+        # one-hot of class labels -> 𝟙[k = label[n]], and Σ_k 𝟙[k = label[n]] -> 1
+        for ind in list(expr.atoms(sp.Indexed)):
+            s = self.special.get(str(ind.base.label))
+            if s is not None and s.kind == "onehot":
+                labels = sp.IndexedBase(s.attrs["labels"])[ind.indices[0]]
+                expr = expr.xreplace({ind: indicator(ind.indices[1], labels)})
+        expr = expr.replace(lambda e: isinstance(e, sp.Sum), _sum_of_indicator)
+        # exp(o[n,k] − lse[n]) with lse = log Σ_k exp(o) -> p[n,k] = softmax(o)
+        for e in list(expr.atoms(sp.exp)):
+            replaced = self._softmax(e)
+            if replaced is not None:
+                expr = expr.xreplace({e: replaced})
+        # noise, through forward values where a formula gives it, else named
+        for ind in list(expr.atoms(sp.Indexed)):
+            s = self.special.get(str(ind.base.label))
+            if s is not None and s.kind == "draw":
+                expr = expr.xreplace({ind: self._noise(ind)})
+        # step(pre-activation) of a relu-type layer is step(the layer's value); F -> value
+        expr = self._through_values(expr)
+        for ind in list(expr.atoms(sp.Indexed)):
+            name = str(ind.base.label)
+            if name in self.tensors and name not in self.defs and not name.startswith("d_") \
+                    and self.names.label(name) is None and name not in self.aux:
+                self._define_aux(name)
+        return expr
+
+    def _softmax(self, e: sp.exp):
+        for term in sp.Add.make_args(e.args[0]):
+            if not (term.is_Mul and term.args[0] == -1 and isinstance(term.args[1], sp.Indexed)):
+                continue
+            lse = term.args[1]
+            s = self.forward.get(str(lse.base.label))
+            if s is None or s.reduce != "logsumexp":
+                continue
+            logits = sp.expand(e.args[0] + lse)
+            if not isinstance(logits, sp.Indexed):
+                continue
+            name = str(logits.base.label)
+            if name not in self.softmax:
+                self._define_softmax(name, s)
+            return sp.IndexedBase(self.softmax[name])[logits.indices]
+        return None
+
+    def _define_softmax(self, logits: str, lse_stage: Stage):
+        label = self.fresh_label("p")
+        self.softmax[logits] = label
+        n, k = self.index_of(logits)[:1] + self.index_of(logits)[-1:]
+        j = sp.Symbol(k.name + "'", integer=True)
+        size = self.tensors[logits].shape[-1]
+        base = sp.IndexedBase(logits)
+        rhs = sp.exp(base[n, k]) / sp.Sum(sp.exp(base[n, j]), (j, 0, size - 1))
+        lhs = sp.IndexedBase(label)[n, k]
+        self.pending.append(Formula("define", lhs, rhs, note=f"{label} = softmax({self.names.label(logits)})"))
+
+    def _noise(self, ind: sp.Indexed) -> sp.Expr:
+        name = str(ind.base.label)
+        # z = mu + exp(logvar/2)·ε  gives  ε = (z − mu)·exp(−logvar/2)
+        for s in self.forward.values():
+            sym = next((a.symbol for a in s.accesses if a.tensor == name), None)
+            if sym is None or s.reduce is not None or not self.names.label(s.out):
+                continue
+            coeff = sp.diff(s.expr, sym)
+            rest = sp.expand(s.expr - coeff * sym)
+            if sp.diff(coeff, sym) == 0 and coeff.has(sp.exp) and all(
+                    a.index == s.index for a in s.accesses):
+                back = {a.symbol: sp.IndexedBase(a.tensor)[ind.indices] for a in s.accesses}
+                back[sp.Symbol("__out")] = sp.IndexedBase(s.out)[ind.indices]
+                return ((sp.Symbol("__out") - rest) / coeff).xreplace(back)
+        if name not in self.noise_names:
+            s = self.special[name]
+            letter = "ε" if s.attrs.get("dist") == "normal" else "m"
+            label = self.fresh_label(letter)
+            self.noise_names[name] = label
+            owner = self.names.label(next((x.out for x in self.forward.values()
+                                           if any(a.tensor == name for a in x.accesses)), name)) or name
+            keep = _keep(s)
+            value = "1" if float(s.attrs.get("scale", 1.0)) == 1.0 else f"1/{keep}"
+            kind = "dropout mask" if value != "1" else "masking noise"
+            what = ("~ N(0, 1), the noise of " + owner) if letter == "ε" else \
+                f"{value} with probability {keep}, else 0 (the {kind} of {owner})"
+            lhs = sp.IndexedBase(label)[self.index_of(name)]
+            self.pending.append(Formula("note", lhs, None, note=what))
+        return sp.IndexedBase("__noise_" + self.noise_names[name])[ind.indices]
+
+    def _through_values(self, expr: sp.Expr) -> sp.Expr:
+        for s in self.forward.values():
+            label = self.names.label(s.out)
+            if label is None or s.reduce is not None or s.expr.is_Atom:
+                continue
+            wild = {v: sp.Wild(f"w_{v}") for v, _ in s.ranges}
+            body = s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] for a in s.accesses})
+            value = sp.IndexedBase(s.out)[s.index]
+            pattern, target = body.xreplace(wild), value.xreplace(wild)
+            kinks = (fn.relu, fn.leaky_relu, fn.elu)
+            if isinstance(body, kinks):
+                inner = body.args[0].xreplace(wild)
+                expr = expr.replace(fn.step(inner), fn.step(target))
+            if not isinstance(body, sp.Indexed):
+                expr = expr.replace(pattern, target)
+        return expr
+
+    def _define_aux(self, name: str):
+        """An internal forward tensor the formulas need: named and defined once."""
+        t = self.tensors[name]
+        node, _, part = t.label.rpartition(".")
+        node_label = self.names.node_label(node) if node else t.label
+        label = self.fresh_label(f"{part.rstrip('0123456789') or 'a'}_{node_label}")
+        self.aux[name] = label
+        s = self.forward.get(name)
+        if s is None:
+            return
+        index = self.index_of(name)
+        subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
+        body = self._inline_internal(_as_forward(s).xreplace(subst))
+        rhs = self._named_patterns(body)
+        self.pending.append(Formula("define", sp.IndexedBase(name)[index], rhs))
+
+    def _inline_internal(self, expr: sp.Expr) -> sp.Expr:
+        """Internal forward tensors inside a definition by their own formulas (`a_h = Σ_d W·x + b`)."""
+        for _ in range(16):
+            internal = [i for i in expr.atoms(sp.Indexed) if str(i.base.label) in self.forward
+                        and self.names.label(str(i.base.label)) is None
+                        and self.forward[str(i.base.label)].plain]
+            if not internal:
+                return expr
+            for ind in internal:
+                s = self.forward[str(ind.base.label)]
+                subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
+                expr = expr.xreplace({ind: _as_forward(s).xreplace(subst)})
+        return expr
+
+    def _relabel(self, expr: sp.Expr) -> sp.Expr:
+        subs = {}
+        for ind in expr.atoms(sp.Indexed):
+            subs[ind] = self.access(str(ind.base.label), ind.indices)
+        return expr.xreplace(subs)
+
+    def access(self, tensor: str, indices) -> sp.Expr:
+        """A display access: the tensor's printed label with its shown indices."""
+        if tensor.startswith("__noise_"):
+            label, shown = tensor[len("__noise_"):], [True] * len(indices)
+        elif tensor in self.tensors:
+            label = self.tensor_label(tensor)
+            shown = self.shown_axes(tensor)
+        else:                                            # a quantity this view defined (p)
+            label, shown = tensor, [True] * len(indices)
+        kept = [i for i, keep in zip(indices, shown) if keep]
+        return sp.IndexedBase(label)[tuple(kept)] if kept else sp.Symbol(label)
+
+    def tensor_label(self, tensor: str) -> str:
+        if tensor in self.signals:
+            return self.signals[tensor][0]
+        if tensor in self.aux:
+            return self.aux[tensor]
+        if tensor in self.noise_names:
+            return self.noise_names[tensor]
+        t = self.tensors[tensor]
+        if t.role in ("grad", "pgrad"):
+            forward = next((k for k, v in self.adjoint_of.items() if v == tensor), None)
+            return "Δ" + (self.tensor_label(forward) if forward else t.label[1:])
+        return self.names.label(tensor) or t.label
+
+    # -- the lines ------------------------------------------------------------------
+    def formulas(self, only: str | None) -> LossFormulas:
+        lines: list[Formula] = []
+        shown: set[str] = set()
+
+        def emit(f: Formula):
+            lines.extend(self.pending)
+            self.pending.clear()
+            lines.append(f)
+
+        for grad, (sig, node) in self.signals.items():
+            index = self.index_of(grad)
+            defn = self._inline(self._definition(grad, index), True)
+            deltas = self._deltas_used(defn, shown)
+            rhs = self.display(defn, _names(index))
+            lines.extend(self.pending)
+            self.pending.clear()
+            lines.extend(deltas)
+            emit(Formula("signal", self.access(grad, index), rhs,
+                         partial=self.access(self.g.values[node].name, index)))
+        for prm in self.model.params:
+            if prm.name not in self.loss.wrt or (only is not None and prm.name != only):
+                continue
+            tensor = self.g.params[prm.name].name
+            grad = self.adjoint_of.get(tensor)
+            index = self.index_of(tensor)
+            partial = self.access(tensor, index)
+            if grad not in self.defs:
+                emit(Formula("zero", self.access(tensor, index), sp.Integer(0), partial=partial))
+                continue
+            # a Δ already printed is used again (a layer's W and b stop at the same Δ)
+            expr = self._inline(self._definition(grad, index), False, keep=shown)
+            if _size(expr) > _MAX_INLINE:
+                expr = self._inline(self._definition(grad, index), True)
+                for f in self._deltas_used(expr, shown):
+                    lines.extend(self.pending)
+                    self.pending.clear()
+                    lines.append(f)
+            emit(Formula("param", self.access(tensor, index), self.display(expr, _names(index)),
+                         partial=partial, raw=self._inline_everything(grad, index)))
+        lines.extend(self.pending)
+        lines = [self._finish(f) for f in lines]
+        if only is not None:
+            lines = _needed(lines)
+        defined = {str(_label_of(f.lhs)) for f in lines if f.kind in ("define", "signal", "delta", "note")}
+        ints = {self.names.label(t.name) or t.label for t in self.tensors.values() if t.role == "labels"}
+        updates = [p.name for p in self.model.params if p.name in self.loss.wrt]
+        order = sorted(self.order, key=self.order.get)
+        order = [self.tensor_label(t) if t in self.tensors else t for t in order]
+        tensor_of = {self.tensor_label(t): (t, self.shown_axes(t)) for t in self.order   # this loss's
+                     if self.tensors[t].role not in ("grad", "pgrad")}
+        forward = {t: (s.index, _as_forward(s)) for t, s in self.forward.items() if s.plain}
+        for t, s in self.special.items():
+            if s.kind == "onehot":
+                forward[t] = (s.index, indicator(s.index[1], sp.IndexedBase(s.attrs["labels"])[s.index[0]]))
+        return LossFormulas(self.loss.name, updates, lines, defined, ints, order, tensor_of, forward)
+
+    def _inline_everything(self, grad: str, index) -> sp.Expr:
+        saved, self.signals = self.signals, {}
+        try:
+            return self._inline(self._definition(grad, index), False)
+        finally:
+            self.signals = saved
+
+    def _finish(self, f: Formula) -> Formula:
+        """Definitions were collected over internal names: relabel their two sides."""
+        if f.kind in ("define", "note"):
+            index = f.lhs.indices if isinstance(f.lhs, sp.Indexed) else ()
+            name = str(_label_of(f.lhs))
+            if name in self.tensors:
+                f.lhs = self.access(name, index)
+            if f.rhs is not None:
+                f.rhs = _simplify(self._relabel(exact_numbers(self._restore_names(f.rhs, _names(index)))))
+        f.sizes = _sum_sizes(f.rhs) if f.rhs is not None else {}
+        return f
+
+    def _deltas_used(self, expr, shown: set) -> list[Formula]:
+        """Definition lines of the layer adjoints (Δh) a formula stopped at, innermost last."""
+        lines = []
+        for ind in sorted(expr.atoms(sp.Indexed), key=str):
+            name = str(ind.base.label)
+            if name in shown or name not in self.defs or name in self.signals:
+                continue
+            shown.add(name)
+            index = self.index_of(name)
+            defn = self._inline(self._definition(name, index), True)
+            lines += self._deltas_used(defn, shown)
+            node = next(k for k, v in self.adjoint_of.items() if v == name)
+            rhs = self.display(defn, _names(index))
+            lines += self.pending
+            self.pending.clear()
+            lines.append(Formula("delta", self.access(name, index), rhs,
+                                 partial=self.access(node, index)))
+        return lines
+
+
+# ------------------------------------------------------------------ helpers
+def _needed(lines: list[Formula]) -> list[Formula]:
+    """The parameter lines and, transitively, the definitions they use (`--param`)."""
+    def used(f):
+        names = set() if f.rhs is None else \
+            {str(i.base.label) for i in f.rhs.atoms(sp.Indexed)} | {str(x) for x in f.rhs.free_symbols}
+        return names
+    need = set().union(*[used(f) for f in lines if f.kind in ("param", "zero")])
+    keep = []
+    for f in reversed(lines):
+        if f.kind in ("param", "zero") or _label_of(f.lhs) in need:
+            keep.append(f)
+            need |= used(f)
+    return keep[::-1]
+
+
+def _declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tuple[str, ...]:
+    """The index names a parameter was declared with: `W[f, c, p]` of a user layer, `W[k, d]`."""
+    if role != "param":
+        return ()
+    node_name, _, local = label.rpartition(".")
+    node = next((n for n in model.nodes if n.name == node_name), None)
+    if node is None:
+        return ()
+    if node.op == "layer":
+        spec = model.layers[node.attrs["layer"]]
+        p = next((p for p in spec.params if p.name == local), None)
+        if p is not None and len(set(p.indices)) == len(p.indices) == rank and "n" not in p.indices:
+            return tuple(p.indices)
+    return ()
+
+
+def _as_sum(s: Stage) -> sp.Expr:
+    body = s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] if a.index
+                            else sp.IndexedBase(a.tensor)[0] for a in s.accesses})
+    sizes = dict(s.ranges)
+    for v in s.reduce_vars:
+        body = _sum(body, v, sizes[v])
+    # a loop over a size-1 axis is the index 0 (an axis the display drops)
+    return body.xreplace({v: 0 for v, n in s.ranges if n == 1})
+
+
+def _as_forward(s: Stage) -> sp.Expr:
+    """A forward stage's value: a sum, a log-sum-exp or a max over its reduced indices."""
+    body = s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] for a in s.accesses})
+    sizes = dict(s.ranges)
+    if s.reduce == "logsumexp":
+        inner = sp.exp(body)
+        for v in s.reduce_vars:
+            inner = _sum(inner, v, sizes[v])
+        return sp.log(inner)
+    for v in s.reduce_vars:
+        body = _sum(body, v, sizes[v])
+    return body
+
+
+def _sum(body, v, size):
+    if size == 1:
+        return body.xreplace({v: 0})
+    return sp.Sum(body, (v, 0, size - 1))
+
+
+def _sum_of_indicator(s: sp.Sum) -> sp.Expr:
+    """Σ_k c·𝟙[k = label[n]] = c, the one-hot sums to one."""
+    if len(s.limits) != 1:
+        return s
+    v = s.limits[0][0]
+    coeff, rest = s.function.as_independent(v, as_Add=False)
+    if isinstance(rest, indicator) and rest.args[0] == v and v not in rest.args[1].free_symbols:
+        return coeff
+    return s
+
+
+def _merge_where(expr: sp.Expr) -> sp.Expr:
+    """a·where(c, 1, 0) + b·where(c, 0, 1) → where(c, a, b): a user loss's two branches."""
+    def merge(add):
+        terms = list(add.args)
+        for i, t in enumerate(terms):
+            for j, u in enumerate(terms):
+                if i >= j:
+                    continue
+                for w in [f for f in t.atoms(sp.Function) if hasattr(type(f), "op") and f.args[2:] == (1, 0)]:
+                    other = type(w)(*w.args[:2], 0, 1)
+                    if u.has(other):
+                        a, b = sp.cancel(t / w), sp.cancel(u / other)
+                        if not a.has(w) and not b.has(other):
+                            rest = [x for k, x in enumerate(terms) if k not in (i, j)]
+                            return sp.Add(type(w)(*w.args[:2], a, b), *rest)
+        return add
+    return expr.replace(lambda e: e.is_Add, merge)
+
+
+def _simplify(expr: sp.Expr) -> sp.Expr:
+    """Common factors out (`(o − y)/N`, `(1 − ...)/(2·N)`) inside every Σ, then every
+    factor that does not depend on a Σ's index into it: `Σ_n e[n]·o.W[k]·x[n,d]`."""
+    sums: dict = {}
+
+    def protect(s: sp.Sum):
+        d = sp.Dummy()
+        sums[d] = sp.Sum(_simplify(s.function), *s.limits)
+        return d
+    body = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), protect))
+    while body.has(*sums):
+        body = body.xreplace(sums)
+    return body.replace(lambda e: e.is_Mul, _into_sum).replace(lambda e: isinstance(e, sp.Sum), _batch_outermost)
+
+
+def _batch_outermost(s: sp.Sum) -> sp.Sum:
+    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last)."""
+    limits = sorted(s.limits, key=lambda lim: str(lim[0]) == "n")
+    return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
+
+
+def _into_sum(m: sp.Mul) -> sp.Expr:
+    sums = [f for f in m.args if isinstance(f, sp.Sum)]
+    if len(sums) != 1:
+        return m
+    s = sums[0]
+    bound = {lim[0] for lim in s.limits}
+    inside = [f for f in m.args if f is not s and not f.is_number and not (f.is_Pow and f.exp.is_negative)
+              and not (f.free_symbols & bound)]
+    if not inside:
+        return m
+    outside = [f for f in m.args if f is not s and not any(f is x for x in inside)]
+    return sp.Mul(*outside) * sp.Sum(sp.Mul(*inside) * s.function, *s.limits)
+
+
+def _sum_vars(expr) -> set:
+    return {lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}
+
+
+def _sum_sizes(expr) -> dict:
+    return {str(lim[0]): lim[2] + 1 for s in expr.atoms(sp.Sum) for lim in s.limits}
+
+
+def _bound_inside(s: sp.Sum, name: str, fresh) -> bool:
+    return any(lim[0].name == name for inner in s.atoms(sp.Sum) for lim in inner.limits if lim[0] != fresh)
+
+
+def _bound_around(expr, s: sp.Sum, name: str) -> bool:
+    """`name` is already a summation index of a Σ that encloses `s`."""
+    return any(lim[0].name == name and outer.function.has(s)
+               for outer in expr.atoms(sp.Sum) if outer is not s for lim in outer.limits)
+
+
+def _size(expr) -> int:
+    return len(sp.Mul.make_args(expr.function if isinstance(expr, sp.Sum) else expr)) + \
+        sum(_size(s.function) for s in expr.atoms(sp.Sum) if s is not expr)
+
+
+def _names(index) -> set[str]:
+    return {str(i) for i in index if isinstance(i, sp.Symbol)}
+
+
+def _label_of(access) -> str:
+    return str(access.base.label) if isinstance(access, sp.Indexed) else str(access)
+
+
+def _keep(s: Stage) -> str:
+    return _num(1 - float(s.attrs.get("p", 0.0)))
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"

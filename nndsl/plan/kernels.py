@@ -1,0 +1,296 @@
+"""The kernel plan: every fused loop nest and every GEMM of a model as a shared kernel.
+
+A plan item (a fused `Group` or a lone `Stage`) is made *canonical* before it is
+rendered: its tensors become `v0, v1, …` (in order of appearance), every size in
+its shapes and loop bounds becomes an argument `s0, s1, …` (equal sizes share
+one), its loop indices become `i0, i1, …`.  What is left depends only on the
+item's structure — the formula, the index pattern, the storage order — so the
+128-wide and the 64-wide tanh layers, and every model that has one, render the
+same text.  The text's hash names the kernel (`loop_3f9c…`), and a kernel with
+a given name is compiled once and served by numba's cache to every layer, model
+and later build that needs it.
+
+A kernel takes the arrays it touches (`theta`, `grad`, `ws` or a data array),
+an offset per tensor stored in a flat array, and its sizes; it makes its own
+views.  A `Call` binds those to one use: the offsets and sizes are affine in
+the batch size `N` and the model's free sizes.  Calls become rows of a plan
+table (`Plans`), which the module's one entry function runs: numba compiles a
+call site per (kernel, arrays) pair, not per layer, and integers read from the
+table are never literals (numba would compile one specialisation per literal
+argument value, which would undo the sharing).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+import sympy as sp
+
+from ..calculus.formulas import Stage, Tensor
+from ..render.printer import index_text
+from .fuse import Group
+from .lower import Emitter, as_gemm
+
+BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
+_ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a tensor lives: a slice of a flat buffer (offset affine in N), or a data argument."""
+    base: str                  # "theta" | "grad" | "ws" | the data argument's name
+    offset: object = None      # sympy expression; None for data arguments
+    batch_last: bool = False   # an (N, K) tensor stored as (K, N)
+
+
+@dataclass
+class KernelDef:
+    """One compiled function: canonical item, formal parameters and body lines."""
+    name: str
+    kind: str                            # gemm | loop | draw | onehot
+    params: list[str]
+    views: list[str]
+    body: list[str]
+    tensors: dict[str, Tensor]           # canonical tensors (v0, v1, …)
+    storage: dict[str, Storage]          # canonical tensor -> storage (base is canonical too)
+    item: object                         # the canonical Group or Stage, for other renderers
+    has_draws: bool = False
+
+    @property
+    def text(self) -> str:
+        return "\n".join([f"def {self.name}({', '.join(self.params)}):"] +
+                         ["    " + line for line in self.views + self.body])
+
+
+@dataclass
+class Call:
+    """One use of a kernel: the arrays it takes (flat buffers or data arguments) and its
+    integer arguments (offsets and sizes, affine in N and the free sizes, as text)."""
+    kernel: str
+    arrays: list[str]
+    ints: list[str]
+    training: bool = False          # draws take the `training` flag
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def branch(self) -> tuple:
+        """Calls that differ only in their integers share one branch of the entry's dispatch."""
+        return (self.kernel, tuple(self.arrays), self.training)
+
+
+class KernelLibrary:
+    """The distinct kernels a module uses, by name (content-addressed)."""
+
+    def __init__(self, tensors: dict[str, Tensor], storage: dict[str, Storage], dtype: str):
+        self.tensors, self.storage, self.dtype = tensors, storage, dtype
+        self.kernels: dict[str, KernelDef] = {}
+
+    def call(self, item) -> Call:
+        k, arrays, ints = canonical_kernel(item, self.tensors, self.storage, self.dtype)
+        self.kernels.setdefault(k.name, k)
+        stages = item.stages if isinstance(item, Group) else [item]
+        return Call(k.name, arrays, ints, k.has_draws, [s.note for s in stages if s.note])
+
+
+def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storage],
+                     dtype: str) -> tuple[KernelDef, list[str], list[str]]:
+    """The shared kernel for one plan item, and the arrays and integers (as text) that bind
+    it to this use."""
+    stages = list(item.stages) if isinstance(item, Group) else [item]
+    scalars = set(item.scalars) if isinstance(item, Group) else set()
+
+    # tensors in a structural order (outputs first, then by role, home and index pattern),
+    # never by name: sympy sorts accesses by name, and `h10.W` sorts before `h9`
+    ranges = item.ranges if isinstance(item, Group) else stages[0].ranges
+    loop_vars = {v: sp.Symbol(f"i{j}", integer=True) for j, (v, _) in enumerate(ranges)}
+    for s in stages:                     # a lone stage's reduced indices, in its own order
+        for v, _ in s.ranges:
+            loop_vars.setdefault(v, sp.Symbol(f"i{len(loop_vars)}", integer=True))
+    pattern = lambda index: str(tuple(sp.sympify(e).xreplace(loop_vars) for e in index))    # noqa: E731
+    first: dict[str, tuple] = {}
+    for si, s in enumerate(stages):
+        seen = [(s.out, s.index, 0)] + [(a.tensor, a.index, 1) for a in s.accesses]
+        if "labels" in s.attrs:
+            seen.append((s.attrs["labels"], (), 1))
+        for t, index, reads in seen:
+            st = storage[t]
+            first.setdefault(t, (si, reads, _ROLE_ORDER.get(tensors[t].role, 9), st.base not in BUFFERS,
+                                 BUFFERS.index(st.base) if st.base in BUFFERS else 0, st.batch_last,
+                                 len(tensors[t].shape), pattern(index)))
+    order = sorted(first, key=lambda t: (first[t], t))
+    rename = {t: f"v{i}" for i, t in enumerate(order)}
+
+    # sizes: every distinct size expression of a shape or a loop bound
+    sizes: dict = {}
+
+    def size_symbol(e):
+        e = sp.sympify(e)
+        if e not in sizes:
+            sizes[e] = sp.Symbol(f"s{len(sizes)}", integer=True, positive=True)
+        return sizes[e]
+
+    for t in order:
+        if t not in scalars:
+            for d in tensors[t].shape:
+                size_symbol(d)
+    for s in stages:
+        for _, n in s.ranges:
+            size_symbol(n)
+    symbolic = {e: sym for e, sym in sizes.items() if e.free_symbols}   # N, T: also in formulas
+
+    def canon_stage(s: Stage) -> Stage:
+        ix = lambda exprs: tuple(sp.sympify(e).xreplace(loop_vars) for e in exprs)    # noqa: E731
+        attrs = dict(s.attrs)
+        if "labels" in attrs:
+            attrs["labels"] = rename[attrs["labels"]]
+        # access symbols renamed in the canonical order too: sympy orders a product's
+        # factors by symbol name, so the printed text must not depend on the user's names
+        accesses = sorted(s.accesses, key=lambda a: (int(rename[a.tensor][1:]), pattern(a.index)))
+        symbols = {a.symbol: sp.Symbol(f"a{j}") for j, a in enumerate(accesses)}
+        return replace(
+            s, out=rename[s.out], index=ix(s.index), note="",
+            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols}),
+            accesses=tuple(replace(a, symbol=symbols[a.symbol], tensor=rename[a.tensor], index=ix(a.index))
+                           for a in accesses),
+            ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in s.ranges),
+            attrs=attrs)
+
+    c_stages = [canon_stage(s) for s in stages]
+    if isinstance(item, Group):
+        c_item = replace(item, ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in item.ranges),
+                         stages=c_stages, scalars={rename[t] for t in scalars},
+                         zero_first=[rename[t] for t in item.zero_first],
+                         registers={rename[t]: d for t, d in item.registers.items()})
+    else:
+        c_item = c_stages[0]
+
+    c_tensors = {rename[t]: replace(tensors[t], name=rename[t],
+                                    shape=tuple(sizes[sp.sympify(d)] for d in tensors[t].shape)
+                                    if t not in scalars else tensors[t].shape)
+                 for t in order}
+    c_storage, params, arrays, ints, views = {}, [], [], [], []
+    bases = [b for b in BUFFERS if any(storage[t].base == b for t in order if t not in scalars)]
+    params += bases
+    arrays += bases
+    for t in order:
+        if t in scalars:
+            continue
+        st = storage[t]
+        if st.base not in BUFFERS:                     # a data array, passed as it is
+            params.append(rename[t])
+            arrays.append(st.base)
+            c_storage[rename[t]] = Storage(rename[t])
+    kind = _kind(c_item, c_tensors)
+    flat = set()
+    for i, t in enumerate(order):
+        if t in scalars or storage[t].base not in BUFFERS:
+            continue
+        st = storage[t]
+        o = f"o{i}"
+        params.append(o)
+        ints.append(_int_arg(st.offset))
+        c_storage[rename[t]] = Storage(st.base, sp.Symbol(o, integer=True), st.batch_last)
+        if kind == "gemm":             # BLAS takes 2-D views
+            views.append(_view_line(rename[t], st.base, o, c_tensors[rename[t]].shape, st.batch_last))
+        else:
+            flat.add(rename[t])
+            size = " * ".join(str(d) for d in c_tensors[rename[t]].shape) or "1"
+            views.append(f"{rename[t]} = {st.base}[{o}:{o} + {size}]")
+    for e, sym in sizes.items():
+        params.append(str(sym))
+        ints.append(_int_arg(e))
+    has_draws = any(s.kind == "draw" for s in stages)
+    if has_draws:
+        params.append("training")
+
+    batch_last = {rename[t] for t in order if t not in scalars and storage[t].batch_last}
+    emit = Emitter(c_tensors, dtype, batch_last, flat)
+    emit.taken |= set(params) | set(c_tensors)
+    body = emit.plan([c_item])
+    digest = hashlib.sha256("\n".join([dtype] + params + views + body).encode()).hexdigest()[:12]
+    k = KernelDef(f"{kind}_{digest}", kind, params, views, body, c_tensors, c_storage, c_item, has_draws)
+    return k, arrays, ints
+
+
+def _kind(item, tensors) -> str:
+    if isinstance(item, Group):
+        return "loop"
+    if item.kind in ("draw", "onehot"):
+        return item.kind
+    return "gemm" if as_gemm(item, tensors) is not None else "loop"
+
+
+def _int_arg(e) -> str:
+    return index_text([sp.sympify(e)])
+
+
+def _view_line(name: str, base: str, offset: str, shape: tuple, batch_last: bool) -> str:
+    size = " * ".join(str(d) for d in shape) or "1"
+    dims = list(shape[::-1]) if batch_last else list(shape)
+    dims_text = "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+    line = f"{name} = {base}[{offset}:{offset} + {size}].reshape({dims_text})"
+    return line + ".T" if batch_last else line
+
+
+@dataclass
+class Branch:
+    """One arm of the entry function's dispatch: a kernel bound to its arrays. Every call
+    of that kernel on those arrays, in any plan and at any depth, runs through it."""
+    id: int
+    kernel: str
+    arrays: list[str]
+    training: bool
+    n_ints: int
+
+    def line(self, row: str = "a") -> str:
+        ints = [f"{row}[{2 + i}]" for i in range(self.n_ints)]
+        return f"{self.kernel}({', '.join(self.arrays + ints + (['training'] if self.training else []))})"
+
+
+@dataclass
+class Row:
+    branch: int
+    node: int                  # the node this row computes (forward from any node), or -1
+    ints: list[str]
+    notes: list[str]
+
+
+@dataclass
+class Plan:
+    """An entry's kernel calls in order, as rows of a table the module fills for N."""
+    name: str
+    rows: list[Row]
+    n_forward: int             # rows before the gradient part
+
+
+class Plans:
+    """The plans of a module and the branches they share."""
+
+    def __init__(self):
+        self.branches: dict[tuple, Branch] = {}
+        self.plans: dict[str, Plan] = {}
+
+    def row(self, call: Call, node: int = -1) -> Row:
+        b = self.branches.get(call.branch)
+        if b is None:
+            b = Branch(len(self.branches), call.kernel, call.arrays, call.training, len(call.ints))
+            self.branches[call.branch] = b
+        return Row(b.id, node, call.ints, call.notes)
+
+    def add(self, name: str, forward: list, backward: list = ()) -> Plan:
+        """`forward`: calls, or (node index, calls) pairs for the plan over every node."""
+        rows = []
+        for item in forward:
+            if isinstance(item, Call):
+                rows.append(self.row(item))
+            else:
+                node, calls = item
+                rows += [self.row(c, node) for c in calls]
+        n_forward = len(rows)
+        rows += [self.row(c) for c in backward]
+        self.plans[name] = Plan(name, rows, n_forward)
+        return self.plans[name]
+
+    @property
+    def width(self) -> int:
+        return 2 + max((b.n_ints for b in self.branches.values()), default=0)

@@ -1,0 +1,251 @@
+"""`nndsl grad` and `nndsl.gradients`: golden output, a round trip through a parser of the
+printed notation, no internal names, the notation's precedence rules, the Python API."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import sympy as sp
+from notation_parser import (
+    Evaluator,
+    internal,
+    model_resolver,
+    parse_latex,
+    parse_text,
+    rhs_of,
+)
+
+import nndsl
+from nndsl.calculus import functions as fn
+from nndsl.calculus.gradprint import format_block, format_gradients
+from nndsl.calculus.gradview import model_formulas
+from nndsl.calculus.notation import indicator, latex, text
+from nndsl.diagnostics import CompileError
+from nndsl.frontend import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "grad"
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.nn"))
+UPDATE = os.environ.get("NNDSL_UPDATE_GOLDEN") == "1"
+
+_cache: dict = {}
+
+
+def blocks(example: str):
+    """The formulas of an example, or a skip where a layer is not differentiable yet."""
+    if example not in _cache:
+        model = load_model(ROOT / "examples" / f"{example}.nn")
+        try:
+            _cache[example] = (model, model_formulas(model))
+        except CompileError as exc:
+            _cache[example] = (model, exc)
+    model, result = _cache[example]
+    if isinstance(result, CompileError):
+        pytest.skip(f"{example}: {result}")
+    return model, result
+
+
+# ------------------------------------------------------------------ golden files
+@pytest.mark.parametrize("latex_", [False, True], ids=["text", "latex"])
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_golden(example, latex_):
+    model, _ = blocks(example)
+    out = format_gradients(model, latex=latex_) + "\n"
+    path = GOLDEN / f"{example}.{'tex' if latex_ else 'txt'}"
+    if UPDATE or not path.exists():
+        if not UPDATE:
+            pytest.fail(f"no golden file {path.name}: run with NNDSL_UPDATE_GOLDEN=1 and read it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(out)
+    assert out == path.read_text()
+
+
+LECTURE = {
+    "e[n]": "e[n] = ∂L/∂o[n] = (o[n] − y[n]) / N",
+    "h.W": "∂L/∂h.W[k,d] = Σ_n e[n]·o.W[k]·(1 − h[n,k]²)·x[n,d]",
+    "o.W": "∂L/∂o.W[k] = Σ_n e[n]·h[n,k]",
+}
+
+
+def test_the_lecture_mlp_prints_the_lecture_formulas():
+    model, _ = blocks("lecture_mlp")
+    assert format_gradients(model).splitlines() == list(LECTURE.values())
+
+
+NAMED = [  # example, a line the output must contain
+    ("digits_mlp", "p[n,k] = exp(o[n,k]) / Σ_k' exp(o[n,k'])   (p = softmax(o))"),
+    ("digits_mlp", "e[n,k] = ∂L/∂o[n,k] = (p[n,k] − 𝟙[k = label[n]]) / N"),
+    ("breast_cancer", "e[n] = ∂L/∂o[n] = (σ(o[n]) − y[n]) / N"),
+    ("gaussian_regression", "e[n] = ∂L/∂mu[n] = (mu[n] − y[n]) / (N·exp(logvar[n]))"),
+    ("gaussian_fixed", "e[n] = ∂L/∂mu[n] = 4·(mu[n] − y[n]) / N"),
+    ("vae", "e2[n,k] = ∂L/∂mu[n,k] = mu[n,k] / N + Δz[n,k]"),
+    ("vae", "e3[n,k] = ∂L/∂logvar[n,k] = (exp(logvar[n,k]) − 1) / (2·N) + Δz[n,k]·(z[n,k] − mu[n,k]) / 2"),
+    ("user_defined", "∂L/∂q.W[0,i,j] = Σ_n e[n]·h[n,j]·x[n,i]"),
+    ("user_conv", "∂L/∂h.W[f,c,p] = Σ_n Σ_i Σ_k e[n,k]·o.W[k,6·f+i]·step(h[n,f,i])·img[n,c,i+p]"),
+]
+
+
+@pytest.mark.parametrize("example,line", NAMED)
+def test_patterns_are_named_as_a_lecture_names_them(example, line):
+    model, _ = blocks(example)
+    assert line in format_gradients(model).splitlines()
+
+
+ONE_PARAM = [  # example, parameter, the lines `--param` prints (definitions it needs, then the gradient)
+    ("lecture_mlp", "o.W", [LECTURE["e[n]"], LECTURE["o.W"]]),
+    ("vae", "d.W", ["e[n,k] = ∂L/∂xr[n,k] = (σ(xr[n,k]) − x[n,k]) / N",
+                    "Δd[n,k] = ∂L/∂d[n,k] = Σ_k' e[n,k']·xr.W[k',k]",
+                    "∂L/∂d.W[k,i] = Σ_n Δd[n,k]·step(d[n,k])·z[n,i]"]),
+    ("dropout_mlp", "o.b", ["p[n,k] = exp(o[n,k]) / Σ_k' exp(o[n,k'])   (p = softmax(o))",
+                            "e[n,k] = ∂L/∂o[n,k] = (p[n,k] − 𝟙[k = label[n]]) / N",
+                            "∂L/∂o.b[k] = Σ_n e[n,k]"]),
+]
+
+
+@pytest.mark.parametrize("example,param,lines", ONE_PARAM)
+def test_one_parameter_prints_what_it_needs(example, param, lines):
+    model, _ = blocks(example)
+    assert format_gradients(model, param=param).splitlines() == lines
+
+
+# ------------------------------------------------------------------ round trip
+def _lines(example):
+    _, bs = blocks(example)
+    for b in bs:
+        for f, t, tex in zip(b.formulas, format_block(b, False), format_block(b, True)):
+            if f.rhs is not None:
+                yield b, f, t, tex
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_printed_formulas_parse_back_to_the_derived_expression(example):
+    for b, f, line, tex in _lines(example):
+        sizes = {k: v for k, v in f.sizes.items()}
+        for form, parsed in (("text", parse_text(rhs_of(line.split("   (")[0]))),
+                             ("latex", parse_latex(rhs_of(tex)))):
+            for seed in range(3):
+                ev = Evaluator(sizes, b.int_labels, seed=seed)
+                env = {str(s): (seed + k) % 2 for k, s in enumerate(sorted(f.lhs.free_symbols, key=str))
+                       if s.is_integer and str(s) != "N"}
+                want, got = ev(f.rhs, env), ev(parsed, env)
+                assert got == pytest.approx(want, rel=1e-9, abs=1e-12), (form, line if form == "text" else tex)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_the_named_simplified_formulas_equal_the_derivation(example):
+    """Every ∂L/∂P line, its definitions (p, e, Δh, a_h) substituted, equals the adjoint
+    that `derive` produced, evaluated through the forward formulas at random points."""
+    _, bs = blocks(example)
+    checked = 0
+    for b in bs:
+        ints = {"§" + b.tensor_of[x][0] for x in b.int_labels if x in b.tensor_of}
+        for f in b.formulas:
+            if f.raw is None or any(str(i.base.label).startswith("d_") for i in f.raw.atoms(sp.Indexed)):
+                continue                         # a scatter-add stays a named adjoint
+            shown = {str(s): 1 for s in f.lhs.free_symbols if s.is_integer and str(s) != "N"}
+            full = {str(s): shown.get(str(s), 0) for s in f.raw.free_symbols if s.is_integer and str(s) != "N"}
+            for seed in range(2):
+                ev = Evaluator({}, ints, seed=seed)
+                ev.resolve = model_resolver(b, lambda ev=ev: ev)
+                assert ev(f.rhs, shown) == pytest.approx(ev(internal(f.raw), full), rel=1e-9, abs=1e-12), \
+                    format_gradients(blocks(example)[0], param=_label_of(f.lhs))
+            checked += 1
+    assert checked
+
+
+def _label_of(access):
+    return str(access.base.label) if isinstance(access, sp.Indexed) else str(access)
+
+
+INTERNAL = re.compile(r"per_example|onehot|\blse\b|\.lse|\.noise|\.sum\d|#\d|\.[za]\[|1\.0·|\*\*|\bloss\.")
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_no_internal_name_is_printed(example):
+    model, _ = blocks(example)
+    params = {p.name for p in model.params}
+    nodes = {n.name for n in model.nodes}
+    for out in (format_gradients(model), format_gradients(model, latex=True)):
+        assert not INTERNAL.search(out), INTERNAL.search(out)
+    formulas = "\n".join(line for line in format_gradients(model).splitlines() if not line.startswith("#"))
+    for name in re.findall(r"[A-Za-z_][\w]*(?:\([\w, ]+\))?(?:\.[A-Za-z_]\w*)+", formulas):
+        plain = re.sub(r"\([\w, ]+\)", "", name)
+        assert plain in params or plain in nodes, name
+
+
+# ------------------------------------------------------------------ the notation itself
+n, k, d = (sp.Symbol(c, integer=True) for c in "nkd")
+N = sp.Symbol("N", integer=True, positive=True)
+o, y, s, h, W = (sp.IndexedBase(c) for c in ("o", "y", "s", "h", "h.W"))
+
+NOTATION = [  # expression, text, LaTeX
+    ((o[n] - y[n]) / N, "(o[n] − y[n]) / N", r"\frac{{o}_{n} - {y}_{n}}{N}"),
+    ((o[n] - y[n]) / (N * s[n] ** 2), "(o[n] − y[n]) / (N·s[n]²)", r"\frac{{o}_{n} - {y}_{n}}{N {s}_{n}^{2}}"),
+    (-o[n] / 2, "−o[n] / 2", r"-\frac{{o}_{n}}{2}"),
+    ((o[n] + y[n]) ** 3, "(o[n] + y[n])³", r"\left({o}_{n} + {y}_{n}\right)^{3}"),
+    (o[n] ** 12, "o[n]^12", r"{o}_{n}^{12}"),
+    (o[n] ** sp.Rational(1, 2), "sqrt(o[n])", r"\sqrt{{o}_{n}}"),
+    (1 / (1 + 1 / o[n]), "1 / (1 + 1 / o[n])", None),
+    (sp.Float(1.0) * o[n], "o[n]", r"{o}_{n}"),
+    (sp.Float(0.5) * o[n], "o[n] / 2", r"\frac{{o}_{n}}{2}"),
+    (sp.Sum(o[n] * h[n, k], (n, 0, N - 1)) * W[k, d], "h.W[k,d]·Σ_n h[n,k]·o[n]", None),
+    (sp.Sum(o[n], (n, 0, N - 1)) / N, "(Σ_n o[n]) / N", None),
+    (indicator(k, y[n]), "𝟙[k = y[n]]", r"\mathbb{1}[k = {y}_{n}]"),
+    (fn.sigmoid(o[n]) - y[n], "σ(o[n]) − y[n]", r"\sigma\left({o}_{n}\right) - {y}_{n}"),
+    (h[n, 2 * k + d - 1], "h[n,d+2·k−1]", None),
+]
+
+
+@pytest.mark.parametrize("expr,want_text,want_latex", NOTATION, ids=[t for _, t, _ in NOTATION])
+def test_notation(expr, want_text, want_latex):
+    from nndsl.calculus.notation import exact_numbers
+    expr = exact_numbers(expr)
+    assert text(expr) == want_text
+    if want_latex is not None:
+        assert latex(expr) == want_latex
+    ev = Evaluator({"n": 3})
+    assert ev(parse_text(want_text)) == pytest.approx(ev(expr))
+    assert ev(parse_latex(latex(expr))) == pytest.approx(ev(expr))
+
+
+# ------------------------------------------------------------------ Python API
+def test_gradients_api():
+    g = nndsl.gradients(ROOT / "examples" / "lecture_mlp.nn")
+    assert g["o.W"].text == LECTURE["o.W"]
+    assert g["h.W"].latex.startswith(r"\frac{\partial L}{\partial W^{(h)}_{k,d}} = \sum_{n}")
+    assert isinstance(g["o.W"].expr, sp.Sum)
+    assert g["e"].kind == "signal"
+    assert "aligned" in g._repr_latex_() and g["o.W"]._repr_latex_().startswith("$")
+    assert str(g) == "\n".join(LECTURE.values())
+
+
+def test_gradients_of_several_losses():
+    g = nndsl.gradients(ROOT / "examples" / "gan.nn")
+    assert set(g.losses) == {"d_loss", "g_loss"}
+    assert g["generator.h.W"].loss == "g_loss"
+    assert g.losses["d_loss"]["discriminator.h.W"].text.startswith("∂L/∂discriminator.h.W[k,d] = ")
+
+
+def test_check_api():
+    summary = nndsl.check(ROOT / "examples" / "lecture_mlp.nn")
+    assert str(summary).startswith("model lecture_mlp") and "<pre>" in summary._repr_html_()
+    assert summary.model.name == "lecture_mlp"
+
+
+def test_a_bad_model_raises_the_cli_diagnostic(tmp_path):
+    bad = tmp_path / "bad.nn"
+    bad.write_text("model b\ninput x[3]\ntarget y[3]\nh = dens(x, 3)\nloss squared(h, y)\n")
+    with pytest.raises(CompileError) as info:
+        nndsl.gradients(bad)
+    assert "did you mean `dense`?" in info.value.rendered and f"{bad}:4:5" in info.value.rendered
+
+
+def test_import_nndsl_is_cheap():
+    import subprocess
+    import sys
+    code = "import sys, nndsl; print(any(m.startswith(('sympy', 'lark', 'numba')) for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "False"
