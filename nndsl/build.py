@@ -12,6 +12,7 @@ import jinja2
 
 from . import __version__
 from .diagnostics import UsageError
+from .frontend import memory
 from .resources import templates_dir
 
 
@@ -130,6 +131,7 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
+    memory.check_fits(model, dtype)        # refuse before numpy's allocator fails at Model()
     timings["check"] = time.perf_counter() - t0
     kernel_dir = "../" + KERNEL_DIR if shared_kernels else KERNEL_DIR
     rendered = render(model, dtype, target, os.path.basename(str(path)), timings, kernel_dir=kernel_dir)
@@ -188,12 +190,37 @@ def _exclusive_times(buffer) -> dict[str, float]:
 def _write_atomically(dest: Path, text: str) -> None:
     # numba's cache is keyed on the file's path and mtime: rewrite only when the text changed,
     # so an unchanged rebuild keeps the compiled kernels warm.
-    if dest.exists() and dest.read_text() == text:
+    if dest.exists() and dest.read_text(encoding="utf-8", errors="replace") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, dest)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, user_file_mode())      # mkstemp makes 0600; give it the user's umask
+        os.replace(tmp, dest)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+def user_file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def display_text(text: str) -> str:
+    """User text (a file name) made safe for a comment or a docstring of the generated module:
+    letters, digits and a few punctuation marks stay, everything else (newlines, quotes,
+    backslashes, braces, control characters) becomes `?`, so it can end neither the comment
+    nor the docstring, and holds no escape sequence."""
+    return "".join(c if (c.isalnum() or c in " ._-+,()[]@=~/") and c.isprintable() else "?"
+                   for c in text)
 
 
 def _environment() -> jinja2.Environment:
@@ -210,7 +237,8 @@ def _context(spec, source_file: str, target: str) -> dict:
     size_names = ["N"] + [s for s, _, _ in spec.free_sizes]
     train = model.train
     return dict(
-        version=__version__, source_file=source_file, dtype=spec.dtype, target=target,
+        # the file name is user text: comments and docstrings get a sanitised form
+        version=__version__, source_file=display_text(source_file), dtype=spec.dtype, target=target,
         source_hash=source_hash(model.source, spec.dtype, target),
         model=model, params=spec.params, n_params=spec.n_params, data=spec.data,
         free_sizes=spec.free_sizes, ws_size=spec.ws_size, forward=spec.forward,

@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 a bad model (diagnostics printed), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from .diagnostics import CompileError, UsageError, render_all
@@ -15,6 +17,29 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"nndsl: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum, with a one-line message otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -41,16 +66,34 @@ def _arg_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="build and train on a bundled data set or an .npz file")
     t.add_argument("file")
     t.add_argument("--data", required=True, help="digits|iris|breast_cancer|diabetes|wine|mnist or FILE.npz")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--epochs", type=_at_least(1))
+    t.add_argument("--batch-size", type=_at_least(1))
+    t.add_argument("--lr", type=_positive_float, help="learning rate of every optimiser (default: the model's)")
+    t.add_argument("--standardize", action="store_true",
+                   help="standardise an .npz file's features (and real targets) with the training mean and std")
     t.add_argument("--out", help="directory for the module, weights and pictures")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_at_least(0), default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # a pipe closed early fails here, not in Python's exit-time flush
+        return code
+    except BrokenPipeError:
+        # stdout closed early (`nndsl train ... | head -2`): stop quietly, like a shell tool
+        # killed by SIGPIPE; point stdout at /dev/null so the exit-time flush cannot fail too
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+
+
+def _main(argv=None) -> int:
     args = _arg_parser().parse_args(argv)
     if args.version:
         from . import __version__
@@ -71,6 +114,13 @@ def main(argv=None) -> int:
         print(render_all(exc.diagnostics, source, args.file), file=sys.stderr)
         n = len(exc.diagnostics)
         print(f"{n} error{'s' if n != 1 else ''} in {args.file}", file=sys.stderr)
+        return 1
+    except FloatingPointError as exc:    # training diverged (the data were checked before)
+        print(f"nndsl: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("nndsl: error: out of memory (see the estimate of `nndsl check`; try a smaller "
+              "--batch-size)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("nndsl: interrupted", file=sys.stderr)

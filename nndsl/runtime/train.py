@@ -1,6 +1,7 @@
 """`nndsl train`: build a model, bind a data set to its inputs, train, evaluate, save."""
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,6 +94,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
         out = m.forward(**inputs)
         pred = out[0] if isinstance(out, tuple) else out
         rmse = float(np.sqrt(np.mean((pred.reshape(len(pred), -1)[:, :1] - ds.y_test.reshape(len(pred), -1)) ** 2)))
+        if "targets" not in ds.standardised:      # say "standardised" only when it was
+            return f"test RMSE {rmse:.4g}"
         return f"test RMSE {rmse * ds.y_std:.4g} (standardised {rmse:.4f})"
     losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module._KERNELS[l.name][2]})
               for l in model_ir.losses}
@@ -105,23 +108,34 @@ def _without_labels(ds):
 
 
 def train_command(args) -> int:
-    from ..frontend import load_model
+    from ..frontend import load_model, memory
     from .data import load_dataset
     model_ir = load_model(args.file)
-    ds = load_dataset(args.data, seed=0)
+    memory.check_fits(model_ir, args.dtype, args.batch_size)
+    inputs = [d.name for d in model_ir.data if not d.is_target]
+    targets = [d.name for d in model_ir.data if d.is_target]
+    ds = load_dataset(args.data, seed=0, standardize=getattr(args, "standardize", False),
+                      x_name=inputs[0] if inputs else None, y_name=targets[0] if targets else None)
     out_dir = Path(args.out) if args.out else None
     t0 = time.perf_counter()
     module, result = build_and_import(args.file, out_dir, args.dtype)
     m = module.Model(seed=args.seed)
+    if getattr(args, "lr", None) is not None:
+        for name in list(m.lr):
+            m.lr[name] = args.lr
     rng = np.random.default_rng(args.seed)
     train = bind(module, ds.x_train, ds.y_train)
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
     print(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
-          f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples")
+          f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
+          + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else ""))
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
-    history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
-                    validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
-                    **train)
+    try:
+        history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
+                        validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
+                        **train)
+    except ValueError as exc:          # the module's message for data it cannot take
+        raise UsageError(f"{ds.name}: {exc}") from None
     seconds = time.perf_counter() - t0
     print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
     print(evaluate(model_ir, module, m, ds, test))
@@ -129,7 +143,10 @@ def train_command(args) -> int:
         weights = out_dir / f"{model_ir.name}.npz"
         m.save(weights)
         print(f"saved {weights} and {result.path}")
-        from .pictures import save_pictures
+        from .pictures import have_matplotlib, save_pictures
+        if not have_matplotlib():
+            print("nndsl: note: no pictures: they need matplotlib (pip install 'nndsl[plots]')",
+                  file=sys.stderr)
         for png in save_pictures(model_ir, module, m, ds, test, history, out_dir):
             print(f"wrote {png}")
     return 0
