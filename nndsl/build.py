@@ -85,11 +85,12 @@ def _render_entry(env, spec) -> tuple[str, str]:
     """The entry function's file, named by a hash of its text. Data arguments get canonical
     names (d0, d1, …), so models with the same kinds of kernels and data share it."""
     from dataclasses import replace
-    canonical = {d["name"]: f"d{i}" for i, d in enumerate(spec.data)}
+    # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
+    canonical = {spec.graph.values[d["name"]].name: f"d{i}" for i, d in enumerate(spec.data)}
     branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
     context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
                    updates=spec.updates, has_draws=spec.has_draws,
-                   data_args="".join(f"{canonical[d['name']]}, " for d in spec.data))
+                   data_args="".join(f"d{i}, " for i in range(len(spec.data))))
     template = env.get_template("entry.py.j2")
     digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
     name = f"entry_{digest}"
