@@ -12,6 +12,7 @@ import jinja2
 
 from . import __version__
 from .diagnostics import UsageError
+from .frontend import memory
 from .resources import templates_dir
 
 
@@ -67,16 +68,34 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     timings["sympy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     env = _environment()
-    context = _context(spec, source_file or model.path, target)
-    context["kernel_dir"] = kernel_dir
-    text = env.get_template("module.py.j2").render(**context)
     kernel_template = env.get_template("kernel.py.j2")
     kernels, names = {}, {}
     for name, k in spec.kernels.items():
         kernels[name] = kernel_template.render(version=__version__, k=k, dtype=dtype, uses=_helpers_used(k.text))
         names.setdefault(k.kind, []).append(name)
+    entry_name, kernels[entry_name] = _render_entry(env, spec)
+    names["entry"] = [entry_name]
+    context = _context(spec, source_file or model.path, target)
+    context.update(kernel_dir=kernel_dir, entry_name=entry_name)
+    text = env.get_template("module.py.j2").render(**context)
     timings["render"] = time.perf_counter() - t0
     return Rendered(text, kernels, names)
+
+
+def _render_entry(env, spec) -> tuple[str, str]:
+    """The entry function's file, named by a hash of its text. Data arguments get canonical
+    names (d0, d1, …), so models with the same kinds of kernels and data share it."""
+    from dataclasses import replace
+    # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
+    canonical = {spec.graph.values[d["name"]].name: f"d{i}" for i, d in enumerate(spec.data)}
+    branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
+    context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
+                   updates=spec.updates, has_draws=spec.has_draws,
+                   data_args="".join(f"d{i}, " for i in range(len(spec.data))))
+    template = env.get_template("entry.py.j2")
+    digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
+    name = f"entry_{digest}"
+    return name, template.render(name=name, **context)
 
 
 def render_helpers(dtype: str) -> str:
@@ -106,20 +125,24 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
 
 
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
-               target: str = "cpu", compile: bool = False) -> BuildResult:
-    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile."""
+               target: str = "cpu", compile: bool = False, shared_kernels: bool = False) -> BuildResult:
+    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile.
+    `shared_kernels`: the kernels go to OUT_DIR/../nndsl_kernels, shared by every sibling
+    folder (the per-source build folders of `nndsl train`)."""
     from .frontend import load_model
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
+    memory.check_fits(model, dtype)        # refuse before numpy's allocator fails at Model()
     timings["check"] = time.perf_counter() - t0
-    rendered = render(model, dtype, target, os.path.basename(str(path)), timings)
+    kernel_dir = "../" + KERNEL_DIR if shared_kernels else KERNEL_DIR
+    rendered = render(model, dtype, target, os.path.basename(str(path)), timings, kernel_dir=kernel_dir)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
-    dest = write_rendered(rendered, out / f"{model.name}.py")
+    dest = write_rendered(rendered, out / f"{model.name}.py", out.parent / KERNEL_DIR if shared_kernels else None)
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
     if compile:
@@ -169,12 +192,37 @@ def _exclusive_times(buffer) -> dict[str, float]:
 def _write_atomically(dest: Path, text: str) -> None:
     # numba's cache is keyed on the file's path and mtime: rewrite only when the text changed,
     # so an unchanged rebuild keeps the compiled kernels warm.
-    if dest.exists() and dest.read_text() == text:
+    if dest.exists() and dest.read_text(encoding="utf-8", errors="replace") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, dest)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".py.tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, user_file_mode())      # mkstemp makes 0600; give it the user's umask
+        os.replace(tmp, dest)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+def user_file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def display_text(text: str) -> str:
+    """User text (a file name) made safe for a comment or a docstring of the generated module:
+    letters, digits and a few punctuation marks stay, everything else (newlines, quotes,
+    backslashes, braces, control characters) becomes `?`, so it can end neither the comment
+    nor the docstring, and holds no escape sequence."""
+    return "".join(c if (c.isalnum() or c in " ._-+,()[]@=~/") and c.isprintable() else "?"
+                   for c in text)
 
 
 def _environment() -> jinja2.Environment:
@@ -191,7 +239,8 @@ def _context(spec, source_file: str, target: str) -> dict:
     size_names = ["N"] + [s for s, _, _ in spec.free_sizes]
     train = model.train
     return dict(
-        version=__version__, source_file=source_file, dtype=spec.dtype, target=target,
+        # the file name is user text: comments and docstrings get a sanitised form
+        version=__version__, source_file=display_text(source_file), dtype=spec.dtype, target=target,
         source_hash=source_hash(model.source, spec.dtype, target),
         model=model, params=spec.params, n_params=spec.n_params, data=spec.data,
         free_sizes=spec.free_sizes, ws_size=spec.ws_size, forward=spec.forward,
@@ -205,9 +254,7 @@ def _context(spec, source_file: str, target: str) -> dict:
         size_args=", ".join(size_names),
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         kernel_names=list(spec.kernels), output_views=spec.output_views,
-        branches=list(spec.plans.branches.values()), plans=list(spec.plans.plans.values()),
-        width=spec.plans.width, updates=spec.updates, has_draws=spec.has_draws,
-        data_args="".join(f"{d['name']}, " for d in spec.data),
+        plans=list(spec.plans.plans.values()), width=spec.plans.width,
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
                         clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
     )

@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 a bad model (diagnostics printed), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from .diagnostics import CompileError, UsageError, render_all
@@ -15,6 +17,29 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"nndsl: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum, with a one-line message otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -41,23 +66,41 @@ def _arg_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="build and train on a bundled data set or an .npz file")
     t.add_argument("file")
     t.add_argument("--data", required=True, help="digits|iris|breast_cancer|diabetes|wine|mnist or FILE.npz")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--epochs", type=_at_least(1))
+    t.add_argument("--batch-size", type=_at_least(1))
+    t.add_argument("--lr", type=_positive_float, help="learning rate of every optimiser (default: the model's)")
+    t.add_argument("--standardize", action="store_true",
+                   help="standardise an .npz file's features (and real targets) with the training mean and std")
     t.add_argument("--out", help="directory for the module, weights and pictures")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_at_least(0), default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     # data-parallel training and checkpoints (docs/scaling.md)
-    t.add_argument("--workers", type=int, default=1,
+    t.add_argument("--workers", type=_at_least(1), default=1,
                    help="train on K MPI processes (runs mpiexec -n K; needs the mpi extra)")
     t.add_argument("--checkpoint", metavar="DIR", help="write DIR/checkpoint.npz every --every batches")
-    t.add_argument("--every", type=int, default=0, metavar="K",
+    t.add_argument("--every", type=_at_least(0), default=0, metavar="K",
                    help="checkpoint every K batches (default: every epoch)")
     t.add_argument("--resume", metavar="DIR", help="continue from DIR/checkpoint.npz (same command otherwise)")
     return p
 
 
 def main(argv=None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # a pipe closed early fails here, not in Python's exit-time flush
+        return code
+    except BrokenPipeError:
+        # stdout closed early (`nndsl train ... | head -2`): stop quietly, like a shell tool
+        # killed by SIGPIPE; point stdout at /dev/null so the exit-time flush cannot fail too
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _arg_parser().parse_args(argv)
     args.argv = argv                   # `train --workers K` runs the same command under mpiexec
@@ -81,7 +124,14 @@ def main(argv=None) -> int:
         n = len(exc.diagnostics)
         print(f"{n} error{'s' if n != 1 else ''} in {args.file}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:
+    except FloatingPointError as exc:    # training diverged (the data were checked before)
+        print(f"nndsl: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("nndsl: error: out of memory (see the estimate of `nndsl check`; try a smaller "
+              "--batch-size)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:     # fit's message says where, and the checkpoint
         print(f"nndsl: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
 
@@ -125,13 +175,13 @@ def _kernel_report(result) -> str:
     """Distinct kernels per kind, how many numba compiled now (the rest came from its cache),
     and numba's seconds per kind."""
     by_kind = {name: kind for kind, names in result.kernels.items() for name in names}
-    lines = [f"  {sum(map(len, result.kernels.values()))} distinct kernels, "
+    lines = [f"  {sum(map(len, result.kernels.values()))} distinct kernels (the entry included), "
              f"{sum(1 for k in result.compiled if k in by_kind)} compiled now (others from numba's cache):"]
     for kind, names in result.kernels.items():
         done = [result.compiled[n] for n in names if n in result.compiled]
         lines.append(f"    {kind:<10} {len(names):3d} kernels, {len(done):3d} compiled {sum(done) * 1000:8.1f} ms")
     other = {k: v for k, v in result.compiled.items() if k not in by_kind}
-    lines.append(f"    {'entry':<10} {sum(other.values()) * 1000:29.1f} ms  ({', '.join(sorted(other)) or 'cached'})")
+    lines.append(f"    {'numba own':<10} {sum(other.values()) * 1000:29.1f} ms  (BLAS set-up and helpers, once a process)")
     return "\n".join(lines)
 
 

@@ -185,3 +185,18 @@ def test_bad_node_calls_are_clear_errors(call, message):
     with pytest.raises(ValueError) as err:
         call(compile_source(VAE_DIGITS).Model(seed=0))
     assert message in str(err.value)
+
+
+def test_user_names_never_collide_with_generated_code():
+    """Inputs, targets and nodes named like the module's own globals (np, math, theta, ws)."""
+    mod = compile_source("""model names
+input np[2]
+target math[1]
+theta = dense(np, 3, act=tanh)
+ws = dense(theta, 1)
+loss squared(ws, math)
+""")
+    m = mod.Model(seed=0)
+    x, y = np.ones((4, 2)), np.ones((4, 1))
+    assert np.isfinite(m.step(np=x, math=y))
+    np.testing.assert_allclose(m.forward(outputs="theta", np=x), np.tanh(x @ m.params["theta.W"].T + m.params["theta.b"]))

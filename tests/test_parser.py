@@ -16,10 +16,9 @@ from nndsl.frontend import ast
 from nndsl.diagnostics import Span
 from nndsl.frontend.parser import keywords, parse
 
-LANGUAGE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "LANGUAGE.md"
 
 # The `.nn` code blocks of LANGUAGE.md §2-§5, copied so that this test never
-# depends on the file being present (test_language_md_blocks reads the file).
+# depends on the shared file (tests/test_docs.py checks docs/language.md, which ships).
 SNIPPETS = {
     "declarations": """
 input  x[784]              # arrays passed as shape (N, 784)
@@ -149,17 +148,6 @@ def test_snippet_parses(name):
     program = parse(with_model(SNIPPETS[name]), f"{name}.nn")
     assert isinstance(program.statements[0], ast.ModelDecl)
     assert len(program.statements) > 1
-
-
-def test_language_md_blocks():
-    if not LANGUAGE_MD.is_file():
-        pytest.skip(f"{LANGUAGE_MD} is not present; the inline SNIPPETS cover the same code")
-    text = LANGUAGE_MD.read_text(encoding="utf-8")
-    sections = text[text.index("\n## 1."):text.index("\n## 6.")]    # §6 on is shell/Python
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", sections, re.M | re.S)
-    assert len(blocks) >= 5
-    for block in blocks:
-        parse(with_model(block), "LANGUAGE.md")            # raises on any syntax error
 
 
 # --------------------------------------------------------------- AST shapes

@@ -6,6 +6,9 @@ is worth, which activations exist and what an initialiser means.
 """
 from __future__ import annotations
 
+import keyword
+import sys
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -78,6 +81,7 @@ class Context:
                     self.error("a file holds one model", st.span,
                                notes=[("the model is declared here", model.span)])
                 model = model or st
+                self._check_module_name(st)
                 continue
             kind = _KIND_OF_STATEMENT.get(type(st))
             if kind is not None and not self.declare(st.name, kind, st.name_span, i):
@@ -104,7 +108,26 @@ class Context:
         if what is not None:
             self.error(f"`{name}` is a built-in {what} and cannot be redefined", span,
                        "choose another name")
+        elif keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            # names become keyword arguments (`m.forward(x=...)`) and variables of the
+            # generated module: a Python keyword can be neither
+            self.error(f"`{name}` is a Python keyword and cannot name a value", span,
+                       f"choose another name, e.g. `{name}_`")
+            return False
         return what is None
+
+    def _check_module_name(self, st: ast.ModelDecl) -> None:
+        """`model NAME` writes NAME.py: a name that shadows a module the generated code (or
+        the user's program) imports would make `import NAME` load the wrong file."""
+        clash = module_name_clash(st.name)
+        if clash is None:
+            return
+        line = self.program.source.splitlines()[st.span.line - 1] if self.program.source else ""
+        col = line.find(st.name, st.span.col - 1 + len("model"))
+        span = Span(st.span.line, col + 1, st.span.line, col + 1 + len(st.name)) if col >= 0 else st.span
+        self.error(f"model name `{st.name}` would shadow {clash}: `nndsl build` writes "
+                   f"{st.name}.py, and importing it would hide that module", span,
+                   f"choose another name, e.g. `{st.name}_model`")
 
     def statements(self, kind: type) -> list:
         """The statements of one type, without those shadowed by a duplicate."""
@@ -178,3 +201,18 @@ class Context:
             raise ArgError(d.message, d.span, d.hint) if d else ArgError.silent()
         value = next(iter(bound.values.values()), None)
         return ir.Init(kind, None if value is None else float(value))
+
+
+# Packages the generated module and `nndsl train` import (it registers the module in
+# sys.modules under its name), besides the standard library.
+_GENERATED_IMPORTS = ("numpy", "numba", "llvmlite", "scipy", "nndsl", "jinja2", "sympy", "lark",
+                      "matplotlib", "sklearn", "mlxtend")
+
+
+def module_name_clash(name: str) -> Optional[str]:
+    """What a module named `name` would shadow, or None."""
+    if name in _GENERATED_IMPORTS:
+        return f"the `{name}` package"
+    if name in sys.stdlib_module_names:
+        return f"the standard library's `{name}` module"
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from math import prod
 from typing import Sequence
 
-from . import ir
+from . import ir, memory
 from .exprs import format_expr
 from .shapes import fmt_shape
 from .signature import fmt_number
@@ -18,6 +18,7 @@ def summarize(model: ir.ModelIR) -> str:
         _section(f"parameters: {len(model.params)} tensors, {_count(model.params):,} values",
                  _param_rows(model)),
         _section("losses", [], _loss_lines(model)),
+        _section("memory", [], memory.summary_lines(model)),
         _settings(model),
     ]
     return "\n\n".join(s for s in sections if s)

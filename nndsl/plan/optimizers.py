@@ -25,6 +25,18 @@ if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
     scale = F(clip_norm / math.sqrt(norm2))
 '''
 
+# heavy-ball momentum; Nesterov's step looks ahead along the new velocity
+_MOMENTUM = '''\
+mu = F(momentum)
+for r in range(ranges.shape[0]):
+    lo, hi = ranges[r, 0], ranges[r, 1]
+    p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
+    for i in range(p.size):
+        g = dp[i] * scale
+        v[i] = mu * v[i] + g if t > 1 else g
+        p[i] -= lr * {step}
+'''
+
 # kind: (hyperparameter names, body after _HEAD)
 _BODIES = {
     "adam": (("beta1", "beta2", "eps"), '''\
@@ -47,26 +59,8 @@ for r in range(ranges.shape[0]):
     for i in range(p.size):
         p[i] -= lr * (dp[i] * scale)
 '''),
-    "momentum": (("momentum",), '''\
-mu = F(momentum)
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        v[i] = mu * v[i] + g if t > 1 else g
-        p[i] -= lr * v[i]
-'''),
-    "nesterov": (("momentum",), '''\
-mu = F(momentum)
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        v[i] = mu * v[i] + g if t > 1 else g
-        p[i] -= lr * (g + mu * v[i])
-'''),
+    "momentum": (("momentum",), _MOMENTUM.format(step="v[i]")),
+    "nesterov": (("momentum",), _MOMENTUM.format(step="(g + mu * v[i])")),
     "adagrad": (("eps",), '''\
 e = F(eps)
 for r in range(ranges.shape[0]):

@@ -26,8 +26,13 @@ Preprocessing:
 
 `FILE.npz` holds either `x_train, y_train, x_test, y_test` (the `y_*` arrays are
 optional, e.g. for autoencoders) or just `x` (and optionally `y`), which is then
-split like a named set.  Its arrays are used as they are (no scaling); integer
-`y` means class labels, real `y` regression targets.
+split like a named set.  `x` may also be spelled as the model's first input's
+name and `y` as its first target's name (`label`, `label_train`, ...).  Its arrays
+are used as they are (no scaling) unless `standardize=True` (`--standardize`):
+then features and real-valued targets are standardised like a tabular set's.
+Integer `y` means class labels, real `y` regression targets.  Every array must be
+numeric (bool, integer or real) and finite: a NaN or inf is reported with the
+array's key, the number of bad rows and the first one (docs/data.md).
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class Dataset:
     image_shape: Optional[tuple[int, int]]      # (8, 8) digits, (28, 28) mnist
     y_mean: float = 0.0
     y_std: float = 1.0
+    standardised: tuple[str, ...] = ()         # what was standardised: "features", "targets"
 
     @property
     def n_features(self) -> int:
@@ -100,11 +106,17 @@ def dataset_names() -> list[str]:
     return sorted(_SETS)
 
 
-def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2,
+                 standardize: bool = False, x_name: Optional[str] = None,
+                 y_name: Optional[str] = None) -> Dataset:
     """A named bundled data set or an `.npz` file, split and preprocessed.
 
+    `x_name`/`y_name` (the model's first input and target) are accepted as `.npz`
+    keys besides `x`/`y`; `standardize` standardises an `.npz` file's features and
+    real targets (the bundled tabular sets always are).
+
     Raises `UsageError` (never anything else for a user mistake): unknown name,
-    unreadable file, missing optional dependency.
+    unreadable file, missing optional dependency, non-numeric or non-finite data.
     """
     if not isinstance(test_fraction, (int, float)) or not 0.0 < float(test_fraction) < 1.0:
         raise UsageError(f"test_fraction must be between 0 and 1, got {test_fraction!r}")
@@ -113,8 +125,9 @@ def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2) -
     if key in _SETS:
         return _load_named(key, seed, float(test_fraction))
     path = Path(text)
-    if text.lower().endswith(".npz") or path.is_file():
-        return _load_npz(path, seed, float(test_fraction))
+    if text.lower().endswith(".npz") or path.exists():
+        ds = _load_npz(path, seed, float(test_fraction), x_name, y_name)
+        return _standardised(ds) if standardize else ds
     else:
         hint = did_you_mean(key, _SETS)
         msg = f"unknown data set `{text}`"
@@ -180,6 +193,8 @@ def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
         y_std = float(y_train.std()) or 1.0
         y_train = (y_train - y_mean) / y_std
         y_test = (y_test - y_mean) / y_std
+    standardised = (() if pixel_max is not None else ("features",)) + \
+        (("targets",) if task == "regression" else ())
 
     return Dataset(
         name=name,
@@ -188,7 +203,7 @@ def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
         x_test=np.ascontiguousarray(x_test, dtype=np.float64),
         y_test=np.ascontiguousarray(y_test),
         task=task, n_classes=n_classes, image_shape=image_shape,
-        y_mean=y_mean, y_std=y_std,
+        y_mean=y_mean, y_std=y_std, standardised=standardised,
     )
 
 
@@ -226,11 +241,13 @@ def _split(n: int, seed: int, test_fraction: float,
 
 
 # ------------------------------------------------------------------ npz files
-def _load_npz(path: Path, seed: int, test_fraction: float) -> Dataset:
+def _load_npz(path: Path, seed: int, test_fraction: float, x_name: Optional[str] = None,
+              y_name: Optional[str] = None) -> Dataset:
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     if path.is_dir():
-        raise UsageError(f"{path}: is a directory, expected an .npz file")
+        raise UsageError(f"{path}: is a directory; --data takes an .npz file or one of "
+                         f"{', '.join(dataset_names())}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: np.asarray(f[k]) for k in f.files}
@@ -239,8 +256,11 @@ def _load_npz(path: Path, seed: int, test_fraction: float) -> Dataset:
     except Exception as exc:  # zipfile.BadZipFile and friends
         raise UsageError(f"{path}: cannot read as .npz ({type(exc).__name__})") from None
 
+    found = ", ".join(sorted(arrays)) or "none"
+    arrays = _canonical_keys(path, arrays, x_name, y_name)
+    for k, a in arrays.items():                 # before splitting: name the key as stored
+        _check_numeric(path, k, a)
     keys = set(arrays)
-    found = ", ".join(sorted(keys)) or "none"
     if {"x_train", "x_test"} <= keys:
         x_train, x_test = arrays["x_train"], arrays["x_test"]
         y_train, y_test = arrays.get("y_train"), arrays.get("y_test")
@@ -263,8 +283,8 @@ def _load_npz(path: Path, seed: int, test_fraction: float) -> Dataset:
                          f"(y optional) or `x, y`; keys found: {found}")
 
     for nm, a in (("x_train", x_train), ("x_test", x_test)):
-        if a.ndim < 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise UsageError(f"{path}: `{nm}` must be a numeric array with examples along axis 0")
+        if a.ndim < 1 or a.shape[0] == 0:
+            raise UsageError(f"{path}: `{nm}` must hold at least one example along axis 0")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise UsageError(f"{path}: `x_train` has per-example shape {x_train.shape[1:]} "
                          f"but `x_test` has {x_test.shape[1:]}")
@@ -297,6 +317,50 @@ def _load_npz(path: Path, seed: int, test_fraction: float) -> Dataset:
         y_test=None if y_test is None else np.ascontiguousarray(y_test),
         task=task, n_classes=n_classes, image_shape=None,
     )
+
+
+def _canonical_keys(path: Path, arrays: dict, x_name, y_name) -> dict:
+    """The model's own names (`label`, `label_train`, ...) as `x`/`y` keys."""
+    out = dict(arrays)
+    for own, std in ((x_name, "x"), (y_name, "y")):
+        if not own or own == std:
+            continue
+        for suffix in ("", "_train", "_test"):
+            if own + suffix in arrays:
+                if std + suffix in arrays:
+                    raise UsageError(f"{path}: holds both `{std}{suffix}` and `{own}{suffix}`; "
+                                     f"keep one")
+                out[std + suffix] = out.pop(own + suffix)
+    return out
+
+
+def _check_numeric(path: Path, key: str, a: np.ndarray) -> None:
+    """A clear message for a data array the model cannot take: not numbers, or not finite."""
+    if a.dtype.kind not in "biuf":
+        raise UsageError(f"{path}: `{key}` must be a numeric array (bool, integer or real), "
+                         f"got dtype {a.dtype}")
+    if a.ndim < 1:
+        raise UsageError(f"{path}: `{key}` must be an array with examples along axis 0, got a scalar")
+    if a.dtype.kind == "f" and a.size:
+        ok = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise UsageError(f"{path}: `{key}` has {len(bad)} of {a.shape[0]} rows holding NaN or "
+                             f"inf (the first is row {bad[0]}); remove or impute them")
+
+
+def _standardised(ds: Dataset) -> Dataset:
+    """Features (and real targets) standardised with the training mean and std."""
+    from dataclasses import replace
+    mean, std = ds.x_train.mean(axis=0), ds.x_train.std(axis=0)
+    std = np.where(std == 0, 1.0, std)
+    changes = dict(x_train=(ds.x_train - mean) / std, x_test=(ds.x_test - mean) / std,
+                   standardised=("features",))
+    if ds.y_train is not None and ds.task == "regression":
+        y_mean, y_std = float(ds.y_train.mean()), float(ds.y_train.std()) or 1.0
+        changes.update(y_train=(ds.y_train - y_mean) / y_std, y_test=(ds.y_test - y_mean) / y_std,
+                       y_mean=y_mean, y_std=y_std, standardised=("features", "targets"))
+    return replace(ds, **changes)
 
 
 def _is_integer(a: np.ndarray) -> bool:

@@ -36,6 +36,12 @@ N_SAMPLES = 64        # generated images (an 8 x 8 grid)
 GRID = 15             # the decoded latent plane: GRID x GRID images
 
 
+def have_matplotlib() -> bool:
+    """Whether the `plots` extra is installed (`nndsl train --out` says so once if not)."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def save_pictures(model_ir, module, m, ds, test, history, out_dir) -> list[Path]:
     """Write the pictures that fit the model into `out_dir`; return their paths."""
     try:

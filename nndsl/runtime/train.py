@@ -1,6 +1,7 @@
 """`nndsl train`: build a model, bind a data set to its inputs, train, evaluate, save."""
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,10 +16,11 @@ def build_and_import(path, out_dir=None, dtype="float32"):
     """Build `path` (into `out_dir`, or a per-source cache folder) and import the module."""
     from ..build import build_file, source_hash
     from ..frontend import read_source
-    if out_dir is None:
+    shared = out_dir is None
+    if shared:      # one folder per source, one kernel folder for all: models share kernels
         key = source_hash(read_source(path), dtype, "cpu")[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
-    result = build_file(path, out_dir, dtype=dtype)
+    result = build_file(path, out_dir, dtype=dtype, shared_kernels=shared)
     return import_module(result.path, result.module_name), result
 
 
@@ -92,6 +94,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
         out = m.forward(**inputs)
         pred = out[0] if isinstance(out, tuple) else out
         rmse = float(np.sqrt(np.mean((pred.reshape(len(pred), -1)[:, :1] - ds.y_test.reshape(len(pred), -1)) ** 2)))
+        if "targets" not in ds.standardised:      # say "standardised" only when it was
+            return f"test RMSE {rmse:.4g}"
         return f"test RMSE {rmse * ds.y_std:.4g} (standardised {rmse:.4f})"
     losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module._KERNELS[l.name][2]})
               for l in model_ir.losses}
@@ -115,27 +119,35 @@ def train_command(args) -> int:
 
 
 def _train(args, comm) -> int:
-    from ..frontend import load_model
+    from ..frontend import load_model, memory
     from .data import load_dataset
     rank = comm.Get_rank() if comm is not None else 0
     say = print if rank == 0 else (lambda *a, **k: None)        # one voice: rank 0
     model_ir = load_model(args.file)
+    memory.check_fits(model_ir, args.dtype, args.batch_size)
+    inputs = [d.name for d in model_ir.data if not d.is_target]
+    targets = [d.name for d in model_ir.data if d.is_target]
     out_dir = Path(args.out) if args.out else None
     t0 = time.perf_counter()
     # rank 0 first: it downloads the data and writes the module; the others then read both
     for turn in ((0, 1) if comm is not None else (0,)):
         if (rank == 0) == (turn == 0):
-            ds = load_dataset(args.data, seed=0)
+            ds = load_dataset(args.data, seed=0, standardize=getattr(args, "standardize", False),
+                              x_name=inputs[0] if inputs else None, y_name=targets[0] if targets else None)
             module, result = build_and_import(args.file, out_dir, args.dtype)
         if comm is not None:
             comm.Barrier()
     m = module.Model(seed=args.seed)
+    if getattr(args, "lr", None) is not None:
+        for name in list(m.lr):
+            m.lr[name] = args.lr
     rng = np.random.default_rng(args.seed)
     train = bind(module, ds.x_train, ds.y_train)
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
     workers = f" on {comm.Get_size()} workers" if comm is not None else ""
     say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
-        f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples{workers}")
+        f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
+        + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else "") + workers)
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
@@ -145,7 +157,9 @@ def _train(args, comm) -> int:
         history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
                         validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
                         comm=comm, checkpoint=checkpoint, every=args.every, resume=resume, **train)
-    except KeyboardInterrupt as exc:
+    except ValueError as exc:          # the module's message for data it cannot take
+        raise UsageError(f"{ds.name}: {exc}") from None
+    except KeyboardInterrupt:
         if rank != 0:
             return 130                 # every rank stopped at the same batch; rank 0 speaks
         if checkpoint is not None:
@@ -160,7 +174,10 @@ def _train(args, comm) -> int:
         weights = out_dir / f"{model_ir.name}.npz"
         m.save(weights)
         print(f"saved {weights} and {result.path}")
-        from .pictures import save_pictures
+        from .pictures import have_matplotlib, save_pictures
+        if not have_matplotlib():
+            print("nndsl: note: no pictures: they need matplotlib (pip install 'nndsl[plots]')",
+                  file=sys.stderr)
         for png in save_pictures(model_ir, module, m, ds, test, history, out_dir):
             print(f"wrote {png}")
     return 0
