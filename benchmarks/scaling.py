@@ -3,7 +3,8 @@
     python benchmarks/scaling.py [--model examples/mnist_mlp.nn] [--epochs 8] [--target 0.90]
 
 Measured (float32, `--data mnist`, the model's batch):
-  1. one process with 2 BLAS threads  against  2 MPI ranks (mpiexec -n 2) with 1 thread each:
+  1. one process with 2 BLAS threads  against  2 MPI ranks (mpiexec -n 2) with 1 thread each
+     (and one process with 1 thread, the reference):
      examples/s of training, and training seconds until the test accuracy first reaches
      `--target` (evaluation not counted);
   2. the compute time of one step against the per-rank batch b (1 thread), fitted as
@@ -146,7 +147,8 @@ def report(args):
     print(f"# {name}: data-parallel scaling on {os.cpu_count()} cores (shared machine: noisy)\n")
     print("| configuration | examples/s | s to test accuracy ≥ "
           f"{args.target:.0%} | accuracy per epoch |\n|---|---|---|---|")
-    for label, ranks, threads in [("1 process × 2 BLAS threads", 1, 2), ("2 MPI ranks × 1 thread", 2, 1)]:
+    for label, ranks, threads in [("1 process × 2 BLAS threads", 1, 2), ("2 MPI ranks × 1 thread", 2, 1),
+                                  ("1 process × 1 thread (reference)", 1, 1)]:
         r = _run_worker("train", args, ranks, threads)
         target = f"{r['to_target']:.2f}" if r["to_target"] is not None else "not reached"
         print(f"| {label} | {r['examples_per_s']:,.0f} | {target} | "
