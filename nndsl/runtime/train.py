@@ -109,6 +109,8 @@ def _without_labels(ds):
 
 def train_command(args) -> int:
     from . import parallel
+    if args.every and not (args.checkpoint or args.resume):
+        raise UsageError("--every K needs --checkpoint DIR (where to write every K batches)")
     if args.resume and not (Path(args.resume) / "checkpoint.npz").exists():
         raise UsageError(f"--resume {args.resume}: no checkpoint.npz there")   # before K ranks start
     if args.workers and args.workers > 1 and parallel.launched_size() <= 1:
