@@ -8,7 +8,8 @@ gradient, the adjoint stage is
 with `∂F/∂u` from `sympy.diff` on the scalar `F` (accesses are plain symbols),
 re-expressed through the forward value `out` where sympy's result contains F
 itself (`1 - h²` for tanh, `h(1 - h)` for σ), and `w` the reduction's weight
-(1 for sums, `exp(F - out)` for log-sum-exp, the arg-max indicator for max).
+(1 for sums, `exp(F - out)` for log-sum-exp, the arg-max indicator for max: the
+stored first arg-max where the forward pass kept one, else `F >= out`).
 A plain `A` makes the adjoint a reduction; an affine or repeated `A` (windows,
 concat, broadcasting) makes it a scatter-add.  Nothing else is special-cased.
 """
@@ -38,6 +39,8 @@ def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
         if s.out in needed:
             keep.append(s)
             needed |= {a.tensor for a in s.accesses}
+            if "argmax" in s.attrs:              # the max's adjoint reads its arg-max
+                needed.add(s.attrs["argmax"])
     return keep[::-1]
 
 
@@ -115,6 +118,8 @@ def _through_forward_value(partial: sp.Expr, s: Stage, out_value, wrt: sp.Symbol
     if s.reduce == "logsumexp":
         return sp.exp(s.expr - out_value) * partial
     if s.reduce == "max":
+        if "argmax" in s.attrs:      # exactly the first arg-max, whatever the ties
+            return fn.eq(s.reduced_position, sp.IndexedBase(s.attrs["argmax"])[s.index]) * partial
         return fn.ge(s.expr, out_value) * partial
     return partial
 

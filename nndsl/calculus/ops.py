@@ -236,6 +236,78 @@ def _flatten(g: Graph, node: ir.Node, x: Handle):
     return out
 
 
+# ------------------------------------------------------- images: (C, H, W)
+def _padded(g: Graph, node: ir.Node, x: Handle, pad: int) -> Handle:
+    """x with `pad` zeros around H and W: a zeroed tensor, then x written at an affine offset.
+    The conv then reads only affine, always in-bounds accesses (no guards in its loops), and
+    Δx comes out of derive as the plain read Δx[n,c,i,j] = Δxp[n,c,i+pad,j+pad]."""
+    if pad == 0:
+        return x
+    n, c, h, w = idx("n c h w")
+    _, C, H, W = x.shape
+    xp = g.b.tensor(node.name + ".pad", (N, C, H + 2 * pad, W + 2 * pad), "value")
+    g.b.assign(xp, (n, c, h, w), sp.Integer(0), note=f"{node.name}: zero border")
+    g.b.assign(xp, (n, c, h + pad, w + pad), x[n, c, h, w], note=f"{node.name}: input inside a {pad}-wide zero border")
+    return xp
+
+
+def _window(x: Handle, n, c, i, j, p, q, stride: int):
+    """x[n, c, i·s + p, j·s + q]: the (p, q) element of the window of output (i, j)."""
+    return x[n, c, i * stride + p, j * stride + q]
+
+
+@layer("conv2d")
+def _conv2d(g: Graph, node: ir.Node, x: Handle):
+    """z[n,f,i,j] = Σ_{c,p,q} W[f,c,p,q]·xp[n,c,i·s+p,j·s+q] (xp: x zero-padded);
+    a = z + b[f];  out = act(a)."""
+    n, f, i, j, c, p, q = idx("n f i j c p q")
+    W = g.param(node, "W")
+    s, pad = int(node.attrs["stride"]), int(node.attrs["pad"])
+    act = node.attrs.get("act", "identity")
+    bias = node.attrs.get("bias", True)
+    src = _padded(g, node, x, pad)
+    shape = g.full_shape(node.shape)
+    z = g.b.tensor(node.name if act == "identity" and not bias else node.name + ".z", shape, "value")
+    g.b.assign(z, (n, f, i, j), W[f, c, p, q] * _window(src, n, c, i, j, p, q, s), over=(c, p, q),
+               reduce="sum", note=f"{node.name}: Σ_c,p,q W·x window")
+    a = z
+    if bias:
+        b = g.param(node, "b")
+        a = g.b.tensor(node.name if act == "identity" else node.name + ".a", shape, "value")
+        g.b.assign(a, (n, f, i, j), z[n, f, i, j] + b[f], note=f"{node.name}: + b")
+    return apply_activation(g, act, a, node.name, f"{node.name} = {act}(a)")
+
+
+@layer("maxpool")
+def _maxpool(g: Graph, node: ir.Node, x: Handle):
+    """out[n,c,i,j] = max_{p,q} x[n,c,i·s+p,j·s+q].  The window's first arg-max (row-major,
+    p·size + q) is kept beside it: derive routes Δout to exactly that element (ties: the
+    first in the window, as PyTorch), rather than to every element equal to the max."""
+    n, c, i, j, p, q = idx("n c i j p q")
+    size, s = int(node.attrs["size"]), int(node.attrs["stride"])
+    shape = g.full_shape(node.shape)
+    sizes = {p: sp.Integer(size), q: sp.Integer(size)}
+    arg = g.b.tensor(node.name + ".argmax", shape, "value")
+    g.b.assign(arg, (n, c, i, j), _window(x, n, c, i, j, p, q, s), over=(p, q), reduce="argmax",
+               sizes=sizes, note=f"{node.name}: first arg-max of each window")
+    out = g.b.tensor(node.name, shape, "value")
+    g.b.assign(out, (n, c, i, j), _window(x, n, c, i, j, p, q, s), over=(p, q), reduce="max",
+               sizes=sizes, attrs={"argmax": arg.name}, note=f"{node.name} = max over each window")
+    return out
+
+
+@layer("avgpool")
+def _avgpool(g: Graph, node: ir.Node, x: Handle):
+    """out[n,c,i,j] = Σ_{p,q} x[n,c,i·s+p,j·s+q] / size²."""
+    n, c, i, j, p, q = idx("n c i j p q")
+    size, s = int(node.attrs["size"]), int(node.attrs["stride"])
+    out = g.b.tensor(node.name, g.full_shape(node.shape), "value")
+    g.b.assign(out, (n, c, i, j), _window(x, n, c, i, j, p, q, s) / (size * size), over=(p, q),
+               reduce="sum", sizes={p: sp.Integer(size), q: sp.Integer(size)},
+               note=f"{node.name} = mean over each window")
+    return out
+
+
 def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:
     eps = g.b.tensor(node.name + ".noise", g.full_shape(node.shape), "noise")
     return g.b.special("draw", eps, note=f"{node.name}: {dist} noise", dist=dist, **attrs)

@@ -137,6 +137,8 @@ class Emitter:
     def _printer(self, s: Stage, scalars=frozenset()) -> NumbaPrinter:
         names = {a.symbol: a.tensor if a.tensor in scalars else
                  f"{a.tensor}[{self.ix(a.index) if a.index else '0'}]" for a in s.accesses}
+        # loop indices inside a body (an arg-max position `p·K + q`), renamed like the loops
+        names.update({v: self.var(v) for v, _ in s.ranges if str(v) in self.taken})
         return NumbaPrinter(names, self.dtype)
 
     def _loops(self, s: Stage) -> list[str]:
@@ -168,6 +170,14 @@ class Emitter:
         elif s.reduce == "max":
             lines.append(ind + "acc = -np.inf")
             lines += self._inner(s, depth, f"acc = max(acc, {body})")
+            result = "acc"
+        elif s.reduce == "argmax":                    # strict >: the first maximum wins
+            lines.append(ind + "top = -np.inf")
+            lines.append(ind + f"acc = {p._lit('0.0')}")
+            lines += self._inner(s, depth, "value = " + body)
+            inner = "    " * (depth + len(s.reduce_vars))
+            lines += [inner + "if value > top:", inner + "    top = value",
+                      inner + f"    acc = {p.doprint(s.reduced_position)}"]
             result = "acc"
         elif s.reduce == "logsumexp":                 # two passes: max, then Σ exp(x - max)
             lines.append(ind + "top = -np.inf")
