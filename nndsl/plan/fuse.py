@@ -75,8 +75,14 @@ def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str],
             continue
         space = _space(s, memory_order)
         last = plan[-1] if plan else None
-        if isinstance(last, Group) and _same_space(last.ranges, space) and _can_join(last, s, space):
-            last.stages.append(_onto(s, space, last.ranges))
+        joined = None
+        if isinstance(last, Group):
+            for option in [space] + _read_orders(s, last):
+                if _same_space(last.ranges, option) and _can_join(last, s, option):
+                    joined = option
+                    break
+        if joined is not None:
+            last.stages.append(_onto(s, joined, last.ranges))
         else:
             plan.append(Group(tuple((v, n) for v, n in space), [_onto(s, space, space)]))
     writes: dict[str, int] = {}
@@ -107,6 +113,22 @@ def _space(s: Stage, memory_order) -> list[tuple]:
     order = [v for v in order if isinstance(v, sp.Symbol) and v in sizes]
     order += [v for v, _ in s.ranges if v not in order]
     return [(v, sizes[v]) for v in order]
+
+
+def _read_orders(s: Stage, group: Group) -> list[list[tuple]]:
+    """For a map that reads a value of `group` in another index order than it writes (a
+    transposing copy: Δzc[f,n,i,j] = Δa[n,f,i,j]), the loop order of that read, so that
+    it can join the nest that computes the value (which then stays in a register)."""
+    if s.reduce_vars:
+        return []
+    produced = {g.out for g in group.stages}
+    sizes = dict(s.ranges)
+    options = []
+    for a in s.accesses:
+        if a.tensor in produced and all(isinstance(i, sp.Symbol) for i in a.index) \
+                and set(a.index) == set(sizes) and len(a.index) == len(sizes):
+            options.append([(v, sizes[v]) for v in a.index])
+    return options
 
 
 def _same_space(a, b) -> bool:
