@@ -1,9 +1,9 @@
-"""conv2d written through im2col (GEMMs) against the direct window sum (loop nests).
+"""conv2d through im2col (GEMMs; col as columns or as rows) against the direct window sum.
 
     python benchmarks/conv_lowering.py [--model benchmarks/models/cnn.nn] [--rounds 5] [--batch 64]
 
-Builds the model twice, once per form of `nndsl.calculus.ops.CONV_IM2COL`, and alternates
-blocks of 10 Adam steps of the two modules in one process (fp32, random data); prints the
+Builds the model once per form of `nndsl.calculus.ops.CONV_FORM` and alternates blocks
+of 10 Adam steps of the modules in one process (fp32, random data); prints the
 build + first-step seconds and the median ms per step of each (docs/performance.md,
 "Convolutions").
 """
@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--model", default=str(ROOT / "benchmarks" / "models" / "cnn.nn"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--forms", default="columns,rows,direct")
     ap.add_argument("--out-dir", default=None, help="where the two modules go (default: a temporary folder)")
     args = ap.parse_args(argv)
     import nndsl.calculus.ops as ops
@@ -34,8 +35,8 @@ def main(argv=None):
 
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="nndsl_conv_"))
     runs = {}
-    for form, flag in (("im2col", True), ("direct", False)):
-        ops.CONV_IM2COL = flag
+    for form in args.forms.split(","):
+        ops.CONV_FORM = form
         t0 = time.perf_counter()
         built = build_file(args.model, out / form, dtype="float32")
         module = import_module(built.path, f"conv_lowering_{form}")
@@ -57,7 +58,9 @@ def main(argv=None):
             ms[form].append((time.perf_counter() - t0) * 100.0)
     for form, v in ms.items():
         print(f"{form}: median {np.median(v):.3f} ms/step  (rounds: {', '.join(f'{t:.2f}' for t in v)})")
-    print(f"direct / im2col: {np.median(ms['direct']) / np.median(ms['im2col']):.2f}x")
+    best = min(ms, key=lambda k: np.median(ms[k]))
+    for form, v in ms.items():
+        print(f"{form} / {best}: {np.median(v) / np.median(ms[best]):.2f}x")
 
 
 if __name__ == "__main__":

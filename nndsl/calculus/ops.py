@@ -257,23 +257,25 @@ def _window(x: Handle, n, c, i, j, p, q, stride: int):
 
 
 # How conv2d is written (docs/performance.md, "Convolutions"): through its im2col matrix,
-# so that the convolution and both of its adjoints are single GEMMs, or as the direct
-# window sum (loop nests).  Both are the same function of W and x, and derive differentiates
-# either; the switch exists to measure one against the other.
-CONV_IM2COL = True
+# so that the convolution and both of its adjoints are single GEMMs, or as the direct window
+# sum (loop nests).  "rows": col is (N·H'·W') × CK², one window per row (tall GEMMs, but the
+# loops around them transpose); "columns": col is CK² × (N·H'·W') and the GEMM's result is
+# channel-major (F, N, H', W'), so that every loop around the GEMMs runs along an image row
+# (vectorised).  All are the same function of W and x and derive differentiates any of them;
+# the switch exists to measure one against the other (benchmarks/conv_lowering.py).
+CONV_FORM = "columns"
 
 
 @layer("conv2d")
 def _conv2d(g: Graph, node: ir.Node, x: Handle):
     """out[n,f,i,j] = act(Σ_{c,p,q} W[f,c,p,q]·xp[n,c,i·s+p,j·s+q] + b[f])  (xp: x zero-padded).
 
-    Through im2col:  col[n,i,j,c,p,q] = xp[n,c,i·s+p,j·s+q]  (a gather: a map with affine
-    reads), zc[n,i,j,f] = Σ_{c,p,q} col[n,i,j,c,p,q]·W[f,c,p,q]  (one GEMM, N·H'·W' × CK²
-    times CK² × F: tall matrices, which OpenBLAS multiplies 2-3× faster than the wide
-    F × N·H'·W' orientation), then a[n,f,i,j] = zc[n,i,j,f] + b[f] and out = act(a) (one
-    loop nest that also puts the channels before the image axes again).  derive then gives
-    ΔW = Δzcᵀ·col and Δcol = Δzc·W (two GEMMs) and Δxp as the scatter-add of Δcol over the
-    windows (col2im)."""
+    Through im2col ("columns"):  col[c,p,q,n,i,j] = xp[n,c,i·s+p,j·s+q]  (a gather: a map
+    with affine reads), zc[f,n,i,j] = Σ_{c,p,q} W[f,c,p,q]·col[c,p,q,n,i,j]  (one GEMM,
+    F × CK² times CK² × N·H'·W'), then a[n,f,i,j] = zc[f,n,i,j] + b[f] and out = act(a) (one
+    loop nest that also puts the batch index first again).  derive then gives ΔW = Δzc·colᵀ
+    and Δcol = Wᵀ·Δzc (two GEMMs) and Δxp as the scatter-add of Δcol over the windows
+    (col2im).  "rows" is the same with col[n,i,j,c,p,q] and zc[n,i,j,f]."""
     n, f, i, j, c, p, q = idx("n f i j c p q")
     W = g.param(node, "W")
     s, pad = int(node.attrs["stride"]), int(node.attrs["pad"])
@@ -282,19 +284,26 @@ def _conv2d(g: Graph, node: ir.Node, x: Handle):
     src = _padded(g, node, x, pad)
     shape = g.full_shape(node.shape)
     F_, C, K = W.shape[0], W.shape[1], W.shape[2]
-    if CONV_IM2COL:
-        _, _, Ho, Wo = shape
+    _, _, Ho, Wo = shape
+    window = _window(src, n, c, i, j, p, q, s)
+    if CONV_FORM == "columns":
+        col = g.b.tensor(node.name + ".col", (C, K, K, N, Ho, Wo), "value")
+        g.b.assign(col, (c, p, q, n, i, j), window, note=f"{node.name}: im2col, every window as a column")
+        zc = g.b.tensor(node.name + ".zc", (F_, N, Ho, Wo), "value")
+        g.b.assign(zc, (f, n, i, j), W[f, c, p, q] * col[c, p, q, n, i, j], over=(c, p, q), reduce="sum",
+                   note=f"{node.name}: W·col")
+        z_read = zc[f, n, i, j]
+    elif CONV_FORM == "rows":
         col = g.b.tensor(node.name + ".col", (N, Ho, Wo, C, K, K), "value")
-        g.b.assign(col, (n, i, j, c, p, q), _window(src, n, c, i, j, p, q, s),
-                   note=f"{node.name}: im2col, every window as a row")
+        g.b.assign(col, (n, i, j, c, p, q), window, note=f"{node.name}: im2col, every window as a row")
         zc = g.b.tensor(node.name + ".zc", (N, Ho, Wo, F_), "value")
         g.b.assign(zc, (n, i, j, f), col[n, i, j, c, p, q] * W[f, c, p, q], over=(c, p, q), reduce="sum",
                    note=f"{node.name}: col·Wᵀ")
         z_read = zc[n, i, j, f]
     else:
         z = g.b.tensor(node.name + ".z", shape, "value")
-        g.b.assign(z, (n, f, i, j), W[f, c, p, q] * _window(src, n, c, i, j, p, q, s), over=(c, p, q),
-                   reduce="sum", note=f"{node.name}: Σ_c,p,q W·x window")
+        g.b.assign(z, (n, f, i, j), W[f, c, p, q] * window, over=(c, p, q), reduce="sum",
+                   note=f"{node.name}: Σ_c,p,q W·x window")
         z_read = z[n, f, i, j]
     a = g.b.tensor(node.name if act == "identity" else node.name + ".a", shape, "value")
     if bias:

@@ -90,8 +90,26 @@ def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str],
         writes[s.out] = writes.get(s.out, 0) + 1
     for item in plan:
         if isinstance(item, Group):
+            _reductions_outermost(item)
             _assign_storage(item, reads, writes, keep)
     return plan
+
+
+def _reductions_outermost(group: Group) -> None:
+    """Put the indices a reduction keeps outermost (Δb[f] of a conv's Δa[n,f,i,j]: f, n, i, j)
+    when that leaves the innermost loop as it is: the sum then runs in a register instead
+    of a load-add-store chain through memory that LLVM cannot break (it cannot prove `Δb`
+    does not alias the operands)."""
+    kept = {tuple(g.out_vars) for g in group.stages if g.reduce_vars}
+    if len(kept) != 1:
+        return
+    (outer,) = kept
+    order = [v for v, _ in group.ranges]
+    if not outer or order[:len(outer)] == list(outer) or order[-1] in outer:
+        return
+    sizes = dict(group.ranges)
+    first = [v for v in order if v in outer]
+    group.ranges = tuple((v, sizes[v]) for v in first + [v for v in order if v not in outer])
 
 
 def _loopable(s: Stage) -> bool:
