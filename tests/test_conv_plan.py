@@ -28,6 +28,9 @@ PLAN = [
     ("no gradient of the first layer's input", r"d_c1_col|d_c1_pad|d_x\b", 0),
     ("col2im: the scatter-add of Δcol, second layer only", r"d_c2_pad\[.*\] \+= d_c2_col", 1),
     ("max and arg-max in one pass per pool", r"p\d\[n, c, i, j\] = top", 2),
+    ("pool adjoints of tiling windows are plain writes, not zeroed first",
+     r"d_c\d\[n, c, 2\*i \+ p, 2\*j \+ q\] = d_p\d", 2),
+    ("no zeroing of a pool's input gradient", r"d_c\d\[i0, i1, i2, i3\] = F\(0\.0\)", 0),
     ("bias gradients summed in registers", r"d_c\d_b\[i1\] = d_c\d_b_sum", 2),
 ]
 

@@ -62,6 +62,8 @@ CASES = {
                                           "input x[2, 8, 7]\ntarget y[3]")
        # stride < size: windows overlap; 3 does not divide 7 or 6
        for pool in ("maxpool", "avgpool") for k, s in ((2, 1), (2, 2), (3, 2), (3, 3))},
+    "maxpool-tiling-windows": model("c = conv2d(x, 2, 3, pad=1, act=tanh)\nm = maxpool(c, 2)\nf = flatten(m)\n"
+                                    "o = dense(f, 3)\nloss squared(o, y)", "input x[1, 8, 6]\ntarget y[3]"),
     "cnn-stack": model("c1 = conv2d(x, 4, 3, pad=1, act=relu)\np1 = maxpool(c1, 2)\n"
                        "c2 = conv2d(p1, 3, 3, pad=1, act=elu)\np2 = avgpool(c2, 2)\nf = flatten(p2)\n"
                        "o = dense(f, 3)\nloss cross_entropy(o, label)", "input x[1, 9, 8]\ntarget label: class(3)"),

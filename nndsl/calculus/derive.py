@@ -91,7 +91,7 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
                                note=f"Δ{b.tensors[a.tensor].label} from {s.note or s.out}")
             if stage.plain and not stage.reduce_vars:
                 stage = _replace(stage, reduce=None)
-            full = stage.plain and _covers(stage, target)
+            full = (stage.plain and _covers(stage, target)) or _tiles(stage, target)
             if first and not full:
                 out_stages.append(_zero_stage(b, target))
             out_stages.append(_replace(stage, accumulate=not (first and full)))
@@ -128,6 +128,33 @@ def _covers(stage: Stage, target: Handle) -> bool:
     sizes = dict(stage.ranges)
     return all((n == 1) if i.is_Integer else sp.simplify(sizes[i] - n) == 0
                for i, n in zip(stage.index, target.shape))
+
+
+def _tiles(stage: Stage, target: Handle) -> bool:
+    """Windows that tile the target: every index is a loop index over its whole axis or
+    `s·i + p` with p over [0, s) and i over axis/s, and nothing is summed, so each element is
+    written exactly once (the max-pool adjoint for stride = size dividing the image): the
+    scatter-add is a plain write and needs no zeroing first."""
+    if stage.plain or stage.reduce_vars:
+        return False
+    sizes = dict(stage.ranges)
+    used: list = []
+    for e, n in zip(stage.index, target.shape):
+        e = sp.sympify(e)
+        if isinstance(e, sp.Symbol):
+            ok, vs = sp.simplify(sizes[e] - n) == 0, [e]
+        else:
+            vs = sorted(e.free_symbols, key=str)
+            ok = len(vs) == 2 and sp.expand(e - sum(e.coeff(v) * v for v in vs)) == 0
+            if ok:
+                i, p = sorted(vs, key=lambda v: -abs(int(e.coeff(v))) if e.coeff(v).is_Integer else 0)
+                step = e.coeff(i)
+                ok = (e.coeff(p) == 1 and step.is_Integer and sp.simplify(sizes[p] - step) == 0
+                      and sp.simplify(sizes[i] * step - n) == 0)
+        if not ok:
+            return False
+        used += vs
+    return len(used) == len(set(used)) == len(stage.ranges)
 
 
 def _zero_stage(b: Builder, target: Handle) -> Stage:
