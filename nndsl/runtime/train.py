@@ -59,6 +59,7 @@ def reshape_note(module, ds) -> str | None:
         return None
     have = ds.x_train.shape[1:]
     what = f"{have[0]} features" if len(have) == 1 else "examples of shape " + "×".join(map(str, have))
+    # (N, H, W) arrays of an .npz and the flat features of digits/mnist alike
     return f"{ds.name}: {what} per example reshaped to {inputs[0]}[{', '.join(map(str, shape))}]"
 
 
