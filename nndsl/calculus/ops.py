@@ -237,6 +237,9 @@ def _flatten(g: Graph, node: ir.Node, x: Handle):
 
 
 # ------------------------------------------------------- images: (C, H, W)
+# Stages marked `attrs["view"]` only rearrange their input (a zero-padded copy, the im2col
+# gather): a reader of the formulas, such as the gradient printer, may substitute their
+# right-hand side to show `x[n, c, i·s+p−pad, j·s+q−pad]` instead of `c1.col[c,p,q,n,i,j]`.
 def _padded(g: Graph, node: ir.Node, x: Handle, pad: int) -> Handle:
     """x with `pad` zeros around H and W: a zeroed tensor, then x written at an affine offset.
     The conv then reads only affine, always in-bounds accesses (no guards in its loops), and
@@ -247,7 +250,8 @@ def _padded(g: Graph, node: ir.Node, x: Handle, pad: int) -> Handle:
     _, C, H, W = x.shape
     xp = g.b.tensor(node.name + ".pad", (N, C, H + 2 * pad, W + 2 * pad), "value")
     g.b.assign(xp, (n, c, h, w), sp.Integer(0), note=f"{node.name}: zero border")
-    g.b.assign(xp, (n, c, h + pad, w + pad), x[n, c, h, w], note=f"{node.name}: input inside a {pad}-wide zero border")
+    g.b.assign(xp, (n, c, h + pad, w + pad), x[n, c, h, w], note=f"{node.name}: input inside a {pad}-wide zero border",
+               attrs={"view": "pad"})
     return xp
 
 
@@ -288,14 +292,16 @@ def _conv2d(g: Graph, node: ir.Node, x: Handle):
     window = _window(src, n, c, i, j, p, q, s)
     if CONV_FORM == "columns":
         col = g.b.tensor(node.name + ".col", (C, K, K, N, Ho, Wo), "value")
-        g.b.assign(col, (c, p, q, n, i, j), window, note=f"{node.name}: im2col, every window as a column")
+        g.b.assign(col, (c, p, q, n, i, j), window, note=f"{node.name}: im2col, every window as a column",
+                   attrs={"view": "im2col"})
         zc = g.b.tensor(node.name + ".zc", (F_, N, Ho, Wo), "value")
         g.b.assign(zc, (f, n, i, j), W[f, c, p, q] * col[c, p, q, n, i, j], over=(c, p, q), reduce="sum",
                    note=f"{node.name}: W·col")
         z_read = zc[f, n, i, j]
     elif CONV_FORM == "rows":
         col = g.b.tensor(node.name + ".col", (N, Ho, Wo, C, K, K), "value")
-        g.b.assign(col, (n, i, j, c, p, q), window, note=f"{node.name}: im2col, every window as a row")
+        g.b.assign(col, (n, i, j, c, p, q), window, note=f"{node.name}: im2col, every window as a row",
+                   attrs={"view": "im2col"})
         zc = g.b.tensor(node.name + ".zc", (N, Ho, Wo, F_), "value")
         g.b.assign(zc, (n, i, j, f), col[n, i, j, c, p, q] * W[f, c, p, q], over=(c, p, q), reduce="sum",
                    note=f"{node.name}: col·Wᵀ")
