@@ -149,7 +149,7 @@ def test_extreme_logits_stay_finite(loss, target):
 
 
 @pytest.mark.parametrize("case", ["act-tanh", "act-softmax", "cross-entropy", "gaussian-learned-variance",
-                                  "user-layer-bilinear", "act-sigmoid"])
+                                  "user-layer-bilinear", "act-sigmoid", "cnn-stack"])
 def test_float32_agrees_with_float64(case):
     source = CASES[case]
     m64 = compile_source(source, "float64").Model(seed=2)
