@@ -7,34 +7,50 @@ from pathlib import Path
 
 import pytest
 
-from nndsl.build import render_module
+from nndsl.build import render
 from nndsl.frontend import load_source
 
 CNN = (Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "cnn.nn").read_text()
 
 
 @pytest.fixture(scope="module")
-def value_kernel() -> str:
-    text = render_module(load_source(CNN, "cnn.nn"), "float32")
-    start = text.index("def value_loss(")
-    return text[start:text.index("\n\n\n", start)]
+def rows() -> list[tuple[str, str]]:
+    """The value plan's rows as (their notes, the text of the kernel they call)."""
+    rendered = render(load_source(CNN, "cnn.nn"), "float32")
+    entry = next(t for n, t in rendered.kernels.items() if n.startswith("entry_"))
+    kernel_of = dict(re.findall(r"b == (\d+):\n\s+(\w+)\(", entry))
+    text = rendered.module
+    plan = text[text.index("def _plan_value_loss("):]
+    plan = plan[:plan.index("], np.int64)")]
+    out, notes = [], []
+    for line in plan.splitlines():
+        line = line.strip()
+        if line.startswith("# ") and not line.startswith("# ----"):
+            notes.append(line[2:])
+        elif line.startswith("("):
+            branch = line[1:].split(",")[0]
+            out.append((" | ".join(notes), rendered.kernels[kernel_of[branch]]))
+            notes = []
+    return out
 
 
-# (what, pattern in the value kernel (forward + backward), expected count)
+def count(rows, note: str, kernel: str = "") -> int:
+    return sum(1 for n, k in rows if re.search(note, n) and re.search(kernel, k))
+
+
+# (what, pattern in a row's notes, pattern in its kernel's text, expected count)
 PLAN = [
-    ("conv forward GEMMs", r"np\.dot\(c\d_W\.reshape\(\(\d+, \d+\)\), c\d_col", 2),
-    ("conv ΔW GEMMs", r"np\.dot\(d_c\d_zc\.reshape\(.*\), c\d_col\.reshape\(.*\)\.T, d_c\d_W", 2),
-    ("Δcol GEMM, second layer only", r"np\.dot\(c\d_W\.reshape\(.*\)\.T, d_c\d_zc", 1),
-    ("no gradient of the first layer's input", r"d_c1_col|d_c1_pad|d_x\b", 0),
-    ("col2im: the scatter-add of Δcol, second layer only", r"d_c2_pad\[.*\] \+= d_c2_col", 1),
-    ("max and arg-max in one pass per pool", r"p\d\[n, c, i, j\] = top", 2),
-    ("pool adjoints of tiling windows are plain writes, not zeroed first",
-     r"d_c\d\[n, c, 2\*i \+ p, 2\*j \+ q\] = d_p\d", 2),
-    ("no zeroing of a pool's input gradient", r"d_c\d\[i0, i1, i2, i3\] = F\(0\.0\)", 0),
-    ("bias gradients summed in registers", r"d_c\d_b\[i1\] = d_c\d_b_sum", 2),
+    ("conv forward GEMMs", r"^c\d: W·col$", r"np\.dot", 2),
+    ("conv ΔW GEMMs", r"^Δc\d\.W from c\d: W·col$", r"np\.dot", 2),
+    ("Δcol GEMM, second layer only", r"^Δc2\.col from", r"np\.dot", 1),
+    ("no gradient of the first layer's input", r"Δc1\.col|Δc1\.pad|Δx\b", "", 0),
+    ("col2im: the scatter-add of Δcol, second layer only", r"^Δc2\.pad from c2: im2col", r"\+=", 1),
+    ("max and arg-max in one pass per pool", r"first arg-max of each window \| p\d = max over each window", r"= top", 2),
+    ("pool adjoints of tiling windows are plain writes, not zeroed first", r"^Δc\d = 0", "", 0),
+    ("bias gradients summed in registers", r"Δc\d\.b from c\d: \+ b", r"_sum = F\(0\.0\)", 2),
 ]
 
 
-@pytest.mark.parametrize("what,pattern,count", PLAN, ids=[p[0] for p in PLAN])
-def test_cnn_plan(value_kernel, what, pattern, count):
-    assert len(re.findall(pattern, value_kernel)) == count, what
+@pytest.mark.parametrize("what,note,kernel,expected", PLAN, ids=[p[0] for p in PLAN])
+def test_cnn_plan(rows, what, note, kernel, expected):
+    assert count(rows, note, kernel) == expected, what

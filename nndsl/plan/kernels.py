@@ -152,7 +152,9 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         symbols = {a.symbol: sp.Symbol(f"a{j}") for j, a in enumerate(accesses)}
         return replace(
             s, out=rename[s.out], index=ix(s.index), note="",
-            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols}),
+            # loop indices may appear in a body too (a max-pool adjoint compares the arg-max
+            # with the window position p·K + q)
+            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols, **loop_vars}),
             accesses=tuple(replace(a, symbol=symbols[a.symbol], tensor=rename[a.tensor], index=ix(a.index))
                            for a in accesses),
             ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in s.ranges),
