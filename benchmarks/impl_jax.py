@@ -26,19 +26,22 @@ def build(model: str, x_np, y_np):
     sizes = spec["sizes"]
     act = jnp.tanh if spec["act"] == "tanh" else jax.nn.relu
     keys = jax.random.split(jax.random.PRNGKey(0), len(sizes) - 1)
-    params = [
-        (jax.random.uniform(k, (a, b), jnp.float32, -lim, lim), jnp.zeros((b,), jnp.float32))
-        for k, a, b, lim in zip(keys, sizes[:-1], sizes[1:], xavier_limits(sizes))
-    ]
+    if model == "cnn":
+        params, forward = _cnn(jax, jnp, keys)
+    else:
+        params = [
+            (jax.random.uniform(k, (a, b), jnp.float32, -lim, lim), jnp.zeros((b,), jnp.float32))
+            for k, a, b, lim in zip(keys, sizes[:-1], sizes[1:], xavier_limits(sizes))
+        ]
+
+        def forward(params, x):
+            h = x
+            for W, b in params[:-1]:
+                h = act(h @ W + b)
+            W, b = params[-1]
+            return h @ W + b
     opt = optax.adam(LR, b1=BETA1, b2=BETA2, eps=EPS)
     opt_state = opt.init(params)
-
-    def forward(params, x):
-        h = x
-        for W, b in params[:-1]:
-            h = act(h @ W + b)
-        W, b = params[-1]
-        return h @ W + b
 
     if spec["loss"] == "squared":
         def loss_fn(params, x, y):  # ½ Σ_k (o_k − y_k)², mean over the batch
@@ -66,6 +69,29 @@ def build(model: str, x_np, y_np):
         return loss
 
     return step, compile_s
+
+
+def _cnn(jax, jnp, keys):
+    """The CNN of issue 10 in NCHW / OIHW, as PyTorch and nndsl store it."""
+    f1, f2, out = MODELS["cnn"]["sizes"]
+    c, h, w = MODELS["cnn"]["image"]
+    shapes = [(f1, c, 3, 3), (f2, f1, 3, 3), (f2 * (h // 4) * (w // 4), out)]
+    keys = jax.random.split(keys[0], len(shapes))
+    params = [(0.1 * jax.random.normal(k, s, jnp.float32), jnp.zeros((s[0] if len(s) == 4 else s[1],), jnp.float32))
+              for k, s in zip(keys, shapes)]
+
+    def conv_relu_pool(x, W, b):
+        y = jax.lax.conv_general_dilated(x, W, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        y = jax.nn.relu(y + b[None, :, None, None])
+        return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def forward(params, x):
+        (W1, b1), (W2, b2), (W3, b3) = params
+        h = conv_relu_pool(conv_relu_pool(x, W1, b1), W2, b2)
+        return h.reshape((h.shape[0], -1)) @ W3 + b3
+
+    return params, forward
 
 
 def main(argv=None):

@@ -74,6 +74,8 @@ def build(model: str, x_np, y_np):
 
 def main(argv=None):
     args = parse_args(IMPL, argv)
+    if args.model == "cnn":
+        unavailable(IMPL, args.model, "the PyTensor implementation covers the MLPs only")
     try:
         import pytensor
     except ImportError as exc:

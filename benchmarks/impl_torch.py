@@ -6,8 +6,18 @@ from _common import LR, BETA1, BETA2, EPS, MODELS, make_data, parse_args, run_be
 IMPL = "torch"
 
 
+def make_cnn():
+    """The CNN of issue 10 (PyTorch's default conv init; the step time does not depend on it)."""
+    from torch import nn
+    f1, f2, out = MODELS["cnn"]["sizes"]
+    c, h, w = MODELS["cnn"]["image"]
+    return nn.Sequential(nn.Conv2d(c, f1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(f1, f2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(f2 * (h // 4) * (w // 4), out))
+
+
 def make_net(model: str, adam_impl: str = "fused"):
-    """The MLP (Glorot-uniform weights, zero biases) and its Adam optimiser."""
+    """The MLP (Glorot-uniform weights, zero biases) or the CNN, and its Adam optimiser."""
     import torch
     from torch import nn
 
@@ -15,6 +25,9 @@ def make_net(model: str, adam_impl: str = "fused"):
     torch.manual_seed(0)
     sizes, act = spec["sizes"], spec["act"]
     layers = []
+    if model == "cnn":
+        layers = list(make_cnn())
+        sizes = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b)
         nn.init.xavier_uniform_(lin.weight)

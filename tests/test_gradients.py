@@ -49,6 +49,24 @@ CASES = {
         "    out[f, i] = tanh(sum(c, p: W[f, c, p] * x[c, i*2 + p]) + b[f])\n}\n"
         "s = conv(x, 3, 4, 3)\nh = conv(s, 2, 2, 2)\nloss squared(h, y)",   # Δs: a scatter-add over windows
         "input x[2, 10]\ntarget y[2, 2]"),
+    # -- images (C, H, W): conv2d with zero padding as a pre-padded copy, pools, strides
+    **{f"conv-s{s}-p{p}": model(f"c = conv2d(x, 3, 3, stride={s}, pad={p}, act=tanh)\nf = flatten(c)\n"
+                                "o = dense(f, 3)\nloss squared(o, y)", "input x[2, 7, 9]\ntarget y[3]")
+       for s in (1, 2, 3) for p in (0, 1, 2)},
+    "conv-no-bias-non-square": model("c = conv2d(x, 2, 2, bias=false)\nloss squared(c, y)",
+                                     "input x[3, 4, 6]\ntarget y[2, 3, 5]"),
+    "conv-kernel-1-identity": model("c = conv2d(x, 2, 1, stride=2)\nf = flatten(c)\no = dense(f, 3)\n"
+                                    "loss squared(o, y)", "input x[3, 5, 4]\ntarget y[3]"),
+    **{f"{pool}-size{k}-stride{s}": model(f"c = conv2d(x, 2, 2, act=sigmoid)\nm = {pool}(c, {k}, stride={s})\n"
+                                          "f = flatten(m)\no = dense(f, 3)\nloss squared(o, y)",
+                                          "input x[2, 8, 7]\ntarget y[3]")
+       # stride < size: windows overlap; 3 does not divide 7 or 6
+       for pool in ("maxpool", "avgpool") for k, s in ((2, 1), (2, 2), (3, 2), (3, 3))},
+    "maxpool-tiling-windows": model("c = conv2d(x, 2, 3, pad=1, act=tanh)\nm = maxpool(c, 2)\nf = flatten(m)\n"
+                                    "o = dense(f, 3)\nloss squared(o, y)", "input x[1, 8, 6]\ntarget y[3]"),
+    "cnn-stack": model("c1 = conv2d(x, 4, 3, pad=1, act=relu)\np1 = maxpool(c1, 2)\n"
+                       "c2 = conv2d(p1, 3, 3, pad=1, act=elu)\np2 = avgpool(c2, 2)\nf = flatten(p2)\n"
+                       "o = dense(f, 3)\nloss cross_entropy(o, label)", "input x[1, 9, 8]\ntarget label: class(3)"),
     # -- losses
     "cross-entropy": model("h = dense(x, 5, act=relu)\no = dense(h, 4)\nloss cross_entropy(o, label)",
                            "input x[4]\ntarget label: class(4)"),
@@ -131,7 +149,7 @@ def test_extreme_logits_stay_finite(loss, target):
 
 
 @pytest.mark.parametrize("case", ["act-tanh", "act-softmax", "cross-entropy", "gaussian-learned-variance",
-                                  "user-layer-bilinear", "act-sigmoid"])
+                                  "user-layer-bilinear", "act-sigmoid", "cnn-stack"])
 def test_float32_agrees_with_float64(case):
     source = CASES[case]
     m64 = compile_source(source, "float64").Model(seed=2)

@@ -46,3 +46,46 @@ def test_train_usage_errors(argv, message, capsys):
     assert main(["train", str(EXAMPLES / "digits_mlp.nn")] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+SMALL_CNN = """model small_cnn
+input  img[1, 8, 8]
+target label: class(10)
+c = conv2d(img, 8, 3, pad=1, act=relu)
+p = maxpool(c, 2)
+f = flatten(p)
+o = dense(f, 10)
+loss cross_entropy(o, label)
+optimizer adam(lr=3e-3)
+train batch=32 epochs=4 seed=0
+"""
+
+
+def test_cnn_trains_on_digit_images(capsys, tmp_path):
+    """`--data digits` is reshaped to the declared (1, 8, 8) input and says so; a small CNN
+    learns in a few epochs; `--out` draws the first layer's filters and feature maps."""
+    source = tmp_path / "small_cnn.nn"
+    source.write_text(SMALL_CNN)
+    assert main(["train", str(source), "--data", "digits", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "digits: 64 features per example reshaped to img[1, 8, 8]" in out
+    assert float(re.search(r"test accuracy ([\d.]+)%", out).group(1)) >= 85, out   # 89.1 % here
+    pytest.importorskip("matplotlib")
+    for picture in ("filters", "feature_maps"):
+        assert (tmp_path / f"small_cnn_{picture}.png").stat().st_size > 1000
+
+
+def test_npz_images_of_rank_3_feed_an_image_input(capsys, tmp_path):
+    """An .npz whose x is (N, H, W) trains a model declaring img[1, H, W]."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 120)
+    x = rng.random((120, 8, 8)) * 0.1
+    x[np.arange(120), y % 8, :] += 1.0             # the class shows as a bright row
+    np.savez(tmp_path / "rows.npz", x=x, y=y)
+    source = tmp_path / "small_cnn.nn"
+    source.write_text(SMALL_CNN)
+    assert main(["train", str(source), "--data", str(tmp_path / "rows.npz"), "--quiet", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rows: examples of shape 8×8 per example reshaped to img[1, 8, 8]" in out
+    assert "test accuracy" in out

@@ -8,7 +8,8 @@ gradient, the adjoint stage is
 with `∂F/∂u` from `sympy.diff` on the scalar `F` (accesses are plain symbols),
 re-expressed through the forward value `out` where sympy's result contains F
 itself (`1 - h²` for tanh, `h(1 - h)` for σ), and `w` the reduction's weight
-(1 for sums, `exp(F - out)` for log-sum-exp, the arg-max indicator for max).
+(1 for sums, `exp(F - out)` for log-sum-exp, the arg-max indicator for max: the
+stored first arg-max where the forward pass kept one, else `F >= out`).
 A plain `A` makes the adjoint a reduction; an affine or repeated `A` (windows,
 concat, broadcasting) makes it a scatter-add.  Nothing else is special-cased.
 """
@@ -38,6 +39,8 @@ def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
         if s.out in needed:
             keep.append(s)
             needed |= {a.tensor for a in s.accesses}
+            if "argmax" in s.attrs:              # the max's adjoint reads its arg-max
+                needed.add(s.attrs["argmax"])
     return keep[::-1]
 
 
@@ -88,7 +91,7 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
                                note=f"Δ{b.tensors[a.tensor].label} from {s.note or s.out}")
             if stage.plain and not stage.reduce_vars:
                 stage = _replace(stage, reduce=None)
-            full = stage.plain and _covers(stage, target)
+            full = (stage.plain and _covers(stage, target)) or _tiles(stage, target)
             if first and not full:
                 out_stages.append(_zero_stage(b, target))
             out_stages.append(_replace(stage, accumulate=not (first and full)))
@@ -115,6 +118,8 @@ def _through_forward_value(partial: sp.Expr, s: Stage, out_value, wrt: sp.Symbol
     if s.reduce == "logsumexp":
         return sp.exp(s.expr - out_value) * partial
     if s.reduce == "max":
+        if "argmax" in s.attrs:      # exactly the first arg-max, whatever the ties
+            return fn.eq(s.reduced_position, sp.IndexedBase(s.attrs["argmax"])[s.index]) * partial
         return fn.ge(s.expr, out_value) * partial
     return partial
 
@@ -123,6 +128,33 @@ def _covers(stage: Stage, target: Handle) -> bool:
     sizes = dict(stage.ranges)
     return all((n == 1) if i.is_Integer else sp.simplify(sizes[i] - n) == 0
                for i, n in zip(stage.index, target.shape))
+
+
+def _tiles(stage: Stage, target: Handle) -> bool:
+    """Windows that tile the target: every index is a loop index over its whole axis or
+    `s·i + p` with p over [0, s) and i over axis/s, and nothing is summed, so each element is
+    written exactly once (the max-pool adjoint for stride = size dividing the image): the
+    scatter-add is a plain write and needs no zeroing first."""
+    if stage.plain or stage.reduce_vars:
+        return False
+    sizes = dict(stage.ranges)
+    used: list = []
+    for e, n in zip(stage.index, target.shape):
+        e = sp.sympify(e)
+        if isinstance(e, sp.Symbol):
+            ok, vs = sp.simplify(sizes[e] - n) == 0, [e]
+        else:
+            vs = sorted(e.free_symbols, key=str)
+            ok = len(vs) == 2 and sp.expand(e - sum(e.coeff(v) * v for v in vs)) == 0
+            if ok:
+                i, p = sorted(vs, key=lambda v: -abs(int(e.coeff(v))) if e.coeff(v).is_Integer else 0)
+                step = e.coeff(i)
+                ok = (e.coeff(p) == 1 and step.is_Integer and sp.simplify(sizes[p] - step) == 0
+                      and sp.simplify(sizes[i] * step - n) == 0)
+        if not ok:
+            return False
+        used += vs
+    return len(used) == len(set(used)) == len(stage.ranges)
 
 
 def _zero_stage(b: Builder, target: Handle) -> Stage:

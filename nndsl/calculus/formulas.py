@@ -4,6 +4,9 @@ A `Stage` is `out[I] (=|+=) R_J F(a[A], b[B], ...)`: a scalar expression `F`
 over indexed *accesses*, reduced (`R` = sum, max or logsumexp) over the loop
 indices that `out` does not carry.  Index expressions may be affine
 (`x[n, c, i*s + p]`), which is all that windows (convolution, pooling) need.
+`argmax` stores the row-major position, among the reduced indices, of the first
+maximum (a float; a max reduction names it in `attrs["argmax"]` so that its
+adjoint routes to that one element).
 
 Layers are written with `Builder`, in index notation that reads like the
 lecture: `b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,))`.  Each distinct
@@ -49,7 +52,7 @@ class Stage:
     expr: sp.Expr                              # over the access symbols
     accesses: tuple[Access, ...]
     ranges: tuple[tuple[sp.Symbol, object], ...]   # every loop index with its size, out's first
-    reduce: Optional[str] = None               # None | "sum" | "max" | "logsumexp"
+    reduce: Optional[str] = None               # None | "sum" | "max" | "logsumexp" | "argmax"
     accumulate: bool = False                   # out[I] += ... instead of =
     kind: str = "formula"                      # formula | draw | onehot
     attrs: Mapping[str, object] = field(default_factory=dict)
@@ -72,6 +75,15 @@ class Stage:
         """`out` is indexed by distinct loop indices: each out element is written once."""
         syms = [e for e in self.index if isinstance(e, sp.Symbol)]
         return all(isinstance(e, sp.Symbol) or e.is_Integer for e in self.index) and len(set(syms)) == len(syms)
+
+    @property
+    def reduced_position(self) -> sp.Expr:
+        """Row-major position of the reduced indices (`p·K + q`): what `argmax` stores."""
+        sizes = dict(self.ranges)
+        pos = sp.Integer(0)
+        for v in self.reduce_vars:
+            pos = pos * sizes[v] + v
+        return pos
 
     def access(self, symbol: sp.Symbol) -> Access:
         return next(a for a in self.accesses if a.symbol == symbol)
@@ -124,11 +136,14 @@ class Builder:
         return Handle(t)
 
     def assign(self, out: Handle, index, expr, over=(), reduce=None, accumulate=False,
-               note="", sizes: Mapping | None = None) -> Handle:
+               note="", sizes: Mapping | None = None, attrs: Mapping | None = None) -> Handle:
         index = tuple(sp.sympify(i) for i in (index if isinstance(index, tuple) else (index,)))
         stage = make_stage(out.name, index, sp.sympify(expr), self.tensors, over=over,
                            reduce=reduce if over else None, accumulate=accumulate, note=note,
                            sizes=sizes)
+        if attrs:
+            from dataclasses import replace
+            stage = replace(stage, attrs=dict(attrs))
         self.stages.append(stage)
         return out
 

@@ -109,6 +109,15 @@ class ge(sp.Function):
         return sp.Integer(0)
 
 
+class eq(sp.Function):
+    """1 where a == b else 0 (an indicator; no derivative): routes a max's adjoint to the
+    stored position of its first arg-max."""
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
 class absolute(sp.Function):
     """|x| with d|x|/dx = sign(x) and sign(0) = 0."""
     nargs = 1
@@ -150,6 +159,7 @@ NUMBA = {
     "maximum": "({0} if {0} >= {1} else {1})",
     "minimum": "({0} if {0} <= {1} else {1})",
     "ge": "(F(1.0) if {0} >= {1} else F(0.0))",
+    "eq": "(F(1.0) if {0} == {1} else F(0.0))",
     "absolute": "abs({0})",
     "sign": "(F(1.0) if {0} > 0 else (F(-1.0) if {0} < 0 else F(0.0)))",
 }
@@ -157,7 +167,7 @@ NUMBA.update({cls.__name__: "({2} if {0} %s {1} else {3})" % op for op, cls in W
 
 # Plain-text and LaTeX names for `nndsl grad`.
 DISPLAY = {"sigmoid": "σ", "absolute": "abs", "maximum": "max", "minimum": "min",
-           "step": "step", "ge": "ge"}
+           "step": "step", "ge": "ge", "eq": "eq"}
 
 # Name in the .nn language -> a callable building the sympy expression.
 BUILTIN = {

@@ -236,6 +236,119 @@ def _flatten(g: Graph, node: ir.Node, x: Handle):
     return out
 
 
+# ------------------------------------------------------- images: (C, H, W)
+# Stages marked `attrs["view"]` only rearrange their input (a zero-padded copy, the im2col
+# gather): a reader of the formulas, such as the gradient printer, may substitute their
+# right-hand side to show `x[n, c, i·s+p−pad, j·s+q−pad]` instead of `c1.col[c,p,q,n,i,j]`.
+def _padded(g: Graph, node: ir.Node, x: Handle, pad: int) -> Handle:
+    """x with `pad` zeros around H and W: a zeroed tensor, then x written at an affine offset.
+    The conv then reads only affine, always in-bounds accesses (no guards in its loops), and
+    Δx comes out of derive as the plain read Δx[n,c,i,j] = Δxp[n,c,i+pad,j+pad]."""
+    if pad == 0:
+        return x
+    n, c, h, w = idx("n c h w")
+    _, C, H, W = x.shape
+    xp = g.b.tensor(node.name + ".pad", (N, C, H + 2 * pad, W + 2 * pad), "value")
+    g.b.assign(xp, (n, c, h, w), sp.Integer(0), note=f"{node.name}: zero border")
+    g.b.assign(xp, (n, c, h + pad, w + pad), x[n, c, h, w], note=f"{node.name}: input inside a {pad}-wide zero border",
+               attrs={"view": "pad"})
+    return xp
+
+
+def _window(x: Handle, n, c, i, j, p, q, stride: int):
+    """x[n, c, i·s + p, j·s + q]: the (p, q) element of the window of output (i, j)."""
+    return x[n, c, i * stride + p, j * stride + q]
+
+
+# How conv2d is written (docs/performance.md, "Convolutions"): through its im2col matrix,
+# so that the convolution and both of its adjoints are single GEMMs, or as the direct window
+# sum (loop nests).  "rows": col is (N·H'·W') × CK², one window per row (tall GEMMs, but the
+# loops around them transpose); "columns": col is CK² × (N·H'·W') and the GEMM's result is
+# channel-major (F, N, H', W'), so that every loop around the GEMMs runs along an image row
+# (vectorised).  All are the same function of W and x and derive differentiates any of them;
+# the switch exists to measure one against the other (benchmarks/conv_lowering.py).
+CONV_FORM = "columns"
+
+
+@layer("conv2d")
+def _conv2d(g: Graph, node: ir.Node, x: Handle):
+    """out[n,f,i,j] = act(Σ_{c,p,q} W[f,c,p,q]·xp[n,c,i·s+p,j·s+q] + b[f])  (xp: x zero-padded).
+
+    Through im2col ("columns"):  col[c,p,q,n,i,j] = xp[n,c,i·s+p,j·s+q]  (a gather: a map
+    with affine reads), zc[f,n,i,j] = Σ_{c,p,q} W[f,c,p,q]·col[c,p,q,n,i,j]  (one GEMM,
+    F × CK² times CK² × N·H'·W'), then a[n,f,i,j] = zc[f,n,i,j] + b[f] and out = act(a) (one
+    loop nest that also puts the batch index first again).  derive then gives ΔW = Δzc·colᵀ
+    and Δcol = Wᵀ·Δzc (two GEMMs) and Δxp as the scatter-add of Δcol over the windows
+    (col2im).  "rows" is the same with col[n,i,j,c,p,q] and zc[n,i,j,f]."""
+    n, f, i, j, c, p, q = idx("n f i j c p q")
+    W = g.param(node, "W")
+    s, pad = int(node.attrs["stride"]), int(node.attrs["pad"])
+    act = node.attrs.get("act", "identity")
+    bias = node.attrs.get("bias", True)
+    src = _padded(g, node, x, pad)
+    shape = g.full_shape(node.shape)
+    F_, C, K = W.shape[0], W.shape[1], W.shape[2]
+    _, _, Ho, Wo = shape
+    window = _window(src, n, c, i, j, p, q, s)
+    if CONV_FORM == "columns":
+        col = g.b.tensor(node.name + ".col", (C, K, K, N, Ho, Wo), "value")
+        g.b.assign(col, (c, p, q, n, i, j), window, note=f"{node.name}: im2col, every window as a column",
+                   attrs={"view": "im2col"})
+        zc = g.b.tensor(node.name + ".zc", (F_, N, Ho, Wo), "value")
+        g.b.assign(zc, (f, n, i, j), W[f, c, p, q] * col[c, p, q, n, i, j], over=(c, p, q), reduce="sum",
+                   note=f"{node.name}: W·col")
+        z_read = zc[f, n, i, j]
+    elif CONV_FORM == "rows":
+        col = g.b.tensor(node.name + ".col", (N, Ho, Wo, C, K, K), "value")
+        g.b.assign(col, (n, i, j, c, p, q), window, note=f"{node.name}: im2col, every window as a row",
+                   attrs={"view": "im2col"})
+        zc = g.b.tensor(node.name + ".zc", (N, Ho, Wo, F_), "value")
+        g.b.assign(zc, (n, i, j, f), col[n, i, j, c, p, q] * W[f, c, p, q], over=(c, p, q), reduce="sum",
+                   note=f"{node.name}: col·Wᵀ")
+        z_read = zc[n, i, j, f]
+    else:
+        z = g.b.tensor(node.name + ".z", shape, "value")
+        g.b.assign(z, (n, f, i, j), W[f, c, p, q] * window, over=(c, p, q), reduce="sum",
+                   note=f"{node.name}: Σ_c,p,q W·x window")
+        z_read = z[n, f, i, j]
+    a = g.b.tensor(node.name if act == "identity" else node.name + ".a", shape, "value")
+    if bias:
+        g.b.assign(a, (n, f, i, j), z_read + g.param(node, "b")[f], note=f"{node.name}: + b")
+    else:
+        g.b.assign(a, (n, f, i, j), z_read, note=f"{node.name}: (N, F, H, W) order")
+    return apply_activation(g, act, a, node.name, f"{node.name} = {act}(a)")
+
+
+@layer("maxpool")
+def _maxpool(g: Graph, node: ir.Node, x: Handle):
+    """out[n,c,i,j] = max_{p,q} x[n,c,i·s+p,j·s+q].  The window's first arg-max (row-major,
+    p·size + q) is kept beside it: derive routes Δout to exactly that element (ties: the
+    first in the window, as PyTorch), rather than to every element equal to the max."""
+    n, c, i, j, p, q = idx("n c i j p q")
+    size, s = int(node.attrs["size"]), int(node.attrs["stride"])
+    shape = g.full_shape(node.shape)
+    sizes = {p: sp.Integer(size), q: sp.Integer(size)}
+    arg = g.b.tensor(node.name + ".argmax", shape, "value")
+    g.b.assign(arg, (n, c, i, j), _window(x, n, c, i, j, p, q, s), over=(p, q), reduce="argmax",
+               sizes=sizes, note=f"{node.name}: first arg-max of each window")
+    out = g.b.tensor(node.name, shape, "value")
+    g.b.assign(out, (n, c, i, j), _window(x, n, c, i, j, p, q, s), over=(p, q), reduce="max",
+               sizes=sizes, attrs={"argmax": arg.name}, note=f"{node.name} = max over each window")
+    return out
+
+
+@layer("avgpool")
+def _avgpool(g: Graph, node: ir.Node, x: Handle):
+    """out[n,c,i,j] = Σ_{p,q} x[n,c,i·s+p,j·s+q] / size²."""
+    n, c, i, j, p, q = idx("n c i j p q")
+    size, s = int(node.attrs["size"]), int(node.attrs["stride"])
+    out = g.b.tensor(node.name, g.full_shape(node.shape), "value")
+    g.b.assign(out, (n, c, i, j), _window(x, n, c, i, j, p, q, s) / (size * size), over=(p, q),
+               reduce="sum", sizes={p: sp.Integer(size), q: sp.Integer(size)},
+               note=f"{node.name} = mean over each window")
+    return out
+
+
 def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:
     eps = g.b.tensor(node.name + ".noise", g.full_shape(node.shape), "noise")
     return g.b.special("draw", eps, note=f"{node.name}: {dist} noise", dist=dist, **attrs)

@@ -18,7 +18,7 @@ from ..frontend import ir
 from ..render.printer import index_text
 from .fuse import fuse, propagate_copies
 from .kernels import BUFFERS, Call, KernelLibrary, Plans, Storage
-from .lower import as_gemm
+from .lower import argmax_then_max, as_gemm
 from .optimizers import update_kernel
 
 _WORKSPACE_ROLES = {"value", "noise", "grad", "loss"}
@@ -253,10 +253,25 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
             reads[a.tensor] = reads.get(a.tensor, 0) + 1
     gemm = lambda s: as_gemm(s, lib.tensors) is not None          # noqa: E731
     order = lambda t, index: tuple(index[::-1]) if lib.storage[t].batch_last else tuple(index)  # noqa: E731
-    fwd_plan = fuse(stages_f, gemm, reads, keep, order)
-    back_plan = fuse(stages_b, gemm, reads, keep, order)
+    fwd_plan = _paired(fuse(stages_f, gemm, reads, keep, order))
+    back_plan = _paired(fuse(stages_b, gemm, reads, keep, order))
     return Kernel(name, [lib.call(item) for item in fwd_plan], [lib.call(item) for item in back_plan],
                   has_draws=any(s.kind == "draw" for s in forward))
+
+
+def _paired(plan: list) -> list:
+    """An arg-max followed by the max of the same windows becomes one item (one kernel that
+    finds both in one pass over each window)."""
+    out, k = [], 0
+    while k < len(plan):
+        nxt = plan[k + 1] if k + 1 < len(plan) else None
+        if argmax_then_max(plan[k], nxt):
+            out.append((plan[k], nxt))
+            k += 2
+        else:
+            out.append(plan[k])
+            k += 1
+    return out
 
 
 def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Kernel, list[dict]]:

@@ -75,8 +75,14 @@ def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str],
             continue
         space = _space(s, memory_order)
         last = plan[-1] if plan else None
-        if isinstance(last, Group) and _same_space(last.ranges, space) and _can_join(last, s, space):
-            last.stages.append(_onto(s, space, last.ranges))
+        joined = None
+        if isinstance(last, Group):
+            for option in [space] + _read_orders(s, last):
+                if _same_space(last.ranges, option) and _can_join(last, s, option):
+                    joined = option
+                    break
+        if joined is not None:
+            last.stages.append(_onto(s, joined, last.ranges))
         else:
             plan.append(Group(tuple((v, n) for v, n in space), [_onto(s, space, space)]))
     writes: dict[str, int] = {}
@@ -84,8 +90,26 @@ def fuse(stages: list[Stage], gemm_stage, reads: dict[str, int], keep: set[str],
         writes[s.out] = writes.get(s.out, 0) + 1
     for item in plan:
         if isinstance(item, Group):
+            _reductions_outermost(item)
             _assign_storage(item, reads, writes, keep)
     return plan
+
+
+def _reductions_outermost(group: Group) -> None:
+    """Put the indices a reduction keeps outermost (Δb[f] of a conv's Δa[n,f,i,j]: f, n, i, j)
+    when that leaves the innermost loop as it is: the sum then runs in a register instead
+    of a load-add-store chain through memory that LLVM cannot break (it cannot prove `Δb`
+    does not alias the operands)."""
+    kept = {tuple(g.out_vars) for g in group.stages if g.reduce_vars}
+    if len(kept) != 1:
+        return
+    (outer,) = kept
+    order = [v for v, _ in group.ranges]
+    if not outer or order[:len(outer)] == list(outer) or order[-1] in outer:
+        return
+    sizes = dict(group.ranges)
+    first = [v for v in order if v in outer]
+    group.ranges = tuple((v, sizes[v]) for v in first + [v for v in order if v not in outer])
 
 
 def _loopable(s: Stage) -> bool:
@@ -107,6 +131,22 @@ def _space(s: Stage, memory_order) -> list[tuple]:
     order = [v for v in order if isinstance(v, sp.Symbol) and v in sizes]
     order += [v for v, _ in s.ranges if v not in order]
     return [(v, sizes[v]) for v in order]
+
+
+def _read_orders(s: Stage, group: Group) -> list[list[tuple]]:
+    """For a map that reads a value of `group` in another index order than it writes (a
+    transposing copy: Δzc[f,n,i,j] = Δa[n,f,i,j]), the loop order of that read, so that
+    it can join the nest that computes the value (which then stays in a register)."""
+    if s.reduce_vars:
+        return []
+    produced = {g.out for g in group.stages}
+    sizes = dict(s.ranges)
+    options = []
+    for a in s.accesses:
+        if a.tensor in produced and all(isinstance(i, sp.Symbol) for i in a.index) \
+                and set(a.index) == set(sizes) and len(a.index) == len(sizes):
+            options.append([(v, sizes[v]) for v in a.index])
+    return options
 
 
 def _same_space(a, b) -> bool:

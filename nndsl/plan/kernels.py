@@ -88,7 +88,7 @@ class KernelLibrary:
     def call(self, item) -> Call:
         k, arrays, ints = canonical_kernel(item, self.tensors, self.storage, self.dtype)
         self.kernels.setdefault(k.name, k)
-        stages = item.stages if isinstance(item, Group) else [item]
+        stages = item.stages if isinstance(item, Group) else list(item) if isinstance(item, tuple) else [item]
         return Call(k.name, arrays, ints, k.has_draws, [s.note for s in stages if s.note])
 
 
@@ -96,7 +96,9 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
                      dtype: str) -> tuple[KernelDef, list[str], list[str]]:
     """The shared kernel for one plan item, and the arrays and integers (as text) that bind
     it to this use."""
-    stages = list(item.stages) if isinstance(item, Group) else [item]
+    # a Group (one loop nest), a Stage, or a tuple of Stages the emitter renders together
+    # (an arg-max and the max of the same windows: one pass)
+    stages = list(item.stages) if isinstance(item, Group) else list(item) if isinstance(item, tuple) else [item]
     scalars = set(item.scalars) if isinstance(item, Group) else set()
 
     # tensors in a structural order (outputs first, then by role, home and index pattern),
@@ -141,15 +143,18 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     def canon_stage(s: Stage) -> Stage:
         ix = lambda exprs: tuple(sp.sympify(e).xreplace(loop_vars) for e in exprs)    # noqa: E731
         attrs = dict(s.attrs)
-        if "labels" in attrs:
-            attrs["labels"] = rename[attrs["labels"]]
+        for key in ("labels", "argmax"):          # tensors a stage names in its attributes
+            if key in attrs and attrs[key] in rename:
+                attrs[key] = rename[attrs[key]]
         # access symbols renamed in the canonical order too: sympy orders a product's
         # factors by symbol name, so the printed text must not depend on the user's names
         accesses = sorted(s.accesses, key=lambda a: (int(rename[a.tensor][1:]), pattern(a.index)))
         symbols = {a.symbol: sp.Symbol(f"a{j}") for j, a in enumerate(accesses)}
         return replace(
             s, out=rename[s.out], index=ix(s.index), note="",
-            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols}),
+            # loop indices may appear in a body too (a max-pool adjoint compares the arg-max
+            # with the window position p·K + q)
+            expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols, **loop_vars}),
             accesses=tuple(replace(a, symbol=symbols[a.symbol], tensor=rename[a.tensor], index=ix(a.index))
                            for a in accesses),
             ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in s.ranges),
@@ -161,6 +166,8 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
                          stages=c_stages, scalars={rename[t] for t in scalars},
                          zero_first=[rename[t] for t in item.zero_first],
                          registers={rename[t]: d for t, d in item.registers.items()})
+    elif isinstance(item, tuple):
+        c_item = tuple(c_stages)
     else:
         c_item = c_stages[0]
 
@@ -213,7 +220,7 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     batch_last = {rename[t] for t in order if t not in scalars and storage[t].batch_last}
     emit = Emitter(c_tensors, dtype, batch_last, flat)
     emit.taken |= set(params) | set(c_tensors)
-    body = emit.plan([c_item])
+    body = emit.plan(list(c_item) if isinstance(c_item, tuple) else [c_item])
     digest = hashlib.sha256("\n".join([dtype] + params + views + body).encode()).hexdigest()[:12]
     k = KernelDef(f"{kind}_{digest}", kind, params, views, body, c_tensors, c_storage, c_item, has_draws)
     return k, arrays, ints
@@ -225,7 +232,7 @@ def draw_salt(tensor: str) -> int:
 
 
 def _kind(item, tensors) -> str:
-    if isinstance(item, Group):
+    if isinstance(item, (Group, tuple)):
         return "loop"
     if item.kind in ("draw", "onehot"):
         return item.kind

@@ -15,7 +15,7 @@ from typing import Optional
 
 import sympy as sp
 
-from ..calculus.formulas import Stage, Tensor
+from ..calculus.formulas import N, Stage, Tensor
 from ..render.printer import NumbaPrinter, index_text
 from .fuse import Group
 
@@ -29,14 +29,27 @@ class Gemm:
 
 
 def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
-    """`out[i,j] = Σ_c A[.,.]·B[.,.]` with plain 2-D indices, as a BLAS call; else None."""
-    if s.kind != "formula" or s.reduce != "sum" or len(s.reduce_vars) != 1 or not s.plain:
+    """`out[I, J] = Σ_K A[.,.]·B[.,.]` as one BLAS call, else None.
+
+    With 2-D operands, I, J, K are single indices.  Higher-rank operands qualify when
+    their indices fall into blocks: `out` is (I-block, J-block), A holds the I- and the
+    K-block, B the K- and the J-block, each block a run of plain indices in the same
+    order wherever it appears, so that every operand is a 2-D matrix after a reshape of
+    its C-ordered storage.  That is how a convolution written through its im2col matrix
+    is a GEMM: `zc[f,n,i,j] = Σ_{c,p,q} W[f,c,p,q]·col[c,p,q,n,i,j]` and both adjoints."""
+    if s.kind != "formula" or s.reduce != "sum" or not s.reduce_vars or not s.plain:
         return None
-    if len(s.index) != 2 or len(s.accesses) != 2 or s.expr != s.accesses[0].symbol * s.accesses[1].symbol:
+    if len(s.accesses) != 2 or s.expr != s.accesses[0].symbol * s.accesses[1].symbol:
         return None
-    if any(a.tensor == s.out or len(a.index) != 2 or not all(isinstance(i, sp.Symbol) for i in a.index)
+    if any(a.tensor == s.out or not all(isinstance(i, sp.Symbol) for i in a.index)
            or tensors[a.tensor].dtype != "float" for a in s.accesses):
         return None
+    if len(s.index) == 2 and len(s.reduce_vars) == 1 and all(len(a.index) == 2 for a in s.accesses):
+        return _gemm_2d(s)
+    return _gemm_blocks(s, tensors)
+
+
+def _gemm_2d(s: Stage) -> Optional[Gemm]:
     (c,), (i, j) = s.reduce_vars, s.index
     left = next((a for a in s.accesses if set(a.index) == {i, c}), None)
     right = next((a for a in s.accesses if set(a.index) == {c, j} and a is not left), None)
@@ -45,6 +58,50 @@ def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
     a_text = left.tensor if left.index == (i, c) else f"{left.tensor}.T"
     b_text = right.tensor if right.index == (c, j) else f"{right.tensor}.T"
     return Gemm(s.out, a_text, b_text, s.accumulate)
+
+
+def _gemm_blocks(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
+    # (N, K) tensors may be stored batch-last (a transposed view that cannot be reshaped)
+    if any(len(tensors[t].shape) == 2 and tensors[t].shape[0] == N for t in [s.out] + [a.tensor for a in s.accesses]):
+        return None
+    sizes = dict(s.ranges)
+    reduced = set(s.reduce_vars)
+    out = tuple(s.index)
+    for cut in range(1, len(out)):
+        I, J = out[:cut], out[cut:]
+        for left, right in (s.accesses, s.accesses[::-1]):
+            a = _split(left.index, I, reduced)
+            b = _split(right.index, J, reduced)
+            if a is None or b is None or a[0] != b[0]:       # K in the same order in both
+                continue
+            K = a[0]
+            shape = lambda blocks: "(" + ", ".join(index_text([sp.prod([sizes[v] for v in blk])])  # noqa: E731
+                                                    for blk in blocks) + ")"
+            a_text = f"{left.tensor}.reshape({shape((I, K) if a[1] else (K, I))})" + ("" if a[1] else ".T")
+            b_text = f"{right.tensor}.reshape({shape((K, J) if not b[1] else (J, K))})" + (".T" if b[1] else "")
+            return Gemm(f"{s.out}.reshape({shape((I, J))})", a_text, b_text, s.accumulate)
+    return None
+
+
+def _split(index: tuple, outer: tuple, reduced: set):
+    """(K, outer_first) when `index` is `outer + K` or `K + outer` with K the reduced
+    indices (in `index`'s order), else None."""
+    n = len(outer)
+    if index[:n] == outer and set(index[n:]) == reduced and len(index) - n == len(reduced):
+        return index[n:], True
+    if index[len(index) - n:] == outer and set(index[:len(index) - n]) == reduced \
+            and len(index) - n == len(reduced):
+        return index[:len(index) - n], False
+    return None
+
+
+def argmax_then_max(item, nxt) -> bool:
+    """`arg = argmax_w F; out = max_w F` over the same window and output index."""
+    return (isinstance(item, Stage) and isinstance(nxt, Stage) and item.reduce == "argmax"
+            and nxt.reduce == "max" and nxt.attrs.get("argmax") == item.out and nxt.expr.xreplace(
+                {b.symbol: sp.Indexed(b.tensor, *b.index) for b in nxt.accesses})
+            == item.expr.xreplace({b.symbol: sp.Indexed(b.tensor, *b.index) for b in item.accesses})
+            and nxt.index == item.index and nxt.ranges == item.ranges and not nxt.accumulate)
 
 
 def _transposed(operand: str) -> str:
@@ -99,8 +156,18 @@ class Emitter:
 
     def plan(self, items) -> list[str]:
         lines = []
-        for item in items:
+        items = list(items)
+        k = 0
+        while k < len(items):
+            item = items[k]
+            nxt = items[k + 1] if k + 1 < len(items) else None
+            if argmax_then_max(item, nxt):
+                # one pass over each window: the running maximum of the arg-max loop is the max
+                lines += [f"# {item.note}", f"# {nxt.note}"] + self._loops(item, also_max=nxt.out)
+                k += 2
+                continue
             lines += self.group(item) if isinstance(item, Group) else self.stage(item)
+            k += 1
         return lines
 
     def group(self, g: Group) -> list[str]:
@@ -143,6 +210,8 @@ class Emitter:
             return head + self._onehot(s)
         gemm = as_gemm(s, self.tensors)
         if gemm is not None:
+            if gemm.accumulate and "." in gemm.out:          # a reshaped view: += needs a name
+                return head + [f"{s.out}_2d = {gemm.out}", f"{s.out}_2d += np.dot({gemm.a}, {gemm.b})"]
             if gemm.accumulate:
                 return head + [f"{gemm.out} += np.dot({gemm.a}, {gemm.b})"]
             if gemm.out in self.batch_last:         # BLAS writes C-ordered memory: outᵀ = bᵀ·aᵀ
@@ -154,9 +223,11 @@ class Emitter:
     def _printer(self, s: Stage, scalars=frozenset()) -> NumbaPrinter:
         names = {a.symbol: a.tensor if a.tensor in scalars else
                  self.ref(a.tensor, a.index) for a in s.accesses}
+        # loop indices inside a body (an arg-max position `p·K + q`), renamed like the loops
+        names.update({v: self.var(v) for v, _ in s.ranges if str(v) in self.taken})
         return NumbaPrinter(names, self.dtype)
 
-    def _loops(self, s: Stage) -> list[str]:
+    def _loops(self, s: Stage, also_max: str | None = None) -> list[str]:
         p = self._printer(s)
         target = self.ref(s.out, s.index)
         sizes = dict(s.ranges)
@@ -168,8 +239,9 @@ class Emitter:
             depth += 1
 
         if not s.reduce_vars or not s.plain:
-            # a map, or a scatter-add: one statement in the innermost loop
-            for v, _ in s.ranges:
+            # a map, or a scatter-add: one statement in the innermost loop, looping in the
+            # memory order of the largest plainly indexed operand (col2im reads Δcol in order)
+            for v in self._scatter_order(s):
                 open_loop(v)
             op = "+=" if s.accumulate else "="
             lines.append("    " * depth + f"{target} {op} {p.doprint(s.expr)}")
@@ -186,6 +258,16 @@ class Emitter:
             lines.append(ind + "acc = -np.inf")
             lines += self._inner(s, depth, f"acc = max(acc, {body})")
             result = "acc"
+        elif s.reduce == "argmax":                    # strict >: the first maximum wins
+            lines.append(ind + "top = -np.inf")
+            lines.append(ind + f"acc = {p._lit('0.0')}")
+            lines += self._inner(s, depth, "value = " + body)
+            inner = "    " * (depth + len(s.reduce_vars))
+            lines += [inner + "if value > top:", inner + "    top = value",
+                      inner + f"    acc = {p.doprint(s.reduced_position)}"]
+            result = "acc"
+            if also_max is not None:
+                lines.append(ind + f"{self.ref(also_max, s.index)} = top")
         elif s.reduce == "logsumexp":                 # two passes: max, then Σ exp(x - max)
             lines.append(ind + "top = -np.inf")
             lines += self._inner(s, depth, f"top = max(top, {body})")
@@ -196,6 +278,17 @@ class Emitter:
             raise ValueError(f"unknown reduction {s.reduce}")
         lines.append(ind + f"{target} {'+=' if s.accumulate else '='} {result}")
         return lines
+
+    def _scatter_order(self, s: Stage) -> list:
+        order = [v for v, _ in s.ranges]
+        if s.plain:
+            return order
+        plain = [a for a in s.accesses if all(isinstance(i, sp.Symbol) for i in a.index)]
+        if not plain:
+            return order
+        main = max(plain, key=lambda a: len(a.index))
+        first = [v for v in self.memory_order(main.tensor, main.index) if v in order]
+        return first + [v for v in order if v not in first]
 
     def _inner(self, s: Stage, depth: int, statement: str) -> list[str]:
         sizes = dict(s.ranges)

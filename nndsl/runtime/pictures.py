@@ -7,6 +7,8 @@
 | `NAME_reconstructions.png`| a loss compares a node with the first input (autoencoder) | test images, their corruption (denoising models: the model's own `mask_noise` / `gaussian_noise` / `dropout` at the input, same `p`/`std`), reconstructions |
 | `NAME_samples.png`        | a `sample_normal` latent (VAE): decoded z ~ N(0, I); an output that depends only on noise inputs (GAN generator): G(z), z ~ N(0, I) | a grid of generated images |
 | `NAME_latent.png`         | a 2-D `sample_normal` latent                              | the test set's `mu` coloured by label, and the decoded latent plane |
+| `NAME_filters.png`        | a `conv2d` layer reads the first input (a CNN)           | the first such layer's filters `W[f, c]` (one tile per filter and input channel, each scaled to its own range) |
+| `NAME_feature_maps.png`   | the same                                                 | one test image and that layer's feature maps for it (after its activation) |
 | `NAME_losses.png`         | always (after at least one epoch)                        | every named loss per epoch, and the held-out loss |
 
 Images need an image-shaped first input: the data set's `image_shape` ((8, 8)
@@ -53,7 +55,7 @@ def save_pictures(model_ir, module, m, ds, test, history, out_dir) -> list[Path]
     out.mkdir(parents=True, exist_ok=True)
     ctx = _Context(model_ir, module, m, ds, test)
     written = []
-    for draw in (_reconstructions, _samples, _latent, _losses):
+    for draw in (_reconstructions, _samples, _latent, _filters, _feature_maps, _losses):
         path = draw(ctx, out, history) if draw is _losses else draw(ctx, out)
         if path is not None:
             written.append(path)
@@ -141,6 +143,10 @@ class _Context:
                 return chain
             chain.append(nxt[0])
             cur = nxt[0].name
+
+    def first_conv(self):
+        """The first `conv2d` that reads the first input directly, or None."""
+        return next((n for n in self.ir.nodes if n.op == "conv2d" and n.inputs[0] == self.first), None)
 
     def latent(self):
         return next((n for n in self.ir.nodes if n.op == "sample_normal"), None)
@@ -280,6 +286,49 @@ def _latent(ctx: _Context, out: Path):
         ax2.set_ylabel(f"{z_node.name}[1] →", fontsize=9)
     fig.suptitle(f"{ctx.name}: 2-D latent space", fontsize=11)
     return _save(fig, out / f"{ctx.name}_latent.png")
+
+
+def _filters(ctx: _Context, out: Path):
+    conv = ctx.first_conv()
+    if conv is None:
+        return None
+    W = np.asarray(ctx.m.params[f"{conv.name}.W"], dtype=np.float64)      # (F, C, k, k)
+    tiles = W.reshape((-1,) + W.shape[2:])
+    # each filter on its own scale: the pattern matters, not the magnitude
+    lo = tiles.min(axis=(1, 2), keepdims=True)
+    hi = tiles.max(axis=(1, 2), keepdims=True)
+    tiles = (tiles - lo) / np.where(hi > lo, hi - lo, 1.0)
+    ncols = W.shape[1] if W.shape[1] > 1 else int(math.ceil(math.sqrt(len(tiles))))
+    nrows = int(math.ceil(len(tiles) / ncols))
+    fig = _figure(width=min(max(4.8, 1.0 + 0.8 * ncols), 9.0), height=min(1.4 + 0.8 * nrows, 9.4))
+    ax = fig.add_subplot(1, 1, 1)
+    _show_grid(ax, tiles, W.shape[2:], ncols=ncols, vrange=(0.0, 1.0))
+    per = "one row per filter, one column per input channel" if W.shape[1] > 1 else "one tile per filter"
+    fig.suptitle(f"{ctx.name}: {W.shape[0]} filters of `{conv.name}` "
+                 f"({W.shape[2]}×{W.shape[3]})\n{per}; white = most positive", fontsize=9)
+    return _save(fig, out / f"{ctx.name}_filters.png")
+
+
+def _feature_maps(ctx: _Context, out: Path):
+    conv = ctx.first_conv()
+    if conv is None:
+        return None
+    batch = ctx.shown(1)
+    maps = ctx.values([conv.name], batch)[0][0]                            # (F, H', W')
+    image = np.asarray(batch[ctx.first], dtype=np.float64)[0]              # (C, H, W)
+    ncols = int(math.ceil(math.sqrt(len(maps))))
+    fig = _figure(width=9.0, height=4.6)
+    ax_in = fig.add_subplot(1, 2, 1)
+    _show_grid(ax_in, image[:1], image.shape[1:], ncols=1, vrange=ctx.vrange)
+    label = f" (label {np.unique(ctx.labels)[0]})" if ctx.labels is not None else ""
+    ax_in.set_title(f"input `{ctx.first}`{label}", fontsize=9)
+    ax = fig.add_subplot(1, 2, 2)
+    lo, hi = float(maps.min()), float(maps.max())
+    _show_grid(ax, maps, maps.shape[1:], ncols=ncols, vrange=(lo, hi if hi > lo else lo + 1.0))
+    act = conv.attrs.get("act", "identity")
+    ax.set_title(f"`{conv.name}`: {len(maps)} feature maps {maps.shape[1]}×{maps.shape[2]} (after {act})",
+                 fontsize=9)
+    return _save(fig, out / f"{ctx.name}_feature_maps.png")
 
 
 def _losses(ctx: _Context, out: Path, history):

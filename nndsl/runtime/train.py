@@ -52,6 +52,19 @@ def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
     return data
 
 
+def reshape_note(module, ds) -> str | None:
+    """`digits: 64 features per example reshaped to img[1, 8, 8]` when the first input's
+    declared shape is not the data set's own (images fed to a CNN), else None."""
+    inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
+    shape = tuple(module.DATA[inputs[0]][0])
+    if any(isinstance(s, str) for s in shape) or shape == tuple(ds.x_train.shape[1:]):
+        return None
+    have = ds.x_train.shape[1:]
+    what = f"{have[0]} features" if len(have) == 1 else "examples of shape " + "×".join(map(str, have))
+    # (N, H, W) arrays of an .npz and the flat features of digits/mnist alike
+    return f"{ds.name}: {what} per example reshaped to {inputs[0]}[{', '.join(map(str, shape))}]"
+
+
 def _reshape(a: np.ndarray, shape, name: str) -> np.ndarray:
     fixed = [s for s in shape if not isinstance(s, str)]
     per_example = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
@@ -150,6 +163,9 @@ def _train(args, comm) -> int:
     say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
         f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
         + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else "") + workers)
+    note = reshape_note(module, ds)
+    if note:
+        say(note)
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
