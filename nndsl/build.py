@@ -23,6 +23,7 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     kernels: dict[str, list[str]] = field(default_factory=dict)   # kind -> kernel names
     compiled: dict[str, float] = field(default_factory=dict)      # kernel -> numba seconds
+    ptx: list = field(default_factory=list)                       # --ptx: the files written
 
 
 # Shared kernels live in this folder beside the modules that load them.
@@ -57,9 +58,10 @@ class Rendered:
 def render(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
            timings: dict | None = None, kernel_dir: str = KERNEL_DIR) -> Rendered:
     from .plan.codegen import generate
-    if target != "cpu":
-        raise UsageError(f"target `{target}` is not available yet (the numba.cuda target comes in a "
-                         "later release); use --target cpu")
+    if target not in ("cpu", "cuda"):
+        raise UsageError(f"unknown target `{target}`; use --target cpu or --target cuda")
+    if target == "cuda" and not cuda_available():
+        raise UsageError('--target cuda needs numba-cuda and CuPy: pip install -e ".[cuda]"')
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     spec = generate(model, dtype)
@@ -68,6 +70,11 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     env = _environment()
     context = _context(spec, source_file or model.path, target)
     context["kernel_dir"] = kernel_dir
+    if target == "cuda":                 # a second renderer of the same plan
+        from .render.numba_cuda import render_cuda
+        text, kernels, names = render_cuda(spec, env, context, __version__)
+        timings["render"] = time.perf_counter() - t0
+        return Rendered(text, kernels, names)
     text = env.get_template("module.py.j2").render(**context)
     kernel_template = env.get_template("kernel.py.j2")
     kernels, names = {}, {}
@@ -76,6 +83,12 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
         names.setdefault(k.kind, []).append(name)
     timings["render"] = time.perf_counter() - t0
     return Rendered(text, kernels, names)
+
+
+def cuda_available() -> bool:
+    """numba-cuda (the `cuda` extra) is installed: `numba.cuda` and its NVVM for --ptx."""
+    import importlib.util
+    return importlib.util.find_spec("numba_cuda") is not None
 
 
 def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
@@ -99,7 +112,7 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
 
 
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
-               target: str = "cpu", compile: bool = False) -> BuildResult:
+               target: str = "cpu", compile: bool = False, ptx: str | None = None) -> BuildResult:
     """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile."""
     from .frontend import load_model
     timings: dict[str, float] = {}
@@ -115,6 +128,13 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     dest = write_rendered(rendered, out / f"{model.name}.py")
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
+    if ptx is not None:
+        from .render.numba_cuda import write_ptx
+        if target != "cuda":
+            raise UsageError("--ptx needs --target cuda")
+        t0 = time.perf_counter()
+        result.ptx = write_ptx(dest.parent / KERNEL_DIR, list(rendered.kernels), ptx)
+        timings["ptx"] = time.perf_counter() - t0
     if compile:
         t0 = time.perf_counter()
         result.compiled = warm_up(dest, model.name)
