@@ -107,7 +107,7 @@ def _gemm(k: KernelDef) -> str:
         m = re.fullmatch(r"(\S+) \+= np\.dot\((.+), (.+)\)", line)
         if not m:
             raise ValueError(f"unexpected GEMM line {line!r}")
-        calls.append(f"{m[1]} += xp.matmul({m[2]}, {m[3]})")
+        calls.append(f"xp.add({m[1]}, xp.matmul({m[2]}, {m[3]}), out={m[1]})")
     lines = [f"def prepare(ctx, {', '.join(k.params)}):",
              "    xp = ctx.xp"] + ["    " + v for v in k.views] + \
         ["", "    def go():"] + ["        " + c for c in calls] + ["", "    return go"]
@@ -356,7 +356,7 @@ class _LoopKernel:
             st = k.storage[t]
             prep.append(f"    launches.append(ctx.zero({st.base}, {st.offset}, {_flat_size(k, t)}))")
         if self.block_ok:
-            prep += [f"    if {ser} >= ctx.tpb // 4:        # a long reduction: one block per output",
+            prep += [f"    if {ser} >= ctx.block_min:        # a long reduction: one block per output",
                      f"        kb = _block[ctx.grid_blocks({par}), ctx.tpb, ctx.stream]",
                      "        launches.append(lambda: kb(*args))",
                      "    else:",
