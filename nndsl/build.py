@@ -115,6 +115,8 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
                target: str = "cpu", compile: bool = False, ptx: str | None = None) -> BuildResult:
     """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile."""
     from .frontend import load_model
+    if ptx is not None and target != "cuda":
+        raise UsageError("--ptx needs --target cuda")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
@@ -130,8 +132,6 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
                          kernels=rendered.names)
     if ptx is not None:
         from .render.numba_cuda import write_ptx
-        if target != "cuda":
-            raise UsageError("--ptx needs --target cuda")
         t0 = time.perf_counter()
         result.ptx = write_ptx(dest.parent / KERNEL_DIR, list(rendered.kernels), ptx)
         timings["ptx"] = time.perf_counter() - t0

@@ -118,20 +118,49 @@ def _flat_size(k: KernelDef, name: str) -> str:
     return " * ".join(str(d) for d in k.tensors[name].shape) or "1"
 
 
+_XOROSHIRO = '''\
+# xoroshiro128+ as in numba.cuda.random (whose states `create_xoroshiro128p_states` makes from
+# the model's seed), written as CUDA device functions: numba's own are CPU-jit functions that
+# compile_ptx cannot build without a driver, and every kernel here must build to PTX.
+@cuda.jit(device=True, inline=True)
+def _next(states, i):
+    s0 = states[i]["s0"]
+    s1 = states[i]["s1"]
+    result = s0 + s1
+    s1 ^= s0
+    states[i]["s0"] = ((s0 << uint32(55)) | (s0 >> uint32(9))) ^ s1 ^ (s1 << uint32(14))
+    states[i]["s1"] = (s1 << uint32(36)) | (s1 >> uint32(28))
+    return result
+
+
+@cuda.jit(device=True, inline=True)
+def _uniform(states, i):
+    # in (0, 1]: the top 53 (float64) or 24 (float32) bits
+    return F((_next(states, i) >> uint32(BITS_SHIFT)) + 1) * F(ULP)
+
+
+@cuda.jit(device=True, inline=True)
+def _normal(states, i):
+    # Box-Muller, as numba's xoroshiro128p_normal
+    u1 = _uniform(states, i)
+    u2 = _uniform(states, i)
+    return math.sqrt(F(-2.0) * math.log(u1)) * math.cos(F(2.0 * math.pi) * u2)
+'''
+
+
 def _draw(k: KernelDef, dtype: str):
     s: Stage = k.item
     a = s.attrs
-    bits = "32" if dtype == "float32" else "64"
     if a["dist"] == "normal":
-        draw = f"xoroshiro128p_normal_float{bits}(states, tid)"
+        draw = "_normal(states, tid)"
     else:                     # keep with probability 1 - p, scaled
-        draw = f"F({a['scale']!r}) if xoroshiro128p_uniform_float{bits}(states, tid) >= F({a['p']!r}) else F(0.0)"
+        draw = f"F({a['scale']!r}) if _uniform(states, tid) > F({a['p']!r}) else F(0.0)"
     out = s.out
     params = [p for p in k.params if p != "training"]
     head = [ln for ln in k.views if ln.startswith(f"{out} =")]
     size = _flat_size(k, out)
     cond = "True" if a.get("always") else "training != 0"
-    kernel = [f"@cuda.jit(cache=True)",
+    kernel = ["@cuda.jit(cache=True)",
               f"def _draw({', '.join(params)}, training, states):"] + ["    " + v for v in head] + [
               "    tid = cuda.grid(1)",
               "    if tid >= states.shape[0]:",
@@ -146,7 +175,8 @@ def _draw(k: KernelDef, dtype: str):
             f"    args = ({', '.join(params)}, int(training), ctx.states)",
             "    return lambda: k(*args)"]
     sig = _signature(k, params, dtype, ["int64", "xoroshiro128p_type[::1]"])
-    return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_draw": sig}
+    shift, ulp = ("40", "1.0 / 16777216.0") if dtype == "float32" else ("11", "1.0 / 9007199254740992.0")
+    return _XOROSHIRO.replace("BITS_SHIFT", shift).replace("ULP", ulp) + "\n\n" + "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_draw": sig}
 
 
 def _onehot(k: KernelDef, dtype: str):
