@@ -61,24 +61,27 @@ def _example(name: str) -> str:
     return (EXAMPLES / f"{name}.nn").read_text()
 
 
-# (name, source, environment): loss, gradient, three steps, forward and forward at a node
-# of the CUDA module equal the CPU module's (float64)
+# (name, source, environment, dtype, relative tolerance): loss, gradient, three steps,
+# forward and forward at a node of the CUDA module equal the CPU module's
 EQUAL = [
-    ("lecture_mlp", _example("lecture_mlp"), {}),
-    ("digits_mlp", _example("digits_mlp"), {}),
-    ("gan", GAN, {}),                                    # two losses, `wrt` confinement
-    ("user_conv", _example("user_conv"), {}),            # windowed reads, scatter-add adjoint
-    ("iris_softmax", _example("iris_softmax"), {}),
+    ("lecture_mlp", _example("lecture_mlp"), {}, "float64", 1e-8),
+    ("digits_mlp", _example("digits_mlp"), {}, "float64", 1e-8),
+    ("gan", GAN, {}, "float64", 1e-8),                             # two losses, `wrt` confinement
+    ("user_conv", _example("user_conv"), {}, "float64", 1e-8),     # windows, scatter-add adjoint
+    ("iris_softmax", _example("iris_softmax"), {}, "float64", 1e-8),
     # every eligible reduction as one block per output (shared-memory tree reductions)
-    ("lecture_mlp_blocks", _example("lecture_mlp"), {"NNDSL_CUDA_BLOCK_MIN": "1"}),
+    ("lecture_mlp_blocks", _example("lecture_mlp"), {"NNDSL_CUDA_BLOCK_MIN": "1"}, "float64", 1e-8),
+    # float32: CPU helpers (rational tanh, Cephes exp) against CUDA's libdevice; Adam
+    # divides by sqrt(v), which amplifies the last bits of tiny gradients
+    ("digits_mlp_f32", _example("digits_mlp"), {}, "float32", 1e-4),
 ]
 
 
-@pytest.mark.parametrize("name,source,env", EQUAL, ids=[r[0] for r in EQUAL])
-def test_cuda_module_equals_cpu_module(name, source, env):
-    r = _worker("equal", source, name, env)
+@pytest.mark.parametrize("name,source,env,dtype,tol", EQUAL, ids=[r[0] for r in EQUAL])
+def test_cuda_module_equals_cpu_module(name, source, env, dtype, tol):
+    r = _worker("equal", source, name, env, dtype)
     for key in ("loss", "grad", "steps", "params", "forward", "node"):
-        assert r[key] <= 1e-8, (key, r)
+        assert r[key] <= tol, (key, r)
     assert r["untouched"], r
 
 

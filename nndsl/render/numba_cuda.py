@@ -119,7 +119,7 @@ def _flat_size(k: KernelDef, name: str) -> str:
 
 
 _XOROSHIRO = '''\
-# xoroshiro128+ as in numba.cuda.random (whose states `create_xoroshiro128p_states` makes from
+# xoroshiro128+ as in numba.cuda.random (its state layout; the module seeds the states from
 # the model's seed), written as CUDA device functions: numba's own are CPU-jit functions that
 # compile_ptx cannot build without a driver, and every kernel here must build to PTX.
 @cuda.jit(device=True, inline=True)
