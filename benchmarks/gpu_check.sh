@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of issue 12, as one script for an H100/H200 machine (about 6 minutes):
+# The GPU check of issue 12, as one script for an H100/H200 machine (at most ~7.5 minutes:
+# pytest ≤ 180 s, benchmark ≤ 240 s; round 1 of the benchmark is written even if round 2
+# is cut short):
 #   bash benchmarks/gpu_check.sh            (from the repository root; results in $OUT)
 # The image has PyTorch, CuPy, numba-cuda and JAX but no lark: a lark wheel travels in
 # .wheels/ beside the checkout. Writes to $OUT: versions, nvidia-smi, the pytest run of
@@ -31,12 +33,12 @@ say "versions: $(tr '\n' ';' < "$OUT/versions.txt" | cut -c1-400)"
 
 # 1. correctness on the device: loss/grad/steps against the CPU module, stochastic layers,
 #    fit and the non-finite guard (the PTX-for-every-example test runs in CI without a GPU)
-timeout 200 python -m pytest -q -x tests/test_cuda.py -k "not ptx_for_every" -p no:cacheprovider \
+timeout 180 python -m pytest -q tests/test_cuda.py -k "not ptx_for_every and not iris and not vae" -p no:cacheprovider \
     > "$OUT/pytest_cuda.txt" 2>&1
 say "pytest tests/test_cuda.py on the device: rc=$? $(tail -1 "$OUT/pytest_cuda.txt")"
 
 # 2. the step benchmark (each implementation in its own process, alternating, median ratio)
-GPU_STEP_SECONDS=1.0 timeout 270 python benchmarks/gpu_step.py --rounds 2 --timeout 100 --out "$OUT" \
+GPU_STEP_SECONDS=1.0 timeout 240 python benchmarks/gpu_step.py --rounds 2 --timeout 90 --out "$OUT" \
     > "$OUT/gpu_step.log" 2>&1
 say "benchmark: rc=$?"
 cat "$OUT/gpu_step.md" >> "$OUT/summary.txt" 2>/dev/null
