@@ -24,6 +24,7 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     kernels: dict[str, list[str]] = field(default_factory=dict)   # kind -> kernel names
     compiled: dict[str, float] = field(default_factory=dict)      # kernel -> numba seconds
+    ptx: list = field(default_factory=list)                       # --ptx: the files written
 
 
 # Shared kernels live in this folder beside the modules that load them.
@@ -59,15 +60,23 @@ class Rendered:
 def render(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
            timings: dict | None = None, kernel_dir: str = KERNEL_DIR) -> Rendered:
     from .plan.codegen import generate
-    if target != "cpu":
-        raise UsageError(f"target `{target}` is not available yet (the numba.cuda target comes in a "
-                         "later release); use --target cpu")
+    if target not in ("cpu", "cuda"):
+        raise UsageError(f"unknown target `{target}`; use --target cpu or --target cuda")
+    if target == "cuda" and not cuda_available():
+        raise UsageError('--target cuda needs numba-cuda and CuPy: pip install -e ".[cuda]"')
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     spec = generate(model, dtype)
     timings["sympy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     env = _environment()
+    if target == "cuda":                 # a second renderer of the same plan
+        from .render.numba_cuda import render_cuda
+        context = _context(spec, source_file or model.path, target)
+        context["kernel_dir"] = kernel_dir
+        text, kernels, names = render_cuda(spec, env, context, __version__)
+        timings["render"] = time.perf_counter() - t0
+        return Rendered(text, kernels, names)
     kernel_template = env.get_template("kernel.py.j2")
     kernels, names = {}, {}
     for name, k in spec.kernels.items():
@@ -104,6 +113,12 @@ def render_helpers(dtype: str) -> str:
         version=__version__, k=None, dtype=dtype, uses=set(_HELPERS))
 
 
+def cuda_available() -> bool:
+    """numba-cuda (the `cuda` extra) is installed: `numba.cuda` and its NVVM for --ptx."""
+    import importlib.util
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
 def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
                   timings: dict | None = None) -> str:
     """The module's text alone (its kernels: `render`)."""
@@ -125,11 +140,15 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
 
 
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
-               target: str = "cpu", compile: bool = False, shared_kernels: bool = False) -> BuildResult:
-    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile.
+               target: str = "cpu", compile: bool = False, shared_kernels: bool = False,
+               ptx: str | None = None) -> BuildResult:
+    """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile;
+    with `ptx` (cuda) also write every kernel's PTX for sm_90 there.
     `shared_kernels`: the kernels go to OUT_DIR/../nndsl_kernels, shared by every sibling
     folder (the per-source build folders of `nndsl train`)."""
     from .frontend import load_model
+    if ptx is not None and target != "cuda":
+        raise UsageError("--ptx needs --target cuda")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
@@ -145,6 +164,11 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     dest = write_rendered(rendered, out / f"{model.name}.py", out.parent / KERNEL_DIR if shared_kernels else None)
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
+    if ptx is not None:
+        from .render.numba_cuda import write_ptx
+        t0 = time.perf_counter()
+        result.ptx = write_ptx(dest.parent / KERNEL_DIR, list(rendered.kernels), ptx)
+        timings["ptx"] = time.perf_counter() - t0
     if compile:
         t0 = time.perf_counter()
         result.compiled = warm_up(dest, model.name)

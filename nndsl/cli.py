@@ -60,6 +60,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--out", default=".", help="output directory (default: .)")
     b.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--ptx", metavar="DIR",
+                   help="with --target cuda: compile every kernel for sm_90 and write DIR/KERNEL.FUNC.ptx")
     b.add_argument("--timings", action="store_true",
                    help="report the time of each stage, numba's compilation of the kernels included")
 
@@ -162,8 +164,11 @@ def _cmd_grad(args) -> int:
 
 def _cmd_build(args) -> int:
     from .build import build_file
-    result = build_file(args.file, args.out, dtype=args.dtype, target=args.target, compile=args.timings)
+    result = build_file(args.file, args.out, dtype=args.dtype, target=args.target,
+                        compile=args.timings and args.target == "cpu", ptx=args.ptx)
     print(f"wrote {result.path}")
+    if result.ptx:
+        print(f"wrote {len(result.ptx)} PTX files (sm_90) to {args.ptx}")
     if args.timings:
         for stage, seconds in result.timings.items():
             print(f"  {stage:<12} {seconds * 1000:8.1f} ms")

@@ -1,0 +1,145 @@
+"""One check of the CUDA module against the CPU module, run in its own process (the
+simulator, NUMBA_ENABLE_CUDASIM=1, must be set before numba.cuda is imported, and must not
+leak into the CPU tests). Prints one JSON line. Used by tests/test_cuda.py.
+
+    python tests/cuda_worker.py equal|stochastic|fit SOURCE.nn BUILD_DIR [--dtype float64]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.simplefilter("ignore")      # the simulator's uint64 overflow and object-mode notices
+
+from nndsl.build import render, write_rendered  # noqa: E402
+from nndsl.frontend import load_source  # noqa: E402
+from nndsl.runtime.loader import import_module  # noqa: E402
+
+
+def build(source: str, folder: Path, dtype: str, target: str):
+    model = load_source(source, "model.nn")
+    path = folder / target / f"{model.name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_rendered(render(model, dtype, target, kernel_dir="../nndsl_kernels"), path, folder / "nndsl_kernels")
+    return import_module(path, f"nndsl_{target}_{model.name}")
+
+
+def batch(module, n=3, seed=1):
+    rng = np.random.default_rng(seed)
+    data = {}
+    for name, (shape, classes, is_target) in module.DATA.items():
+        shape = tuple(3 if isinstance(s, str) else s for s in shape)
+        if classes is not None:
+            data[name] = rng.integers(0, classes, n)
+        elif is_target:
+            data[name] = rng.uniform(0.05, 0.95, (n,) + shape)
+        else:
+            data[name] = rng.standard_normal((n,) + shape)
+    return data
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
+
+
+def equal(cpu, gpu) -> dict:
+    """Loss, gradient and three optimiser steps of every loss; forward; forward at a node."""
+    data = batch(cpu)
+    a, b = cpu.Model(seed=0), gpu.Model(seed=0)
+    out = {"loss": 0.0, "grad": 0.0, "steps": 0.0, "params": 0.0, "forward": 0.0, "untouched": True}
+    for name in cpu.LOSSES:
+        d = {k: data[k] for k in cpu._KERNELS[name][2]}
+        La, ga = a.grad(name, **d)
+        Lb, gb = b.grad(name, **d)
+        out["loss"] = max(out["loss"], rel(La, Lb))
+        out["grad"] = max(out["grad"], max(rel(ga[p], gb[p]) for p in ga))
+        before = {p: v.copy() for p, v in b.params.items()}
+        for _ in range(3):
+            out["steps"] = max(out["steps"], rel(a.step(name, **d), float(b.step(name, **d))))
+        out["params"] = max(out["params"], max(rel(a.params[p], b.params[p]) for p in a.params))
+        # a step of one loss leaves the parameters outside its `wrt` bit-identical (a GAN)
+        wrt = set()
+        for lo, hi in cpu._KERNELS[name][4]:
+            wrt |= {p for p, (o, s, *_r) in cpu.PARAMS.items() if lo <= o < hi}
+        out["untouched"] &= all(np.array_equal(before[p], b.params[p]) for p in before if p not in wrt)
+    inputs = {k: data[k] for k in cpu.INPUTS}
+    fa, fb = a.forward(**inputs), b.forward(**inputs)
+    fa, fb = (fa if isinstance(fa, tuple) else (fa,)), (fb if isinstance(fb, tuple) else (fb,))
+    out["forward"] = max(rel(x, y) for x, y in zip(fa, fb))
+    last = list(cpu.NODES)[-1]
+    out["node"] = rel(a.forward(outputs=last, **inputs), b.forward(outputs=last, **inputs))
+    return out
+
+
+def stochastic(cpu, gpu) -> dict:
+    """Noise differs from the CPU's: the CUDA module's gradient against a central difference
+    of its own loss along a random direction (same seed, same noise), its loss reproducible
+    per seed, and the mean loss over seeds against the CPU module's."""
+    data = batch(cpu, n=4)
+    name = cpu.LOSSES[0]
+    d = {k: data[k] for k in cpu._KERNELS[name][2]}
+    b = gpu.Model(seed=0)
+    L, g = b.grad(name, seed=7, **d)
+    theta = {p: v.copy() for p, v in b.params.items()}
+    rng = np.random.default_rng(3)
+    direction = {p: rng.standard_normal(v.shape) for p, v in theta.items()}
+    eps = 1e-6
+    losses = []
+    for sign in (1, -1):
+        for p in theta:
+            b.params[p] = theta[p] + sign * eps * direction[p]
+        losses.append(b.loss(name, seed=7, **d))
+    for p in theta:
+        b.params[p] = theta[p]
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    analytic = sum(float(np.sum(g[p] * direction[p])) for p in g)
+    a = cpu.Model(seed=0)
+    seeds = range(16)
+    mean_cpu = float(np.mean([a.loss(name, seed=s, **d) for s in seeds]))
+    mean_gpu = float(np.mean([b.loss(name, seed=s, **d) for s in seeds]))
+    return {"directional": abs(numeric - analytic) / max(abs(analytic), 1e-12),
+            "reproducible": b.loss(name, seed=7, **d) == b.loss(name, seed=7, **d) == L,
+            "varies": b.loss(name, seed=8, **d) != L,
+            "mean_rel": abs(mean_cpu - mean_gpu) / abs(mean_cpu)}
+
+
+def fit(cpu, gpu) -> dict:
+    """fit on the device equals fit on the CPU (same shuffles); a non-finite loss stops it
+    with the CPU's message and leaves the parameters as they were; step returns a lazy loss."""
+    data = batch(cpu, n=10)
+    a, b = cpu.Model(seed=0), gpu.Model(seed=0)
+    ha = a.fit(epochs=2, batch_size=4, verbose=False, **data)
+    hb = b.fit(epochs=2, batch_size=4, verbose=False, **data)
+    out = {"fit_ok": rel(ha, hb) <= 1e-8 and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8}
+    L = b.step(**data)
+    out["lazy_float"] = type(L).__name__ == "DeviceLoss" and abs(float(L) - a.step(**data)) <= 1e-8 * abs(float(L))
+    bad = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else v) for k, v in data.items()}
+    before = {p: v.copy() for p, v in b.params.items()}
+    try:
+        b.fit(epochs=1, batch_size=4, verbose=False, **bad)
+        message = ""
+    except FloatingPointError as e:
+        message = str(e)
+    unchanged = all(np.array_equal(before[p], b.params[p]) for p in before)
+    nan_step = not np.isfinite(float(b.step(**bad)))
+    unchanged_after_step = all(np.array_equal(before[p], b.params[p]) for p in before)
+    moved = np.isfinite(float(b.step(**data))) and any(not np.array_equal(before[p], b.params[p]) for p in before)
+    out["guard"] = ("at epoch 1, step 1" in message and unchanged and nan_step and unchanged_after_step and moved)
+    out["message"] = message
+    return out
+
+
+MODES = {"equal": equal, "stochastic": stochastic, "fit": fit}
+
+if __name__ == "__main__":
+    mode, source, folder = sys.argv[1], Path(sys.argv[2]).read_text(), Path(sys.argv[3])
+    dtype = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--dtype" else "float64"
+    cpu, gpu = build(source, folder, dtype, "cpu"), build(source, folder, dtype, "cuda")
+    print(json.dumps(MODES[mode](cpu, gpu)))

@@ -1,0 +1,162 @@
+"""The CUDA target (issue 12): the same kernel plan rendered for numba.cuda.
+
+Without a GPU every check runs on numba's CUDA simulator, in a subprocess per model
+(NUMBA_ENABLE_CUDASIM must be set before numba.cuda is imported, and must not reach the
+CPU tests in this process); on a machine with a GPU (NNDSL_CUDA_DEVICE=1, or a GPU that
+numba sees) the same checks run on the device. Sizes are tiny: the simulator runs every
+thread as a Python thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nndsl import build as build_mod
+from nndsl.cli import main
+
+pytest.importorskip("numba_cuda", reason='the CUDA target needs the extra: pip install -e ".[cuda]"')
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+WORKER = ROOT / "tests" / "cuda_worker.py"
+BUILD = ROOT / "tests" / ".build" / "cuda"
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import GAN, VAE_DIGITS  # noqa: E402
+
+
+def _on_device() -> bool:
+    if os.environ.get("NNDSL_CUDA_DEVICE"):
+        return os.environ["NNDSL_CUDA_DEVICE"] == "1"
+    probe = "from numba import cuda; print(int(cuda.is_available()))"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    return out.stdout.strip() == "1"
+
+
+DEVICE = _on_device()
+
+
+def _worker(mode: str, source: str, name: str, extra_env: dict | None = None, dtype="float64") -> dict:
+    folder = BUILD / ("device" if DEVICE else "sim") / name
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "model.nn"
+    src.write_text(source)
+    env = dict(os.environ, **(extra_env or {}))
+    if DEVICE:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    else:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    out = subprocess.run([sys.executable, str(WORKER), mode, str(src), str(folder), "--dtype", dtype],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _example(name: str) -> str:
+    return (EXAMPLES / f"{name}.nn").read_text()
+
+
+# (name, source, environment, dtype, relative tolerance): loss, gradient, three steps,
+# forward and forward at a node of the CUDA module equal the CPU module's
+EQUAL = [
+    ("lecture_mlp", _example("lecture_mlp"), {}, "float64", 1e-8),
+    ("digits_mlp", _example("digits_mlp"), {}, "float64", 1e-8),
+    ("gan", GAN, {}, "float64", 1e-8),                             # two losses, `wrt` confinement
+    ("user_conv", _example("user_conv"), {}, "float64", 1e-8),     # windows, scatter-add adjoint
+    ("iris_softmax", _example("iris_softmax"), {}, "float64", 1e-8),
+    # every eligible reduction as one block per output (shared-memory tree reductions)
+    ("lecture_mlp_blocks", _example("lecture_mlp"), {"NNDSL_CUDA_BLOCK_MIN": "1"}, "float64", 1e-8),
+    # float32: CPU helpers (rational tanh, Cephes exp) against CUDA's libdevice; Adam
+    # divides by sqrt(v), which amplifies the last bits of tiny gradients
+    ("digits_mlp_f32", _example("digits_mlp"), {}, "float32", 1e-4),
+]
+
+
+@pytest.mark.parametrize("name,source,env,dtype,tol", EQUAL, ids=[r[0] for r in EQUAL])
+def test_cuda_module_equals_cpu_module(name, source, env, dtype, tol):
+    r = _worker("equal", source, name, env, dtype)
+    for key in ("loss", "grad", "steps", "params", "forward", "node"):
+        assert r[key] <= tol, (key, r)
+    assert r["untouched"], r
+
+
+# Stochastic layers draw on the device (xoroshiro128+ from the model's seed): not the CPU's
+# noise, so the checks are the gradient against the module's own loss, reproducibility per
+# seed, and the mean loss over seeds against the CPU module's.
+STOCHASTIC = [
+    ("dropout_mlp", _example("dropout_mlp")),
+    ("vae_digits", VAE_DIGITS),
+]
+
+
+@pytest.mark.parametrize("name,source", STOCHASTIC, ids=[r[0] for r in STOCHASTIC])
+def test_cuda_stochastic_layers(name, source):
+    r = _worker("stochastic", source, name)
+    assert r["directional"] < 1e-5, r
+    assert r["reproducible"] and r["varies"], r
+    assert r["mean_rel"] < 0.2, r
+
+
+def test_ptx_for_every_kernel_of_every_example(tmp_path):
+    """Every kernel of every example that builds compiles for sm_90 (NVVM from the extra,
+    no GPU needed). Kernels are shared by content, so the union is compiled once."""
+    from nndsl.build import KERNEL_DIR, build_file
+    from nndsl.diagnostics import CompileError
+    from nndsl.render.numba_cuda import write_ptx
+    built, names = [], set()
+    for path in sorted(EXAMPLES.glob("*.nn")):
+        for dtype in ("float32", "float64"):
+            try:
+                build_file(path, tmp_path / "build", dtype=dtype, target="cuda")
+            except CompileError:                # conv/rnn examples that do not build yet
+                continue
+            built.append(f"{path.stem}:{dtype}")
+    names = sorted(p.stem for p in (tmp_path / "build" / KERNEL_DIR).glob("cu_*.py"))
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from nndsl.render.numba_cuda import write_ptx\n"
+            "print(len(write_ptx(%r, %r, %r)))") % (str(ROOT), str(tmp_path / "build" / KERNEL_DIR), names,
+                                                   str(tmp_path / "ptx"))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ptx = list((tmp_path / "ptx").glob("*.ptx"))
+    assert len(built) >= 10 and len(ptx) >= len(names)
+    assert all(".target sm_90" in p.read_text() for p in ptx)
+
+
+def test_ptx_option_writes_files(tmp_path, capsys):
+    assert main(["build", str(EXAMPLES / "lecture_mlp.nn"), "--target", "cuda", "-o", str(tmp_path / "m"),
+                 "--ptx", str(tmp_path / "ptx")]) == 0
+    assert "PTX files (sm_90)" in capsys.readouterr().out
+    assert list((tmp_path / "ptx").glob("cu_loop_*._thread.ptx"))
+
+
+def test_cuda_target_without_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(build_mod, "cuda_available", lambda: False)
+    assert main(["build", str(EXAMPLES / "lecture_mlp.nn"), "--target", "cuda", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[cuda]"' in err[0]
+
+
+def test_cuda_module_imports_without_a_gpu_and_fails_at_model(tmp_path):
+    """Import works anywhere; Model(...) names the problem when there is neither a GPU nor
+    the simulator."""
+    if DEVICE:
+        pytest.skip("a GPU is present")
+    assert main(["build", str(EXAMPLES / "lecture_mlp.nn"), "--target", "cuda", "-o", str(tmp_path)]) == 0
+    code = ("import sys; sys.path.insert(0, %r); import lecture_mlp as m\n"
+            "try:\n    m.Model(0)\nexcept RuntimeError as e:\n    print('ERR', e)\n") % str(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ERR lecture_mlp: no CUDA GPU" in out.stdout
+
+
+def test_fit_nonfinite_guard_and_lazy_step(tmp_path):
+    r = _worker("fit", _example("lecture_mlp"), "fit_lecture")
+    assert r["fit_ok"] and r["lazy_float"] and r["guard"], r
