@@ -279,6 +279,7 @@ def _context(spec, source_file: str, target: str) -> dict:
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         kernel_names=list(spec.kernels), output_views=spec.output_views,
         plans=list(spec.plans.plans.values()), width=spec.plans.width,
+        branches=list(spec.plans.branches.values()), updates=spec.updates, has_draws=spec.has_draws,
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
                         clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
     )
