@@ -94,20 +94,33 @@ def _signature(k: KernelDef, params: list[str], dtype: str, extra: list[str] = (
     return f"void({', '.join(types + list(extra))})"
 
 
+def _top_level_args(text: str) -> list[str]:
+    """`a.reshape((m, n)), b, c` -> its three arguments (commas inside brackets kept)."""
+    args, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "([" and 1 or (ch in ")]" and -1 or 0)
+        if ch == "," and depth == 0:
+            args.append(text[start:i].strip())
+            start = i + 1
+    return args + [text[start:].strip()]
+
+
 def _gemm(k: KernelDef) -> str:
     """Views of the provider's arrays made once; `go` is the cuBLAS call."""
     calls = []
     for line in k.body:
         if line.startswith("#"):
             continue
-        m = re.fullmatch(r"np\.dot\((.+), (.+), (.+)\)", line)
-        if m:
-            calls.append(f"xp.matmul({m[1]}, {m[2]}, out={m[3]})")
+        m = re.fullmatch(r"np\.dot\((.+)\)", line)
+        if m and len(_top_level_args(m[1])) == 3:
+            a, b, out = _top_level_args(m[1])
+            calls.append(f"xp.matmul({a}, {b}, out={out})")
             continue
-        m = re.fullmatch(r"(\S+) \+= np\.dot\((.+), (.+)\)", line)
-        if not m:
+        m = re.fullmatch(r"(\S+) \+= np\.dot\((.+)\)", line)
+        if not m or len(_top_level_args(m[2])) != 2:
             raise ValueError(f"unexpected GEMM line {line!r}")
-        calls.append(f"xp.add({m[1]}, xp.matmul({m[2]}, {m[3]}), out={m[1]})")
+        a, b = _top_level_args(m[2])
+        calls.append(f"xp.add({m[1]}, xp.matmul({a}, {b}), out={m[1]})")
     lines = [f"def prepare(ctx, {', '.join(k.params)}):",
              "    xp = ctx.xp"] + ["    " + v for v in k.views] + \
         ["", "    def go():"] + ["        " + c for c in calls] + ["", "    return go"]
@@ -156,7 +169,9 @@ def _draw(k: KernelDef, dtype: str):
     else:                     # keep with probability 1 - p, scaled
         draw = f"F({a['scale']!r}) if _uniform(states, tid) > F({a['p']!r}) else F(0.0)"
     out = s.out
-    params = [p for p in k.params if p != "training"]
+    # the CPU's counter-based draws take the step seed and the batch's first example; the
+    # device draws from its own xoroshiro states (reseeded from the step seed by the runtime)
+    params = [p for p in k.params if p not in ("training", "seed", "first")]
     head = [ln for ln in k.views if ln.startswith(f"{out} =")]
     size = _flat_size(k, out)
     cond = "True" if a.get("always") else "training != 0"
@@ -170,7 +185,7 @@ def _draw(k: KernelDef, dtype: str):
               f"            {out}[i] = {draw}",
               "        else:",
               f"            {out}[i] = F({a['neutral']!r})"]
-    prep = [f"def prepare(ctx, {', '.join(k.params)}):",
+    prep = [f"def prepare(ctx, {', '.join(params)}, training, seed=0, first=0):",
             "    k = _draw[ctx.n_states // ctx.tpb, ctx.tpb, ctx.stream]",
             f"    args = ({', '.join(params)}, int(training), ctx.states)",
             "    return lambda: k(*args)"]
@@ -231,6 +246,9 @@ class _LoopKernel:
         if isinstance(item, Group):
             self.stages, self.ranges, self.scalars = list(item.stages), list(item.ranges), set(item.scalars)
             self.lone = False
+        elif isinstance(item, tuple):      # stages over one space the CPU runs in one pass
+            self.stages, self.ranges, self.scalars = list(item), list(item[0].ranges), set()
+            self.lone = False
         else:
             self.stages, self.ranges, self.scalars = [item], list(item.ranges), set()
             self.lone = True
@@ -248,7 +266,8 @@ class _LoopKernel:
             if s.reduce_vars and s.plain and set(s.out_vars) == par:
                 self.register[s.out] = self.emit.var(f"{s.out}_acc")
         full = set(loop)
-        self.block_ok = bool(self.ser) and all(
+        # a block reduction keeps no position: an arg-max reduces in one thread
+        self.block_ok = bool(self.ser) and not any(s.reduce == "argmax" for s in stored) and all(
             s.out in self.register or (set(_injective(s)) == full and not s.reduce_vars) for s in stored)
         self.zero = [s.out for s in stored
                      if s.out not in self.register and s.reduce_vars and s.plain and not s.accumulate]
@@ -263,6 +282,9 @@ class _LoopKernel:
             acc = self.register[s.out]
             if s.reduce == "max":
                 return [f"{acc} = max({acc}, {body})"]
+            if s.reduce == "argmax":             # strict >: the first maximum wins, as on the CPU
+                return [f"if {body} > {acc}_top:", f"    {acc}_top = {body}",
+                        f"    {acc} = {p.doprint(s.reduced_position)}"]
             if s.reduce == "logsumexp":
                 return [f"{acc} += _exp({body} - {acc}_top)"]
             return [f"{acc} += {body}"]
@@ -296,6 +318,8 @@ class _LoopKernel:
 
     def _reg_init(self, s: Stage) -> str:
         acc = self.register[s.out]
+        if s.reduce == "argmax":
+            return f"{acc}, {acc}_top = {self._zero_lit()}, -math.inf"
         return f"{acc} = -math.inf" if s.reduce == "max" else f"{acc} = {self._zero_lit()}"
 
     def _reg_store(self, s: Stage, value: str) -> str:
