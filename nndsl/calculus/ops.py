@@ -45,6 +45,8 @@ class Graph:
         self.params: dict[str, Handle] = {}
         self.sizes = {}                      # free size name -> sympy symbol
         self.node_stages: dict[str, tuple[int, int]] = {}   # node -> its slice of b.stages
+        # a tensor that stacks parameters consecutive in theta (a recurrence's gates) -> them
+        self.stacked: dict[str, list[str]] = {}
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
 
@@ -58,6 +60,16 @@ class Graph:
 
     def new_value(self, label: str, shape, role="value") -> Handle:
         return self.b.tensor(label, self.full_shape(shape), role)
+
+    def param_tensors(self, names) -> list[str]:
+        """The tensors that hold these parameters, stacked ones once (what derive takes)."""
+        member = {m: t for t, ms in self.stacked.items() for m in ms}
+        out = []
+        for name in names:
+            t = member.get(name, self.params[name].name)
+            if t not in out:
+                out.append(t)
+        return out
 
     def param(self, node: ir.Node, local: str) -> Handle:
         return self.params[node.params[local]]
@@ -481,3 +493,6 @@ def _ancestors(model: ir.ModelIR, names) -> set[str]:
         seen.add(name)
         todo.extend(by_name[name].inputs)
     return seen
+
+
+from . import recurrent  # noqa: E402,F401  (registers rnn, lstm, gru)
