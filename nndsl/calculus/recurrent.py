@@ -108,6 +108,8 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
     xw_t, uh_t = c.view(xw, 0), c.view(uh, 0)
     c.step(uh_t, (n, j), U[j, k] * h_prev[n, k], over=(k,), reduce="sum", note=f"{name}: U·h_(t-1)")
 
+    nk = {n: N, k: H}            # gates read the stacked (N, G) tensors at k + gate·H
+
     def pre(gate: int):
         o = gate * H
         return xw_t[n, k + o] + uh_t[n, k + o] + bias[k + o]
@@ -115,14 +117,14 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
     def gate_value(what: str, f, gate: int) -> Handle:
         seq = c.seq(what, T, H)
         v = c.view(seq, 0)
-        c.step(v, (n, k), f(pre(gate)), note=f"{name}: {what}_t")
+        c.step(v, (n, k), f(pre(gate)), sizes=nk, note=f"{name}: {what}_t")
         return v
 
     if kind == "rnn":
         act = node.attrs.get("act", "tanh")
         if act == "softmax":
             g.unsupported(node, "softmax as a recurrent activation")
-        c.step(h_t, (n, k), activation_fn(g, act)(pre(0)), note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
+        c.step(h_t, (n, k), activation_fn(g, act)(pre(0)), sizes=nk, note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
     elif kind == "lstm":
         i_t = gate_value("i", fn.sigmoid, 0)
         f_t = gate_value("f", fn.sigmoid, 1)
@@ -138,7 +140,7 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
         hh = c.seq("ĥ", T, H)
         hh_t = c.view(hh, 0)
         c.step(hh_t, (n, k), sp.tanh(xw_t[n, k + 2 * H] + r_t[n, k] * uh_t[n, k + 2 * H] + bias[k + 2 * H]),
-               note=f"{name}: ĥ_t = tanh(W_h x_t + r_t⊙(U_h h_(t-1)) + b_h)")
+               sizes=nk, note=f"{name}: ĥ_t = tanh(W_h x_t + r_t⊙(U_h h_(t-1)) + b_h)")
         c.step(h_t, (n, k), (1 - z_t[n, k]) * hh_t[n, k] + z_t[n, k] * h_prev[n, k],
                note=f"{name}: h_t = (1-z_t)⊙ĥ_t + z_t⊙h_(t-1)")
 
