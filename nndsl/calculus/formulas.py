@@ -33,9 +33,10 @@ class Tensor:
     role: str                      # input target labels param value noise loss grad
     label: str                     # the user's name ("h.W"), for display
     dtype: str = "float"           # "float" or "int" (class labels)
-    # A step view of a recurrence (`calculus/recurrent.py`): (sequence tensor, step shift,
-    # "step" | "all"). It owns no memory: "step" is the (N, ·) slice of step t + shift of a
-    # (steps·N, ·) sequence tensor, "all" its T·N rows from step `shift` on. None: a tensor.
+    # A view of another tensor's memory (`calculus/recurrent.py`): (tensor, step shift, mode).
+    # It owns no memory: "step" is the (N, ·) slice of step t + shift of a (steps, N, ·)
+    # sequence tensor, "all" its T·N rows from step `shift` on, "fixed" the slice of step
+    # `shift`; "rows" a (N, T, K) value seen as (N·T, K). None: a tensor with its own memory.
     view: Optional[tuple] = None
 
 

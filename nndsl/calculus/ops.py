@@ -186,30 +186,49 @@ def _input(g: Graph, node: ir.Node):
 
 @layer("target")
 def _target(g: Graph, node: ir.Node):
-    if node.attrs.get("classes"):
-        return g.b.tensor(node.name, (N,), "labels", dtype="int")
+    if node.attrs.get("classes"):          # (N,), or (N, T) for per-step labels
+        return g.b.tensor(node.name, g.full_shape(node.shape), "labels", dtype="int")
     return g.b.tensor(node.name, g.full_shape(node.shape), "target")
 
 
 @layer("dense")
 def _dense(g: Graph, node: ir.Node, x: Handle):
-    """a[n,k] = Σ_d W[k,d]·x[n,d] + b[k];  out = act(a)."""
-    if len(x.shape) != 2:
-        g.unsupported(node, "dense on a rank > 1 input")
+    """a[n,k] = Σ_d W[k,d]·x[n,d] + b[k];  out = act(a). On a sequence (N, T, D) it maps
+    over the time axis: a[n,s,k] = Σ_d W[k,d]·x[n,s,d] + b[k], one GEMM over all N·T rows."""
+    if len(x.shape) not in (2, 3):
+        g.unsupported(node, "dense on a rank > 2 input")
     n, k, d = idx("n k d")
     W = g.param(node, "W")
     act = node.attrs.get("act", "identity")
     bias = node.attrs.get("bias", True)
     # The last stage of the node carries the node's own name.
     z_label = node.name if act == "identity" and not bias else node.name + ".z"
-    z = g.b.tensor(z_label, (N, W.shape[0]), "value")
-    g.b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,), reduce="sum", note=f"{node.name}: W·x")
+    z = g.b.tensor(z_label, x.shape[:-1] + (W.shape[0],), "value")
+    if len(x.shape) == 2:
+        g.b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,), reduce="sum", note=f"{node.name}: W·x")
+    else:
+        _dense_rows(g, node, x, W, z)
+    ind = loop_indices(len(z.shape) - 1)
     a = z
     if bias:
         b = g.param(node, "b")
         a = g.b.tensor(node.name if act == "identity" else node.name + ".a", z.shape, "value")
-        g.b.assign(a, (n, k), z[n, k] + b[k], note=f"{node.name}: + b")
+        g.b.assign(a, ind, z[ind] + b[ind[-1]], note=f"{node.name}: + b")
     return apply_activation(g, act, a, node.name, f"{node.name} = {act}(a)")
+
+
+def _dense_rows(g: Graph, node: ir.Node, x: Handle, W: Handle, z: Handle) -> None:
+    """z[n,s,·] = W·x[n,s,·] for every step: a (N, T, D) value in the workspace is viewed as
+    N·T rows (`Tensor.view`, no copy) so that it is one GEMM; a data input loops."""
+    r, s, k, d, n = idx("r s k d n")
+    if x.tensor.role != "value":
+        g.b.assign(z, (n, s, k), W[k, d] * x[n, s, d], over=(d,), reduce="sum", note=f"{node.name}: W·x_t")
+        return
+    rows = lambda h: g.b.tensor(h.tensor.label + "[rows]", (h.shape[0] * h.shape[1], h.shape[2]),  # noqa: E731
+                                "value", view=(h.name, 0, "rows"))
+    x_rows, z_rows = rows(x), rows(z)
+    g.b.assign(z_rows, (r, k), W[k, d] * x_rows[r, d], over=(d,), reduce="sum",
+               note=f"{node.name}: W·x_t, all steps")
 
 
 @layer("expr")
@@ -430,17 +449,21 @@ def _kl_normal(g, term, label, mu, logvar):
 
 @loss("cross_entropy")
 def _cross_entropy(g, term, label, o, labels):
-    """-log softmax(o)[label] = Σ_k Y[n,k]·(lse[n] - o[n,k]) with Y one-hot."""
-    n, k = idx("n k")
-    K = o.shape[1]
-    onehot = g.b.tensor(f"{labels.tensor.label}.onehot", (N, K), "value")
+    """-log softmax(o)[label] = Σ_k Y[n,k]·(lse[n] - o[n,k]) with Y one-hot. Per-step
+    logits (N, T, K) with labels (N, T): summed over the steps, like every per-example loss
+    sums over the example's elements."""
+    n, k, s = idx("n k s")
+    K = o.shape[-1]
+    rows = (n, s) if len(o.shape) == 3 else (n,)
+    onehot = g.b.tensor(f"{labels.tensor.label}.onehot", o.shape, "value")
     g.b.special("onehot", onehot, inputs=(labels.name,), note=f"one-hot of {labels.tensor.label}",
                 labels=labels.name)
-    lse = g.b.tensor(f"{label}.lse", (N,), "value")
-    g.b.assign(lse, (n,), o[n, k], over=(k,), reduce="logsumexp", note=f"log Σ_k exp {o.tensor.label}[n,k]")
+    lse = g.b.tensor(f"{label}.lse", o.shape[:-1], "value")
+    g.b.assign(lse, rows, o[rows + (k,)], over=(k,), reduce="logsumexp",
+               note=f"log Σ_k exp {o.tensor.label}[n,k]")
     out = g.b.tensor(label, (N,), "value")
-    g.b.assign(out, (n,), onehot[n, k] * (lse[n] - o[n, k]), over=(k,), reduce="sum",
-               note=f"{label}: cross-entropy")
+    g.b.assign(out, (n,), onehot[rows + (k,)] * (lse[rows] - o[rows + (k,)]), over=rows[1:] + (k,),
+               reduce="sum", note=f"{label}: cross-entropy")
     return out
 
 

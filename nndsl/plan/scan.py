@@ -55,6 +55,8 @@ def scan_calls(stages, fuse, call) -> list:
 def view_offset(t: Tensor, tensors: dict[str, Tensor], ws_offsets) -> sp.Expr:
     """A step view's offset in the workspace: its sequence's, plus whole steps of N rows."""
     seq, shift, mode = t.view
+    if mode == "rows":                     # a (N, T, K) value seen as N·T rows: the same memory
+        return ws_offsets[seq]
     step = N * tensors[seq].shape[2]
     first = shift + STEP if mode == "step" else shift
     return sp.expand(ws_offsets[seq] + first * step)
