@@ -303,8 +303,10 @@ class Model:
         table = self._plans.get(key)
         if table is None:
             fill, n_forward = _PLANS[name]
-            table = self._plans[key] = (fill(n_rows), n_forward,
-                                        _value_at(n_rows))
+            rows = fill(n_rows)
+            if n_forward is None:         # a recurrence's plan: its length depends on T
+                rows, n_forward = rows
+            table = self._plans[key] = (rows, n_forward, _value_at(n_rows))
         return table
 
     def _run(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
