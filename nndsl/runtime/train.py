@@ -117,6 +117,10 @@ def train_command(args) -> int:
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
     print(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
           f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples")
+    first = next(n for n, (_, _, is_target) in module.DATA.items() if not is_target)
+    if train[first].shape[1:] != ds.x_train.shape[1:]:      # e.g. 64 pixels as 8 rows of 8 (T, F)
+        print(f"input `{first}`: each example's {ds.x_train.shape[1:]} features read as "
+              f"{train[first].shape[1:]}, the model's declared shape")
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
                     validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
