@@ -95,9 +95,13 @@ _SETS = {
 _INSTALL_HINT = "pip install 'nndsl[data]'"
 
 
+# sequence sets generated or read from an installed package (`runtime/sequences.py`)
+_SEQUENCE_SETS = ("names", "sine")
+
+
 def dataset_names() -> list[str]:
     """The names `load_dataset` knows, sorted."""
-    return sorted(_SETS)
+    return sorted(list(_SETS) + list(_SEQUENCE_SETS))
 
 
 def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
@@ -112,11 +116,14 @@ def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2) -
     key = text.strip().lower().replace("-", "_")
     if key in _SETS:
         return _load_named(key, seed, float(test_fraction))
+    if key in _SEQUENCE_SETS:
+        from . import sequences
+        return sequences.load(key, seed, float(test_fraction))
     path = Path(text)
     if text.lower().endswith(".npz") or path.is_file():
         return _load_npz(path, seed, float(test_fraction))
     else:
-        hint = did_you_mean(key, _SETS)
+        hint = did_you_mean(key, dataset_names())
         msg = f"unknown data set `{text}`"
         if hint:
             msg += f"; {hint}"

@@ -80,6 +80,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
     if ds.y_test is not None and first.fn == "cross_entropy":
         out = m.forward(**inputs)
         logits = out[0] if isinstance(out, tuple) else out
+        if logits.ndim == 3:                      # per-step labels: how often the next step is right
+            return f"test next-step accuracy {np.mean(np.argmax(logits, axis=2) == ds.y_test):.2%}"
         return f"test accuracy {np.mean(np.argmax(logits, axis=1) == ds.y_test):.2%}"
     if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
         out = m.forward(**inputs)
@@ -128,6 +130,9 @@ def train_command(args) -> int:
     seconds = time.perf_counter() - t0
     print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
     print(evaluate(model_ir, module, m, ds, test))
+    if ds.name == "names":                        # a character-level language model: show it
+        from .sequences import sample_names
+        print("samples: " + ", ".join(sample_names(m, module, seed=args.seed)))
     if out_dir is not None:
         weights = out_dir / f"{model_ir.name}.npz"
         m.save(weights)
