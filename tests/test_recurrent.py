@@ -84,3 +84,59 @@ def test_clip_norm_trains_a_recurrent_model():
     for _ in range(30):
         m.step(**data)
     assert m.loss(**data) < first
+
+
+# -- different lengths in one batch: x_lengths= masks the cell and the per-step losses
+LENGTH_CASES = {
+    "lstm-last": model("h = lstm(x, 4, return=last)\n" + LAST),
+    "gru-per-step": model("h = gru(x, 4)\no = dense(h, 3)\nloss cross_entropy(o, next)",
+                          "input x[T, 3]\ntarget next[T]: class(3)"),
+    "stacked-rnn-per-step": model("h1 = rnn(x, 4)\nh = lstm(h1, 3)\no = dense(h, 2)\nloss squared(o, y)", PER_STEP),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LENGTH_CASES))
+def test_padded_batch_equals_examples_alone(case):
+    """The loss and gradient of a padded batch are the mean of each example's run alone."""
+    module = compile_source(LENGTH_CASES[case])
+    lengths = np.array([5, 2, 4, 1])
+    data = sequence_data(module, 4, 5, seed=3)
+    m = module.Model(seed=0)
+    L, g = m.grad(x_lengths=lengths, **data)
+    alone = []
+    for i, n in enumerate(lengths):
+        one = {k: v[i:i + 1, :n] if module.DATA[k][0][:1] == ("T",) else v[i:i + 1] for k, v in data.items()}
+        alone.append(m.grad(**one))
+    assert L == pytest.approx(np.mean([a[0] for a in alone]), rel=1e-12)
+    for p in g:
+        np.testing.assert_allclose(g[p], np.mean([a[1][p] for a in alone], axis=0), rtol=1e-10, atol=1e-13)
+    check_gradients(module, dict(data, x_lengths=lengths))
+
+
+def test_return_last_gives_each_examples_own_last_state():
+    module = compile_source(model("h = gru(x, 4, return=last)\n" + LAST + "\noutput h"))
+    m = module.Model(seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 6, 3))
+    h = m.forward(x=x, x_lengths=np.array([6, 3, 1]))
+    for i, n in enumerate([6, 3, 1]):
+        np.testing.assert_allclose(h[i], m.forward(x=x[i:i + 1, :n])[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("lengths,message", [
+    (np.array([3, 7]), "every length must lie in 1..6"),
+    (np.array([3, 0]), "every length must lie in 1..6"),
+    (np.array([3]), "expected integer lengths of shape (2,)"),
+    (np.array([3.0, 2.0]), "expected integer lengths"),
+])
+def test_bad_lengths_name_the_input(lengths, message):
+    module = compile_source(LENGTH_CASES["lstm-last"])
+    data = sequence_data(module, 2, 6)
+    with pytest.raises(ValueError, match="'x_lengths'") as e:
+        module.Model(seed=0).loss(x_lengths=lengths, **data)
+    assert message in str(e.value)
+
+
+def test_wrong_feature_size_names_the_input():
+    module = compile_source(LENGTH_CASES["lstm-last"])
+    with pytest.raises(ValueError, match=r"'x': expected shape \(N, T, 3\)"):
+        module.Model(seed=0).loss(x=np.zeros((2, 5, 4)), y=np.zeros((2, 2)))

@@ -47,6 +47,10 @@ class Graph:
         self.node_stages: dict[str, tuple[int, int]] = {}   # node -> its slice of b.stages
         # a tensor that stacks parameters consecutive in theta (a recurrence's gates) -> them
         self.stacked: dict[str, list[str]] = {}
+        # per-example lengths: free size T -> the (N, T) step mask (1 before the example's
+        # length, else 0) the Model makes from `x_lengths=` (all ones without), and its source
+        self.masks: dict[sp.Symbol, Handle] = {}
+        self.mask_info: dict[str, tuple[str, str]] = {}     # mask tensor -> (size, input)
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
 
@@ -60,6 +64,22 @@ class Graph:
 
     def new_value(self, label: str, shape, role="value") -> Handle:
         return self.b.tensor(label, self.full_shape(shape), role)
+
+    def sequence_mask(self, size):
+        """The step mask of a free sequence length (the first axis of a sequence input), or
+        None for a fixed length: steps past an example's length keep its state and do not
+        count in its loss."""
+        if not isinstance(size, sp.Symbol) or size == N:
+            return None
+        if size not in self.masks:
+            source = next((d.name for d in self.model.inputs if d.shape and d.shape[0] == str(size)
+                           and len(d.shape) >= 2), None)
+            if source is None:
+                return None
+            h = self.b.tensor(f"{source}_mask", (N, size), "input")
+            self.masks[size] = h
+            self.mask_info[h.name] = (str(size), source)
+        return self.masks[size]
 
     def param_tensors(self, names) -> list[str]:
         """The tensors that hold these parameters, stacked ones once (what derive takes)."""
@@ -405,10 +425,12 @@ def _elementwise_loss(g: Graph, term: ir.LossTerm, operands, f: Callable, label:
     ind = loop_indices(len(shape) - 1)
     vals = [number(h) if not isinstance(h, Handle) else broadcast(h, ind, shape) for h in operands]
     out = g.b.tensor(label, (N,), "value")
+    mask = g.sequence_mask(shape[1]) if len(shape) >= 3 else None
+    value = f(*vals) * (mask[ind[:2]] if mask is not None else 1)     # steps past a length: 0
     if len(ind) == 1:
-        g.b.assign(out, ind, f(*vals), note=f"{label}: per-example {term.fn}")
+        g.b.assign(out, ind, value, note=f"{label}: per-example {term.fn}")
     else:
-        g.b.assign(out, ind[:1], f(*vals), over=ind[1:], reduce="sum", sizes=dict(zip(ind, shape)),
+        g.b.assign(out, ind[:1], value, over=ind[1:], reduce="sum", sizes=dict(zip(ind, shape)),
                    note=f"{label}: per-example {term.fn}, summed over the example")
     return out
 
@@ -462,7 +484,9 @@ def _cross_entropy(g, term, label, o, labels):
     g.b.assign(lse, rows, o[rows + (k,)], over=(k,), reduce="logsumexp",
                note=f"log Σ_k exp {o.tensor.label}[n,k]")
     out = g.b.tensor(label, (N,), "value")
-    g.b.assign(out, (n,), onehot[rows + (k,)] * (lse[rows] - o[rows + (k,)]), over=rows[1:] + (k,),
+    mask = g.sequence_mask(o.shape[1]) if len(o.shape) == 3 else None
+    weight = mask[n, s] if mask is not None else 1                  # steps past a length: 0
+    g.b.assign(out, (n,), weight * onehot[rows + (k,)] * (lse[rows] - o[rows + (k,)]), over=rows[1:] + (k,),
                reduce="sum", note=f"{label}: cross-entropy")
     return out
 

@@ -102,6 +102,15 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
         C = c.seq("C", T + 1, H)
         g.b.assign(C, (0, n, k), sp.Integer(0), sizes={n: N, k: H}, note=f"{name}: C_0 = 0")
 
+    # x_lengths: past its length an example keeps its state, m_t = 1[t < length]
+    mask = g.sequence_mask(T)
+    if mask is not None:
+        ms = c.seq("mask", T, 1)
+        g.b.assign(ms, (s, n, 0), mask[n, s], sizes={n: N, s: T}, note=f"{name}: step mask")
+        m_t = c.view(ms, 0)
+    keep = (lambda new, old: m_t[n, 0] * new + (1 - m_t[n, 0]) * old) if mask is not None else \
+        (lambda new, old: new)                                         # noqa: E731
+
     # the cell, once per step
     h_prev, h_t = c.view(h, 0), c.view(h, 1)
     uh = c.seq("Uh", T, G)
@@ -124,16 +133,16 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
         act = node.attrs.get("act", "tanh")
         if act == "softmax":
             g.unsupported(node, "softmax as a recurrent activation")
-        c.step(h_t, (n, k), activation_fn(g, act)(pre(0)), sizes=nk, note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
+        c.step(h_t, (n, k), keep(activation_fn(g, act)(pre(0)), h_prev[n, k]), sizes=nk, note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
     elif kind == "lstm":
         i_t = gate_value("i", fn.sigmoid, 0)
         f_t = gate_value("f", fn.sigmoid, 1)
         o_t = gate_value("o", fn.sigmoid, 2)
         cc_t = gate_value("Ĉ", sp.tanh, 3)
         C_prev, C_t = c.view(C, 0), c.view(C, 1)
-        c.step(C_t, (n, k), C_prev[n, k] * f_t[n, k] + cc_t[n, k] * i_t[n, k],
+        c.step(C_t, (n, k), keep(C_prev[n, k] * f_t[n, k] + cc_t[n, k] * i_t[n, k], C_prev[n, k]),
                note=f"{name}: C_t = C_(t-1)⊙f_t + Ĉ_t⊙i_t")
-        c.step(h_t, (n, k), sp.tanh(C_t[n, k]) * o_t[n, k], note=f"{name}: h_t = tanh(C_t)⊙o_t")
+        c.step(h_t, (n, k), keep(sp.tanh(C_t[n, k]) * o_t[n, k], h_prev[n, k]), note=f"{name}: h_t = tanh(C_t)⊙o_t")
     else:
         z_t = gate_value("z", fn.sigmoid, 0)
         r_t = gate_value("r", fn.sigmoid, 1)
@@ -141,7 +150,7 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
         hh_t = c.view(hh, 0)
         c.step(hh_t, (n, k), sp.tanh(xw_t[n, k + 2 * H] + r_t[n, k] * uh_t[n, k + 2 * H] + bias[k + 2 * H]),
                sizes=nk, note=f"{name}: ĥ_t = tanh(W_h x_t + r_t⊙(U_h h_(t-1)) + b_h)")
-        c.step(h_t, (n, k), (1 - z_t[n, k]) * hh_t[n, k] + z_t[n, k] * h_prev[n, k],
+        c.step(h_t, (n, k), keep((1 - z_t[n, k]) * hh_t[n, k] + z_t[n, k] * h_prev[n, k], h_prev[n, k]),
                note=f"{name}: h_t = (1-z_t)⊙ĥ_t + z_t⊙h_(t-1)")
 
     # the node's value, batch-major as the language has it

@@ -78,6 +78,7 @@ class ModuleSpec:
     plans: Plans | None = None                   # every entry's calls, and their branches
     updates: list = field(default_factory=list)  # (update id, kernel, hyperparameters)
     has_draws: bool = False
+    masks: dict = field(default_factory=dict)    # step mask -> (free size, the input it masks)
     graph: Graph | None = None
     adjoints: dict = field(default_factory=dict)
 
@@ -101,6 +102,12 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
 
     tensors = g.b.tensors
     outputs = [g.values[o].name for o in model.outputs]
+    # step masks of free sequence lengths are data arguments too (the Model makes them from
+    # `x_lengths=`, all ones without); they follow the declared data
+    masks = [ir.DataDecl(h.name, (str(size),)) for size, h in g.masks.items()]
+    for d in masks:
+        g.values.setdefault(d.name, g.masks[next(s for s in g.masks if g.masks[s].name == d.name)])
+
     layout = _param_layout(model, g)
     ws_offsets, ws_size = _workspace_layout(tensors)
     batch_last = _batch_last(tensors, outputs)
@@ -144,6 +151,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         params=[layout[p.name] for p in model.params],
         n_params=sum(v["size"] for v in layout.values()),
         data=[_data_info(d) for d in model.data],
+        masks={h.name: g.mask_info[h.name] for h in g.masks.values()},
         free_sizes=_free_sizes(model),
         ws_size=index_text([ws_size]),
         forward=forward, forward_inputs=forward_inputs, nodes=nodes, node_info=node_info,
