@@ -29,6 +29,11 @@ MODELS = {
     "mnist": dict(nn=MODELS_DIR / "mnist_mlp.nn", module="mnist_mlp", target="label",
                   sizes=[784, 256, 128, 10], act="relu", batch=128, loss="cross_entropy",
                   steps=100, samples=5),
+    # recurrent (issue 11): x[T, 16] -> lstm(64, return=last) -> dense(1), squared, batch 32
+    "lstm": dict(nn=MODELS_DIR / "lstm_seq.nn", module="lstm_seq", target="y", kind="lstm",
+                 steps_T=32, features=16, hidden=64, batch=32, loss="squared", steps=100, samples=5),
+    "lstm256": dict(nn=MODELS_DIR / "lstm_seq.nn", module="lstm_seq", target="y", kind="lstm",
+                    steps_T=256, features=16, hidden=64, batch=32, loss="squared", steps=20, samples=5),
 }
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 UNAVAILABLE = 3  # exit status of an implementation whose library is not installed
@@ -62,6 +67,10 @@ def make_data(model: str, data: str = "random"):
     spec = MODELS[model]
     n = spec["batch"]
     rng = np.random.default_rng(1234)
+    if spec.get("kind") == "lstm":
+        x = rng.standard_normal((n, spec["steps_T"], spec["features"])).astype(np.float32)
+        y = rng.standard_normal((n, 1)).astype(np.float32)
+        return x, y
     if model == "lecture":
         x = rng.standard_normal((n, spec["sizes"][0])).astype(np.float32)
         y = rng.standard_normal((n, 1)).astype(np.float32)
