@@ -80,6 +80,8 @@ def sample_names(m, module, n: int = 12, seed: int = 0, max_len: int = 16) -> li
         out = m.forward(**{x_name: np.eye(V, dtype=module.DTYPE)[seqs]})
         logits = (out[0] if isinstance(out, tuple) else out)[:, -1].astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        if seqs.shape[1] == 1:
+            p[:, 0] = 0.0                              # a name has at least one letter
         p /= p.sum(axis=1, keepdims=True)
         nxt = np.array([rng.choice(V, p=row) for row in p])
         nxt[done] = 0                                   # an ended name stays ended

@@ -369,27 +369,27 @@ class Model:
             shape, classes, _ = DATA[name]
             a = np.asarray(data[name])
             expected = "(N, " + ", ".join(map(str, shape)) + ")" if shape else "(N,)"
-            if classes is not None:
-                if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-                    raise ValueError(f"{name!r}: expected integer class labels of shape (N,), "
+            if classes is not None:             # (N,), or (N, T) for per-step labels
+                if a.ndim != len(shape) + 1 or not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(f"{name!r}: expected integer class labels of shape {expected}, "
                                      f"got {a.dtype} array of shape {a.shape}")
                 if a.size and (a.min() < 0 or a.max() >= classes):
                     raise ValueError(f"{name!r}: labels must lie in 0..{classes - 1}, "
                                      f"got values in {a.min()}..{a.max()}")
                 a = np.ascontiguousarray(a, dtype=np.int64)
+            elif a.ndim != len(shape) + 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                hint = " (use .reshape(-1, 1))" if shape == (1,) and a.ndim == 1 else ""
+                raise ValueError(f"{name!r}: expected a numeric array of shape {expected}, "
+                                 f"got {a.dtype} array of shape {a.shape}{hint}")
             else:
-                if a.ndim != len(shape) + 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-                    hint = " (use .reshape(-1, 1))" if shape == (1,) and a.ndim == 1 else ""
-                    raise ValueError(f"{name!r}: expected a numeric array of shape {expected}, "
-                                     f"got {a.dtype} array of shape {a.shape}{hint}")
-                for axis, size in enumerate(shape):
-                    if isinstance(size, str):
-                        if sizes.setdefault(size, a.shape[axis + 1]) != a.shape[axis + 1]:
-                            raise ValueError(f"{name!r}: size {size} is {sizes[size]} elsewhere, "
-                                             f"got {a.shape[axis + 1]}")
-                    elif a.shape[axis + 1] != size:
-                        raise ValueError(f"{name!r}: expected shape {expected}, got {a.shape}")
                 a = np.ascontiguousarray(a, dtype=DTYPE)
+            for axis, size in enumerate(shape):
+                if isinstance(size, str):
+                    if sizes.setdefault(size, a.shape[axis + 1]) != a.shape[axis + 1]:
+                        raise ValueError(f"{name!r}: size {size} is {sizes[size]} elsewhere, "
+                                         f"got {a.shape[axis + 1]}")
+                elif a.shape[axis + 1] != size:
+                    raise ValueError(f"{name!r}: expected shape {expected}, got {a.shape}")
             if n_rows is None:
                 n_rows = a.shape[0]
             elif a.shape[0] != n_rows:
