@@ -113,15 +113,24 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
 
     # the cell, once per step
     h_prev, h_t = c.view(h, 0), c.view(h, 1)
-    uh = c.seq("Uh", T, G)
-    xw_t, uh_t = c.view(xw, 0), c.view(uh, 0)
-    c.step(uh_t, (n, j), U[j, k] * h_prev[n, k], over=(k,), reduce="sum", note=f"{name}: U·h_(t-1)")
+    xw_t = c.view(xw, 0)
+    if kind == "gru":            # r_t multiplies U_h·h_(t-1) alone: keep it apart
+        uh = c.seq("Uh", T, G)
+        uh_t = c.view(uh, 0)
+        c.step(uh_t, (n, j), U[j, k] * h_prev[n, k], over=(k,), reduce="sum", note=f"{name}: U·h_(t-1)")
+    else:
+        # rnn, lstm: U·h_(t-1) is added onto W·x_t in place, so the backward pass has one
+        # gradient of the pre-activations (Δ(W x_t) and Δ(U h_(t-1)) are the same numbers)
+        c.step(xw_t, (n, j), U[j, k] * h_prev[n, k], over=(k,), reduce="sum", accumulate=True,
+               note=f"{name}: W·x_t + U·h_(t-1)")
 
     nk = {n: N, k: H}            # gates read the stacked (N, G) tensors at k + gate·H
 
     def pre(gate: int):
         o = gate * H
-        return xw_t[n, k + o] + uh_t[n, k + o] + bias[k + o]
+        if kind == "gru":
+            return xw_t[n, k + o] + uh_t[n, k + o] + bias[k + o]
+        return xw_t[n, k + o] + bias[k + o]
 
     def gate_value(what: str, f, gate: int) -> Handle:
         seq = c.seq(what, T, H)
