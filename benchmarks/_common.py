@@ -34,6 +34,11 @@ MODELS = {
     "cnn": dict(nn=MODELS_DIR / "cnn.nn", module="cnn_bench", target="label",
                 sizes=[8, 16, 10], image=(1, 28, 28), act="relu", batch=64, loss="cross_entropy",
                 steps=30, samples=5),
+    # recurrent (issue 11): x[T, 16] -> lstm(64, return=last) -> dense(1), squared, batch 32
+    "lstm": dict(nn=MODELS_DIR / "lstm_seq.nn", module="lstm_seq", target="y", kind="lstm",
+                 steps_T=32, features=16, hidden=64, batch=32, loss="squared", steps=100, samples=5),
+    "lstm256": dict(nn=MODELS_DIR / "lstm_seq.nn", module="lstm_seq", target="y", kind="lstm",
+                    steps_T=256, features=16, hidden=64, batch=32, loss="squared", steps=20, samples=5),
 }
 # deep MLPs for the compile-time depth sweep: L hidden tanh layers of 64
 for _depth in (16, 20, 48):
@@ -72,6 +77,10 @@ def make_data(model: str, data: str = "random"):
     spec = MODELS[model]
     n = spec["batch"]
     rng = np.random.default_rng(1234)
+    if spec.get("kind") == "lstm":
+        x = rng.standard_normal((n, spec["steps_T"], spec["features"])).astype(np.float32)
+        y = rng.standard_normal((n, 1)).astype(np.float32)
+        return x, y
     if model == "lecture":
         x = rng.standard_normal((n, spec["sizes"][0])).astype(np.float32)
         y = rng.standard_normal((n, 1)).astype(np.float32)

@@ -23,6 +23,8 @@ def build(model: str, x_np, y_np):
     import optax
 
     spec = MODELS[model]
+    if spec.get("kind") == "lstm":
+        return build_lstm(model, x_np, y_np)
     sizes = spec["sizes"]
     act = jnp.tanh if spec["act"] == "tanh" else jax.nn.relu
     keys = jax.random.split(jax.random.PRNGKey(0), len(sizes) - 1)
@@ -92,6 +94,58 @@ def _cnn(jax, jnp, keys):
         return h.reshape((h.shape[0], -1)) @ W3 + b3
 
     return params, forward
+
+
+def build_lstm(model: str, x_np, y_np):
+    """The LSTM as one `lax.scan` over steps (gates stacked: one matmul per step)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    spec = MODELS[model]
+    F, H = spec["features"], spec["hidden"]
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    lim = lambda a, b: (6.0 / (a + b)) ** 0.5          # noqa: E731
+    params = dict(W=jax.random.uniform(k[0], (F, 4 * H), jnp.float32, -lim(F, H), lim(F, H)),
+                  U=jax.random.uniform(k[1], (H, 4 * H), jnp.float32, -lim(H, H), lim(H, H)),
+                  b=jnp.zeros((4 * H,), jnp.float32),
+                  V=jax.random.uniform(k[2], (H, 1), jnp.float32, -lim(H, 1), lim(H, 1)),
+                  c=jnp.zeros((1,), jnp.float32))
+    opt = optax.adam(LR, b1=BETA1, b2=BETA2, eps=EPS)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, x, y):
+        xw = jnp.einsum("ntf,fg->tng", x, p["W"]) + p["b"]      # input projections, all steps
+
+        def cell(carry, xw_t):
+            h, c = carry
+            z = xw_t + h @ p["U"]
+            i, f, g, o = jnp.split(z, 4, axis=1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+
+        n = x.shape[0]
+        (h, _), _ = jax.lax.scan(cell, (jnp.zeros((n, H)), jnp.zeros((n, H))), xw)
+        o = h @ p["V"] + p["c"]
+        return 0.5 * jnp.mean(jnp.sum((o - y) ** 2, axis=1))
+
+    def train_step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    x, y = jax.device_put(x_np), jax.device_put(y_np)
+    t0 = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
+    compile_s = time.perf_counter() - t0
+    state = [params, opt_state]
+
+    def step():
+        state[0], state[1], loss = compiled(state[0], state[1], x, y)
+        return loss
+
+    return step, compile_s
 
 
 def main(argv=None):

@@ -84,6 +84,8 @@ def main(argv=None):
         import numba  # noqa: F401
     except ImportError as exc:
         unavailable(IMPL, args.model, f"numba (PyTensor's NUMBA mode) not importable: {exc}")
+    if MODELS[args.model].get("kind") == "lstm":
+        unavailable(IMPL, args.model, "no PyTensor LSTM implementation in this benchmark")
     pytensor.config.floatX = "float32"
     x, y = make_data(args.model, args.data)
 

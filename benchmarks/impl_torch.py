@@ -43,12 +43,35 @@ def make_net(model: str, adam_impl: str = "fused"):
     return net, opt
 
 
+def make_lstm(model: str, adam_impl: str = "fused"):
+    """x (N, T, F) -> nn.LSTM(hidden) -> last state -> Linear(1)."""
+    import torch
+    from torch import nn
+
+    spec = MODELS[model]
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(spec["features"], spec["hidden"], batch_first=True)
+            self.out = nn.Linear(spec["hidden"], 1)
+
+        def forward(self, x):
+            seq, _ = self.rnn(x)
+            return self.out(seq[:, -1])
+
+    net = Net()
+    kw = {"fused": True} if adam_impl == "fused" else {"foreach": adam_impl == "foreach"}
+    return net, torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS, **kw)
+
+
 def build(model: str, x_np, y_np, adam_impl: str = "fused"):
     import torch
     import torch.nn.functional as F
 
     spec = MODELS[model]
-    net, opt = make_net(model, adam_impl)
+    net, opt = (make_lstm if spec.get("kind") == "lstm" else make_net)(model, adam_impl)
     x = torch.from_numpy(x_np)
     y = torch.from_numpy(y_np)
 

@@ -1,6 +1,6 @@
 """Adam step time of nndsl against PyTorch, JAX and PyTensor.
 
-    python benchmarks/step_time.py [--models lecture,mnist] [--impls nndsl,torch,jax,pytensor]
+    python benchmarks/step_time.py [--models lecture,mnist,lstm,lstm256] [--impls nndsl,torch,jax,pytensor]
                                    [--rounds 5] [--json FILE] [--unset-openblas-coretype]
 
 Each (model, implementation) runs in its own subprocess (`impl_*.py`): thread pools of

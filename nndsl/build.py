@@ -97,10 +97,12 @@ def _render_entry(env, spec) -> tuple[str, str]:
     from dataclasses import replace
     # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
     canonical = {spec.graph.values[d["name"]].name: f"d{i}" for i, d in enumerate(spec.data)}
+    # a recurrence's step masks follow the data (`x_lengths=` makes them)
+    canonical.update({m: f"d{len(spec.data) + i}" for i, m in enumerate(spec.masks)})
     branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
     context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
                    updates=spec.updates, has_draws=spec.has_draws,
-                   data_args="".join(f"d{i}, " for i in range(len(spec.data))))
+                   data_args="".join(f"d{i}, " for i in range(len(spec.data) + len(spec.masks))))
     template = env.get_template("entry.py.j2")
     digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
     name = f"entry_{digest}"
@@ -275,7 +277,7 @@ def _context(spec, source_file: str, target: str) -> dict:
         input_args="".join(f"{n}, " for n in spec.forward_inputs),
         inputs=[d.name for d in model.inputs], nodes=spec.nodes, node_info=spec.node_info,
         all_input_args="".join(f"{d.name}, " for d in model.inputs),
-        size_args=", ".join(size_names),
+        size_args=", ".join(size_names), masks=spec.masks,
         size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
         kernel_names=list(spec.kernels), output_views=spec.output_views,
         plans=list(spec.plans.plans.values()), width=spec.plans.width,

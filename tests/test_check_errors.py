@@ -75,8 +75,8 @@ ERRORS = [
     ("concat rank mismatch", ["h = concat(x, img)", LOSS], "8:15",
      ["`concat` operands must have the same rank", "`x` has shape (10,)",
       "`img` has shape (1, 8, 8)"], []),
-    ("dense on a sequence", ["h = dense(seq, 3)", LOSS], "8:11",
-     ["`dense` expects a vector", "`seq` is a sequence of shape (T, 4)"], ["return=last"]),
+    ("dense on a sequence of free width", ["input v[T, K]", "h = dense(v, 3)", LOSS], "9:11",
+     ["`dense` needs a fixed feature size", "`v` has shape (T, K)"], []),
     ("dense on an image", ["h = dense(img, 3)", LOSS], "8:11",
      ["`dense` expects a vector", "`img` is an image of shape (1, 8, 8)"],
      ["flatten(img)"]),
@@ -276,11 +276,11 @@ def test_one_error_per_mistake_in_network_called_twice():
 
 def test_cli_check(tmp_path, capsys):
     bad = tmp_path / "bad.nn"
-    bad.write_text(PRELUDE + "h = dense(seq, 3)\n" + LOSS + "\n")
+    bad.write_text(PRELUDE + "h = dense(img, 3)\n" + LOSS + "\n")
     assert main(["check", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:8:11: error: `dense` expects a vector" in err
-    assert "hint: reduce the sequence" in err
+    assert "hint: use flatten(img)" in err
     assert "1 error in" in err
     good = tmp_path / "good.nn"
     good.write_text(PRELUDE + LOSS + "\n")

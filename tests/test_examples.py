@@ -20,6 +20,7 @@ DATA = {
     "linear_autoencoder": "digits", "vae": "mnist", "vae2d": "mnist", "gan": "digits",
     "user_defined": "diabetes", "user_layer": "diabetes", "dropout_mlp": "digits",
     "user_conv": "digits", "lenet_mnist": "mnist", "strided_cnn": "digits",
+    "mnist_lstm": "mnist", "names_lm": "names", "sine_forecast": "sine",
 }
 
 
@@ -86,7 +87,7 @@ def test_nndsl_check_accepts_example(path, capsys):
 # one example per construct (batch-last layers, draws, user layers and windows, user
 # functions, sampling, networks with two inputs, input noise, softmax): each compiles a kernel
 NODE_EXAMPLES = ["lecture_mlp", "dropout_mlp", "user_layer", "user_conv", "user_defined", "vae2d", "gan",
-                 "denoising_autoencoder", "iris_softmax"]
+                 "denoising_autoencoder", "iris_softmax", "lstm"]
 
 
 @pytest.mark.parametrize("name", NODE_EXAMPLES)

@@ -15,12 +15,12 @@ concat, broadcasting) makes it a scatter-add.  Nothing else is special-cased.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
 from . import functions as fn
-from .formulas import Builder, Handle, Stage, make_stage
+from .formulas import N, Builder, Handle, Stage, make_stage
 
 _DIFFERENTIABLE_ROLES = {"param", "value", "loss"}
 
@@ -32,13 +32,20 @@ class Adjoint:
     adjoint_of: dict[str, str]          # every differentiated tensor -> its gradient tensor
 
 
-def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
-    """The stages that `target` depends on, in order."""
+def _base(tensors, name: str) -> str:
+    """The tensor that owns `name`'s memory: a step view's sequence, else itself."""
+    t = tensors.get(name) if tensors else None
+    return t.view[0] if t is not None and t.view else name
+
+
+def relevant_stages(stages: list[Stage], target: str, tensors=None) -> list[Stage]:
+    """The stages that `target` depends on, in order. With `tensors`, a step view and its
+    sequence are one value (a recurrence writes h_t and reads h_{t-1}, both views of h)."""
     needed, keep = {target}, []
     for s in reversed(stages):
-        if s.out in needed:
+        if s.out in needed or _base(tensors, s.out) in needed:
             keep.append(s)
-            needed |= {a.tensor for a in s.accesses}
+            needed |= {a.tensor for a in s.accesses} | {_base(tensors, a.tensor) for a in s.accesses}
             if "argmax" in s.attrs:              # the max's adjoint reads its arg-max
                 needed.add(s.attrs["argmax"])
     return keep[::-1]
@@ -46,11 +53,12 @@ def relevant_stages(stages: list[Stage], target: str) -> list[Stage]:
 
 def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str]) -> Adjoint:
     """Append gradient tensors to `b` and return the stages computing ∂loss/∂p for p in wrt."""
-    stages = relevant_stages(stages, loss.name)
+    stages = relevant_stages(stages, loss.name, b.tensors)
+    base = lambda name: _base(b.tensors, name)          # noqa: E731
     active = set(wrt)
     for s in stages:
-        if s.kind == "formula" and any(a.tensor in active for a in s.accesses):
-            active.add(s.out)
+        if s.kind == "formula" and any(a.tensor in active or base(a.tensor) in active for a in s.accesses):
+            active |= {s.out, base(s.out)}
 
     adjoint: dict[str, Handle] = {}
     written: set[str] = set()
@@ -59,24 +67,40 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
     def grad_of(name: str) -> Handle:
         if name not in adjoint:
             t = b.tensors[name]
+            if t.view:                  # Δ of a step view: the same view of Δ(sequence)
+                seq = grad_of(t.view[0])
+                adjoint[name] = b.tensor("Δ" + t.label, t.shape, "grad", name="d_" + t.name,
+                                         view=(seq.name,) + tuple(t.view[1:]))
+                return adjoint[name]
             role = "pgrad" if t.role == "param" else "grad"
             adjoint[name] = b.tensor("Δ" + t.label, t.shape, role, name="d_" + t.name)
         return adjoint[name]
 
+    # A recurrence's cell (stages with attrs["scan"]) is differentiated once, like any
+    # stage; its adjoint stages form the backward block run for t = T-1..0. In the block
+    # every write goes to a step view and accumulates into a sequence gradient zeroed at the
+    # block's start (Δh_{t-1} collects from step t, the output, the next layer); parameter
+    # gradients are hoisted after the block as one sum over all T·N rows (BPTT's Σ_t).
+    block, block_start, hoisted = None, 0, []
     for s in reversed(stages):
-        if s.kind != "formula" or s.out not in active:
+        scan = s.attrs.get("scan") if s.attrs else None
+        if scan != block:
+            out_stages += hoisted
+            block, block_start, hoisted = scan, len(out_stages), []
+        if s.kind != "formula" or (s.out not in active and base(s.out) not in active):
             continue
         if s.out == loss.name:
             d_out = sp.Integer(1)
-        elif s.out in adjoint:
-            d_out = adjoint[s.out][s.index]
+        elif s.out in adjoint or (b.tensors[s.out].view and base(s.out) in adjoint):
+            d_out = grad_of(s.out)[s.index]
         else:
             continue                                  # out does not reach the loss
         out_value = sp.IndexedBase(s.out)[s.index]
         back = {a.symbol: sp.IndexedBase(a.tensor)[a.index] if a.index else sp.IndexedBase(a.tensor)[0]
                 for a in s.accesses}
         for a in s.accesses:
-            if a.tensor not in active or b.tensors[a.tensor].role not in _DIFFERENTIABLE_ROLES:
+            if (a.tensor not in active and base(a.tensor) not in active) or \
+                    b.tensors[a.tensor].role not in _DIFFERENTIABLE_ROLES:
                 continue
             partial = sp.diff(s.expr, a.symbol)
             if partial == 0:
@@ -91,11 +115,27 @@ def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str])
                                note=f"Δ{b.tensors[a.tensor].label} from {s.note or s.out}")
             if stage.plain and not stage.reduce_vars:
                 stage = _replace(stage, reduce=None)
+            sink = out_stages
+            t = b.tensors[a.tensor]
+            if t.view:
+                # views alias: every write accumulates into Δ(sequence), zeroed before the first
+                # (before the backward block when that is inside it)
+                if t.view[0] not in written:
+                    zero = _zero_stage(b, grad_of(t.view[0]))
+                    out_stages.insert(block_start if scan is not None else len(out_stages), zero)
+                    block_start += 1
+                    written.add(t.view[0])
+                attrs = {"scan": replace(scan, reverse=True)} if scan is not None else {}
+                out_stages.append(_replace(stage, accumulate=True, attrs=attrs))
+                continue
+            if scan is not None:
+                stage, sink = _hoist(b, stage, scan), hoisted
             full = (stage.plain and _covers(stage, target)) or _tiles(stage, target)
             if first and not full:
-                out_stages.append(_zero_stage(b, target))
-            out_stages.append(_replace(stage, accumulate=not (first and full)))
+                sink.append(_zero_stage(b, target))
+            sink.append(_replace(stage, accumulate=not (first and full)))
             written.add(a.tensor)
+    out_stages += hoisted
 
     grads = {w: grad_of(w).name for w in wrt}
     for w in wrt:
@@ -122,6 +162,29 @@ def _through_forward_value(partial: sp.Expr, s: Stage, out_value, wrt: sp.Symbol
             return fn.eq(s.reduced_position, sp.IndexedBase(s.attrs["argmax"])[s.index]) * partial
         return fn.ge(s.expr, out_value) * partial
     return partial
+
+
+def _hoist(b: Builder, stage: Stage, scan) -> Stage:
+    """A cell's contribution to a parameter gradient, summed over all steps at once: every
+    step view it reads becomes the view of all T·N rows, and its batch index ranges over
+    them (`ΔU = Σ_t Σ_n Δa_t[n,·] h_{t-1}[n,·]ᵀ` is one GEMM after the backward loop)."""
+    batch, accesses = None, []
+    for a in stage.accesses:
+        t = b.tensors[a.tensor]
+        if t.role == "param":
+            accesses.append(a)
+            continue
+        if not t.view or t.view[2] != "step" or not isinstance(a.index[0], sp.Symbol) or \
+                batch not in (None, a.index[0]):
+            raise ValueError(f"{stage.note}: a parameter gradient in a recurrence must read step views")
+        batch = a.index[0]
+        name = f"{t.name}_all"
+        if name not in b.tensors:
+            b.tensor(t.label + "[all steps]", (scan.count * N,) + tuple(t.shape[1:]), t.role, name=name,
+                     view=(t.view[0], t.view[1], "all"))
+        accesses.append(replace(a, tensor=name))
+    ranges = tuple((v, scan.count * N if v == batch else n) for v, n in stage.ranges)
+    return replace(stage, accesses=tuple(accesses), ranges=ranges, attrs={})
 
 
 def _covers(stage: Stage, target: Handle) -> bool:

@@ -36,6 +36,24 @@ class Tensor:
     role: str                      # input target labels param value noise loss grad
     label: str                     # the user's name ("h.W"), for display
     dtype: str = "float"           # "float" or "int" (class labels)
+    # A view of another tensor's memory (`calculus/recurrent.py`): (tensor, step shift, mode).
+    # It owns no memory: "step" is the (N, ·) slice of step t + shift of a (steps, N, ·)
+    # sequence tensor, "all" its T·N rows from step `shift` on, "fixed" the slice of step
+    # `shift`; "rows" a (N, T, K) value seen as (N·T, K). None: a tensor with its own memory.
+    view: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A recurrence's loop over steps: stages carrying `attrs["scan"]` are the cell, run once
+    per step t = 0..count-1 (backward: count-1..0), reading and writing step views of
+    sequence tensors (`Tensor.view`) whose offsets move with t (`plan/scan.py`)."""
+    id: str
+    count: object                  # the number of steps (T, a sympy size)
+    reverse: bool = False
+
+
+STEP = sp.Symbol("t_", integer=True, nonnegative=True)     # the step of a scan, in plan offsets
 
 
 @dataclass(frozen=True)
@@ -125,13 +143,14 @@ class Builder:
         self.tensors: dict[str, Tensor] = {}
         self.stages: list[Stage] = []
 
-    def tensor(self, label: str, shape, role: str, dtype: str = "float", name: str | None = None) -> Handle:
+    def tensor(self, label: str, shape, role: str, dtype: str = "float", name: str | None = None,
+               view: tuple | None = None) -> Handle:
         base = name or identifier(label)
         name, k = base, 1
         while name in self.tensors or name in _RESERVED:
             k += 1
             name = f"{base}_{k}"
-        t = Tensor(name, tuple(sp.sympify(s) for s in shape), role, label, dtype)
+        t = Tensor(name, tuple(sp.sympify(s) for s in shape), role, label, dtype, view)
         self.tensors[name] = t
         return Handle(t)
 
@@ -157,7 +176,7 @@ class Builder:
 
 
 _RESERVED = {"np", "nb", "math", "N", "F", "L", "theta", "grad", "ws", "seed", "training", "want_grad",
-             "acc", "top", "i", "value"}
+             "acc", "top", "i", "value", "t_"}
 
 
 def make_stage(out: str, index: tuple, expr: sp.Expr, tensors: Mapping[str, Tensor], over=(),

@@ -45,6 +45,12 @@ class Graph:
         self.params: dict[str, Handle] = {}
         self.sizes = {}                      # free size name -> sympy symbol
         self.node_stages: dict[str, tuple[int, int]] = {}   # node -> its slice of b.stages
+        # a tensor that stacks parameters consecutive in theta (a recurrence's gates) -> them
+        self.stacked: dict[str, list[str]] = {}
+        # per-example lengths: free size T -> the (N, T) step mask (1 before the example's
+        # length, else 0) the Model makes from `x_lengths=` (all ones without), and its source
+        self.masks: dict[sp.Symbol, Handle] = {}
+        self.mask_info: dict[str, tuple[str, str]] = {}     # mask tensor -> (size, input)
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
 
@@ -58,6 +64,32 @@ class Graph:
 
     def new_value(self, label: str, shape, role="value") -> Handle:
         return self.b.tensor(label, self.full_shape(shape), role)
+
+    def sequence_mask(self, size):
+        """The step mask of a free sequence length (the first axis of a sequence input), or
+        None for a fixed length: steps past an example's length keep its state and do not
+        count in its loss."""
+        if not isinstance(size, sp.Symbol) or size == N:
+            return None
+        if size not in self.masks:
+            source = next((d.name for d in self.model.inputs if d.shape and d.shape[0] == str(size)
+                           and len(d.shape) >= 2), None)
+            if source is None:
+                return None
+            h = self.b.tensor(f"{source}_mask", (N, size), "input")
+            self.masks[size] = h
+            self.mask_info[h.name] = (str(size), source)
+        return self.masks[size]
+
+    def param_tensors(self, names) -> list[str]:
+        """The tensors that hold these parameters, stacked ones once (what derive takes)."""
+        member = {m: t for t, ms in self.stacked.items() for m in ms}
+        out = []
+        for name in names:
+            t = member.get(name, self.params[name].name)
+            if t not in out:
+                out.append(t)
+        return out
 
     def param(self, node: ir.Node, local: str) -> Handle:
         return self.params[node.params[local]]
@@ -174,30 +206,49 @@ def _input(g: Graph, node: ir.Node):
 
 @layer("target")
 def _target(g: Graph, node: ir.Node):
-    if node.attrs.get("classes"):
-        return g.b.tensor(node.name, (N,), "labels", dtype="int")
+    if node.attrs.get("classes"):          # (N,), or (N, T) for per-step labels
+        return g.b.tensor(node.name, g.full_shape(node.shape), "labels", dtype="int")
     return g.b.tensor(node.name, g.full_shape(node.shape), "target")
 
 
 @layer("dense")
 def _dense(g: Graph, node: ir.Node, x: Handle):
-    """a[n,k] = Σ_d W[k,d]·x[n,d] + b[k];  out = act(a)."""
-    if len(x.shape) != 2:
-        g.unsupported(node, "dense on a rank > 1 input")
+    """a[n,k] = Σ_d W[k,d]·x[n,d] + b[k];  out = act(a). On a sequence (N, T, D) it maps
+    over the time axis: a[n,s,k] = Σ_d W[k,d]·x[n,s,d] + b[k], one GEMM over all N·T rows."""
+    if len(x.shape) not in (2, 3):
+        g.unsupported(node, "dense on a rank > 2 input")
     n, k, d = idx("n k d")
     W = g.param(node, "W")
     act = node.attrs.get("act", "identity")
     bias = node.attrs.get("bias", True)
     # The last stage of the node carries the node's own name.
     z_label = node.name if act == "identity" and not bias else node.name + ".z"
-    z = g.b.tensor(z_label, (N, W.shape[0]), "value")
-    g.b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,), reduce="sum", note=f"{node.name}: W·x")
+    z = g.b.tensor(z_label, x.shape[:-1] + (W.shape[0],), "value")
+    if len(x.shape) == 2:
+        g.b.assign(z, (n, k), W[k, d] * x[n, d], over=(d,), reduce="sum", note=f"{node.name}: W·x")
+    else:
+        _dense_rows(g, node, x, W, z)
+    ind = loop_indices(len(z.shape) - 1)
     a = z
     if bias:
         b = g.param(node, "b")
         a = g.b.tensor(node.name if act == "identity" else node.name + ".a", z.shape, "value")
-        g.b.assign(a, (n, k), z[n, k] + b[k], note=f"{node.name}: + b")
+        g.b.assign(a, ind, z[ind] + b[ind[-1]], note=f"{node.name}: + b")
     return apply_activation(g, act, a, node.name, f"{node.name} = {act}(a)")
+
+
+def _dense_rows(g: Graph, node: ir.Node, x: Handle, W: Handle, z: Handle) -> None:
+    """z[n,s,·] = W·x[n,s,·] for every step: a (N, T, D) value in the workspace is viewed as
+    N·T rows (`Tensor.view`, no copy) so that it is one GEMM; a data input loops."""
+    r, s, k, d, n = idx("r s k d n")
+    if x.tensor.role != "value":
+        g.b.assign(z, (n, s, k), W[k, d] * x[n, s, d], over=(d,), reduce="sum", note=f"{node.name}: W·x_t")
+        return
+    rows = lambda h: g.b.tensor(h.tensor.label + "[rows]", (h.shape[0] * h.shape[1], h.shape[2]),  # noqa: E731
+                                "value", view=(h.name, 0, "rows"))
+    x_rows, z_rows = rows(x), rows(z)
+    g.b.assign(z_rows, (r, k), W[k, d] * x_rows[r, d], over=(d,), reduce="sum",
+               note=f"{node.name}: W·x_t, all steps")
 
 
 @layer("expr")
@@ -487,10 +538,12 @@ def _elementwise_loss(g: Graph, term: ir.LossTerm, operands, f: Callable, label:
     ind = loop_indices(len(shape) - 1)
     vals = [number(h) if not isinstance(h, Handle) else broadcast(h, ind, shape) for h in operands]
     out = g.b.tensor(label, (N,), "value")
+    mask = g.sequence_mask(shape[1]) if len(shape) >= 3 else None
+    value = f(*vals) * (mask[ind[:2]] if mask is not None else 1)     # steps past a length: 0
     if len(ind) == 1:
-        g.b.assign(out, ind, f(*vals), note=f"{label}: per-example {term.fn}")
+        g.b.assign(out, ind, value, note=f"{label}: per-example {term.fn}")
     else:
-        g.b.assign(out, ind[:1], f(*vals), over=ind[1:], reduce="sum", sizes=dict(zip(ind, shape)),
+        g.b.assign(out, ind[:1], value, over=ind[1:], reduce="sum", sizes=dict(zip(ind, shape)),
                    note=f"{label}: per-example {term.fn}, summed over the example")
     return out
 
@@ -531,17 +584,23 @@ def _kl_normal(g, term, label, mu, logvar):
 
 @loss("cross_entropy")
 def _cross_entropy(g, term, label, o, labels):
-    """-log softmax(o)[label] = Σ_k Y[n,k]·(lse[n] - o[n,k]) with Y one-hot."""
-    n, k = idx("n k")
-    K = o.shape[1]
-    onehot = g.b.tensor(f"{labels.tensor.label}.onehot", (N, K), "value")
+    """-log softmax(o)[label] = Σ_k Y[n,k]·(lse[n] - o[n,k]) with Y one-hot. Per-step
+    logits (N, T, K) with labels (N, T): summed over the steps, like every per-example loss
+    sums over the example's elements."""
+    n, k, s = idx("n k s")
+    K = o.shape[-1]
+    rows = (n, s) if len(o.shape) == 3 else (n,)
+    onehot = g.b.tensor(f"{labels.tensor.label}.onehot", o.shape, "value")
     g.b.special("onehot", onehot, inputs=(labels.name,), note=f"one-hot of {labels.tensor.label}",
                 labels=labels.name)
-    lse = g.b.tensor(f"{label}.lse", (N,), "value")
-    g.b.assign(lse, (n,), o[n, k], over=(k,), reduce="logsumexp", note=f"log Σ_k exp {o.tensor.label}[n,k]")
+    lse = g.b.tensor(f"{label}.lse", o.shape[:-1], "value")
+    g.b.assign(lse, rows, o[rows + (k,)], over=(k,), reduce="logsumexp",
+               note=f"log Σ_k exp {o.tensor.label}[n,k]")
     out = g.b.tensor(label, (N,), "value")
-    g.b.assign(out, (n,), onehot[n, k] * (lse[n] - o[n, k]), over=(k,), reduce="sum",
-               note=f"{label}: cross-entropy")
+    mask = g.sequence_mask(o.shape[1]) if len(o.shape) == 3 else None
+    weight = mask[n, s] if mask is not None else 1                  # steps past a length: 0
+    g.b.assign(out, (n,), weight * onehot[rows + (k,)] * (lse[rows] - o[rows + (k,)]), over=rows[1:] + (k,),
+               reduce="sum", note=f"{label}: cross-entropy")
     return out
 
 
@@ -594,3 +653,6 @@ def _ancestors(model: ir.ModelIR, names) -> set[str]:
         seen.add(name)
         todo.extend(by_name[name].inputs)
     return seen
+
+
+from . import recurrent  # noqa: E402,F401  (registers rnn, lstm, gru)

@@ -102,7 +102,8 @@ class InputDecl:
 
 @dataclass(frozen=True)
 class TargetDecl:
-    """`target y[1]` (dims set) or `target label: class(10)` (classes set)."""
+    """`target y[1]` (dims set), `target label: class(10)` (classes set), or both:
+    `target next[T]: class(V)` (a class label per step)."""
     name: str
     dims: Optional[tuple[Expr, ...]]
     classes: Optional[Expr]

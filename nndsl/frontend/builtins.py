@@ -108,17 +108,21 @@ def _elementwise(loss: str) -> LossCheck:
 
 def _cross_entropy(ops, kw, args):
     o, label = ops
-    if o.classes is not None or len(o.shape) != 1:
-        raise ShapeError(f"`cross_entropy` expects logits of shape (K,), but "
+    if o.classes is not None or len(o.shape) not in (1, 2):
+        raise ShapeError(f"`cross_entropy` expects logits of shape (K,) or (T, K), but "
                          f"{o.described()}", "o")
     if label.classes is None:
         raise ShapeError(
             f"`cross_entropy` expects class labels, but {label.described()}", "label",
             "declare the labels as `target NAME: class(K)`, or use bce_logits/squared "
             "for real-valued targets")
-    if o.shape[0] != label.classes:
+    if tuple(o.shape[:-1]) != tuple(label.shape):      # per-step logits need per-step labels
+        raise ShapeError(f"`cross_entropy` expects one label per row of logits, but {o.label} has "
+                         f"shape {tuple(o.shape)} and {label.label} shape {tuple(label.shape)}", "label",
+                         "declare per-step labels as `target NAME[T]: class(K)`")
+    if o.shape[-1] != label.classes:
         raise ShapeError(f"`cross_entropy` class count mismatch: {o.label} has "
-                         f"{o.shape[0]} logits but {label.label} has {label.classes} "
+                         f"{o.shape[-1]} logits but {label.label} has {label.classes} "
                          f"classes (class({label.classes}))", "o",
                          f"give {o.label} {label.classes} units")
 

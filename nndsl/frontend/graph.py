@@ -93,7 +93,8 @@ class GraphBuilder:
         is_target = isinstance(st, ast.TargetDecl)
         try:
             if is_target and st.classes is not None:
-                classes, shape = self.ctx.size(st.classes, "the class count"), ()
+                classes = self.ctx.size(st.classes, "the class count")
+                shape = self.dims(st.dims) if st.dims else ()      # per-step labels: (T,)
             else:
                 classes, shape = None, self.dims(st.dims)
         except ArgError as exc:

@@ -180,6 +180,10 @@ class _ToAst(Transformer_NonRecursive):
     def target_class(self, meta, c):
         return ast.TargetDecl(str(c[0]), None, c[1], _span(meta), _token_span(c[0]))
 
+    def target_class_seq(self, meta, c):
+        """`target next[T]: class(V)`: one class label per step."""
+        return ast.TargetDecl(str(c[0]), tuple(c[1:-1]), c[-1], _span(meta), _token_span(c[0]))
+
     def const_decl(self, meta, c):
         return ast.ConstDecl(str(c[0]), c[1], _span(meta), _token_span(c[0]))
 

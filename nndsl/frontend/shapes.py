@@ -196,13 +196,20 @@ def _same_shapes(ops: Sequence[Operand], layer: str, args: Sequence[str]) -> Sha
 
 
 # ------------------------------------------------------------------ dense
+def _dense_in(op: Operand) -> int:
+    """dense reads a vector, or a sequence (T, K) step by step (it maps over the time axis)."""
+    if len(op.shape) == 2:
+        return _sequence(op, "dense")
+    return _vector(op, "dense")
+
+
 def _dense_shape(ops, a):
-    _vector(ops[0], "dense")
-    return (a["units"],)
+    _dense_in(ops[0])
+    return tuple(ops[0].shape[:-1]) + (a["units"],)
 
 
 def _dense_params(ops, a):
-    d, u = _vector(ops[0], "dense"), a["units"]
+    d, u = _dense_in(ops[0]), a["units"]
     ps = (ParamShape("W", (u, d), d, u),)
     return ps + ((ParamShape("b", (u,), d, u, bias=True),) if a["bias"] else ())
 

@@ -41,7 +41,8 @@ def _data_rows(model: ir.ModelIR) -> list[list[str]]:
     rows = []
     for d in model.data:
         kind = "target" if d.is_target else "input"
-        shape = f"class({d.classes})" if d.classes is not None else fmt_shape(d.shape)
+        shape = fmt_shape(d.shape) if d.classes is None else \
+            f"{fmt_shape(d.shape)}: class({d.classes})" if d.shape else f"class({d.classes})"
         rows.append([kind, d.name, shape])
     return rows
 

@@ -20,6 +20,7 @@ from .fuse import fuse, propagate_copies
 from .kernels import BUFFERS, Call, KernelLibrary, Plans, Storage
 from .lower import argmax_then_max, as_gemm
 from .optimizers import update_kernel
+from .scan import scan_calls, view_offset
 
 _WORKSPACE_ROLES = {"value", "noise", "grad", "loss"}
 
@@ -77,6 +78,7 @@ class ModuleSpec:
     plans: Plans | None = None                   # every entry's calls, and their branches
     updates: list = field(default_factory=list)  # (update id, kernel, hyperparameters)
     has_draws: bool = False
+    masks: dict = field(default_factory=dict)    # step mask -> (free size, the input it masks)
     graph: Graph | None = None
     adjoints: dict = field(default_factory=dict)
 
@@ -89,23 +91,30 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
     for spec in model.losses:
         start = len(g.b.stages)
         loss_handles[spec.name] = expand_loss(g, spec)
-        loss_stages = relevant_stages(forward_stages + g.b.stages[start:], loss_handles[spec.name].name)
-        all_params = [g.params[p.name].name for p in model.params]
+        loss_stages = relevant_stages(forward_stages + g.b.stages[start:], loss_handles[spec.name].name,
+                                      g.b.tensors)
+        all_params = g.param_tensors([p.name for p in model.params])
         full = differentiate(g.b, loss_stages, loss_handles[spec.name], all_params)
-        wrt = [g.params[p].name for p in spec.wrt]
+        wrt = g.param_tensors(spec.wrt)
         partial = full if set(wrt) == set(all_params) else differentiate(
             g.b, loss_stages, loss_handles[spec.name], wrt)
         adjoints[spec.name] = (loss_stages, full, partial, wrt)
 
     tensors = g.b.tensors
     outputs = [g.values[o].name for o in model.outputs]
+    # step masks of free sequence lengths are data arguments too (the Model makes them from
+    # `x_lengths=`, all ones without); they follow the declared data
+    masks = [ir.DataDecl(h.name, (str(size),)) for size, h in g.masks.items()]
+    for d in masks:
+        g.values.setdefault(d.name, g.masks[next(s for s in g.masks if g.masks[s].name == d.name)])
+
     layout = _param_layout(model, g)
     ws_offsets, ws_size = _workspace_layout(tensors)
     batch_last = _batch_last(tensors, outputs)
     storage = _storage(tensors, layout, g, ws_offsets, batch_last)
     lib = KernelLibrary(tensors, storage, dtype)
 
-    fwd_stages = relevant_stages_multi(forward_stages, outputs)
+    fwd_stages = relevant_stages_multi(forward_stages, outputs, tensors)
     forward = _kernel("forward", fwd_stages, [], lib, keep=set(outputs))
     forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
     nodes, node_info = _nodes_kernel(model, g, lib)
@@ -142,6 +151,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         params=[layout[p.name] for p in model.params],
         n_params=sum(v["size"] for v in layout.values()),
         data=[_data_info(d) for d in model.data],
+        masks={h.name: g.mask_info[h.name] for h in g.masks.values()},
         free_sizes=_free_sizes(model),
         ws_size=index_text([ws_size]),
         forward=forward, forward_inputs=forward_inputs, nodes=nodes, node_info=node_info,
@@ -152,10 +162,10 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         adjoints=adjoints)
 
 
-def relevant_stages_multi(stages: list[Stage], targets: list[str]) -> list[Stage]:
+def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None) -> list[Stage]:
     keep = set()
     for t in targets:
-        keep |= {id(s) for s in relevant_stages(stages, t)}
+        keep |= {id(s) for s in relevant_stages(stages, t, tensors)}
     return [s for s in stages if id(s) in keep]
 
 
@@ -192,14 +202,14 @@ def _batch_last(tensors: dict[str, Tensor], outputs: list[str]) -> set[str]:
     """Workspace tensors of shape (N, K), K ≥ BATCH_LAST_MIN_WIDTH, stored as (K, N); outputs
     handed to the user stay (N, K)."""
     return {t.name for t in tensors.values()
-            if t.role in _WORKSPACE_ROLES and t.name not in outputs and len(t.shape) == 2
+            if t.role in _WORKSPACE_ROLES and t.name not in outputs and len(t.shape) == 2 and not t.view
             and t.shape[0] == N and t.shape[1].is_Integer and int(t.shape[1]) >= BATCH_LAST_MIN_WIDTH}
 
 
 def _workspace_layout(tensors: dict[str, Tensor]):
     offsets, total = {}, sp.Integer(0)
     for t in tensors.values():
-        if t.role in _WORKSPACE_ROLES:
+        if t.role in _WORKSPACE_ROLES and not t.view:      # a step view owns no memory
             offsets[t.name] = total
             total = sp.expand(total + sp.prod(t.shape))
     return offsets, total
@@ -209,6 +219,10 @@ def _storage(tensors, layout, g: Graph, ws_offsets, batch_last: set[str]) -> dic
     """Every tensor's home: a slice of theta (parameters), grad (their gradients), the
     workspace (values, noise, adjoints), or a data argument (inputs, targets)."""
     param_of = {g.params[name].name: info for name, info in layout.items()}
+    for stacked, members in g.stacked.items():       # gates stacked: members consecutive in theta
+        infos = [layout[m] for m in members]
+        assert all(a["offset"] + a["size"] == b["offset"] for a, b in zip(infos, infos[1:])), members
+        param_of[stacked] = infos[0]
     grad_of = {}
     for t in tensors.values():
         if t.role == "pgrad":
@@ -222,6 +236,8 @@ def _storage(tensors, layout, g: Graph, ws_offsets, batch_last: set[str]) -> dic
             out[name] = Storage("grad", sp.Integer(grad_of[name]["offset"]))
         elif name in ws_offsets:
             out[name] = Storage("ws", ws_offsets[name], name in batch_last)
+        elif t.view:
+            out[name] = Storage("ws", view_offset(t, tensors, ws_offsets))
         else:
             out[name] = Storage(name)           # data: an argument of the entry function
     return out
@@ -243,6 +259,9 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
             keep: set[str]) -> Kernel:
     """Copy propagation and loop fusion over the entry's stages, then one kernel call per
     fused group, GEMM or special stage."""
+    # step views alias their sequences: never a register, never copy-propagated away
+    keep = keep | {t.name for t in lib.tensors.values() if t.view} | \
+        {t.view[0] for t in lib.tensors.values() if t.view}
     kept, renames = propagate_copies(forward + backward, lib.tensors, keep)
     in_backward = {id(s) for s in backward}
     stages_f = [s for original, s in kept if id(original) not in in_backward]
@@ -253,10 +272,8 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
             reads[a.tensor] = reads.get(a.tensor, 0) + 1
     gemm = lambda s: as_gemm(s, lib.tensors) is not None          # noqa: E731
     order = lambda t, index: tuple(index[::-1]) if lib.storage[t].batch_last else tuple(index)  # noqa: E731
-    fwd_plan = _paired(fuse(stages_f, gemm, reads, keep, order))
-    back_plan = _paired(fuse(stages_b, gemm, reads, keep, order))
-    return Kernel(name, [lib.call(item) for item in fwd_plan], [lib.call(item) for item in back_plan],
-                  has_draws=any(s.kind == "draw" for s in forward))
+    plan = lambda stages: scan_calls(stages, lambda run: _paired(fuse(run, gemm, reads, keep, order)), lib.call)  # noqa: E731
+    return Kernel(name, plan(stages_f), plan(stages_b), has_draws=any(s.kind == "draw" for s in forward))
 
 
 def _paired(plan: list) -> list:

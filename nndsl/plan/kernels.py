@@ -30,6 +30,7 @@ from ..calculus.formulas import Stage, Tensor
 from ..render.printer import index_text
 from .fuse import Group
 from .lower import Emitter, as_gemm
+from .scan import Block
 
 BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
 _ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
@@ -279,8 +280,8 @@ class Row:
 class Plan:
     """An entry's kernel calls in order, as rows of a table the module fills for N."""
     name: str
-    rows: list[Row]
-    n_forward: int             # rows before the gradient part
+    rows: list                 # Row, or Block of Rows (a recurrence: once per step)
+    n_forward: int             # entries of `rows` before the gradient part
 
 
 class Plans:
@@ -297,17 +298,23 @@ class Plans:
             self.branches[call.branch] = b
         return Row(b.id, node, call.ints, call.notes)
 
+    def _rows(self, item, node: int = -1):
+        """A Row, or for a recurrence's Block a Block of Rows (repeated per step)."""
+        if isinstance(item, Block):
+            return Block(item.count, item.reverse, [self.row(c, node) for c in item.items])
+        return self.row(item, node)
+
     def add(self, name: str, forward: list, backward: list = ()) -> Plan:
         """`forward`: calls, or (node index, calls) pairs for the plan over every node."""
         rows = []
         for item in forward:
-            if isinstance(item, Call):
-                rows.append(self.row(item))
+            if isinstance(item, (Call, Block)):
+                rows.append(self._rows(item))
             else:
                 node, calls = item
-                rows += [self.row(c, node) for c in calls]
+                rows += [self._rows(c, node) for c in calls]
         n_forward = len(rows)
-        rows += [self.row(c) for c in backward]
+        rows += [self._rows(c) for c in backward]
         self.plans[name] = Plan(name, rows, n_forward)
         return self.plans[name]
 

@@ -336,6 +336,13 @@ class Emitter:
     def _onehot(self, s: Stage) -> list[str]:
         labels = s.attrs["labels"]
         n = sp.Symbol("n", integer=True)
+        shape = self.tensors[s.out].shape
+        if len(shape) == 3:                       # per-step labels (N, T)
+            t = sp.Symbol("t", integer=True)
+            return [f"{s.out}[:] = 0.0",
+                    f"for n in range({self.size(shape[0])}):",
+                    f"    for t in range({self.size(shape[1])}):",
+                    f"        {self.ref(s.out, (n, t, sp.Symbol(labels + '[n, t]')))} = 1.0"]
         return [f"{s.out}[:] = 0.0",
                 f"for n in range({self.size(self.tensors[s.out].shape[0])}):",
                 f"    {self.ref(s.out, (n, sp.Symbol(labels + '[n]')))} = 1.0"]

@@ -11,6 +11,8 @@ mlxtend's bundled copies (the optional ``nndsl[data]`` extra).
 | `wine`          | sklearn `load_wine`             |      178 |       13 | classification (3)   |
 | `breast_cancer` | sklearn `load_breast_cancer`    |      569 |       30 | classification (2)   |
 | `diabetes`      | sklearn `load_diabetes`         |      442 |       10 | regression           |
+| `names`         | US Census first names (`names` package, `nndsl[text]`) | 5,163 | (12, 27) one-hot | next letter per step |
+| `sine`          | generated noisy sines (`runtime/sequences.py`) | 2,000 | (32, 1) | regression (next value) |
 
 Every set is split once into train and test parts with a fixed seed (stratified
 by class for classification), so the same call always gives the same split.
@@ -101,9 +103,13 @@ _SETS = {
 _INSTALL_HINT = "pip install 'nndsl[data]'"
 
 
+# sequence sets generated or read from an installed package (`runtime/sequences.py`)
+_SEQUENCE_SETS = ("names", "sine")
+
+
 def dataset_names() -> list[str]:
     """The names `load_dataset` knows, sorted."""
-    return sorted(_SETS)
+    return sorted(list(_SETS) + list(_SEQUENCE_SETS))
 
 
 def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2,
@@ -124,12 +130,15 @@ def load_dataset(name_or_path: str, seed: int = 0, test_fraction: float = 0.2,
     key = text.strip().lower().replace("-", "_")
     if key in _SETS:
         return _load_named(key, seed, float(test_fraction))
+    if key in _SEQUENCE_SETS:
+        from . import sequences
+        return sequences.load(key, seed, float(test_fraction))
     path = Path(text)
     if text.lower().endswith(".npz") or path.exists():
         ds = _load_npz(path, seed, float(test_fraction), x_name, y_name)
         return _standardised(ds) if standardize else ds
     else:
-        hint = did_you_mean(key, _SETS)
+        hint = did_you_mean(key, dataset_names())
         msg = f"unknown data set `{text}`"
         if hint:
             msg += f"; {hint}"

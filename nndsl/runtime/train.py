@@ -95,6 +95,8 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
     if ds.y_test is not None and first.fn == "cross_entropy":
         out = m.forward(**inputs)
         logits = out[0] if isinstance(out, tuple) else out
+        if logits.ndim == 3:                      # per-step labels: how often the next step is right
+            return f"test next-step accuracy {np.mean(np.argmax(logits, axis=2) == ds.y_test):.2%}"
         return f"test accuracy {np.mean(np.argmax(logits, axis=1) == ds.y_test):.2%}"
     if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
         out = m.forward(**inputs)
@@ -166,6 +168,10 @@ def _train(args, comm) -> int:
     note = reshape_note(module, ds)
     if note:
         say(note)
+    first = next(n for n, (_, _, is_target) in module.DATA.items() if not is_target)
+    if note is None and train[first].shape[1:] != ds.x_train.shape[1:]:   # 64 pixels as 8 rows of 8 (T, F)
+        say(f"input `{first}`: each example's {ds.x_train.shape[1:]} features read as "
+            f"{train[first].shape[1:]}, the model's declared shape")
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
@@ -188,6 +194,9 @@ def _train(args, comm) -> int:
         return 0
     print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
     print(evaluate(model_ir, module, m, ds, test))
+    if ds.name == "names":                        # a character-level language model: show it
+        from .sequences import sample_names
+        print("samples: " + ", ".join(sample_names(m, module, seed=args.seed)))
     if out_dir is not None:
         weights = out_dir / f"{model_ir.name}.npz"
         m.save(weights)
