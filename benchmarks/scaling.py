@@ -160,7 +160,7 @@ def report(args):
     t = np.array([c["step"][str(k)] for k in b])
     slope, t0 = np.polyfit(b, t, 1)                     # t(b) = t0 + slope · b
     nbytes = c["n_params"] * c["itemsize"]
-    print(f"\nstep compute (1 thread): " + ", ".join(f"b={k}: {v * 1e3:.3f} ms" for k, v in zip(b, t)))
+    print("\nstep compute (1 thread): " + ", ".join(f"b={k}: {v * 1e3:.3f} ms" for k, v in zip(b, t)))
     print(f"fit: t(b) = {t0 * 1e3:.3f} ms + {slope * 1e6:.2f} µs · b;  gradient {nbytes / 1e6:.2f} MB "
           f"({c['n_params']:,} float{8 * c['itemsize']})")
     print(f"one Allreduce on 2 ranks here (shared memory): {a['allreduce'] * 1e3:.3f} ms for {a['bytes']:,} bytes")

@@ -107,7 +107,6 @@ def test_ptx_for_every_kernel_of_every_example(tmp_path):
     no GPU needed). Kernels are shared by content, so the union is compiled once."""
     from nndsl.build import KERNEL_DIR, build_file
     from nndsl.diagnostics import CompileError
-    from nndsl.render.numba_cuda import write_ptx
     built, names = [], set()
     for path in sorted(EXAMPLES.glob("*.nn")):
         for dtype in ("float32", "float64"):

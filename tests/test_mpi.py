@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BUILD, ROOT, compile_source
+from conftest import ROOT, compile_source
 from mpi_child import data_for, train
 
 MLP = """model dp_mlp

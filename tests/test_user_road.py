@@ -297,7 +297,7 @@ def test_model_names_that_shadow_modules(name, message, tmp_path, capsys):
     src = tmp_path / "m.nn"
     src.write_text(f"model {name}\n" + TINY.split("\n", 1)[1])
     code, err = run(["check", str(src)], capsys)
-    assert code == 1 and message in err and f"1:7: error" in err and f"hint: choose another name, e.g. `{name}_model`" in err
+    assert code == 1 and message in err and "1:7: error" in err and f"hint: choose another name, e.g. `{name}_model`" in err
 
 
 def test_python_keywords_cannot_name_values(tmp_path, capsys):

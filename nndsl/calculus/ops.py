@@ -588,7 +588,6 @@ def _cross_entropy(g, term, label, o, labels):
     logits (N, T, K) with labels (N, T): summed over the steps, like every per-example loss
     sums over the example's elements."""
     n, k, s = idx("n k s")
-    K = o.shape[-1]
     rows = (n, s) if len(o.shape) == 3 else (n,)
     onehot = g.b.tensor(f"{labels.tensor.label}.onehot", o.shape, "value")
     g.b.special("onehot", onehot, inputs=(labels.name,), note=f"one-hot of {labels.tensor.label}",
