@@ -75,7 +75,6 @@ def test_unchanged_rebuild_keeps_the_file(tmp_path):
 @pytest.mark.parametrize("argv,code,message", [
     (["build", "missing.nn"], 2, "missing.nn: no such file"),
     (["build", LECTURE, "--ptx", "ptx"], 2, "--ptx needs --target cuda"),
-    (["build", str(ROOT / "examples" / "rnn.nn")], 1, "`rnn` is not supported by the code generator yet"),
     (["build", LECTURE, "--dtype", "float16"], 2, "invalid choice: 'float16'"),
 ])
 def test_build_errors(argv, code, message, capsys, tmp_path):

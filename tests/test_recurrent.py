@@ -60,7 +60,7 @@ def test_cost_is_linear_in_T():
     """The plan table repeats the cell's rows once per step: rows(T) is affine in T."""
     module = compile_source(CASES["lstm-last"])
     m = module.Model(seed=0)
-    rows = [len(m._plan("value_loss", 4, {"T": T})[0]) for T in (2, 4, 8)]
+    rows = [len(m._table("value_loss", 4, {"T": T})[0]) for T in (2, 4, 8)]
     assert rows[2] - rows[1] == 2 * (rows[1] - rows[0]) > 0
 
 

@@ -454,6 +454,14 @@ class _View:
             index = self.index_of(tensor)
             partial = self.access(tensor, index)
             if grad not in self.defs:
+                recurrent = [n.name for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")]
+                if recurrent:
+                    # in a model with a recurrence the gradient is summed over steps (BPTT):
+                    # not zero, and not yet printed as the lecture's per-step recursion
+                    emit(Formula("note", sp.Symbol(f"∂L/∂{prm.name}"), None, note="summed over the steps "
+                                 f"of {', '.join(f'`{r}`' for r in recurrent)} by backpropagation through "
+                                 "time; its per-step printout is not available yet"))
+                    continue
                 emit(Formula("zero", self.access(tensor, index), sp.Integer(0), partial=partial))
                 continue
             # a Δ already printed is used again (a layer's W and b stop at the same Δ)

@@ -197,17 +197,26 @@ def _draw(k: KernelDef, dtype: str):
 def _onehot(k: KernelDef, dtype: str):
     s: Stage = k.item
     emit = Emitter(k.tensors, dtype, _batch_last(k), _flat(k))
-    n, c = sp.symbols("n c", integer=True)
+    n, c, t = sp.symbols("n c t_", integer=True)
     labels = s.attrs["labels"]
-    rows, cols = (str(d) for d in k.tensors[s.out].shape)
+    shape = [str(d) for d in k.tensors[s.out].shape]
+    if len(shape) == 3:                  # per-step labels (N, T): one row per (example, step)
+        rows, cols = f"{shape[0]} * {shape[1]}", shape[2]
+        # integer division as names: sympy's floor/Mod would print as float arithmetic
+        target = emit.ref(s.out, (sp.Symbol(f"(n // {shape[1]})", integer=True),
+                                  sp.Symbol(f"(n % {shape[1]})", integer=True), c))
+        label = f"{labels}[n // {shape[1]}, n % {shape[1]}]"
+    else:
+        rows, cols = shape
+        target, label = emit.ref(s.out, (n, c)), f"{labels}[n]"
     kernel = ["@cuda.jit(cache=True)",
               f"def _onehot({', '.join(k.params)}):"] + ["    " + v for v in k.views] + [
-              f"    for t in range(cuda.grid(1), {rows} * {cols}, cuda.gridsize(1)):",
+              f"    for t in range(cuda.grid(1), ({rows}) * {cols}, cuda.gridsize(1)):",
               f"        n = t // {cols}",
               f"        c = t - n * {cols}",
-              f"        {emit.ref(s.out, (n, c))} = F(1.0) if {labels}[n] == c else F(0.0)"]
+              f"        {target} = F(1.0) if {label} == c else F(0.0)"]
     prep = [f"def prepare(ctx, {', '.join(k.params)}):",
-            f"    k = _onehot[ctx.blocks({rows} * {cols}), ctx.tpb, ctx.stream]",
+            f"    k = _onehot[ctx.blocks(({rows}) * {cols}), ctx.tpb, ctx.stream]",
             f"    args = ({', '.join(k.params)},)",
             "    return lambda: k(*args)"]
     return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_onehot": _signature(k, k.params, dtype)}
