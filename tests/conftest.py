@@ -46,6 +46,20 @@ optimizer adam(lr=3e-3)
 train batch=32 epochs=8 seed=0
 """
 
+# A small two-output model: the module-API, user-road and fuzz tests share its compiled module
+# through the `api` and `data` fixtures below.
+API_MODEL = """model api
+input x[4]
+target y[2]
+h = dense(x, 5, act=tanh)
+o = dense(h, 2)
+s = sigmoid(o)
+loss squared(o, y)
+output o, s
+optimizer adam(lr=0.01)
+train batch=4 epochs=3
+"""
+
 
 def compile_source(source: str, dtype: str = "float64"):
     """Check, render and import a model given as text (memoised per session)."""
@@ -86,3 +100,13 @@ def random_data(module, n: int = 5, seed: int = 0, overrides: dict | None = None
 @pytest.fixture(scope="session")
 def compile():
     return compile_source
+
+
+@pytest.fixture(scope="module")
+def api():
+    return compile_source(API_MODEL)
+
+
+@pytest.fixture
+def data(api):
+    return random_data(api, n=10)

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.simplefilter("ignore")      # the simulator's uint64 overflow and object-mode notices
 
+from conftest import random_data  # noqa: E402  (the tests' one batch maker; tests/ is sys.path[0])
+
 from nndsl.build import render, write_rendered  # noqa: E402
 from nndsl.frontend import load_source  # noqa: E402
 from nndsl.runtime.loader import import_module  # noqa: E402
@@ -31,17 +33,7 @@ def build(source: str, folder: Path, dtype: str, target: str):
 
 
 def batch(module, n=3, seed=1):
-    rng = np.random.default_rng(seed)
-    data = {}
-    for name, (shape, classes, is_target) in module.DATA.items():
-        shape = tuple(3 if isinstance(s, str) else s for s in shape)
-        if classes is not None:
-            data[name] = rng.integers(0, classes, n)
-        elif is_target:
-            data[name] = rng.uniform(0.05, 0.95, (n,) + shape)
-        else:
-            data[name] = rng.standard_normal((n,) + shape)
-    return data
+    return random_data(module, n, seed)
 
 
 def rel(a, b):

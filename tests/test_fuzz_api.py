@@ -12,9 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import compile_source
 from nndsl.cli import main
-from test_module_api import MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fixed folder: the built module keeps numba's cache warm from one example to the next.
@@ -61,11 +59,6 @@ OPTION = st.one_of(st.none(), st.integers(-3, 40), st.floats(allow_nan=True), st
 
 
 # ----------------------------------------------------------------- module API
-@pytest.fixture(scope="module")
-def api():
-    return compile_source(MODEL)
-
-
 @FUZZ
 @given(xy=pairs(width=4), epochs=OPTION, batch_size=OPTION, seed=OPTION,
        call=st.sampled_from(["fit", "step", "forward", "loss"]))

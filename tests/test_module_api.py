@@ -8,30 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VAE_DIGITS, compile_source, random_data
+from conftest import API_MODEL, VAE_DIGITS, compile_source
 
-MODEL = """model api
-input x[4]
-target y[2]
-h = dense(x, 5, act=tanh)
-o = dense(h, 2)
-s = sigmoid(o)
-loss squared(o, y)
-output o, s
-optimizer adam(lr=0.01)
-train batch=4 epochs=3
-"""
 CLASSIFIER = "model cls\ninput x[3]\ntarget label: class(4)\no = dense(x, 4)\nloss cross_entropy(o, label)\n"
-
-
-@pytest.fixture(scope="module")
-def api():
-    return compile_source(MODEL)
-
-
-@pytest.fixture
-def data(api):
-    return random_data(api, n=10)
 
 
 def test_params_are_named_views_with_the_documented_shapes(api):
@@ -118,11 +97,11 @@ def test_loading_another_models_file_is_a_clear_error(data, tmp_path):
     other = compile_source(CLASSIFIER).Model(seed=0)
     other.save(tmp_path / "other.npz")
     with pytest.raises(ValueError, match="saved by model 'cls'"):
-        compile_source(MODEL).Model.load(tmp_path / "other.npz")
+        compile_source(API_MODEL).Model.load(tmp_path / "other.npz")
 
 
 def test_non_finite_loss_stops_fit_and_keeps_last_finite_parameters(data):
-    module = compile_source(MODEL.replace("optimizer adam(lr=0.01)", "optimizer sgd(lr=1e30)"))
+    module = compile_source(API_MODEL.replace("optimizer adam(lr=0.01)", "optimizer sgd(lr=1e30)"))
     m = module.Model(seed=0)
     with pytest.raises(FloatingPointError, match=r"at epoch \d+, step \d+"):
         m.fit(epochs=3, batch_size=2, verbose=False, **data)

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compile_source, random_data
 from nndsl.build import build_file
 from nndsl.cli import main
 from nndsl.runtime.loader import import_module
-from test_module_api import MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURE = str(ROOT / "examples" / "lecture_mlp.nn")
@@ -167,16 +165,6 @@ def test_build_and_train_refuse_what_does_not_fit(command, tmp_path, capsys):
 
 
 # -------------------------------------------------------------- the module's API
-@pytest.fixture(scope="module")
-def api():
-    return compile_source(MODEL)
-
-
-@pytest.fixture
-def data(api):
-    return random_data(api, n=10)
-
-
 def _with_nan(data, key, rows):
     a = data[key].copy()
     a[rows] = np.nan
