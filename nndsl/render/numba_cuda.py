@@ -437,39 +437,26 @@ class _LoopKernel:
         return text, sigs
 
 
-_BLOCK_REDUCE = '''\
+# a tree reduction over the block in shared memory (blockDim is a power of two), once per
+# combining operation
+_BLOCK_TREE = '''\
 @cuda.jit(device=True, inline=True)
-def _block_sum(sh, x):
-    # tree reduction over the block in shared memory (blockDim is a power of two)
+def {name}(sh, x):
     t = cuda.threadIdx.x
     sh[t] = x
     cuda.syncthreads()
     s = cuda.blockDim.x // 2
     while s > 0:
         if t < s:
-            sh[t] = sh[t] + sh[t + s]
-        cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()
-    return r
-
-
-@cuda.jit(device=True, inline=True)
-def _block_max(sh, x):
-    t = cuda.threadIdx.x
-    sh[t] = x
-    cuda.syncthreads()
-    s = cuda.blockDim.x // 2
-    while s > 0:
-        if t < s:
-            sh[t] = max(sh[t], sh[t + s])
+            sh[t] = {combine}
         cuda.syncthreads()
         s //= 2
     r = sh[0]
     cuda.syncthreads()
     return r
 '''
+_BLOCK_REDUCE = (_BLOCK_TREE.format(name="_block_sum", combine="sh[t] + sh[t + s]") + "\n\n"
+                 + _BLOCK_TREE.format(name="_block_max", combine="max(sh[t], sh[t + s])"))
 
 
 # ------------------------------------------------------------- optimisers
