@@ -101,7 +101,7 @@ def _render_entry(env, spec) -> tuple[str, str]:
     canonical.update({m: f"d{len(spec.data) + i}" for i, m in enumerate(spec.masks)})
     branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
     context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
-                   updates=spec.updates, has_draws=spec.has_draws,
+                   updates=spec.updates,
                    data_args="".join(f"d{i}, " for i in range(len(spec.data) + len(spec.masks))))
     template = env.get_template("entry.py.j2")
     digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
@@ -119,12 +119,6 @@ def cuda_available() -> bool:
     """numba-cuda (the `cuda` extra) is installed: `numba.cuda` and its NVVM for --ptx."""
     import importlib.util
     return importlib.util.find_spec("numba_cuda") is not None
-
-
-def render_module(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
-                  timings: dict | None = None) -> str:
-    """The module's text alone (its kernels: `render`)."""
-    return render(model, dtype, target, source_file, timings).module
 
 
 def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = None) -> Path:
