@@ -52,12 +52,13 @@ def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
     return data
 
 
-def reshape_note(module, ds) -> str | None:
+def reshape_note(module, ds, bound) -> str | None:
     """`digits: 64 features per example reshaped to img[1, 8, 8]` when the first input's
-    declared shape is not the data set's own (images fed to a CNN), else None."""
+    shape (as `bound` to the data: a free T takes its length) is not the data set's own
+    (images fed to a CNN, rows read as a sequence), else None."""
     inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
-    shape = tuple(module.DATA[inputs[0]][0])
-    if any(isinstance(s, str) for s in shape) or shape == tuple(ds.x_train.shape[1:]):
+    shape = tuple(bound[inputs[0]].shape[1:])
+    if shape == tuple(ds.x_train.shape[1:]):
         return None
     have = ds.x_train.shape[1:]
     what = f"{have[0]} features" if len(have) == 1 else "examples of shape " + "×".join(map(str, have))
@@ -165,13 +166,9 @@ def _train(args, comm) -> int:
     say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
         f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
         + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else "") + workers)
-    note = reshape_note(module, ds)
+    note = reshape_note(module, ds, train)
     if note:
         say(note)
-    first = next(n for n, (_, _, is_target) in module.DATA.items() if not is_target)
-    if note is None and train[first].shape[1:] != ds.x_train.shape[1:]:   # 64 pixels as 8 rows of 8 (T, F)
-        say(f"input `{first}`: each example's {ds.x_train.shape[1:]} features read as "
-            f"{train[first].shape[1:]}, the model's declared shape")
     needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
