@@ -325,10 +325,8 @@ class Emitter:
             fill = [f"    for {n} in range({self.size(shape[0])}):",
                     f"        for {k} in range({self.size(shape[1])}):",
                     f"            {self.ref(s.out, (n, k))} = {draw(f'base + {n} * {self.size(shape[1])} + {k}')}"]
-        else:
-            target = s.out if s.out in self.flat else f"{s.out}_flat"
-            if s.out not in self.flat:
-                setup.append(f"{target} = {s.out}.reshape(-1)")
+        else:                            # kernels hold their workspace tensors as flat slices
+            target = s.out
             fill = [f"    for i in range({target}.size):",
                     f"        {target}[i] = {draw('base + i')}"]
         return setup + [f"if {cond}:"] + fill + ["else:", f"    {target}[:] = {a['neutral']!r}"]
