@@ -4,7 +4,9 @@ and JAX jit (issue 12).
     python benchmarks/gpu_step.py [--models mnist128,mnist4096,wide1024] [--rounds 3]
                                   [--impls nndsl,nndsl_graph,torch,torch_compile,jax] [--out DIR]
 
-Every model is an MLP with Adam and cross-entropy, float32. Each (model, implementation)
+The MLPs use Adam and cross-entropy; `cnn64` and `lstm32` are the CPU benchmarks' CNN
+(batch 64) and LSTM (T 32, hidden 64, batch 32), float32, built from benchmarks/models/ and
+the same peer code (impl_torch.py, impl_jax.py) on the GPU. Each (model, implementation)
 runs in its own process (`--child`), implementations alternate within a round (the order
 rotates), and a peer's ratio is the median over rounds of peer/nndsl (above 1: nndsl is
 faster). `nndsl` launches kernel by kernel from the plan tables; `nndsl_graph` replays the
@@ -24,13 +26,35 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# name: (layer widths, batch)
+# name: (layer widths, batch) of an MLP, or the name of a model of the CPU benchmarks
 MODELS = {
     "mnist128": ([784, 256, 128, 10], 128),
     "mnist4096": ([784, 256, 128, 10], 4096),
     "wide1024": ([1024, 4096, 4096, 4096, 4096, 10], 1024),
+    "cnn64": "cnn",
+    "lstm32": "lstm",
 }
+
+
+def describe(model) -> str:
+    spec = MODELS[model]
+    if isinstance(spec, str):
+        from _common import MODELS as CPU
+        return f"{model}: the CPU benchmarks' {spec}, batch {CPU[spec]['batch']}"
+    return f"{model}: {'-'.join(map(str, spec[0]))}, batch {spec[1]}"
+
+
+def source_and_feed(model):
+    """The .nn text and the batch {name: array} of a model."""
+    spec = MODELS[model]
+    if isinstance(spec, str):
+        from _common import MODELS as CPU, make_data
+        x, y = make_data(spec)
+        return CPU[spec]["nn"].read_text(), {"x": x, CPU[spec]["target"]: y}
+    x, y = data(*spec)
+    return nn_source(spec[0]), {"x": x, "label": y}
 IMPLS = ["nndsl", "nndsl_graph", "torch", "torch_compile", "jax"]
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -77,28 +101,34 @@ def child_nndsl(model, graph):
     sys.path.insert(0, str(ROOT))
     from nndsl.build import build_file
     from nndsl.runtime.loader import import_module
-    widths, batch = MODELS[model]
+    text, feed = source_and_feed(model)
     folder = Path(tempfile.gettempdir()) / "nndsl_gpu_bench" / model
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / "bench.nn"
-    src.write_text(nn_source(widths))
+    src.write_text(text)
     r = build_file(src, folder, dtype="float32", target="cuda")
     mod = import_module(r.path, "bench_cuda_" + model)
     m = mod.Model(seed=0)
-    x, y = data(widths, batch)
     if graph:
-        replay = m.capture_step(x=x, label=y)
+        replay = m.capture_step(**feed)
         if replay is None:
             return {"skip": "CUDA graph capture not available"}
         return {"ms": timed(replay, m.synchronize)}
-    m.step(x=x, label=y)
-    bufs = m._input_buffers(batch, {})               # data already on the device: time the step
-    return {"ms": timed(lambda: m.step(x=bufs["x"], label=bufs["label"]), m.synchronize)}
+    m.step(**feed)
+    _, n_rows, sizes = m._arrays(list(feed), feed, "bench")
+    bufs = m._input_buffers(n_rows, sizes)           # data already on the device: time the step
+    on_device = {k: bufs[k] for k in feed}
+    return {"ms": timed(lambda: m.step(**on_device), m.synchronize)}
 
 
 def child_torch(model, compiled):
     import torch
     from torch import nn
+    if isinstance(MODELS[model], str):
+        import impl_torch
+        x, y = source_and_feed(model)[1].values()
+        step = impl_torch.build(MODELS[model], x, y, device="cuda")
+        return {"ms": timed(torch.compile(step) if compiled else step, torch.cuda.synchronize)}
     widths, batch = MODELS[model]
     dev = torch.device("cuda")
     layers = []
@@ -128,6 +158,15 @@ def child_jax(model):
     import optax
     if jax.devices()[0].platform != "gpu":
         return {"skip": f"JAX runs on {jax.devices()[0].platform} here"}
+    if isinstance(MODELS[model], str):
+        import impl_jax
+        x, y = source_and_feed(model)[1].values()
+        step, _ = impl_jax.build(MODELS[model], x, y)
+        box = [None]
+
+        def run_one():
+            box[0] = step()
+        return {"ms": timed(run_one, lambda: box[0].block_until_ready())}
     widths, batch = MODELS[model]
     key = jax.random.PRNGKey(0)
     params = []
@@ -190,8 +229,7 @@ def report(args, models, impls, results, notes):
             entry[impl] = {"ms": ms, "median_ms": med, "ratio_vs_nndsl": ratio}
             cells.append(f"{med:.3f} ms" + (f" ({ratio:.2f}×)" if ratio else ""))
         summary["models"][m] = entry
-        widths, batch = MODELS[m]
-        table.append(f"| {m}: {'-'.join(map(str, widths))}, batch {batch} | " + " | ".join(cells) + " |")
+        table.append(f"| {describe(m)} | " + " | ".join(cells) + " |")
     summary["notes"] = notes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +250,25 @@ def device_name():
         return "unknown GPU"
 
 
+def prewarm(models, impls, args):
+    from concurrent.futures import ThreadPoolExecutor
+    env = dict(os.environ, GPU_STEP_SECONDS="0.01")
+
+    def one(job):
+        impl, m = job
+        t0 = time.perf_counter()
+        try:
+            out = subprocess.run([sys.executable, __file__, "--child", impl, m], capture_output=True,
+                                 text=True, timeout=args.timeout, env=env)
+            tail = (out.stdout.strip().splitlines() or [""])[-1][:120] if out.returncode == 0 else \
+                "failed: " + out.stderr.strip()[-300:]
+        except subprocess.TimeoutExpired:
+            tail = f"timed out after {args.timeout} s"
+        print(f"prewarm {m:10s} {impl:14s} {time.perf_counter() - t0:6.1f} s {tail}", flush=True)
+    with ThreadPoolExecutor(args.prewarm) as pool:
+        list(pool.map(one, [(i, m) for m in models for i in impls]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
@@ -219,6 +276,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--timeout", type=int, default=240, help="seconds per child run")
+    ap.add_argument("--prewarm", type=int, default=0, metavar="WORKERS",
+                    help="first run every child once, WORKERS at a time, untimed: fills the numba, "
+                         "inductor and JAX caches so the timed rounds start warm")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "MODEL"))
     args = ap.parse_args()
     if args.child:
@@ -227,6 +287,8 @@ def main():
     models, impls = args.models.split(","), args.impls.split(",")
     results = {m: {i: [] for i in impls} for m in models}
     notes = {}
+    if args.prewarm:
+        prewarm(models, impls, args)
     for r in range(args.rounds):
         for m in models:
             order = impls[r % len(impls):] + impls[:r % len(impls)]
@@ -245,7 +307,7 @@ def main():
                 else:
                     results[m][impl].append(res["ms"])
                 print(f"round {r + 1} {m:10s} {impl:14s} {res}", flush=True)
-        report(args, models, impls, results, notes)
+                report(args, models, impls, results, notes)      # a run cut short keeps its table
     return 0
 
 

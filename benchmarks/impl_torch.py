@@ -16,8 +16,9 @@ def make_cnn():
                          nn.Flatten(), nn.Linear(f2 * (h // 4) * (w // 4), out))
 
 
-def make_net(model: str, adam_impl: str = "fused"):
-    """The MLP (Glorot-uniform weights, zero biases) or the CNN, and its Adam optimiser."""
+def make_net(model: str, adam_impl: str = "fused", device: str = "cpu"):
+    """The MLP (Glorot-uniform weights, zero biases) or the CNN on `device`, and its Adam
+    optimiser."""
     import torch
     from torch import nn
 
@@ -35,7 +36,7 @@ def make_net(model: str, adam_impl: str = "fused"):
         layers.append(lin)
         if i < len(sizes) - 2:
             layers.append(nn.Tanh() if act == "tanh" else nn.ReLU())
-    net = nn.Sequential(*layers)
+    net = nn.Sequential(*layers).to(device)
     # fused Adam (one kernel for all parameters) is the fastest CPU variant here; "foreach"
     # and the per-parameter loop measured the same or slower
     kw = {"fused": True} if adam_impl == "fused" else {"foreach": adam_impl == "foreach"}
@@ -43,7 +44,7 @@ def make_net(model: str, adam_impl: str = "fused"):
     return net, opt
 
 
-def make_lstm(model: str, adam_impl: str = "fused"):
+def make_lstm(model: str, adam_impl: str = "fused", device: str = "cpu"):
     """x (N, T, F) -> nn.LSTM(hidden) -> last state -> Linear(1)."""
     import torch
     from torch import nn
@@ -61,19 +62,19 @@ def make_lstm(model: str, adam_impl: str = "fused"):
             seq, _ = self.rnn(x)
             return self.out(seq[:, -1])
 
-    net = Net()
+    net = Net().to(device)
     kw = {"fused": True} if adam_impl == "fused" else {"foreach": adam_impl == "foreach"}
     return net, torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS, **kw)
 
 
-def build(model: str, x_np, y_np, adam_impl: str = "fused"):
+def build(model: str, x_np, y_np, adam_impl: str = "fused", device: str = "cpu"):
     import torch
     import torch.nn.functional as F
 
     spec = MODELS[model]
-    net, opt = (make_lstm if spec.get("kind") == "lstm" else make_net)(model, adam_impl)
-    x = torch.from_numpy(x_np)
-    y = torch.from_numpy(y_np)
+    net, opt = (make_lstm if spec.get("kind") == "lstm" else make_net)(model, adam_impl, device)
+    x = torch.from_numpy(x_np).to(device)
+    y = torch.from_numpy(y_np).to(device)
 
     if spec["loss"] == "squared":
         def loss_fn(o):  # ½ Σ_k (o_k − y_k)², mean over the batch

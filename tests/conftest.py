@@ -88,7 +88,7 @@ def random_data(module, n: int = 5, seed: int = 0, overrides: dict | None = None
     for name, (shape, classes, is_target) in module.DATA.items():
         shape = tuple(3 if isinstance(s, str) else s for s in shape)
         if classes is not None:
-            data[name] = rng.integers(0, classes, n)
+            data[name] = rng.integers(0, classes, (n,) + shape)   # (n,), or (n, T) per step
         elif is_target:
             data[name] = rng.uniform(0.05, 0.95, (n,) + shape)
         else:

@@ -2,7 +2,7 @@
 simulator, NUMBA_ENABLE_CUDASIM=1, must be set before numba.cuda is imported, and must not
 leak into the CPU tests). Prints one JSON line. Used by tests/test_cuda.py.
 
-    python tests/cuda_worker.py equal|stochastic|fit SOURCE.nn BUILD_DIR [--dtype float64]
+    python tests/cuda_worker.py equal|stochastic|fit|auto SOURCE.nn BUILD_DIR [--dtype float64]
 """
 from __future__ import annotations
 
@@ -128,7 +128,13 @@ def fit(cpu, gpu) -> dict:
     return out
 
 
-MODES = {"equal": equal, "stochastic": stochastic, "fit": fit}
+def auto(cpu, gpu) -> dict:
+    """`stochastic` for a model that draws noise, else `equal`."""
+    mode = "stochastic" if gpu.HAS_DRAWS else "equal"
+    return dict(MODES[mode](cpu, gpu), mode=mode)
+
+
+MODES = {"equal": equal, "stochastic": stochastic, "fit": fit, "auto": auto}
 
 if __name__ == "__main__":
     mode, source, folder = sys.argv[1], Path(sys.argv[2]).read_text(), Path(sys.argv[3])

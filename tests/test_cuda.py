@@ -102,6 +102,22 @@ def test_cuda_stochastic_layers(name, source):
     assert r["mean_rel"] < 0.2, r
 
 
+# every other example: equality, or the stochastic checks for a model that draws noise
+COVERED = {r[0] for r in EQUAL} | {r[0] for r in STOCHASTIC}
+EVERY = [p.stem for p in sorted(EXAMPLES.glob("*.nn")) if p.stem not in COVERED]
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_cuda_module_of_every_example(name):
+    r = _worker("auto", _example(name), "every_" + name)
+    if r["mode"] == "stochastic":
+        assert r["directional"] < 1e-5 and r["reproducible"] and r["varies"], r
+    else:
+        for key in ("loss", "grad", "steps", "params", "forward", "node"):
+            assert r[key] <= 1e-8, (key, r)
+        assert r["untouched"], r
+
+
 def test_ptx_for_every_kernel_of_every_example(tmp_path):
     """Every kernel of every example that builds compiles for sm_90 (NVVM from the extra,
     no GPU needed). Kernels are shared by content, so the union is compiled once."""
