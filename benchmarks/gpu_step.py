@@ -110,9 +110,13 @@ def child_nndsl(model, graph):
     mod = import_module(r.path, "bench_cuda_" + model)
     m = mod.Model(seed=0)
     if graph:
-        replay = m.capture_step(**feed)
+        import contextlib
+        import io
+        why = io.StringIO()
+        with contextlib.redirect_stderr(why):          # capture_step says why it fell back
+            replay = m.capture_step(**feed)
         if replay is None:
-            return {"skip": "CUDA graph capture not available"}
+            return {"skip": "CUDA graph capture not available: " + why.getvalue().strip()[-300:]}
         return {"ms": timed(replay, m.synchronize)}
     m.step(**feed)
     _, n_rows, sizes = m._arrays(list(feed), feed, "bench")
