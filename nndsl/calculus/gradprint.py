@@ -71,6 +71,8 @@ def format_block(block: LossFormulas, latex: bool) -> list[str]:
 
 def format_formula(f: Formula, block: LossFormulas, latex: bool) -> str:
     order = _order_key(block)
+    if f.kind == "note" and f.note.startswith("("):            # a remark of its own
+        return r"\text{" + f.note + "}" if latex else f.note
     if f.kind == "note":
         lhs = (notation.latex if latex else notation.text)(f.lhs, block.defined)
         if latex:

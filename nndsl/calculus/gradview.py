@@ -70,6 +70,17 @@ class LossFormulas:
 
 
 def model_formulas(model: ir.ModelIR, param: str | None = None) -> list[LossFormulas]:
+    # convolutions as the direct window sum (the lecture's formula), not their im2col GEMMs:
+    # the same function of W and x, so derive gives the same gradients in the window form
+    from . import ops
+    saved, ops.CONV_FORM = ops.CONV_FORM, "direct"
+    try:
+        return _model_formulas(model, param)
+    finally:
+        ops.CONV_FORM = saved
+
+
+def _model_formulas(model: ir.ModelIR, param: str | None) -> list[LossFormulas]:
     g = Graph(model)
     expand_nodes(g)
     forward = list(g.b.stages)
@@ -143,9 +154,20 @@ class _View:
             for a in s.accesses:
                 self.order.setdefault(a.tensor, pos)
         self.defs: dict[str, list[tuple[tuple, sp.Expr]]] = {}
+        self.def_ranges: dict[str, list[dict]] = {}
         for s in adjoint.stages:
             if s.kind == "formula" and s.expr != 0:
                 self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
+                self.def_ranges.setdefault(s.out, []).append(dict(s.ranges))
+        # zero-padded copies of a convolution's input: xp[n,c,h+pad,w+pad] = x[n,c,h,w]
+        self.pads: dict[str, tuple[str, tuple]] = {}
+        for s in stages:
+            if s.attrs and s.attrs.get("view") == "pad":
+                a = s.accesses[0]
+                self.pads[s.out] = (a.tensor, tuple(e - i for e, i in zip(s.index, a.index)))
+        self.padded_noted: set[str] = set()
+        self.gathered = False
+        self.gathered_noted: set[str] = set()
         self.adjoint_of = adjoint.adjoint_of
         self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
         # names the output defines must not be the user's: an autoencoder's layer may be `e`
@@ -198,9 +220,13 @@ class _View:
 
     def _definition(self, name: str, indices) -> sp.Expr:
         total = sp.Integer(0)
-        for index, body in self.defs[name]:
+        for (index, body), sizes in zip(self.defs[name], self.def_ranges[name]):
             if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
-                return sp.IndexedBase(name)[indices]        # a scatter: keep it named
+                gathered = self._gather(name, index, body, sizes, indices)
+                if gathered is None:
+                    return sp.IndexedBase(name)[indices]        # a scatter: keep it named
+                total += gathered
+                continue
             renames = {}
             for v in _sum_vars(body):
                 renames[v] = next(self.fresh)
@@ -208,7 +234,82 @@ class _View:
             body = body.xreplace(renames)
             subst = {i: v for i, v in zip(index, indices) if isinstance(i, sp.Symbol)}
             total += body.xreplace(subst)
-        return total
+        return self._unpad(total)
+
+    def _tiles(self, name: str) -> bool:
+        """A scatter whose windows tile its target (a pool with stride = size): each element
+        is written once, so its line reads `Δx[n,c,2·i+p,2·j+q] = ...`."""
+        return len(self.defs[name]) == 1 and self.defs[name][0][0] != () and \
+            not all(isinstance(i, sp.Symbol) or i.is_Integer for i in self.defs[name][0][0]) and \
+            self._gather(name, *self.defs[name][0], self.def_ranges[name][0], None, dry=True) is None
+
+    def _gather(self, name, index, body, sizes, indices, dry=False):
+        """A scatter-add `Δx[n,c,i+p,j+q] += body` read as a gather at `indices` (n,c,h,w):
+        the window position whose index has coefficient 1 and that only Δ maps read is solved
+        for (`i = h − p`; a Δ map reads zero outside its range), the others stay summed.
+        None where some position has no such index (a stride > 1: windows that tile or
+        overlap irregularly keep their scatter form)."""
+        plan = []
+        used = [v for e in index if isinstance(e, sp.Symbol) for v in [e]]
+        for pos, e in enumerate(index):
+            e = sp.sympify(e)
+            if isinstance(e, sp.Symbol) or e.is_Integer:
+                continue
+            vs = [v for v in e.free_symbols if v in sizes]
+            grads = {r: sp.Dummy() for r in body.atoms(sp.Indexed)
+                     if self.tensors.get(str(r.base.label)) is not None
+                     and self.tensors[str(r.base.label)].role == "grad"}
+            outside = body.xreplace(grads).free_symbols
+            ok = [v for v in vs if e.coeff(v) == 1 and v not in outside
+                and not any(v in sp.sympify(o).free_symbols for q, o in enumerate(index) if q != pos)
+                and all(c.is_Integer for c in (e.coeff(u) for u in vs))]
+            if not ok or any(v in used for v in vs):
+                return None
+            v = max(ok, key=lambda v: (int(sizes[v]) if sp.sympify(sizes[v]).is_Integer else 0, str(v)))
+            plan.append((pos, e, v, [u for u in vs if u != v]))
+            used += vs
+        if dry:
+            return plan
+        self.gathered = True
+        renames = {}
+        for v in _sum_vars(body):
+            renames[v] = next(self.fresh)
+            self.original[renames[v]] = v
+        for _, _, _, others in plan:
+            for u in others:
+                renames[u] = next(self.fresh)
+                self.original[renames[u]] = u
+        body = body.xreplace(renames)
+        subst = {i: v for i, v in zip(index, indices) if isinstance(i, sp.Symbol)}
+        for pos, e, v, others in plan:
+            subst[v] = indices[pos] - (e - v).xreplace(renames)
+        body = body.xreplace(subst)
+        for _, _, _, others in plan:
+            for u in others:
+                body = _sum(body, renames[u], sizes[u])
+        grads = sorted({str(r.base.label) for r in body.atoms(sp.Indexed)
+                        if self.tensors.get(str(r.base.label)) is not None
+                        and self.tensors[str(r.base.label)].role == "grad"})
+        if grads and not self.gathered_noted:
+            self.gathered_noted.add(name)
+            self.pending.append(Formula("note", sp.Symbol("Δ"), None,
+                                        note="(a Δ read outside its map is zero: no window output is there)"))
+        return body
+
+    def _unpad(self, expr: sp.Expr) -> sp.Expr:
+        """A read of a zero-padded copy is a read of the input at the offset: x[n,c,i+p−1,j+q−1]."""
+        subs = {}
+        for ind in expr.atoms(sp.Indexed):
+            name = str(ind.base.label)
+            if name in self.pads:
+                src, offset = self.pads[name]
+                subs[ind] = sp.IndexedBase(src)[tuple(i - o for i, o in zip(ind.indices, offset))]
+                if src not in self.padded_noted:
+                    self.padded_noted.add(src)
+                    label = self.tensor_label(src)
+                    self.pending.append(Formula("note", sp.Symbol(label), None,
+                                                note=f"({label} is zero outside the image: zero padding)"))
+        return expr.xreplace(subs) if subs else expr
 
     def _restore_names(self, expr: sp.Expr, taken_outside=()) -> sp.Expr:
         """Give each summation index back its natural name where that name is free there."""
@@ -233,6 +334,9 @@ class _View:
             if forward is not None:
                 return self.index_of(forward)
         letters = _declared_letters(self.model, t.label, t.role, len(t.shape))
+        if not letters and t.role != "param" and len(t.shape) == 4 and t.shape[0] == N and \
+                not {"c", "i", "j"} & self.user_names:
+            letters = ("c", "i", "j")                       # an image: channel, row, column
         pool = iter(x for x in "kdijlmrsuvw" if x not in letters and x not in self.user_names)
         out = []
         shown = self.shown_axes(tensor)
@@ -271,6 +375,8 @@ class _View:
                 labels = sp.IndexedBase(s.attrs["labels"])[ind.indices[0]]
                 expr = expr.xreplace({ind: indicator(ind.indices[1], labels)})
         expr = expr.replace(lambda e: isinstance(e, sp.Sum), _sum_of_indicator)
+        # a max's adjoint goes to the stored first arg-max: 𝟙[2·p+q = argmax_p[n,c,i,j]]
+        expr = expr.replace(lambda e: isinstance(e, fn.eq), lambda e: indicator(*e.args))
         # exp(o[n,k] − lse[n]) with lse = log Σ_k exp(o) -> p[n,k] = softmax(o)
         for e in list(expr.atoms(sp.exp)):
             replaced = self._softmax(e)
@@ -376,6 +482,15 @@ class _View:
         if s is None:
             return
         index = self.index_of(name)
+        if s.reduce == "argmax":
+            subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
+            window = self._relabel(_as_sum_body(s).xreplace(subst))
+            from .notation import text
+            what = ", ".join(str(v) for v in s.reduce_vars)
+            self.pending.append(Formula("note", sp.IndexedBase(name)[index], None, note=(
+                f"the position {text(s.reduced_position)} of the first maximum of {text(window)} "
+                f"over {what} (ties: the first)")))
+            return
         subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
         body = self._inline_internal(_as_forward(s).xreplace(subst))
         rhs = self._named_patterns(body)
@@ -465,8 +580,12 @@ class _View:
                 emit(Formula("zero", self.access(tensor, index), sp.Integer(0), partial=partial))
                 continue
             # a Δ already printed is used again (a layer's W and b stop at the same Δ)
+            self.gathered = False
             expr = self._inline(self._definition(grad, index), False, keep=shown)
-            if _size(expr) > _MAX_INLINE:
+            scatters = [i for i in expr.atoms(sp.Indexed) if str(i.base.label) in self.defs
+                        and str(i.base.label) not in self.signals and str(i.base.label) not in shown]
+            # through a convolution's input (a gathered window) or a pool's scatter: stop at Δ
+            if _size(expr) > _MAX_INLINE or self.gathered or scatters:
                 expr = self._inline(self._definition(grad, index), True)
                 for f in self._deltas_used(expr, shown):
                     lines.extend(self.pending)
@@ -510,6 +629,33 @@ class _View:
         f.sizes = _sum_sizes(f.rhs) if f.rhs is not None else {}
         return f
 
+    def _tile_line(self, name: str, shown: set) -> list[Formula]:
+        """`Δc[n,c,2·i+p,2·j+q] = 𝟙[2·p+q = argmax_p[n,c,i,j]]·Δp[n,c,i,j]`: a pool's windows
+        tile its input, so its adjoint is written once per element, in the window's indices."""
+        (index, body), = self.defs[name]
+        node = next(k for k, v in self.adjoint_of.items() if v == name)
+        want = self.index_of(name)
+        letters = {}
+        pool = iter(x for x in "pqrsuv" if x not in self.user_names)
+        for e, w in zip(index, want):
+            if isinstance(e, sp.Symbol):
+                letters[e] = w
+        for v in sorted(set().union(*[sp.sympify(e).free_symbols for e in index]) - set(letters), key=str):
+            taken = {str(x) for x in letters.values()}
+            letters[v] = v if v.name not in taken and v.name not in self.user_names else \
+                sp.Symbol(next(x for x in pool if x not in taken), integer=True)
+        for v in _sum_vars(body):
+            letters[v] = next(self.fresh)
+            self.original[letters[v]] = v
+        lhs = tuple(sp.sympify(e).xreplace(letters) for e in index)
+        rhs = self._inline(self._unpad(body.xreplace(letters)), True)
+        lines = self._deltas_used(rhs, shown)
+        rhs = self.display(rhs, _names(lhs) | {str(x) for e in lhs for x in sp.sympify(e).free_symbols})
+        lines += self.pending
+        self.pending.clear()
+        lines.append(Formula("delta", self.access(name, lhs), rhs, partial=self.access(node, lhs)))
+        return lines
+
     def _deltas_used(self, expr, shown: set) -> list[Formula]:
         """Definition lines of the layer adjoints (Δh) a formula stopped at, innermost last."""
         lines = []
@@ -519,6 +665,9 @@ class _View:
                 continue
             shown.add(name)
             index = self.index_of(name)
+            if self._tiles(name):
+                lines += self._tile_line(name, shown)
+                continue
             defn = self._inline(self._definition(name, index), True)
             lines += self._deltas_used(defn, shown)
             node = next(k for k, v in self.adjoint_of.items() if v == name)
@@ -554,6 +703,8 @@ def _declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tu
     node = next((n for n in model.nodes if n.name == node_name), None)
     if node is None:
         return ()
+    if node.op == "conv2d":
+        return {"W": ("f", "c", "p", "q"), "b": ("f",)}.get(local, ())
     if node.op == "layer":
         spec = model.layers[node.attrs["layer"]]
         p = next((p for p in spec.params if p.name == local), None)
@@ -570,6 +721,10 @@ def _as_sum(s: Stage) -> sp.Expr:
         body = _sum(body, v, sizes[v])
     # a loop over a size-1 axis is the index 0 (an axis the display drops)
     return body.xreplace({v: 0 for v, n in s.ranges if n == 1})
+
+
+def _as_sum_body(s: Stage) -> sp.Expr:
+    return s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] for a in s.accesses})
 
 
 def _as_forward(s: Stage) -> sp.Expr:
@@ -639,7 +794,8 @@ def _simplify(expr: sp.Expr) -> sp.Expr:
 
 def _batch_outermost(s: sp.Sum) -> sp.Sum:
     """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last)."""
-    limits = sorted(s.limits, key=lambda lim: str(lim[0]) == "n")
+    # the printer writes the last limit first: n, then the others alphabetically (Σ_f Σ_p Σ_q)
+    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True), key=lambda lim: str(lim[0]) == "n")
     return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
 
 
