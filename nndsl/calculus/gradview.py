@@ -155,10 +155,12 @@ class _View:
                 self.order.setdefault(a.tensor, pos)
         self.defs: dict[str, list[tuple[tuple, sp.Expr]]] = {}
         self.def_ranges: dict[str, list[dict]] = {}
+        self.def_stages: dict[str, list[Stage]] = {}
         for s in adjoint.stages:
             if s.kind == "formula" and s.expr != 0:
                 self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
                 self.def_ranges.setdefault(s.out, []).append(dict(s.ranges))
+                self.def_stages.setdefault(s.out, []).append(s)
         # zero-padded copies of a convolution's input: xp[n,c,h+pad,w+pad] = x[n,c,h,w]
         self.pads: dict[str, tuple[str, tuple]] = {}
         for s in stages:
@@ -222,7 +224,7 @@ class _View:
         total = sp.Integer(0)
         for (index, body), sizes in zip(self.defs[name], self.def_ranges[name]):
             if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
-                gathered = self._gather(name, index, body, sizes, indices)
+                gathered = None if self._tiles(name) else self._gather(name, index, body, sizes, indices)
                 if gathered is None:
                     return sp.IndexedBase(name)[indices]        # a scatter: keep it named
                 total += gathered
@@ -239,9 +241,8 @@ class _View:
     def _tiles(self, name: str) -> bool:
         """A scatter whose windows tile its target (a pool with stride = size): each element
         is written once, so its line reads `Δx[n,c,2·i+p,2·j+q] = ...`."""
-        return len(self.defs[name]) == 1 and self.defs[name][0][0] != () and \
-            not all(isinstance(i, sp.Symbol) or i.is_Integer for i in self.defs[name][0][0]) and \
-            self._gather(name, *self.defs[name][0], self.def_ranges[name][0], None, dry=True) is None
+        from .derive import _tiles
+        return len(self.defs[name]) == 1 and _tiles(self.def_stages[name][0], self.tensors[name])
 
     def _gather(self, name, index, body, sizes, indices, dry=False):
         """A scatter-add `Δx[n,c,i+p,j+q] += body` read as a gather at `indices` (n,c,h,w):
@@ -263,8 +264,14 @@ class _View:
             ok = [v for v in vs if e.coeff(v) == 1 and v not in outside
                 and not any(v in sp.sympify(o).free_symbols for q, o in enumerate(index) if q != pos)
                 and all(c.is_Integer for c in (e.coeff(u) for u in vs))]
-            if not ok or any(v in used for v in vs):
+            if any(v in used for v in vs):
                 return None
+            if not ok:            # a stride > 1: the windows that hold this element, 𝟙[2·i+p−1 = h]
+                if dry:
+                    return None
+                plan.append((pos, e, None, vs))
+                used += vs
+                continue
             v = max(ok, key=lambda v: (int(sizes[v]) if sp.sympify(sizes[v]).is_Integer else 0, str(v)))
             plan.append((pos, e, v, [u for u in vs if u != v]))
             used += vs
@@ -281,9 +288,16 @@ class _View:
                 self.original[renames[u]] = u
         body = body.xreplace(renames)
         subst = {i: v for i, v in zip(index, indices) if isinstance(i, sp.Symbol)}
+        conds = []
         for pos, e, v, others in plan:
-            subst[v] = indices[pos] - (e - v).xreplace(renames)
-        body = body.xreplace(subst)
+            if v is None:
+                target = sp.sympify(indices[pos])
+                free = sorted(target.free_symbols, key=str)
+                shift = target - free[0] if len(free) == 1 and target.coeff(free[0]) == 1 else 0
+                conds.append(indicator(sp.expand(e.xreplace(renames) - shift), target - shift))
+            else:
+                subst[v] = indices[pos] - (e - v).xreplace(renames)
+        body = sp.Mul(*conds, body.xreplace(subst))
         for _, _, _, others in plan:
             for u in others:
                 body = _sum(body, renames[u], sizes[u])
@@ -293,7 +307,7 @@ class _View:
         if grads and not self.gathered_noted:
             self.gathered_noted.add(name)
             self.pending.append(Formula("note", sp.Symbol("Δ"), None,
-                                        note="(a Δ read outside its map is zero: no window output is there)"))
+                                        note="(a delta read outside its map is zero: no window output is there)"))
         return body
 
     def _unpad(self, expr: sp.Expr) -> sp.Expr:

@@ -243,7 +243,7 @@ class Latex(_Base):
         """`h.W` → `W^{(h)}`: the parameter named by its layer, as a lecture writes it."""
         delta = label.startswith("Δ")
         head, _, last = label.lstrip("Δ").rpartition(".")
-        if not head and label in self.defined and last[-1:].isdigit() and last.rstrip("0123456789"):  # e2 -> e^{(2)}
+        if not head and label in self.defined and "_" not in label and last[-1:].isdigit() and last.rstrip("0123456789"):  # e2 -> e^{(2)}
             head, last = last[len(last.rstrip("0123456789")):], last.rstrip("0123456789")
         if "_" in last and label not in self.defined:
             last = last.replace("_", r"\_")             # a user's `my_layer` is one name
