@@ -76,9 +76,9 @@ def format_formula(f: Formula, block: LossFormulas, latex: bool) -> str:
     if f.kind == "note":
         lhs = (notation.latex if latex else notation.text)(f.lhs, block.defined)
         if latex:
-            sep = " " if f.note.startswith("~") else ": "
+            sep = " " if f.note.startswith(("~", "=")) else ": "
             return lhs + r"\ \text{" + (sep + f.note).replace("~", r"$\sim$") + "}"
-        return f"{lhs}: {f.note}" if not f.note.startswith("~") else f"{lhs} {f.note}"
+        return f"{lhs}: {f.note}" if not f.note.startswith(("~", "=")) else f"{lhs} {f.note}"
     if f.kind in ("param", "zero"):
         return format_equation(f.partial, f.rhs, partial=True, latex=latex, defined=block.defined, order=order)
     middle = f.partial if f.kind in ("signal", "delta") else None

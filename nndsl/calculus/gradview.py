@@ -53,6 +53,7 @@ class Formula:
     note: str = ""
     sizes: dict = field(default_factory=dict)       # summation index -> size, for checks
     raw: sp.Expr | None = None        # the derivation before naming and simplifying (internal names)
+    ready: bool = False               # already in display names (a recurrence's lines)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _model_formulas(model: ir.ModelIR, param: str | None) -> list[LossFormulas]:
     for loss in model.losses:
         start = len(g.b.stages)
         handle = expand_loss(g, loss)
-        stages = relevant_stages(forward + g.b.stages[start:], handle.name)
+        stages = relevant_stages(forward + g.b.stages[start:], handle.name, g.b.tensors)
         wrt = [g.params[p].name for p in loss.wrt]
         adjoint = differentiate(g.b, stages, handle, wrt)
         view = _View(model, g, loss, stages, adjoint)
@@ -168,6 +169,9 @@ class _View:
                 a = s.accesses[0]
                 self.pads[s.out] = (a.tensor, tuple(e - i for e, i in zip(s.index, a.index)))
         self.padded_noted: set[str] = set()
+        self.all_stages = g.b.stages
+        self.once: dict[str, str] = {}
+        self.recurrences_done = False
         self.gathered = False
         self.gathered_noted: set[str] = set()
         self.adjoint_of = adjoint.adjoint_of
@@ -189,6 +193,15 @@ class _View:
         self.softmax: dict[str, str] = {}           # logits tensor -> label of its softmax (p)
         self.noise_names: dict[str, str] = {}       # noise tensor -> m, ε
         self.pending: list[Formula] = []            # definitions waiting for the line that uses them
+
+    def fresh_once(self, base: str) -> str:
+        """`fresh_label(base)`, the same label each time it is asked for the same base."""
+        if base not in self.once:
+            self.once[base] = self.fresh_label(base)
+        return self.once[base]
+
+    def size_of_input(self, node) -> object:
+        return self.g.values[node.inputs[0]].shape[-1]
 
     def fresh_label(self, base: str) -> str:
         """`base`, or `base2`, `base3`, ...: the first name neither the user nor this output took."""
@@ -582,15 +595,18 @@ class _View:
             grad = self.adjoint_of.get(tensor)
             index = self.index_of(tensor)
             partial = self.access(tensor, index)
-            if grad not in self.defs:
-                recurrent = [n.name for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")]
-                if recurrent:
-                    # in a model with a recurrence the gradient is summed over steps (BPTT):
-                    # not zero, and not yet printed as the lecture's per-step recursion
-                    emit(Formula("note", sp.Symbol(f"∂L/∂{prm.name}"), None, note="summed over the steps "
-                                 f"of {', '.join(f'`{r}`' for r in recurrent)} by backpropagation through "
-                                 "time; its per-step printout is not available yet"))
+            owner = next((n for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")
+                          and prm.name in n.params.values()), None)
+            if owner is not None:
+                if True:
+                    # summed over the steps (BPTT): the per-step recursion, once per model
+                    if not self.recurrences_done:
+                        self.recurrences_done = True
+                        for f in self._recurrence_lines(shown):
+                            emit(f)
+                    emit(self.bptt[prm.name])
                     continue
+            if grad not in self.defs:
                 emit(Formula("zero", self.access(tensor, index), sp.Integer(0), partial=partial))
                 continue
             # a Δ already printed is used again (a layer's W and b stop at the same Δ)
@@ -633,7 +649,7 @@ class _View:
 
     def _finish(self, f: Formula) -> Formula:
         """Definitions were collected over internal names: relabel their two sides."""
-        if f.kind in ("define", "note"):
+        if f.kind in ("define", "note") and not f.ready:
             index = f.lhs.indices if isinstance(f.lhs, sp.Indexed) else ()
             name = str(_label_of(f.lhs))
             if name in self.tensors:
@@ -642,6 +658,84 @@ class _View:
                 f.rhs = _simplify(self._relabel(exact_numbers(self._restore_names(f.rhs, _names(index)))))
         f.sizes = _sum_sizes(f.rhs) if f.rhs is not None else {}
         return f
+
+    def _recurrence_lines(self, shown: set) -> list[Formula]:
+        """Every recurrent node's BPTT recursion (top layer first: a layer's Δh reads the
+        Δa of the layer above) and its parameters' lines into `self.bptt`."""
+        from .gradrecur import T_, Recurrence, d_, j_, k_, n_
+        from .notation import text
+        nodes = [n for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")]
+        recs = {n.name: Recurrence(self, n) for n in nodes}
+        named = {}
+        for r in recs.values():
+            for lhs, _ in r.exprs:
+                label = str(lhs.base.label)
+                if label == r.node.name or label.startswith("C_"):
+                    named[label] = self.fresh_once("Δ" + label)
+            for g, (a, _) in r.pre.items():
+                named[str(a.base.label)] = self.fresh_once("Δ" + str(a.base.label))
+        lines, self.bptt = [], {}
+        tidy = lambda e: _simplify(exact_numbers(e))                       # noqa: E731
+        for node in reversed(nodes):
+            r = recs[node.name]
+            consumers = [m for m in self.model.nodes if node.name in m.inputs]
+            above = sp.Integer(0)
+            for m in consumers:
+                if m.name in recs:              # the layer above's W·x[t]: Σ_g Σ_j W_g[j,k]·Δa_g[n,t,j]
+                    up = recs[m.name]
+                    for g, (a, _) in sorted(up.pre.items()):
+                        c = up.coefficient(g, "W").xreplace({k_: j_})
+                        above += sp.Sum(sp.IndexedBase(up.param("W", g))[j_, k_] * c *
+                                        sp.IndexedBase(named[str(a.base.label)])[n_, T_, j_], (j_, 0, up.H - 1))
+            value = self.g.values[node.name].name
+            grad = self.adjoint_of.get(value)
+            if grad in self.defs and any(m.name not in recs for m in consumers):
+                last = node.attrs.get("return", "all") != "all"
+                index = (n_, k_) if last else (n_, T_, k_)
+                expr = self._inline(self._definition(grad, index), True)
+                lines += self._deltas_used(expr, shown)
+                shown_expr = self.display(expr, {"n", "t", "k"})
+                lines += self.pending
+                self.pending.clear()
+                if last:
+                    steps = self.g.values[node.inputs[0]].shape[1]
+                    shown_expr = indicator(T_, steps - 1) * shown_expr
+                above += shown_expr
+            h = node.name
+            steps = self.g.values[node.inputs[0]].shape[1]
+            last = f"; {h}[n,k] = {h}[n,{text(steps - 1)},k]" if node.attrs.get("return", "all") != "all" else ""
+            lines.append(Formula("note", sp.Symbol(h), None, note=(
+                f"({h}[n,−1,k] = 0, the initial state; a Δ at step {text(steps)} is 0{last}; "
+                "every sequence runs all its steps)"), ready=True))
+            for g, (a, _) in sorted(r.pre.items()):
+                lhs, rhs = r.argument(g)
+                lines.append(Formula("define", lhs, tidy(rhs), ready=True))
+            for lhs, expr in r.exprs:
+                if str(lhs.base.label) == h:
+                    lines.append(Formula("note", lhs, None, note=f"= {text(expr)}, the state after step t", ready=True))
+                else:
+                    lines.append(Formula("define", lhs, tidy(expr), ready=True))
+            values, pre, states = r.deltas(above, named)
+            for lhs, _ in r.exprs:
+                label = str(lhs.base.label)
+                if label in named:
+                    lines.append(Formula("delta", sp.IndexedBase(named[label])[n_, T_, k_], tidy(values[label]),
+                                         partial=lhs))
+            for a_label, expr in pre.items():
+                a = sp.IndexedBase(a_label)[n_, T_, k_]
+                lines.append(Formula("delta", sp.IndexedBase(named[a_label])[n_, T_, k_], tidy(expr), partial=a))
+            steps = self.g.values[node.inputs[0]].shape[1]
+            for g, (a, _) in sorted(r.pre.items()):
+                Da = sp.IndexedBase(named[str(a.base.label)])[n_, T_, k_]
+                parts = {"W": (r.coefficient(g, "W") * Da * sp.IndexedBase(r.x)[n_, T_, d_], (k_, d_)),
+                         "U": (r.coefficient(g, "U") * Da * sp.IndexedBase(h)[n_, T_ - 1, j_], (k_, j_)),
+                         "b": (r.coefficient(g, "b") * Da, (k_,))}
+                for local, (body, index) in parts.items():
+                    pname = r.param(local, g)
+                    rhs = sp.Sum(body, (T_, 0, steps - 1), (n_, 0, N - 1))
+                    lhs = sp.IndexedBase(pname)[index]
+                    self.bptt[pname] = Formula("param", lhs, tidy(rhs), partial=lhs)
+        return lines
 
     def _tile_line(self, name: str, shown: set) -> list[Formula]:
         """`Δc[n,c,2·i+p,2·j+q] = 𝟙[2·p+q = argmax_p[n,c,i,j]]·Δp[n,c,i,j]`: a pool's windows
