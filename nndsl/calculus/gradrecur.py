@@ -149,6 +149,13 @@ class Recurrence:
                     total += sp.diff(expr, here) * value_delta(olabel)
                 if label in states and expr.has(prev):    # read at step t + 1
                     total += (sp.diff(expr, prev) * value_delta(olabel)).xreplace({T_: T_ + 1})
+            for g, (a, _) in sorted(self.pre.items()):         # read inside a pre-activation (a gru's r)
+                arg = self.argument(g)[1]
+                here = sp.IndexedBase(label)[n_, T_, k_]
+                if arg.has(here):
+                    d = sp.diff(arg, here).replace(lambda e: isinstance(e, sp.Sum) and e.function == 0,
+                                                   lambda e: sp.Integer(0))
+                    total += d * sp.IndexedBase(named[str(a.base.label)])[n_, T_, k_]
             if label == h:                                    # through U·h of step t + 1
                 for g, (a, _) in sorted(self.pre.items()):
                     c = self.coefficient(g, "U").xreplace({T_: T_ + 1, k_: j_})

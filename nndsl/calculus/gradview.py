@@ -90,7 +90,7 @@ def _model_formulas(model: ir.ModelIR, param: str | None) -> list[LossFormulas]:
         start = len(g.b.stages)
         handle = expand_loss(g, loss)
         stages = relevant_stages(forward + g.b.stages[start:], handle.name, g.b.tensors)
-        wrt = [g.params[p].name for p in loss.wrt]
+        wrt = g.param_tensors(loss.wrt)           # a recurrence's gates: their stacked tensor
         adjoint = differentiate(g.b, stages, handle, wrt)
         view = _View(model, g, loss, stages, adjoint)
         out.append(view.formulas(param))
@@ -703,7 +703,7 @@ class _View:
                 above += shown_expr
             h = node.name
             steps = self.g.values[node.inputs[0]].shape[1]
-            last = f"; {h}[n,k] = {h}[n,{text(steps - 1)},k]" if node.attrs.get("return", "all") != "all" else ""
+            last = f"; {h}[n,k] = {text(sp.IndexedBase(h)[n_, steps - 1, k_])}" if node.attrs.get("return", "all") != "all" else ""
             lines.append(Formula("note", sp.Symbol(h), None, note=(
                 f"({h}[n,−1,k] = 0, the initial state; a Δ at step {text(steps)} is 0{last}; "
                 "every sequence runs all its steps)"), ready=True))
@@ -716,7 +716,7 @@ class _View:
                 else:
                     lines.append(Formula("define", lhs, tidy(expr), ready=True))
             values, pre, states = r.deltas(above, named)
-            for lhs, _ in r.exprs:
+            for lhs, _ in reversed(r.exprs):
                 label = str(lhs.base.label)
                 if label in named:
                     lines.append(Formula("delta", sp.IndexedBase(named[label])[n_, T_, k_], tidy(values[label]),
