@@ -1,13 +1,21 @@
-"""One check of the CUDA module against the CPU module, run in its own process (the
+"""Checks of the CUDA module against the CPU module, run in a process of their own (the
 simulator, NUMBA_ENABLE_CUDASIM=1, must be set before numba.cuda is imported, and must not
-leak into the CPU tests). Prints one JSON line. Used by tests/test_cuda.py.
+leak into the CPU tests). Used by tests/test_cuda.py.
 
     python tests/cuda_worker.py equal|stochastic|fit|auto SOURCE.nn BUILD_DIR [--dtype float64]
+    python tests/cuda_worker.py serve
+
+The first form prints one JSON line. `serve` answers one JSON request per stdin line
+({"mode", "source", "folder", "dtype", "env"}) with one result line (after MARK): one
+process runs every check of a test worker, so the kernels that examples share (by content)
+are compiled once, for the CPU and for the simulator.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -15,7 +23,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-warnings.simplefilter("ignore")      # the simulator's uint64 overflow and object-mode notices
 
 from conftest import random_data  # noqa: E402  (the tests' one batch maker; tests/ is sys.path[0])
 
@@ -136,8 +143,45 @@ def auto(cpu, gpu) -> dict:
 
 MODES = {"equal": equal, "stochastic": stochastic, "fit": fit, "auto": auto}
 
-if __name__ == "__main__":
-    mode, source, folder = sys.argv[1], Path(sys.argv[2]).read_text(), Path(sys.argv[3])
-    dtype = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--dtype" else "float64"
+MARK = "@@cuda_worker "
+
+
+def check(mode: str, source: str, folder: Path, dtype: str) -> dict:
     cpu, gpu = build(source, folder, dtype, "cpu"), build(source, folder, dtype, "cuda")
-    print(json.dumps(MODES[mode](cpu, gpu)))
+    return MODES[mode](cpu, gpu)
+
+
+def serve():
+    """One request per line; the modules read their environment (NNDSL_CUDA_BLOCK_MIN) when
+    imported, so each request's `env` is set around its build and run."""
+    # replies go to a copy of the stdout pipe; fd 1 itself (Python's and C's prints) goes to
+    # stderr, so each request gets exactly one line back
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        req = json.loads(line)
+        saved = {k: os.environ.get(k) for k in req.get("env", {})}
+        os.environ.update(req.get("env", {}))
+        try:
+            reply = check(req["mode"], req["source"], Path(req["folder"]), req.get("dtype", "float64"))
+        except Exception:                                    # noqa: BLE001  (the test shows it)
+            reply = {"error": traceback.format_exc()}
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        out.write(MARK + json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")      # the simulator's uint64 overflow and object-mode notices
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        mode, source, folder = sys.argv[1], Path(sys.argv[2]).read_text(), Path(sys.argv[3])
+        dtype = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--dtype" else "float64"
+        print(json.dumps(check(mode, source, folder, dtype)))

@@ -8,10 +8,14 @@ thread as a Python thread.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,7 @@ WORKER = ROOT / "tests" / "cuda_worker.py"
 BUILD = ROOT / "tests" / ".build" / "cuda"
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import GAN, VAE_DIGITS  # noqa: E402
+from cuda_worker import MARK  # noqa: E402
 
 
 def _on_device() -> bool:
@@ -41,20 +46,50 @@ def _on_device() -> bool:
 DEVICE = _on_device()
 
 
+class _Server:
+    """This test process's `cuda_worker.py serve`: started at the first check, it runs every
+    check of the process one after another (restarted if a check kills it)."""
+
+    proc = None
+    log = None
+
+    @classmethod
+    def ask(cls, request: dict, timeout: float = 900) -> dict:
+        if cls.proc is None or cls.proc.poll() is not None:
+            env = dict(os.environ)
+            if DEVICE:
+                env.pop("NUMBA_ENABLE_CUDASIM", None)
+            else:
+                env["NUMBA_ENABLE_CUDASIM"] = "1"
+            BUILD.mkdir(parents=True, exist_ok=True)
+            cls.log = tempfile.TemporaryFile("w+")
+            cls.proc = subprocess.Popen([sys.executable, str(WORKER), "serve"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=cls.log, text=True, env=env)
+            atexit.register(cls.proc.kill)
+        cls.proc.stdin.write(json.dumps(request) + "\n")
+        cls.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([cls.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = cls.proc.stdout.readline()
+            if not line:                                        # the server died
+                break
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        cls.proc.kill()
+        cls.log.seek(0)
+        raise AssertionError("cuda_worker.py serve gave no answer:\n" + cls.log.read()[-3000:])
+
+
 def _worker(mode: str, source: str, name: str, extra_env: dict | None = None, dtype="float64") -> dict:
     folder = BUILD / ("device" if DEVICE else "sim") / name
     folder.mkdir(parents=True, exist_ok=True)
-    src = folder / "model.nn"
-    src.write_text(source)
-    env = dict(os.environ, **(extra_env or {}))
-    if DEVICE:
-        env.pop("NUMBA_ENABLE_CUDASIM", None)
-    else:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    out = subprocess.run([sys.executable, str(WORKER), mode, str(src), str(folder), "--dtype", dtype],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = _Server.ask({"mode": mode, "source": source, "folder": str(folder), "dtype": dtype,
+                     "env": extra_env or {}})
+    assert "error" not in r, r["error"][-3000:]
+    return r
 
 
 def _example(name: str) -> str:
