@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
 from notation_parser import (
@@ -67,6 +68,80 @@ BPTT = [  # example, a line the output must contain: the recursion, derived from
 def test_windows_and_recursions_print_as_a_lecture_writes_them(example, line):
     model, _ = blocks(example)
     assert line in format_gradients(model).splitlines()
+
+
+# ------------------------------------------------------------------ the recursion in numbers
+TINY_RECURRENT = """model tiny_{kind}
+input x[T, 3]
+target y[2]
+h = {kind}(x, 4, return=last)
+o = dense(h, 2)
+loss squared(o, y)
+"""
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_the_printed_bptt_recursion_gives_the_modules_gradients(kind, tmp_path):
+    """The printed lines of a tiny recurrent model (`nndsl.gradients`: the state's update,
+    a_g, the gates, Δh, ΔC, Δa_g and ∂L/∂P as sympy), evaluated in float64 by running t
+    forwards for the states and backwards for the deltas, equal the compiled module's
+    gradient of every parameter."""
+    from conftest import compile_source
+    source = TINY_RECURRENT.format(kind=kind)
+    m = compile_source(source).Model(seed=0)
+    batch, steps = 2, 3
+    rng = np.random.default_rng(1)
+    data = {"x": rng.standard_normal((batch, steps, 3)), "y": rng.standard_normal((batch, 2))}
+    _, want = m.grad(**data)
+    path = tmp_path / f"tiny_{kind}.nn"
+    path.write_text(source)
+    g = nndsl.gradients(path)
+    params = {name: np.asarray(m.params[name], dtype=np.float64) for name in want}
+    lines = {x.name: x for x in g if x.expr is not None and x.kind != "param"}
+    per_step = [x for x in lines.values() if isinstance(x.lhs, sp.Indexed) and len(x.lhs.indices) == 3]
+    sizes = {"N": batch, "T": steps}
+    ev = Evaluator({"n": batch, "t": steps}, clip=10 ** 6)
+
+    def resolve(label, idx):
+        if label in params:
+            return float(params[label][idx])
+        if label in data:
+            return float(data[label][idx])
+        if label == "o":                  # the dense layer on the last state (not a BPTT line)
+            n, k = idx
+            return float(params["o.b"][k]) + sum(params["o.W"][k, j] * ev.value("h", (n, steps - 1, j))
+                                                 for j in range(4))
+        line = lines[label]
+        if label == "h" and len(idx) == 2:     # return=last: h[n,k] = h[n,T−1,k]
+            return ev.value("h", (idx[0], steps - 1, idx[1]))
+        if len(idx) == 3 and not 0 <= idx[1] < steps:
+            return 0.0                    # h[n,−1,k] = 0, the initial state; a Δ at step T is 0
+        env = {str(i): v for i, v in zip(line.lhs.indices, idx)}
+        return ev(line.expr, {**sizes, **env})
+    ev.resolve = resolve
+    forward = [x for x in per_step if not x.name.startswith("Δ")]
+    backward = [x for x in per_step if x.name.startswith("Δ")]
+    assert {"h", "Δh"} <= {x.name for x in per_step} and any(x.name.startswith("Δa") for x in backward)
+    for t in range(steps):                                   # the forward recursion
+        for x in forward:
+            for n in range(batch):
+                for k in range(4):
+                    ev.value(x.name, (n, t, k))
+    for t in reversed(range(steps)):                         # BPTT: Δ at step t from step t + 1
+        for x in backward:
+            for n in range(batch):
+                for k in range(4):
+                    ev.value(x.name, (n, t, k))
+    assert set(g.losses["loss"].params) == set(want)
+    for name, grad in want.items():
+        line = g[name]
+        got = np.zeros(params[name].shape)
+        for pos in np.ndindex(got.shape):
+            shown = [i for i, size in zip(pos, got.shape) if size != 1] if got.ndim <= 2 else list(pos)
+            env = {str(i): v for i, v in zip(line.lhs.indices, shown)}
+            got[pos] = ev(line.expr, {**sizes, **env})
+        np.testing.assert_allclose(got, np.asarray(grad).reshape(got.shape), rtol=1e-8, atol=1e-10,
+                                   err_msg=f"{kind}: {line.text}")
 
 
 # ------------------------------------------------------------------ golden files

@@ -54,6 +54,7 @@ class Formula:
     sizes: dict = field(default_factory=dict)       # summation index -> size, for checks
     raw: sp.Expr | None = None        # the derivation before naming and simplifying (internal names)
     ready: bool = False               # already in display names (a recurrence's lines)
+    value: sp.Expr | None = None      # the formula a note states in words (a recurrent state's update)
 
 
 @dataclass
@@ -799,7 +800,8 @@ class _View:
                 lines.append(Formula("define", lhs, tidy(rhs), ready=True))
             for lhs, expr in r.exprs:
                 if str(lhs.base.label) == h:
-                    lines.append(Formula("note", lhs, None, note=f"= {text(expr)}, the state after step t", ready=True))
+                    lines.append(Formula("note", lhs, None, note=f"= {text(expr)}, the state after step t", ready=True,
+                                         value=tidy(expr)))
                 else:
                     lines.append(Formula("define", lhs, tidy(expr), ready=True))
             values, pre, states = r.deltas(above, named)
