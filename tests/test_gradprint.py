@@ -78,27 +78,39 @@ h = {kind}(x, 4, return=last)
 o = dense(h, 2)
 loss squared(o, y)
 """
+TINY_PER_STEP = """model tiny_{kind}_steps
+input x[T, 3]
+target next[T]: class(2)
+h = {kind}(x, 4)
+o = dense(h, 2)
+loss cross_entropy(o, next)
+"""
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru", "gru per step"])
 def test_the_printed_bptt_recursion_gives_the_modules_gradients(kind, tmp_path):
     """The printed lines of a tiny recurrent model (`nndsl.gradients`: the state's update,
     a_g, the gates, Δh, ΔC, Δa_g and ∂L/∂P as sympy), evaluated in float64 by running t
     forwards for the states and backwards for the deltas, equal the compiled module's
     gradient of every parameter."""
     from conftest import compile_source
-    source = TINY_RECURRENT.format(kind=kind)
+    per_step = kind.endswith("per step")         # names_lm's shape: logits and labels per step
+    kind = kind.split()[0]
+    source = (TINY_PER_STEP if per_step else TINY_RECURRENT).format(kind=kind)
     m = compile_source(source).Model(seed=0)
     batch, steps = 2, 3
     rng = np.random.default_rng(1)
-    data = {"x": rng.standard_normal((batch, steps, 3)), "y": rng.standard_normal((batch, 2))}
+    data = {"x": rng.standard_normal((batch, steps, 3))}
+    data.update({"next": rng.integers(0, 2, (batch, steps))} if per_step else
+                {"y": rng.standard_normal((batch, 2))})
     _, want = m.grad(**data)
     path = tmp_path / f"tiny_{kind}.nn"
     path.write_text(source)
     g = nndsl.gradients(path)
     params = {name: np.asarray(m.params[name], dtype=np.float64) for name in want}
     lines = {x.name: x for x in g if x.expr is not None and x.kind != "param"}
-    per_step = [x for x in lines.values() if isinstance(x.lhs, sp.Indexed) and len(x.lhs.indices) == 3]
+    cell = [x for x in lines.values() if isinstance(x.lhs, sp.Indexed) and len(x.lhs.indices) == 3
+            and str(x.lhs.indices[1]) == "t" and x.name not in ("p", "e")]
     sizes = {"N": batch, "T": steps}
     ev = Evaluator({"n": batch, "t": steps}, clip=10 ** 6)
 
@@ -107,9 +119,9 @@ def test_the_printed_bptt_recursion_gives_the_modules_gradients(kind, tmp_path):
             return float(params[label][idx])
         if label in data:
             return float(data[label][idx])
-        if label == "o":                  # the dense layer on the last state (not a BPTT line)
-            n, k = idx
-            return float(params["o.b"][k]) + sum(params["o.W"][k, j] * ev.value("h", (n, steps - 1, j))
+        if label == "o":                  # the dense layer on h (not a BPTT line)
+            n, k, t = idx[0], idx[-1], idx[1] if per_step else steps - 1
+            return float(params["o.b"][k]) + sum(params["o.W"][k, j] * ev.value("h", (n, t, j))
                                                  for j in range(4))
         line = lines[label]
         if label == "h" and len(idx) == 2:     # return=last: h[n,k] = h[n,T−1,k]
@@ -119,9 +131,9 @@ def test_the_printed_bptt_recursion_gives_the_modules_gradients(kind, tmp_path):
         env = {str(i): v for i, v in zip(line.lhs.indices, idx)}
         return ev(line.expr, {**sizes, **env})
     ev.resolve = resolve
-    forward = [x for x in per_step if not x.name.startswith("Δ")]
-    backward = [x for x in per_step if x.name.startswith("Δ")]
-    assert {"h", "Δh"} <= {x.name for x in per_step} and any(x.name.startswith("Δa") for x in backward)
+    forward = [x for x in cell if not x.name.startswith("Δ")]
+    backward = [x for x in cell if x.name.startswith("Δ")]
+    assert {"h", "Δh"} <= {x.name for x in cell} and any(x.name.startswith("Δa") for x in backward)
     for t in range(steps):                                   # the forward recursion
         for x in forward:
             for n in range(batch):
