@@ -20,7 +20,7 @@ from notation_parser import (
 
 import nndsl
 from nndsl.calculus import functions as fn
-from nndsl.calculus.gradprint import format_block, format_gradients
+from nndsl.calculus.gradprint import format_block, format_blocks, format_gradients
 from nndsl.calculus.gradview import model_formulas
 from nndsl.calculus.notation import indicator, latex, text
 from nndsl.diagnostics import CompileError
@@ -48,6 +48,16 @@ def blocks(example: str):
     return model, result
 
 
+_printed: dict = {}
+
+
+def printed(example: str, latex_: bool = False) -> str:
+    """`nndsl grad` of an example (text or LaTeX), from the one cached derivation."""
+    if (example, latex_) not in _printed:
+        _printed[example, latex_] = format_blocks(blocks(example)[1], latex_)
+    return _printed[example, latex_]
+
+
 BPTT = [  # example, a line the output must contain: the recursion, derived from the cell
     ("rnn", "Δa_h1[n,t,k] = ∂L/∂a_h1[n,t,k] = Δh1[n,t,k]·(1 − h1[n,t,k]²)"),
     ("rnn", "Δh1[n,t,k] = ∂L/∂h1[n,t,k] = Σ_j Δa_h1[n,t+1,j]·h1.U[j,k] + Σ_j Δa_h2[n,t,j]·h2.W[j,k]"),
@@ -66,8 +76,7 @@ BPTT = [  # example, a line the output must contain: the recursion, derived from
 
 @pytest.mark.parametrize("example,line", BPTT)
 def test_windows_and_recursions_print_as_a_lecture_writes_them(example, line):
-    model, _ = blocks(example)
-    assert line in format_gradients(model).splitlines()
+    assert line in printed(example).splitlines()
 
 
 # ------------------------------------------------------------------ the recursion in numbers
@@ -160,8 +169,7 @@ def test_the_printed_bptt_recursion_gives_the_modules_gradients(kind, tmp_path):
 @pytest.mark.parametrize("latex_", [False, True], ids=["text", "latex"])
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_golden(example, latex_):
-    model, _ = blocks(example)
-    out = format_gradients(model, latex=latex_) + "\n"
+    out = printed(example, latex_) + "\n"
     path = GOLDEN / f"{example}.{'tex' if latex_ else 'txt'}"
     if UPDATE or not path.exists():
         if not UPDATE:
@@ -179,8 +187,7 @@ LECTURE = {
 
 
 def test_the_lecture_mlp_prints_the_lecture_formulas():
-    model, _ = blocks("lecture_mlp")
-    assert format_gradients(model).splitlines() == list(LECTURE.values())
+    assert printed("lecture_mlp").splitlines() == list(LECTURE.values())
 
 
 NAMED = [  # example, a line the output must contain
@@ -198,8 +205,7 @@ NAMED = [  # example, a line the output must contain
 
 @pytest.mark.parametrize("example,line", NAMED)
 def test_patterns_are_named_as_a_lecture_names_them(example, line):
-    model, _ = blocks(example)
-    assert line in format_gradients(model).splitlines()
+    assert line in printed(example).splitlines()
 
 
 ONE_PARAM = [  # example, parameter, the lines `--param` prints (definitions it needs, then the gradient)
@@ -276,9 +282,9 @@ def test_no_internal_name_is_printed(example):
     model, _ = blocks(example)
     params = {p.name for p in model.params}
     nodes = {n.name for n in model.nodes}
-    for out in (format_gradients(model), format_gradients(model, latex=True)):
+    for out in (printed(example), printed(example, True)):
         assert not INTERNAL.search(out), INTERNAL.search(out)
-    formulas = "\n".join(line for line in format_gradients(model).splitlines() if not line.startswith("#"))
+    formulas = "\n".join(line for line in printed(example).splitlines() if not line.startswith("#"))
     for name in re.findall(r"[A-Za-z_][\w]*(?:\([\w, ]+\))?(?:\.[A-Za-z_]\w*)+", formulas):
         plain = re.sub(r"\([\w, ]+\)", "", name)
         assert plain in params or plain in nodes, name

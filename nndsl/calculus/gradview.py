@@ -24,14 +24,14 @@ user layer) or the lecture's (`W[k,d]` of a dense layer).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
 from ..frontend import ir
 from . import functions as fn
 from .derive import differentiate, relevant_stages
-from .formulas import N, Stage
+from .formulas import Access, N, Stage
 from .notation import exact_numbers, indicator
 from .ops import Graph, expand_loss, expand_nodes
 
@@ -151,8 +151,6 @@ class _Lecture:
         self.tensors, self.masks, self.user = tensors, masks, user
 
     def __call__(self, s: Stage) -> Stage:
-        from dataclasses import replace
-        from .formulas import Access
         tensors = self.tensors
         if s.attrs and s.attrs.get("scan") is not None:
             return s                                  # a recurrence's cell: gradrecur reads it
