@@ -79,6 +79,20 @@ def test_windows_and_recursions_print_as_a_lecture_writes_them(example, line):
     assert line in printed(example).splitlines()
 
 
+def test_dense_layers_over_a_sequence_print_in_n_t_k(tmp_path):
+    """Per-step values are [n,t,k], a sum over the steps is Σ_t right after Σ_n."""
+    path = tmp_path / "steps.nn"
+    path.write_text("model steps\ninput x[T, 3]\ntarget y[T, 2]\nh = dense(x, 4, act=tanh)\n"
+                    "o = dense(h, 2)\nloss squared(o, y)\n")
+    assert nndsl.gradients(path).text.splitlines() == [
+        "e[n,t,k] = ∂L/∂o[n,t,k] = (o[n,t,k] − y[n,t,k]) / N",
+        "∂L/∂h.W[k,d] = Σ_n Σ_t Σ_k' e[n,t,k']·o.W[k',k]·(1 − h[n,t,k]²)·x[n,t,d]",
+        "∂L/∂h.b[k] = Σ_n Σ_t Σ_k' e[n,t,k']·o.W[k',k]·(1 − h[n,t,k]²)",
+        "∂L/∂o.W[k,d] = Σ_n Σ_t e[n,t,k]·h[n,t,d]",
+        "∂L/∂o.b[k] = Σ_n Σ_t e[n,t,k]",
+    ]
+
+
 # ------------------------------------------------------------------ the recursion in numbers
 TINY_RECURRENT = """model tiny_{kind}
 input x[T, 3]

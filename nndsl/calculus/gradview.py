@@ -988,9 +988,11 @@ def _simplify(expr: sp.Expr) -> sp.Expr:
 
 
 def _batch_outermost(s: sp.Sum) -> sp.Sum:
-    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last)."""
-    # the printer writes the last limit first: n, then the others alphabetically (Σ_f Σ_p Σ_q)
-    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True), key=lambda lim: str(lim[0]) == "n")
+    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last),
+    then the steps of a sequence (Σ_n Σ_t Σ_k')."""
+    # the printer writes the last limit first: n, t, then the others alphabetically (Σ_f Σ_p Σ_q)
+    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True),
+                    key=lambda lim: {"n": 2, "t": 1}.get(str(lim[0]), 0))
     return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
 
 
