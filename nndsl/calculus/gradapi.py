@@ -9,7 +9,10 @@
 Each line of `nndsl grad` is a `Gradient` (`.kind` is param, signal, delta,
 define, note or zero); indexing by a parameter name gives its line, by a
 defined name (`"e"`, `"p"`, `"Δh"`) the definition.  With several named
-losses, `g.losses["d_loss"]["discriminator.h.W"]`.
+losses, `g.losses["d_loss"]["discriminator.h.W"]`.  A recurrent layer's lines are
+its BPTT recursion: `g["h"].expr` is the state's update h[n,t,k] (a note in the
+printout), `g["a_h"]`, `g["Δh"]`, `g["Δa_h"]` the pre-activation and the per-step
+deltas, `g["h.U"].expr` the sum over the steps.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ class Gradient:
     kind: str              # param | zero | signal | delta | define | note
     name: str              # the parameter ("h.W") or the defined quantity ("e", "p", "Δh")
     lhs: sp.Expr           # display access of the left-hand side
-    expr: sp.Expr | None   # the right-hand side (sympy), None for a note
+    expr: sp.Expr | None   # the right-hand side (sympy); for a note the formula it states
+                           # (a recurrent state h[n,t,k]), else None
     text: str
     latex: str
 
@@ -50,6 +54,9 @@ class LossGradients:
     def __getitem__(self, key: str) -> Gradient:
         for g in self.lines:
             if g.name == key and g.kind in ("param", "zero"):
+                return g
+        for g in self.lines:                      # a state's update before a remark on it
+            if g.name == key and g.expr is not None:
                 return g
         for g in self.lines:
             if g.name == key:
@@ -128,7 +135,7 @@ def _gradient(block: LossFormulas, f: Formula) -> Gradient:
         name = _label(f.lhs)
     else:
         name = _label(f.lhs)
-    return Gradient(block.loss, f.kind, name, f.lhs, f.rhs,
+    return Gradient(block.loss, f.kind, name, f.lhs, f.rhs if f.rhs is not None else f.value,
                     format_formula(f, block, latex=False), format_formula(f, block, latex=True))
 
 

@@ -44,8 +44,13 @@ from .gradview import Formula, LossFormulas, model_formulas
 def format_gradients(model: ir.ModelIR, param: str | None = None, latex: bool = False) -> str:
     """Every loss's formulas, one per line; `param` keeps the lines one parameter needs."""
     check_param(model, param)
+    return format_blocks(model_formulas(model, param), latex)
+
+
+def format_blocks(blocks: list[LossFormulas], latex: bool = False) -> str:
+    """`format_gradients` of formulas already derived (`model_formulas`): text and LaTeX of
+    one derivation."""
     out = []
-    blocks = model_formulas(model, param)
     for block in blocks:
         lines = format_block(block, latex)
         if not lines:

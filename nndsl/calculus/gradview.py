@@ -24,14 +24,14 @@ user layer) or the lecture's (`W[k,d]` of a dense layer).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
 from ..frontend import ir
 from . import functions as fn
 from .derive import differentiate, relevant_stages
-from .formulas import N, Stage
+from .formulas import Access, N, Stage
 from .notation import exact_numbers, indicator
 from .ops import Graph, expand_loss, expand_nodes
 
@@ -54,6 +54,7 @@ class Formula:
     sizes: dict = field(default_factory=dict)       # summation index -> size, for checks
     raw: sp.Expr | None = None        # the derivation before naming and simplifying (internal names)
     ready: bool = False               # already in display names (a recurrence's lines)
+    value: sp.Expr | None = None      # the formula a note states in words (a recurrent state's update)
 
 
 @dataclass
@@ -141,12 +142,93 @@ def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
     return calls
 
 
+class _Lecture:
+    """A stage as the lecture reads it: a "rows" view (N·T, K) of a sequence value (N, T, K)
+    is the value at [n, t, ·] (its row index r = n·T + t split in two), a step mask reads 1,
+    and a loop index that runs over the steps of a sequence is named `t`."""
+
+    def __init__(self, tensors, masks: set, user: set):
+        self.tensors, self.masks, self.user = tensors, masks, user
+
+    def __call__(self, s: Stage) -> Stage:
+        tensors = self.tensors
+        if s.attrs and s.attrs.get("scan") is not None:
+            return s                                  # a recurrence's cell: gradrecur reads it
+        expr = s.expr.xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
+        accesses = [a for a in s.accesses if a.tensor not in self.masks]
+        ranges = dict(s.ranges)
+        used = {str(v) for v in ranges}
+        split = {}                                    # row index r -> (n, t)
+
+        def unrow(tensor, index):
+            view = tensors[tensor].view
+            if not view or view[2] != "rows" or not isinstance(index[0], sp.Symbol):
+                return tensor, tuple(index)
+            r = index[0]
+            if r not in split:
+                base = tensors[view[0]].shape
+                n = sp.Symbol("n" if "n" not in used else _unused("n", used), integer=True)
+                used.add(str(n))
+                t = sp.Symbol(_unused("t", used | self.user), integer=True)
+                used.add(str(t))
+                split[r] = (n, t, base[0], base[1])
+            n, t = split[r][:2]
+            return view[0], (n, t) + tuple(index[1:])
+
+        out, index = unrow(s.out, s.index)
+        accesses = [replace(a, tensor=tt, index=ii) for a in accesses for tt, ii in [unrow(a.tensor, a.index)]]
+        if split:
+            new_ranges = []
+            for v, size in s.ranges:
+                if v in split:
+                    n, t, sn, st = split[v]
+                    new_ranges += [(n, sn), (t, st)]
+                else:
+                    new_ranges.append((v, size))
+            ranges = dict(new_ranges)
+        # a loop over the steps of a sequence (N, T, ·) is `t`
+        if "t" not in self.user and not any(str(v) == "t" for v in ranges):
+            for a in list(accesses) + [Access(None, out, index)]:
+                shape = tensors[a.tensor].shape
+                if len(shape) >= 2 and shape[0] == N and len(a.index) >= 2 and \
+                        isinstance(a.index[1], sp.Symbol) and a.index[1] in ranges and \
+                        _is_steps(shape[1]) and str(a.index[1]) != "n":
+                    v, t = a.index[1], sp.Symbol("t", integer=True)
+                    ren = {v: t}
+                    expr = expr.xreplace(ren)
+                    index = tuple(sp.sympify(i).xreplace(ren) for i in index)
+                    accesses = [replace(x, index=tuple(sp.sympify(i).xreplace(ren) for i in x.index))
+                                for x in accesses]
+                    ranges = {(t if k == v else k): size for k, size in ranges.items()}
+                    break
+        if expr is s.expr and not split and ranges == dict(s.ranges) and index == tuple(s.index):
+            return s
+        return replace(s, out=out, index=index, expr=expr, accesses=tuple(accesses),
+                       ranges=tuple(ranges.items()))
+
+
+def _is_steps(size) -> bool:
+    """A sequence's free length (`T` of `input x[T, 8]`)."""
+    return isinstance(size, sp.Symbol) and size != N
+
+
+def _unused(base: str, used) -> str:
+    return next(x for x in itertools.chain([base], (base + "'" * k for k in itertools.count(1))) if x not in used)
+
+
 # ---------------------------------------------------------------- the view
 class _View:
     def __init__(self, model, g: Graph, loss: ir.Loss, stages: list[Stage], adjoint):
         self.model, self.g, self.loss = model, g, loss
         self.tensors = g.b.tensors
         self.names = _Names(model, g)
+        # the lecture's reading of the lowering: a dense layer's N·T-rows view of a sequence
+        # is the sequence itself, h[n,t,d]; a step mask is 1 (every sequence runs all its
+        # steps: the module's default without `x_lengths=`, the recursion's reading too)
+        user = {n.name for n in model.nodes} | {d.name for d in model.data} | set(model.consts)
+        lecture = _Lecture(self.tensors, set(g.mask_info), user)
+        stages = [lecture(s) for s in stages]
+        adjoint_stages = [lecture(s) for s in adjoint.stages]
         self.forward = {s.out: s for s in stages if s.kind == "formula" and not s.accumulate}
         self.special = {s.out: s for s in stages if s.kind != "formula"}
         self.order = {}
@@ -157,7 +239,7 @@ class _View:
         self.defs: dict[str, list[tuple[tuple, sp.Expr]]] = {}
         self.def_ranges: dict[str, list[dict]] = {}
         self.def_stages: dict[str, list[Stage]] = {}
-        for s in adjoint.stages:
+        for s in adjoint_stages:
             if s.kind == "formula" and s.expr != 0:
                 self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
                 self.def_ranges.setdefault(s.out, []).append(dict(s.ranges))
@@ -364,6 +446,9 @@ class _View:
         if not letters and t.role != "param" and len(t.shape) == 4 and t.shape[0] == N and \
                 not {"c", "i", "j"} & self.user_names:
             letters = ("c", "i", "j")                       # an image: channel, row, column
+        if not letters and t.role != "param" and len(t.shape) in (2, 3) and t.shape[0] == N and \
+                _is_steps(t.shape[1]) and not {"t", "k"} & self.user_names:
+            letters = ("t", "k")[:len(t.shape) - 1]          # a sequence: step, feature
         pool = iter(x for x in "kdijlmrsuvw" if x not in letters and x not in self.user_names)
         out = []
         shown = self.shown_axes(tensor)
@@ -399,8 +484,8 @@ class _View:
         for ind in list(expr.atoms(sp.Indexed)):
             s = self.special.get(str(ind.base.label))
             if s is not None and s.kind == "onehot":
-                labels = sp.IndexedBase(s.attrs["labels"])[ind.indices[0]]
-                expr = expr.xreplace({ind: indicator(ind.indices[1], labels)})
+                labels = sp.IndexedBase(s.attrs["labels"])[ind.indices[:-1]]     # [n] or [n,t]
+                expr = expr.xreplace({ind: indicator(ind.indices[-1], labels)})
         expr = expr.replace(lambda e: isinstance(e, sp.Sum), _sum_of_indicator)
         # a max's adjoint goes to the stored first arg-max: 𝟙[2·p+q = argmax_p[n,c,i,j]]
         expr = expr.replace(lambda e: isinstance(e, fn.eq), lambda e: indicator(*e.args))
@@ -443,12 +528,13 @@ class _View:
     def _define_softmax(self, logits: str, lse_stage: Stage):
         label = self.fresh_label("p")
         self.softmax[logits] = label
-        n, k = self.index_of(logits)[:1] + self.index_of(logits)[-1:]
+        index = self.index_of(logits)            # [n,k], or [n,t,k] per step
+        k = index[-1]
         j = sp.Symbol(k.name + "'", integer=True)
         size = self.tensors[logits].shape[-1]
         base = sp.IndexedBase(logits)
-        rhs = sp.exp(base[n, k]) / sp.Sum(sp.exp(base[n, j]), (j, 0, size - 1))
-        lhs = sp.IndexedBase(label)[n, k]
+        rhs = sp.exp(base[index]) / sp.Sum(sp.exp(base[index[:-1] + (j,)]), (j, 0, size - 1))
+        lhs = sp.IndexedBase(label)[index]
         self.pending.append(Formula("define", lhs, rhs, note=f"{label} = softmax({self.names.label(logits)})"))
 
     def _noise(self, ind: sp.Indexed) -> sp.Expr:
@@ -637,7 +723,7 @@ class _View:
         forward = {t: (s.index, _as_forward(s)) for t, s in self.forward.items() if s.plain}
         for t, s in self.special.items():
             if s.kind == "onehot":
-                forward[t] = (s.index, indicator(s.index[1], sp.IndexedBase(s.attrs["labels"])[s.index[0]]))
+                forward[t] = (s.index, indicator(s.index[-1], sp.IndexedBase(s.attrs["labels"])[s.index[:-1]]))
         return LossFormulas(self.loss.name, updates, lines, defined, ints, order, tensor_of, forward)
 
     def _inline_everything(self, grad: str, index) -> sp.Expr:
@@ -712,7 +798,8 @@ class _View:
                 lines.append(Formula("define", lhs, tidy(rhs), ready=True))
             for lhs, expr in r.exprs:
                 if str(lhs.base.label) == h:
-                    lines.append(Formula("note", lhs, None, note=f"= {text(expr)}, the state after step t", ready=True))
+                    lines.append(Formula("note", lhs, None, note=f"= {text(expr)}, the state after step t", ready=True,
+                                         value=tidy(expr)))
                 else:
                     lines.append(Formula("define", lhs, tidy(expr), ready=True))
             values, pre, states = r.deltas(above, named)
@@ -901,9 +988,11 @@ def _simplify(expr: sp.Expr) -> sp.Expr:
 
 
 def _batch_outermost(s: sp.Sum) -> sp.Sum:
-    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last)."""
-    # the printer writes the last limit first: n, then the others alphabetically (Σ_f Σ_p Σ_q)
-    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True), key=lambda lim: str(lim[0]) == "n")
+    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last),
+    then the steps of a sequence (Σ_n Σ_t Σ_k')."""
+    # the printer writes the last limit first: n, t, then the others alphabetically (Σ_f Σ_p Σ_q)
+    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True),
+                    key=lambda lim: {"n": 2, "t": 1}.get(str(lim[0]), 0))
     return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
 
 
