@@ -117,7 +117,8 @@ def fit(cpu, gpu) -> dict:
     a, b = cpu.Model(seed=0), gpu.Model(seed=0)
     ha = a.fit(epochs=2, batch_size=4, verbose=False, **data)
     hb = b.fit(epochs=2, batch_size=4, verbose=False, **data)
-    out = {"fit_ok": rel(ha, hb) <= 1e-8 and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8}
+    out = {"fit_ok": rel(ha, hb) <= 1e-8 and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8,
+           "streamed": b.streamed}
     L = b.step(**data)
     out["lazy_float"] = type(L).__name__ == "DeviceLoss" and abs(float(L) - a.step(**data)) <= 1e-8 * abs(float(L))
     bad = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else v) for k, v in data.items()}

@@ -215,6 +215,17 @@ def test_cuda_module_imports_without_a_gpu_and_fails_at_model(tmp_path):
     assert "ERR lecture_mlp: no CUDA GPU" in out.stdout
 
 
-def test_fit_nonfinite_guard_and_lazy_step(tmp_path):
-    r = _worker("fit", _example("lecture_mlp"), "fit_lecture")
+# (name, source, environment): fit equals the CPU module's fit (same shuffles), the
+# non-finite guard, the lazy loss of `step`
+FIT = [
+    ("lecture_mlp", _example("lecture_mlp"), {}),                            # data on the device
+    ("lecture_mlp_streamed", _example("lecture_mlp"), {"NNDSL_CUDA_STREAM": "1"}),   # pinned buffers
+    ("rnn_streamed", _example("rnn"), {"NNDSL_CUDA_STREAM": "1"}),           # a free length T
+]
+
+
+@pytest.mark.parametrize("name,source,env", FIT, ids=[r[0] for r in FIT])
+def test_fit_nonfinite_guard_and_lazy_step(name, source, env):
+    r = _worker("fit", source, "fit_" + name, env)
     assert r["fit_ok"] and r["lazy_float"] and r["guard"], r
+    assert r["streamed"] == ("NNDSL_CUDA_STREAM" in env), r
