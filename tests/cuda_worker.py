@@ -137,6 +137,25 @@ def fit(cpu, gpu) -> dict:
     return out
 
 
+def mpi(cpu, gpu) -> dict | None:
+    """Run by `mpiexec -n 2`: fit over the ranks (comm=COMM_WORLD) against fit in one process,
+    both on the CUDA module; the replicas must be bit-identical. Rank 0 reports."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    data = batch(cpu, n=10)
+    one = gpu.Model(seed=0)
+    one.fit(epochs=2, batch_size=4, verbose=False, **data)
+    m = gpu.Model(seed=0)
+    m.fit(epochs=2, batch_size=4, verbose=False, comm=comm, **data)
+    theta = np.concatenate([v.ravel() for v in m.params.values()])
+    replicas = comm.gather(theta, root=0)
+    if comm.Get_rank():
+        return None
+    alone = np.concatenate([v.ravel() for v in one.params.values()])
+    return {"rel": rel(alone, theta), "replicas_equal": all(np.array_equal(r, theta) for r in replicas),
+            "path": m.comm_path, "ranks": comm.Get_size()}
+
+
 def auto(cpu, gpu) -> dict:
     """`stochastic` for a model that draws noise (the noise statistics are the two
     stochastic rows' job), else `equal`."""
@@ -145,7 +164,7 @@ def auto(cpu, gpu) -> dict:
     return dict(equal(cpu, gpu), mode="equal")
 
 
-MODES = {"equal": equal, "stochastic": stochastic, "fit": fit, "auto": auto}
+MODES = {"equal": equal, "stochastic": stochastic, "fit": fit, "auto": auto, "mpi": mpi}
 
 MARK = "@@cuda_worker "
 
@@ -188,4 +207,7 @@ if __name__ == "__main__":
     else:
         mode, source, folder = sys.argv[1], Path(sys.argv[2]).read_text(), Path(sys.argv[3])
         dtype = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--dtype" else "float64"
-        print(json.dumps(check(mode, source, folder, dtype)))
+        rank = os.environ.get("PMI_RANK")        # under mpiexec: a folder per rank, no write races
+        result = check(mode, source, folder / f"rank{rank}" if rank else folder, dtype)
+        if result is not None:
+            print(json.dumps(result))

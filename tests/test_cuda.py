@@ -153,6 +153,29 @@ def test_cuda_module_of_every_example(name):
         assert r["untouched"], r
 
 
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_cuda_fit_over_two_mpi_ranks(path):
+    """fit(comm=...) on the CUDA module: 2 ranks equal one process, replicas bit-identical;
+    the gradient reaches MPI through a host copy, or as device buffers where the MPI is
+    CUDA-aware (NNDSL_CUDA_AWARE_MPI=1; the simulator's device memory is host memory)."""
+    pytest.importorskip("mpi4py")
+    from test_mpi import mpiexec
+    folder = BUILD / ("device" if DEVICE else "sim") / f"mpi_{path}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.nn").write_text(_example("digits_mlp"))
+    env = dict(os.environ, NNDSL_CUDA_AWARE_MPI="1" if path == "device" else "0")
+    if DEVICE:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    else:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    out = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(WORKER), "mpi", str(folder / "model.nn"),
+                          str(folder)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["ranks"] == 2 and r["path"] == path and r["replicas_equal"], r
+    assert r["rel"] <= 1e-12, r
+
+
 PTX_SHARDS = 4        # the kernels split over several tests, so test workers share them
 
 
