@@ -74,10 +74,6 @@ BPTT = [  # example, a line the output must contain: the recursion, derived from
 ]
 
 
-@pytest.mark.parametrize("example,line", BPTT)
-def test_windows_and_recursions_print_as_a_lecture_writes_them(example, line):
-    assert line in printed(example).splitlines()
-
 
 def test_dense_layers_over_a_sequence_print_in_n_t_k(tmp_path):
     """Per-step values are [n,t,k], a sum over the steps is Σ_t right after Σ_n."""
@@ -217,8 +213,9 @@ NAMED = [  # example, a line the output must contain
 ]
 
 
-@pytest.mark.parametrize("example,line", NAMED)
-def test_patterns_are_named_as_a_lecture_names_them(example, line):
+# named patterns (NAMED), windows and recursions (BPTT): each line as a lecture writes it
+@pytest.mark.parametrize("example,line", NAMED + BPTT)
+def test_lines_print_as_a_lecture_writes_them(example, line):
     assert line in printed(example).splitlines()
 
 
