@@ -68,6 +68,16 @@ def equal(cpu, gpu) -> dict:
         for lo, hi in cpu._KERNELS[name][4]:
             wrt |= {p for p, (o, s, *_r) in cpu.PARAMS.items() if lo <= o < hi}
         out["untouched"] &= all(np.array_equal(before[p], b.params[p]) for p in before if p not in wrt)
+    # a padded batch (x_lengths=): loss, gradient and the nodes of examples of their own lengths
+    lengths = {k: np.arange(len(data[cpu.MASKS[m][1]])) % 3 + 1 for k, m in getattr(cpu, "LENGTHS", {}).items()}
+    if lengths:
+        name = cpu.LOSSES[0]
+        d = dict({k: data[k] for k in cpu._KERNELS[name][2]}, **lengths)
+        (La, ga), (Lb, gb) = a.grad(name, **d), b.grad(name, **d)
+        out["lengths"] = max(rel(La, Lb), max(rel(ga[p], gb[p]) for p in ga),
+                             max(rel(x, y) for x, y in zip(
+                                 a.forward(outputs=list(cpu.NODES), **{k: data[k] for k in cpu.INPUTS}, **lengths),
+                                 b.forward(outputs=list(cpu.NODES), **{k: data[k] for k in cpu.INPUTS}, **lengths))))
     inputs = {k: data[k] for k in cpu.INPUTS}
     fa, fb = a.forward(**inputs), b.forward(**inputs)
     fa, fb = (fa if isinstance(fa, tuple) else (fa,)), (fb if isinstance(fb, tuple) else (fb,))

@@ -122,6 +122,19 @@ def test_return_last_gives_each_examples_own_last_state():
         np.testing.assert_allclose(h[i], m.forward(x=x[i:i + 1, :n])[0], rtol=1e-12)
 
 
+def test_forward_at_any_node_takes_lengths():
+    """forward(outputs=...) with x_lengths=: each example's states and last state as alone."""
+    module = compile_source(model("h1 = rnn(x, 4)\nh = gru(h1, 3, return=last)\n" + LAST))
+    m = module.Model(seed=0)
+    x = np.random.default_rng(1).standard_normal((3, 6, 3))
+    lengths = np.array([6, 2, 4])
+    h1, h = m.forward(outputs=["h1", "h"], x=x, x_lengths=lengths)
+    for i, n in enumerate(lengths):
+        h1_alone, h_alone = m.forward(outputs=["h1", "h"], x=x[i:i + 1, :n])
+        np.testing.assert_allclose(h1[i, :n], h1_alone[0], rtol=1e-12)
+        np.testing.assert_allclose(h[i], h_alone[0], rtol=1e-12)
+
+
 @pytest.mark.parametrize("lengths,message", [
     (np.array([3, 7]), "every length must lie in 1..6"),
     (np.array([3, 0]), "every length must lie in 1..6"),
