@@ -10,9 +10,6 @@ from pathlib import Path
 # subprocesses it starts) runs at -O0, except tests/test_optimised.py, which checks that
 # the optimised build computes the same. Set before numba is imported.
 os.environ.setdefault("NUMBA_OPT", "0")
-# The CUDA simulator runs only in the subprocesses tests/test_cuda.py starts; this process
-# compiles real PTX (and the CPU modules must not see a simulated numba.cuda).
-os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
