@@ -59,18 +59,8 @@ def build(model: str, x_np, y_np):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    x = jax.device_put(x_np)
-    y = jax.device_put(y_np.astype("int32") if spec["loss"] == "cross_entropy" else y_np)
-    t0 = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()
-    compile_s = time.perf_counter() - t0
-    state = [params, opt_state]
-
-    def step():
-        state[0], state[1], loss = compiled(state[0], state[1], x, y)
-        return loss
-
-    return step, compile_s
+    y = y_np.astype("int32") if spec["loss"] == "cross_entropy" else y_np
+    return _compiled_step(train_step, params, opt_state, x_np, y)
 
 
 def _cnn(jax, jnp, keys):
@@ -135,6 +125,13 @@ def build_lstm(model: str, x_np, y_np):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    return _compiled_step(train_step, params, opt_state, x_np, y_np)
+
+
+def _compiled_step(train_step, params, opt_state, x_np, y_np):
+    """`train_step` compiled ahead for this batch (parameters and optimiser state donated):
+    (step() → loss, compile seconds)."""
+    import jax
     x, y = jax.device_put(x_np), jax.device_put(y_np)
     t0 = time.perf_counter()
     compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, x, y).compile()

@@ -46,13 +46,18 @@ def _torch_params(m):
     return {k: torch.tensor(v.copy(), requires_grad=True) for k, v in m.params.items()}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_loss_and_gradients_equal_pytorch(case):
+def _both(case):
+    """Our model of `case`, a batch, PyTorch's copy of its parameters and PyTorch's net."""
     source, net = CASES[case]
     module = compile_source(source)
     m = module.Model(seed=0)
     data = random_data(module, n=6)
-    P = _torch_params(m)
+    return m, data, _torch_params(m), net
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loss_and_gradients_equal_pytorch(case):
+    m, data, P, net = _both(case)
     loss = F.cross_entropy(net(P, torch.from_numpy(data["x"])), torch.from_numpy(data["label"]))
     loss.backward()
     L, g = m.grad(**data)
@@ -63,11 +68,7 @@ def test_loss_and_gradients_equal_pytorch(case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_three_adam_steps_equal_pytorch(case):
-    source, net = CASES[case]
-    module = compile_source(source)
-    m = module.Model(seed=0)
-    data = random_data(module, n=6)
-    P = _torch_params(m)
+    m, data, P, net = _both(case)
     opt = torch.optim.Adam(P.values(), lr=0.01)
     x, label = torch.from_numpy(data["x"]), torch.from_numpy(data["label"])
     for _ in range(3):
