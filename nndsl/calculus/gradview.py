@@ -74,16 +74,7 @@ class LossFormulas:
 def model_formulas(model: ir.ModelIR, param: str | None = None) -> list[LossFormulas]:
     # convolutions as the direct window sum (the lecture's formula), not their im2col GEMMs:
     # the same function of W and x, so derive gives the same gradients in the window form
-    from . import ops
-    saved, ops.CONV_FORM = ops.CONV_FORM, "direct"
-    try:
-        return _model_formulas(model, param)
-    finally:
-        ops.CONV_FORM = saved
-
-
-def _model_formulas(model: ir.ModelIR, param: str | None) -> list[LossFormulas]:
-    g = Graph(model)
+    g = Graph(model, conv_form="direct")
     expand_nodes(g)
     forward = list(g.b.stages)
     out = []

@@ -38,8 +38,9 @@ def loss(name):
 class Graph:
     """The model being expanded: node values and parameters as Builder tensors."""
 
-    def __init__(self, model: ir.ModelIR):
+    def __init__(self, model: ir.ModelIR, conv_form: str | None = None):
         self.model = model
+        self.conv_form = conv_form or CONV_FORM     # how conv2d is written (CONV_FORM below)
         self.b = Builder()
         self.values: dict[str, Handle] = {}
         self.params: dict[str, Handle] = {}
@@ -341,7 +342,7 @@ def _conv2d(g: Graph, node: ir.Node, x: Handle):
     F_, C, K = W.shape[0], W.shape[1], W.shape[2]
     _, _, Ho, Wo = shape
     window = _window(src, n, c, i, j, p, q, s)
-    if CONV_FORM == "columns":
+    if g.conv_form == "columns":
         col = g.b.tensor(node.name + ".col", (C, K, K, N, Ho, Wo), "value")
         g.b.assign(col, (c, p, q, n, i, j), window, note=f"{node.name}: im2col, every window as a column",
                    attrs={"view": "im2col"})
@@ -349,7 +350,7 @@ def _conv2d(g: Graph, node: ir.Node, x: Handle):
         g.b.assign(zc, (f, n, i, j), W[f, c, p, q] * col[c, p, q, n, i, j], over=(c, p, q), reduce="sum",
                    note=f"{node.name}: W·col")
         z_read = zc[f, n, i, j]
-    elif CONV_FORM == "rows":
+    elif g.conv_form == "rows":
         col = g.b.tensor(node.name + ".col", (N, Ho, Wo, C, K, K), "value")
         g.b.assign(col, (n, i, j, c, p, q), window, note=f"{node.name}: im2col, every window as a row",
                    attrs={"view": "im2col"})
