@@ -30,7 +30,7 @@ class BuildResult:
 # Shared kernels live in this folder beside the modules that load them.
 KERNEL_DIR = "nndsl_kernels"
 _HELPERS = {"_tanh": (), "_sigmoid": ("_tanh",), "_exp": ("_pow2",), "_softplus": ("_exp",), "_pow2": (),
-            "_draw_key": ("_mix",), "_uniform": ("_mix",), "_normal": ("_uniform",), "_mix": ()}
+            "_draw_key": ("_mix",), "_uniform": ("_mix",), "_normal": ("_uniform",), "_mix": (), "_gemm": ()}
 
 
 def _helpers_used(text: str) -> set[str]:
@@ -82,16 +82,18 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     for name, k in spec.kernels.items():
         kernels[name] = kernel_template.render(version=__version__, k=k, dtype=dtype, uses=_helpers_used(k.text))
         names.setdefault(k.kind, []).append(name)
-    entry_name, kernels[entry_name] = _render_entry(env, spec)
+    call_name, kernels[call_name] = _render_named(env, "indirect.py.j2", "icall")
+    compiler_name, kernels[compiler_name] = _render_named(env, "compiler.py.j2", "compile")
+    entry_name, kernels[entry_name] = _render_entry(env, spec, call_name, compiler_name)
     names["entry"] = [entry_name]
     context = _context(spec, source_file or model.path, target)
-    context.update(kernel_dir=kernel_dir, entry_name=entry_name)
+    context.update(kernel_dir=kernel_dir, entry_name=entry_name, shared_names=[call_name, compiler_name])
     text = env.get_template("module.py.j2").render(**context)
     timings["render"] = time.perf_counter() - t0
     return Rendered(text, kernels, names)
 
 
-def _render_entry(env, spec) -> tuple[str, str]:
+def _render_entry(env, spec, call: str, compiler: str) -> tuple[str, str]:
     """The entry function's file, named by a hash of its text. Data arguments get canonical
     names (d0, d1, …), so models with the same kinds of kernels and data share it."""
     from dataclasses import replace
@@ -100,13 +102,24 @@ def _render_entry(env, spec) -> tuple[str, str]:
     # a recurrence's step masks follow the data (`x_lengths=` makes them)
     canonical.update({m: f"d{len(spec.data) + i}" for i, m in enumerate(spec.masks)})
     branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
-    context = dict(version=__version__, kernel_names=list(spec.kernels), branches=branches,
-                   updates=spec.updates,
-                   data_args="".join(f"d{i}, " for i in range(len(spec.data) + len(spec.masks))))
-    template = env.get_template("entry.py.j2")
-    digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
-    name = f"entry_{digest}"
-    return name, template.render(name=name, **context)
+    data_names = [f"d{i}" for i in range(len(spec.data) + len(spec.masks))]
+    # arms whose kernels take the same arguments share a call site (a "form")
+    forms: dict[tuple, int] = {}
+    form_of = [forms.setdefault(b.roles(), len(forms)) for b in branches]
+    quoted = lambda roles: "(" + ", ".join(f'"{r}"' for r in roles) + ")"    # noqa: E731
+    return _render_named(env, "entry.py.j2", "entry", updates=spec.updates, call=call, compiler=compiler,
+                         data_names=data_names,
+                         data_args="".join(f"{d}, " for d in data_names),
+                         arms=[(b.kernel, quoted(b.roles())) for b in branches], form_of=form_of,
+                         form_list=[(f, ["a" if r == "row" else r for r in roles]) for roles, f in forms.items()])
+
+
+def _render_named(env, template_name: str, prefix: str, **context) -> tuple[str, str]:
+    """(name, text) of a shared file named `PREFIX_HASH`, the hash of its text."""
+    template = env.get_template(template_name)
+    digest = hashlib.sha256(template.render(name=prefix, version=__version__, **context).encode()).hexdigest()[:12]
+    name = f"{prefix}_{digest}"
+    return name, template.render(name=name, version=__version__, **context)
 
 
 def render_helpers(dtype: str) -> str:

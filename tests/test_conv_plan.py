@@ -18,7 +18,7 @@ def rows() -> list[tuple[str, str]]:
     """The value plan's rows as (their notes, the text of the kernel they call)."""
     rendered = render(load_source(CNN, "cnn.nn"), "float32")
     entry = next(t for n, t in rendered.kernels.items() if n.startswith("entry_"))
-    kernel_of = dict(re.findall(r"b == (\d+):\n\s+(\w+)\(", entry))
+    kernel_of = {str(i): k for i, k in enumerate(re.findall(r'^    \("(\w+)", \(', entry, flags=re.M))}
     text = rendered.module
     plan = text[text.index("def _plan_value_loss("):]
     plan = plan[:plan.index("], np.int64)")]

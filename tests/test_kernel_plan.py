@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
+from conftest import compile_source
 from nndsl.build import render
 from nndsl.frontend import load_source
 
@@ -48,17 +50,75 @@ def test_a_new_kind_of_layer_adds_kernels_and_keeps_the_others():
 
 
 def test_dtypes_have_their_own_kernels():
-    assert not kernels(deep_mlp(2), "float32") & kernels(deep_mlp(2), "float64")
+    # all but the indirect call and the compiler, which have no dtype
+    shared = kernels(deep_mlp(2), "float32") & kernels(deep_mlp(2), "float64")
+    assert sorted(n.split("_")[0] for n in shared) == ["compile", "icall"]
 
 
 def test_kernel_names_are_hashes_of_their_text():
     rendered = render(load_source(deep_mlp(2), "m.nn"), "float32")
     for name, text in rendered.kernels.items():
-        assert re.fullmatch(r"(loop|gemm|draw|onehot|update_\w+|entry)_[0-9a-f]{12}", name)
+        assert re.fullmatch(r"(loop|gemm|draw|onehot|update_\w+|entry|icall|compile)_[0-9a-f]{12}", name)
         assert f"def {name}(" in text
     # the module names each kernel it loads, and nothing else
     module = rendered.module
     entry = next(n for n in rendered.kernels if n.startswith("entry_"))
     assert f'run = _kernel("{entry}")' in module
-    assert set(re.findall(r'^(\w+) = _kernel\("(\w+)"\)$', rendered.kernels[entry], flags=re.M)) == \
-        {(n, n) for n in rendered.kernels if n != entry}
+    text = rendered.kernels[entry]
+    call, compiler = (next(n for n in rendered.kernels if n.startswith(p)) for p in ("icall_", "compile_"))
+    assert re.findall(r'^(\w+) = _kernel\("(\w+)"', text, flags=re.M) == [(call, call), (compiler, compiler)]
+    # its table of arms names every kernel, which it calls through their addresses
+    assert set(re.findall(r'^    \("(\w+)", \(', text, flags=re.M)) == set(rendered.kernels) - {entry, call, compiler}
+
+
+def test_kernels_of_one_signature_share_a_call_site():
+    """The entry calls kernels through their addresses; kernels with the same arguments (the
+    buffers, the data arrays they read, the plan's row) share one call site."""
+    rendered = render(load_source(deep_mlp(8), "m.nn"), "float32")
+    entry = next(t for n, t in rendered.kernels.items() if n.startswith("entry_"))
+    arms = re.findall(r'^    \("(?:loop|gemm|draw|onehot)_\w+", (\(.*\))\),$', entry, flags=re.M)
+    sites = re.findall(r"^        (?:if|elif) form == \d+:$", entry, flags=re.M)
+    assert len(arms) > 10 and len(sites) == len(set(arms)) <= 3
+
+
+_COLD_STEP = """
+import json, sys
+import numpy as np
+from numba.core import event
+sys.path.insert(0, sys.argv[1])
+import deep
+m = deep.Model(seed=0)
+rng = np.random.default_rng(0)
+with event.install_recorder("numba:compile") as rec:
+    loss = m.step(x=rng.standard_normal((8, 32)), label=rng.integers(0, 10, 8))
+here = {ev.data["dispatcher"].py_func.__name__ for _, ev in rec.buffer if ev.is_start}
+print(json.dumps([loss, len(deep.KERNELS), sorted(n for n in here if n.startswith(("loop", "gemm")))]))
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_helper_process_compiles_kernels_alongside(jobs, tmp_path):
+    """From an empty numba cache, with NNDSL_COMPILE_JOBS=2 a helper process compiles kernels
+    from the far end of the list while this one compiles from the near end: this process
+    compiles only some of them, and the step is the same as when it compiles them all."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from nndsl.build import write_rendered
+    write_rendered(render(load_source(deep_mlp(3), "deep.nn"), "float64"), tmp_path / "deep.py")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NNDSL_COMPILE_JOBS=jobs)
+    out = subprocess.run([sys.executable, "-c", _COLD_STEP, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    loss, n_files, compiled_here = json.loads(out.stdout)
+    n_kernels = len([f for f in os.listdir(tmp_path / "nndsl_kernels") if f.startswith(("loop", "gemm"))])
+    if jobs == "1":
+        assert len(compiled_here) == n_kernels
+    else:
+        assert 0 < len(compiled_here) < n_kernels
+    here = compile_source(deep_mlp(3)).Model(seed=0)      # this process, kernels from the suite's cache
+    rng = np.random.default_rng(0)
+    assert loss == pytest.approx(here.step(x=rng.standard_normal((8, 32)), label=rng.integers(0, 10, 8)),
+                                 rel=1e-12)

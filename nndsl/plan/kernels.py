@@ -22,6 +22,7 @@ argument value, which would undo the sharing).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
@@ -29,10 +30,12 @@ import sympy as sp
 from ..calculus.formulas import Stage, Tensor
 from ..render.printer import index_text
 from .fuse import Group
-from .lower import Emitter, as_gemm
+from .lower import Emitter, as_gemm, blas_gemm
 from .scan import Block
 
 BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
+DRAW_PARAMS = ("training", "seed", "first")    # a draw's arguments from the entry function
+_INT_PARAM = re.compile(r"[os]\d+|salt")   # a kernel's integers: offsets, sizes, a draw's key
 _ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
 
 
@@ -56,11 +59,26 @@ class KernelDef:
     storage: dict[str, Storage]          # canonical tensor -> storage (base is canonical too)
     item: object                         # the canonical Group or Stage, for other renderers
     has_draws: bool = False
+    cpu: list[str] | None = None         # a GEMM's body on the CPU: one BLAS call, no views
+
+    @property
+    def data(self) -> list[str]:
+        """The data arrays it takes (canonical names), after the buffers."""
+        return [p for p in self.params if p not in BUFFERS and not _INT_PARAM.fullmatch(p)
+                and p not in DRAW_PARAMS]
 
     @property
     def text(self) -> str:
-        return "\n".join([f"def {self.name}({', '.join(self.params)}):"] +
-                         ["    " + line for line in self.views + self.body])
+        """The CPU kernel. Its signature is the same for every kernel that takes the same data
+        arrays: the three buffers, those arrays, the plan's row (its integers from `row[2]`
+        on: offsets, sizes, a draw's salt) and a draw's entry arguments. Kernels of one
+        signature then share one call site in the entry function."""
+        ints = [p for p in self.params if _INT_PARAM.fullmatch(p)]
+        draws = [p for p in self.params if p in DRAW_PARAMS]
+        head = [f"{p} = row[{2 + i}]" for i, p in enumerate(ints)]
+        lines = head + (self.views + self.body if self.cpu is None else self.cpu)
+        signature = ", ".join([*BUFFERS, *self.data, "row", *draws])
+        return "\n".join([f"def {self.name}({signature}):"] + ["    " + line for line in lines])
 
 
 @dataclass
@@ -222,8 +240,18 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     emit = Emitter(c_tensors, dtype, batch_last, flat)
     emit.taken |= set(params) | set(c_tensors)
     body = emit.plan(list(c_item) if isinstance(c_item, tuple) else [c_item])
-    digest = hashlib.sha256("\n".join([dtype] + params + views + body).encode()).hexdigest()[:12]
-    k = KernelDef(f"{kind}_{digest}", kind, params, views, body, c_tensors, c_storage, c_item, has_draws)
+    cpu = None
+    if kind == "gemm":
+        # on the CPU, BLAS straight on the buffers: numba's np.dot on reshaped views costs
+        # ~0.15 s of compile per GEMM kernel, the direct call a few milliseconds
+        def where(t):
+            st = c_storage[t]
+            return (st.base, str(st.offset)) if st.offset is not None else (t, "0")
+        cpu = blas_gemm(c_item, c_tensors, batch_last).lines(where)
+    k = KernelDef(kind, kind, params, views, body, c_tensors, c_storage, c_item, has_draws, cpu)
+    # named by everything any target renders from it: the CPU text and the views and body
+    digest = hashlib.sha256("\n".join([dtype, k.text] + params + views + body).encode()).hexdigest()[:12]
+    k.name = f"{kind}_{digest}"
     return k, arrays, ints
 
 
@@ -262,10 +290,10 @@ class Branch:
     training: bool
     n_ints: int
 
-    def line(self, row: str = "a") -> str:
-        ints = [f"{row}[{2 + i}]" for i in range(self.n_ints)]
-        extra = ["training", "seed", "first"] if self.training else []    # a draw's entry arguments
-        return f"{self.kernel}({', '.join(self.arrays + ints + extra)})"
+    def roles(self) -> tuple[str, ...]:
+        """The CPU kernel's arguments (see `KernelDef.text`), by the entry's names for them."""
+        data = [a for a in self.arrays if a not in BUFFERS]
+        return (*BUFFERS, *data, "row", *(DRAW_PARAMS if self.training else ()))
 
 
 @dataclass

@@ -83,6 +83,67 @@ def _gemm_blocks(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
     return None
 
 
+@dataclass(frozen=True)
+class BlasGemm:
+    """A GEMM as one BLAS call on storage: `out (m×n) [+]= op(a) · op(b)`, every operand a
+    contiguous row-major block; `a_t`: `a` is stored as its transpose (k×m), `b_t` likewise
+    (n×k), `out_t`: `out` is stored as (n×m)."""
+    out: str
+    a: str
+    b: str
+    a_t: bool
+    b_t: bool
+    out_t: bool
+    m: object
+    n: object
+    k: object
+    accumulate: bool
+
+    def lines(self, where) -> list[str]:
+        """A comment with the product, then `_gemm(...)` with the operands' arrays and offsets
+        from `where(tensor)` (texts)."""
+        flipped = [x for x, t in ((self.out, self.out_t), (self.a, self.a_t), (self.b, self.b_t)) if t]
+        note = f" ({', '.join(flipped)} stored transposed)" if flipped else ""
+        return [f"# {self.out} {'+=' if self.accumulate else '='} {self.a} · {self.b}{note}", self.call(where)]
+
+    def call(self, where) -> str:
+        """`_gemm(...)`; a transposed output is computed as outᵀ = op(b)ᵀ·op(a)ᵀ: BLAS writes
+        row-major."""
+        a, b, a_t, b_t, m, n = self.a, self.b, self.a_t, self.b_t, self.m, self.n
+        if self.out_t:
+            a, b, a_t, b_t, m, n = b, a, not b_t, not a_t, n, m
+        size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
+        args = [str(int(a_t)), str(int(b_t)), size(m), size(n), size(self.k),
+                *where(a), *where(b), *where(self.out), "1.0" if self.accumulate else "0.0"]
+        return f"_gemm({', '.join(args)})"
+
+
+def blas_gemm(s: Stage, tensors: dict[str, Tensor], batch_last=frozenset()) -> Optional[BlasGemm]:
+    """The stage `as_gemm` accepts, as operands in storage (for a direct BLAS call)."""
+    if as_gemm(s, tensors) is None:
+        return None
+    sizes = dict(s.ranges)
+    prod = lambda block: sp.prod([sizes[v] for v in block])    # noqa: E731
+    if len(s.index) == 2 and len(s.reduce_vars) == 1 and all(len(a.index) == 2 for a in s.accesses):
+        (c,), (i, j) = s.reduce_vars, s.index
+        left = next(a for a in s.accesses if set(a.index) == {i, c})
+        right = next(a for a in s.accesses if set(a.index) == {c, j} and a is not left)
+        return BlasGemm(s.out, left.tensor, right.tensor,
+                        (left.index != (i, c)) != (left.tensor in batch_last),
+                        (right.index != (c, j)) != (right.tensor in batch_last),
+                        s.out in batch_last, sizes[i], sizes[j], sizes[c], s.accumulate)
+    reduced, out = set(s.reduce_vars), tuple(s.index)
+    for cut in range(1, len(out)):
+        I, J = out[:cut], out[cut:]
+        for left, right in (s.accesses, s.accesses[::-1]):
+            a = _split(left.index, I, reduced)
+            b = _split(right.index, J, reduced)
+            if a is not None and b is not None and a[0] == b[0]:
+                return BlasGemm(s.out, left.tensor, right.tensor, not a[1], b[1], False,
+                                prod(I), prod(J), prod(a[0]), s.accumulate)
+    raise AssertionError(f"as_gemm took a stage that blas_gemm cannot: {s}")
+
+
 def _split(index: tuple, outer: tuple, reduced: set):
     """(K, outer_first) when `index` is `outer + K` or `K + outer` with K the reduced
     indices (in `index`'s order), else None."""
