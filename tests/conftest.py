@@ -10,6 +10,9 @@ from pathlib import Path
 # subprocesses it starts) runs at -O0, except tests/test_optimised.py, which checks that
 # the optimised build computes the same. Set before numba is imported.
 os.environ.setdefault("NUMBA_OPT", "0")
+# The test workers already keep every core busy: a module's helper compile process would
+# only compete with them (tests/test_kernel_plan.py runs it on purpose).
+os.environ.setdefault("NNDSL_COMPILE_JOBS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

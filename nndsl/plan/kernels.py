@@ -34,6 +34,7 @@ from .lower import Emitter, as_gemm, blas_gemm
 from .scan import Block
 
 BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
+SMALL = 4                                  # see `size_symbol`
 DRAW_PARAMS = ("training", "seed", "first")    # a draw's arguments from the entry function
 _INT_PARAM = re.compile(r"[os]\d+|salt")   # a kernel's integers: offsets, sizes, a draw's key
 _ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
@@ -144,8 +145,14 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     # sizes: every distinct size expression of a shape or a loop bound
     sizes: dict = {}
 
+    # a small window that no tensor has as a dimension (a pooling window) stays a literal:
+    # LLVM unrolls its loops and vectorises around them (max-pool 1.26 -> 0.32 ms, CNN b64)
+    dims = {sp.sympify(d) for t in order if t not in scalars for d in tensors[t].shape}
+
     def size_symbol(e):
         e = sp.sympify(e)
+        if e.is_Integer and e <= SMALL and e not in dims:
+            return e
         if e not in sizes:
             sizes[e] = sp.Symbol(f"s{len(sizes)}", integer=True, positive=True)
         return sizes[e]
@@ -176,12 +183,12 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
             expr=sp.sympify(s.expr).xreplace({**symbolic, **symbols, **loop_vars}),
             accesses=tuple(replace(a, symbol=symbols[a.symbol], tensor=rename[a.tensor], index=ix(a.index))
                            for a in accesses),
-            ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in s.ranges),
+            ranges=tuple((loop_vars[v], size_symbol(n)) for v, n in s.ranges),
             attrs=attrs)
 
     c_stages = [canon_stage(s) for s in stages]
     if isinstance(item, Group):
-        c_item = replace(item, ranges=tuple((loop_vars[v], sizes[sp.sympify(n)]) for v, n in item.ranges),
+        c_item = replace(item, ranges=tuple((loop_vars[v], size_symbol(n)) for v, n in item.ranges),
                          stages=c_stages, scalars={rename[t] for t in scalars},
                          zero_first=[rename[t] for t in item.zero_first],
                          registers={rename[t]: d for t, d in item.registers.items()})
@@ -191,7 +198,7 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         c_item = c_stages[0]
 
     c_tensors = {rename[t]: replace(tensors[t], name=rename[t],
-                                    shape=tuple(sizes[sp.sympify(d)] for d in tensors[t].shape)
+                                    shape=tuple(size_symbol(d) for d in tensors[t].shape)
                                     if t not in scalars else tensors[t].shape)
                  for t in order}
     c_storage, params, arrays, ints, views = {}, [], [], [], []

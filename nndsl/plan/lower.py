@@ -224,7 +224,7 @@ class Emitter:
             nxt = items[k + 1] if k + 1 < len(items) else None
             if argmax_then_max(item, nxt):
                 # one pass over each window: the running maximum of the arg-max loop is the max
-                lines += [f"# {item.note}", f"# {nxt.note}"] + self._loops(item, also_max=nxt.out)
+                lines += [f"# {s.note}" for s in (item, nxt) if s.note] + self._loops(item, also_max=nxt.out)
                 k += 2
                 continue
             lines += self.group(item) if isinstance(item, Group) else self.stage(item)

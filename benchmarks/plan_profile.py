@@ -1,0 +1,117 @@
+"""Where a training step's time goes: each row of the step's plan table timed on its own.
+
+    python benchmarks/plan_profile.py benchmarks/models/cnn.nn --batch 64 [--top 25]
+    python benchmarks/plan_profile.py benchmarks/models/lstm_seq.nn --batch 32 --T 32
+
+Builds the model (float32), runs one step on random data (so the workspace holds real
+values), then runs every row of the step's plan alone, `--repeat` times, through the
+module's own entry function, and prints the rows by time with the stage notes of the plan
+(what each kernel computes) and their sum against the whole step. Rows of one kind of
+kernel are also summed. One process, no peers: a tool to find the next thing to speed up,
+not a comparison (benchmarks/step_time.py makes those).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--T", type=int, default=32, help="sequence length for a free size T")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+
+    from nndsl.build import build_file
+    from nndsl.runtime.loader import import_module
+    out = Path(tempfile.mkdtemp(prefix="nndsl_profile_"))
+    result = build_file(args.model, out)
+    module = import_module(result.path, result.module_name)
+    rng = np.random.default_rng(0)
+    loss = module.LOSSES[0]
+    names = module._KERNELS[loss][2]
+    data = {}
+    for k in names:
+        shape, classes, _ = module.DATA[k]
+        shape = tuple(args.T if isinstance(s, str) else s for s in shape)
+        data[k] = (rng.integers(0, classes, (args.batch,) + shape) if classes is not None
+                   else rng.standard_normal((args.batch,) + shape).astype(module.DTYPE))
+    m = module.Model(seed=0)
+    for _ in range(3):
+        m.step(**data)
+    t0 = time.perf_counter()
+    for _ in range(args.repeat):
+        m.step(**data)
+    step = (time.perf_counter() - t0) / args.repeat
+
+    # the step's plan and the arguments of its entry call, as `_run` makes them
+    captured = {}
+    real_call = module.Model._call
+    module.Model._call = staticmethod(lambda addresses, *a: captured.update(addresses=addresses, args=a)
+                                      or real_call(addresses, *a))
+    m.step(**data)
+    module.Model._call = staticmethod(real_call)
+    call_args = list(captured["args"])
+    table = call_args[len(call_args) - 14]       # the plan, then stop, given_mask, seed, ... (PARAMS)
+    addresses = next(iter(captured["addresses"].values()))
+    plan_index = len(call_args) - 14
+    notes = _row_notes(Path(result.path).read_text(), module._KERNELS[loss][1], len(table))
+    kernels = _arm_kernels(module)
+
+    times = []
+    for r in range(len(table)):
+        one = table[r:r + 1].copy()
+        call_args[plan_index], call_args[plan_index + 1] = one, 1
+        call_args[plan_index + 6] = 0                # no update
+        module.run(addresses, *call_args)
+        t0 = time.perf_counter()
+        for _ in range(args.repeat):
+            module.run(addresses, *call_args)
+        times.append((time.perf_counter() - t0) / args.repeat)
+    total = sum(times)
+    print(f"{args.model.name}: batch {args.batch}, step {step * 1e3:.3f} ms, rows alone {total * 1e3:.3f} ms "
+          f"({len(table)} rows)\n")
+    print("| ms | row | kernel | what |\n|---:|---:|---|---|")
+    for r in sorted(range(len(table)), key=lambda r: -times[r])[:args.top]:
+        print(f"| {times[r] * 1e3:.3f} | {r} | {kernels[table[r, 0]]} | {notes[r]} |")
+    by_kind = defaultdict(float)
+    for r, t in enumerate(times):
+        by_kind[kernels[table[r, 0]].split("_")[0]] += t
+    print("\nby kind: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+
+
+def _arm_kernels(module) -> list[str]:
+    entry = sys.modules["nndsl_kernels_" + module.KERNELS[-1]]
+    return [name for name, _ in entry.ARMS]
+
+
+def _row_notes(text: str, plan: str, n_rows: int) -> list[str]:
+    """The stage notes above each row of the plan's table (`_plan_PLAN`), in order."""
+    start = text.index(f"def _plan_{plan}(")
+    out, notes = [], []
+    for line in text[start:].splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("def "):
+            break
+        if line.startswith("# ") and not line.startswith("# ----"):
+            notes.append(line[2:])
+        elif line.startswith("("):
+            out.append(" | ".join(notes)[:90])
+            notes = []
+    return (out + [""] * n_rows)[:n_rows]
+
+
+if __name__ == "__main__":
+    main()
