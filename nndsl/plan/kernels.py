@@ -244,7 +244,7 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         params += ["training", "seed", "first"]
 
     batch_last = {rename[t] for t in order if t not in scalars and storage[t].batch_last}
-    emit = Emitter(c_tensors, dtype, batch_last, flat)
+    emit = Emitter(c_tensors, dtype, batch_last, flat, unsigned=True)
     emit.taken |= set(params) | set(c_tensors)
     body = emit.plan(list(c_item) if isinstance(c_item, tuple) else [c_item])
     cpu = None

@@ -172,9 +172,15 @@ def _transposed(operand: str) -> str:
 class Emitter:
     """Turns stages into indented source lines."""
 
-    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset(), flat=frozenset()):
+    def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset(), flat=frozenset(),
+                 unsigned: bool = False):
         self.tensors = tensors
         self.dtype = dtype
+        # indices as `I(...)` (uint64): numba then adds no negative-index wraparound, whose
+        # select hides the address from LLVM's dependence analysis, and nests vectorise
+        # (a 2-D map over two slices of `ws`: 8 lanes instead of none). Generated indices
+        # never are negative.
+        self.unsigned = unsigned
         self.batch_last = batch_last              # (N, K) tensors stored as (K, N)
         # tensors held as 1-D slices and indexed by flat offsets: a slice is cheap to make and
         # to compile (a reshaped view is not), and loops over it vectorise all the same
@@ -201,12 +207,21 @@ class Emitter:
     def ref(self, tensor: str, index: tuple) -> str:
         """The text of one element: `x[n, k]`, or `x[k*N + n]` for a flat tensor."""
         if tensor not in self.flat:
-            return f"{tensor}[{self.ix(index) if index else '0'}]"
+            if not index:
+                return f"{tensor}[0]"
+            if not self.unsigned:
+                return f"{tensor}[{self.ix(index)}]"
+            return f"{tensor}[{', '.join(self._index(e) for e in self._renamed(index))}]"
         dims = self.memory_order(tensor, self.tensors[tensor].shape)
         offset = sp.Integer(0)
         for i, d in zip(self.memory_order(tensor, self._renamed(index)), dims):
             offset = offset * d + i
-        return f"{tensor}[{index_text([sp.expand(offset)])}]"
+        return f"{tensor}[{self._index(sp.expand(offset))}]"
+
+    def _index(self, e) -> str:
+        # a bare loop variable needs no cast: LLVM knows a range() counter is never negative
+        e = sp.sympify(e)
+        return f"I({index_text([e])})" if self.unsigned and not (e.is_Integer or e.is_Symbol) else index_text([e])
 
     def memory_order(self, tensor: str, index: tuple) -> tuple:
         """`index` of an access to `tensor`, outermost stored axis first."""
