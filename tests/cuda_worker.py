@@ -121,29 +121,44 @@ def stochastic(cpu, gpu, n_seeds=16) -> dict:
 
 
 def fit(cpu, gpu) -> dict:
-    """fit on the device equals fit on the CPU (same shuffles); a non-finite loss stops it
-    with the CPU's message and leaves the parameters as they were; step returns a lazy loss."""
+    """fit on the device equals fit on the CPU (same shuffles, validation as a tuple too);
+    NaN in the data is refused by fit and step as on the CPU; a non-finite loss that is not
+    the data's fault (a learning rate of 1e308) stops both modules' fit at the same step
+    with the same message and the same last finite parameters; step returns a lazy loss."""
     data = batch(cpu, n=10)
+    names = cpu._KERNELS[cpu.LOSSES[0]][2]
+    held_out = tuple(batch(cpu, n=4, seed=2)[k] for k in names)
     a, b = cpu.Model(seed=0), gpu.Model(seed=0)
-    ha = a.fit(epochs=2, batch_size=4, verbose=False, **data)
-    hb = b.fit(epochs=2, batch_size=4, verbose=False, **data)
-    out = {"fit_ok": rel(ha, hb) <= 1e-8 and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8,
-           "streamed": b.streamed}
+    ha = a.fit(epochs=2, batch_size=4, verbose=False, validation=held_out, **data)
+    hb = b.fit(epochs=2, batch_size=4, verbose=False, validation=held_out, **data)
+    out = {"fit_ok": rel(ha, hb) <= 1e-8 and rel(ha.val, hb.val) <= 1e-8 and len(hb.val) == 2
+           and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8, "streamed": b.streamed}
     L = b.step(**data)
     out["lazy_float"] = type(L).__name__ == "DeviceLoss" and abs(float(L) - a.step(**data)) <= 1e-8 * abs(float(L))
+
     bad = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else v) for k, v in data.items()}
-    before = {p: v.copy() for p, v in b.params.items()}
-    try:
-        b.fit(epochs=1, batch_size=4, verbose=False, **bad)
-        message = ""
-    except FloatingPointError as e:
-        message = str(e)
-    unchanged = all(np.array_equal(before[p], b.params[p]) for p in before)
-    nan_step = not np.isfinite(float(b.step(**bad)))
-    unchanged_after_step = all(np.array_equal(before[p], b.params[p]) for p in before)
-    moved = np.isfinite(float(b.step(**data))) and any(not np.array_equal(before[p], b.params[p]) for p in before)
-    out["guard"] = ("at epoch 1, step 1" in message and unchanged and nan_step and unchanged_after_step and moved)
-    out["message"] = message
+    refused = []
+    for call in (lambda m: m.fit(epochs=1, batch_size=4, verbose=False, **bad), lambda m: m.step(**bad)):
+        for m in (a, b):
+            try:
+                call(m)
+                refused.append("")
+            except ValueError as e:
+                refused.append(str(e))
+    out["nan_refused"], out["refusals"] = all("NaN or inf" in r for r in refused) and refused[0] == refused[1], refused
+
+    messages = []
+    for m in (a, b):
+        m.lr[cpu.LOSSES[0]] = 1e308
+        try:
+            m.fit(epochs=1, batch_size=4, shuffle=False, verbose=False, **data)
+            messages.append("")
+        except FloatingPointError as e:
+            messages.append(str(e))
+    out["guard"] = (messages[0] == messages[1] and "became" in messages[0]
+                    and all(np.isfinite(b.params[p]).all() for p in b.params)
+                    and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8)
+    out["messages"] = messages
     return out
 
 

@@ -263,5 +263,5 @@ FIT = [
 @pytest.mark.parametrize("name,source,env", FIT, ids=[r[0] for r in FIT])
 def test_fit_nonfinite_guard_and_lazy_step(name, source, env):
     r = _worker("fit", source, "fit_" + name, env)
-    assert r["fit_ok"] and r["lazy_float"] and r["guard"], r
+    assert r["fit_ok"] and r["lazy_float"] and r["nan_refused"] and r["guard"], r
     assert r["streamed"] == ("NNDSL_CUDA_STREAM" in env), r
