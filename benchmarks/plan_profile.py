@@ -88,10 +88,16 @@ def main() -> None:
     print("| ms | row | kernel | what |\n|---:|---:|---|---|")
     for r in sorted(range(len(table)), key=lambda r: -times[r])[:args.top]:
         print(f"| {times[r] * 1e3:.3f} | {r} | {kernels[table[r, 0]]} | {notes[r]} |")
-    by_kind = defaultdict(float)
+    by_kind, by_kernel, calls = defaultdict(float), defaultdict(float), defaultdict(int)
     for r, t in enumerate(times):
-        by_kind[kernels[table[r, 0]].split("_")[0]] += t
+        kernel = kernels[table[r, 0]]
+        by_kind[kernel.split("_")[0]] += t
+        by_kernel[kernel] += t
+        calls[kernel] += 1
     print("\nby kind: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+    print("\n| ms | calls | kernel |\n|---:|---:|---|")
+    for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"| {v * 1e3:.3f} | {calls[k]} | {k} |")
 
 
 def _arm_kernels(module) -> list[str]:

@@ -24,14 +24,16 @@ user layer) or the lecture's (`W[k,d]` of a dense layer).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import sympy as sp
 
 from ..frontend import ir
 from . import functions as fn
+from . import sums
 from .derive import differentiate, relevant_stages
-from .formulas import Access, N, Stage
+from .formulas import N, Stage
+from .gradnames import Lecture, Names, declared_letters, is_steps
 from .notation import exact_numbers, indicator
 from .ops import Graph, expand_loss, expand_nodes
 
@@ -89,135 +91,17 @@ def model_formulas(model: ir.ModelIR, param: str | None = None) -> list[LossForm
     return out
 
 
-# ---------------------------------------------------------------- names
-class _Names:
-    """Display labels of the tensors: the user's names, never an internal one."""
-
-    def __init__(self, model: ir.ModelIR, g: Graph):
-        self.model, self.g = model, g
-        self.tensors = g.b.tensors
-        self.node_of = {h.name: name for name, h in g.values.items()}
-        self.calls = _network_calls(model)
-
-    def node_label(self, node: str) -> str:
-        """`discriminator#2.out` → `discriminator(fake).out` where a network is called twice."""
-        head, dot, rest = node.partition(".")
-        base = head.split("#")[0]
-        if dot and base in self.calls and len(self.calls[base]) > 1:
-            return f"{base}({self.calls[base][head]}).{rest}"
-        return node
-
-    def label(self, tensor: str) -> str | None:
-        """The display label of a forward tensor, or None for an internal one."""
-        t = self.tensors[tensor]
-        if t.role == "param":
-            return t.label
-        if tensor in self.node_of:
-            return self.node_label(self.node_of[tensor])
-        if t.role in ("input", "target", "labels"):
-            return t.label
-        return None
-
-
-def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
-    """network -> {call prefix ("discriminator#2"): the call's argument ("fake")}."""
-    calls: dict[str, dict[str, str]] = {}
-    for node in model.nodes:
-        head, dot, _ = node.name.partition(".")
-        if not dot:
-            continue
-        base = head.split("#")[0]
-        outside = [i for i in node.inputs if not i.startswith(head + ".")]
-        if outside and head not in calls.get(base, {}):
-            calls.setdefault(base, {})[head] = ", ".join(outside)
-    return calls
-
-
-class _Lecture:
-    """A stage as the lecture reads it: a "rows" view (N·T, K) of a sequence value (N, T, K)
-    is the value at [n, t, ·] (its row index r = n·T + t split in two), a step mask reads 1,
-    and a loop index that runs over the steps of a sequence is named `t`."""
-
-    def __init__(self, tensors, masks: set, user: set):
-        self.tensors, self.masks, self.user = tensors, masks, user
-
-    def __call__(self, s: Stage) -> Stage:
-        tensors = self.tensors
-        if s.attrs and s.attrs.get("scan") is not None:
-            return s                                  # a recurrence's cell: gradrecur reads it
-        expr = s.expr.xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
-        accesses = [a for a in s.accesses if a.tensor not in self.masks]
-        ranges = dict(s.ranges)
-        used = {str(v) for v in ranges}
-        split = {}                                    # row index r -> (n, t)
-
-        def unrow(tensor, index):
-            view = tensors[tensor].view
-            if not view or view[2] != "rows" or not isinstance(index[0], sp.Symbol):
-                return tensor, tuple(index)
-            r = index[0]
-            if r not in split:
-                base = tensors[view[0]].shape
-                n = sp.Symbol("n" if "n" not in used else _unused("n", used), integer=True)
-                used.add(str(n))
-                t = sp.Symbol(_unused("t", used | self.user), integer=True)
-                used.add(str(t))
-                split[r] = (n, t, base[0], base[1])
-            n, t = split[r][:2]
-            return view[0], (n, t) + tuple(index[1:])
-
-        out, index = unrow(s.out, s.index)
-        accesses = [replace(a, tensor=tt, index=ii) for a in accesses for tt, ii in [unrow(a.tensor, a.index)]]
-        if split:
-            new_ranges = []
-            for v, size in s.ranges:
-                if v in split:
-                    n, t, sn, st = split[v]
-                    new_ranges += [(n, sn), (t, st)]
-                else:
-                    new_ranges.append((v, size))
-            ranges = dict(new_ranges)
-        # a loop over the steps of a sequence (N, T, ·) is `t`
-        if "t" not in self.user and not any(str(v) == "t" for v in ranges):
-            for a in list(accesses) + [Access(None, out, index)]:
-                shape = tensors[a.tensor].shape
-                if len(shape) >= 2 and shape[0] == N and len(a.index) >= 2 and \
-                        isinstance(a.index[1], sp.Symbol) and a.index[1] in ranges and \
-                        _is_steps(shape[1]) and str(a.index[1]) != "n":
-                    v, t = a.index[1], sp.Symbol("t", integer=True)
-                    ren = {v: t}
-                    expr = expr.xreplace(ren)
-                    index = tuple(sp.sympify(i).xreplace(ren) for i in index)
-                    accesses = [replace(x, index=tuple(sp.sympify(i).xreplace(ren) for i in x.index))
-                                for x in accesses]
-                    ranges = {(t if k == v else k): size for k, size in ranges.items()}
-                    break
-        if expr is s.expr and not split and ranges == dict(s.ranges) and index == tuple(s.index):
-            return s
-        return replace(s, out=out, index=index, expr=expr, accesses=tuple(accesses),
-                       ranges=tuple(ranges.items()))
-
-
-def _is_steps(size) -> bool:
-    """A sequence's free length (`T` of `input x[T, 8]`)."""
-    return isinstance(size, sp.Symbol) and size != N
-
-
-def _unused(base: str, used) -> str:
-    return next(x for x in itertools.chain([base], (base + "'" * k for k in itertools.count(1))) if x not in used)
-
-
 # ---------------------------------------------------------------- the view
 class _View:
     def __init__(self, model, g: Graph, loss: ir.Loss, stages: list[Stage], adjoint):
         self.model, self.g, self.loss = model, g, loss
         self.tensors = g.b.tensors
-        self.names = _Names(model, g)
+        self.names = Names(model, g)
         # the lecture's reading of the lowering: a dense layer's N·T-rows view of a sequence
         # is the sequence itself, h[n,t,d]; a step mask is 1 (every sequence runs all its
         # steps: the module's default without `x_lengths=`, the recursion's reading too)
         user = {n.name for n in model.nodes} | {d.name for d in model.data} | set(model.consts)
-        lecture = _Lecture(self.tensors, set(g.mask_info), user)
+        lecture = Lecture(self.tensors, set(g.mask_info), user)
         stages = [lecture(s) for s in stages]
         adjoint_stages = [lecture(s) for s in adjoint.stages]
         self.forward = {s.out: s for s in stages if s.kind == "formula" and not s.accumulate}
@@ -232,7 +116,7 @@ class _View:
         self.def_stages: dict[str, list[Stage]] = {}
         for s in adjoint_stages:
             if s.kind == "formula" and s.expr != 0:
-                self.defs.setdefault(s.out, []).append((s.index, _as_sum(s)))
+                self.defs.setdefault(s.out, []).append((s.index, sums.as_sum(s)))
                 self.def_ranges.setdefault(s.out, []).append(dict(s.ranges))
                 self.def_stages.setdefault(s.out, []).append(s)
         # zero-padded copies of a convolution's input: xp[n,c,h+pad,w+pad] = x[n,c,h,w]
@@ -316,7 +200,7 @@ class _View:
                 total += gathered
                 continue
             renames = {}
-            for v in _sum_vars(body):
+            for v in sums.sum_vars(body):
                 renames[v] = next(self.fresh)
                 self.original[renames[v]] = v
             body = body.xreplace(renames)
@@ -365,7 +249,7 @@ class _View:
             return plan
         self.gathered = True
         renames = {}
-        for v in _sum_vars(body):
+        for v in sums.sum_vars(body):
             renames[v] = next(self.fresh)
             self.original[renames[v]] = v
         for _, _, _, others in plan:
@@ -386,7 +270,7 @@ class _View:
         body = sp.Mul(*conds, body.xreplace(subst))
         for _, _, _, others in plan:
             for u in others:
-                body = _sum(body, renames[u], sizes[u])
+                body = sums.sum_over(body, renames[u], sizes[u])
         grads = sorted({str(r.base.label) for r in body.atoms(sp.Indexed)
                         if self.tensors.get(str(r.base.label)) is not None
                         and self.tensors[str(r.base.label)].role == "grad"})
@@ -419,8 +303,8 @@ class _View:
                     taken = {x.name for x in s.free_symbols if isinstance(x, sp.Symbol)}
                     outer = {x.name for x in expr.free_symbols if isinstance(x, sp.Symbol)} | set(taken_outside)
                     name = orig.name.rstrip("'")
-                    while name in taken or name in outer or _bound_inside(s, name, fresh) \
-                            or _bound_around(expr, s, name):
+                    while name in taken or name in outer or sums.bound_inside(s, name, fresh) \
+                            or sums.bound_around(expr, s, name):
                         name = name + "'"
                     expr = expr.xreplace({s: s.xreplace({fresh: sp.Symbol(name, integer=True)})})
         return expr
@@ -433,12 +317,12 @@ class _View:
             forward = next((k for k, v in self.adjoint_of.items() if v == tensor), None)
             if forward is not None:
                 return self.index_of(forward)
-        letters = _declared_letters(self.model, t.label, t.role, len(t.shape))
+        letters = declared_letters(self.model, t.label, t.role, len(t.shape))
         if not letters and t.role != "param" and len(t.shape) == 4 and t.shape[0] == N and \
                 not {"c", "i", "j"} & self.user_names:
             letters = ("c", "i", "j")                       # an image: channel, row, column
         if not letters and t.role != "param" and len(t.shape) in (2, 3) and t.shape[0] == N and \
-                _is_steps(t.shape[1]) and not {"t", "k"} & self.user_names:
+                is_steps(t.shape[1]) and not {"t", "k"} & self.user_names:
             letters = ("t", "k")[:len(t.shape) - 1]          # a sequence: step, feature
         pool = iter(x for x in "kdijlmrsuvw" if x not in letters and x not in self.user_names)
         out = []
@@ -465,8 +349,8 @@ class _View:
         expr = exact_numbers(expr)
         expr = self._named_patterns(expr)
         expr = self._restore_names(expr, taken)
-        expr = _merge_where(expr)
-        expr = _simplify(expr)
+        expr = sums.merge_where(expr)
+        expr = sums.simplify(expr)
         expr = self._relabel(expr)
         return expr
 
@@ -477,7 +361,7 @@ class _View:
             if s is not None and s.kind == "onehot":
                 labels = sp.IndexedBase(s.attrs["labels"])[ind.indices[:-1]]     # [n] or [n,t]
                 expr = expr.xreplace({ind: indicator(ind.indices[-1], labels)})
-        expr = expr.replace(lambda e: isinstance(e, sp.Sum), _sum_of_indicator)
+        expr = expr.replace(lambda e: isinstance(e, sp.Sum), sums.sum_of_indicator)
         # a max's adjoint goes to the stored first arg-max: 𝟙[2·p+q = argmax_p[n,c,i,j]]
         expr = expr.replace(lambda e: isinstance(e, fn.eq), lambda e: indicator(*e.args))
         # exp(o[n,k] − lse[n]) with lse = log Σ_k exp(o) -> p[n,k] = softmax(o)
@@ -588,7 +472,7 @@ class _View:
         index = self.index_of(name)
         if s.reduce == "argmax":
             subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
-            window = self._relabel(_as_sum_body(s).xreplace(subst))
+            window = self._relabel(sums.as_sum_body(s).xreplace(subst))
             from .notation import text
             what = ", ".join(str(v) for v in s.reduce_vars)
             self.pending.append(Formula("note", sp.IndexedBase(name)[index], None, note=(
@@ -596,7 +480,7 @@ class _View:
                 f"over {what} (ties: the first)")))
             return
         subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
-        body = self._inline_internal(_as_forward(s).xreplace(subst))
+        body = self._inline_internal(sums.as_forward(s).xreplace(subst))
         rhs = self._named_patterns(body)
         self.pending.append(Formula("define", sp.IndexedBase(name)[index], rhs))
 
@@ -611,7 +495,7 @@ class _View:
             for ind in internal:
                 s = self.forward[str(ind.base.label)]
                 subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
-                expr = expr.xreplace({ind: _as_forward(s).xreplace(subst)})
+                expr = expr.xreplace({ind: sums.as_forward(s).xreplace(subst)})
         return expr
 
     def _relabel(self, expr: sp.Expr) -> sp.Expr:
@@ -692,7 +576,7 @@ class _View:
             scatters = [i for i in expr.atoms(sp.Indexed) if str(i.base.label) in self.defs
                         and str(i.base.label) not in self.signals and str(i.base.label) not in shown]
             # through a convolution's input (a gathered window) or a pool's scatter: stop at Δ
-            if _size(expr) > _MAX_INLINE or self.gathered or scatters:
+            if sums.factor_count(expr) > _MAX_INLINE or self.gathered or scatters:
                 expr = self._inline(self._definition(grad, index), True)
                 for f in self._deltas_used(expr, shown):
                     lines.extend(self.pending)
@@ -711,7 +595,7 @@ class _View:
         order = [self.tensor_label(t) if t in self.tensors else t for t in order]
         tensor_of = {self.tensor_label(t): (t, self.shown_axes(t)) for t in self.order   # this loss's
                      if self.tensors[t].role not in ("grad", "pgrad")}
-        forward = {t: (s.index, _as_forward(s)) for t, s in self.forward.items() if s.plain}
+        forward = {t: (s.index, sums.as_forward(s)) for t, s in self.forward.items() if s.plain}
         for t, s in self.special.items():
             if s.kind == "onehot":
                 forward[t] = (s.index, indicator(s.index[-1], sp.IndexedBase(s.attrs["labels"])[s.index[:-1]]))
@@ -732,8 +616,8 @@ class _View:
             if name in self.tensors:
                 f.lhs = self.access(name, index)
             if f.rhs is not None:
-                f.rhs = _simplify(self._relabel(exact_numbers(self._restore_names(f.rhs, _names(index)))))
-        f.sizes = _sum_sizes(f.rhs) if f.rhs is not None else {}
+                f.rhs = sums.simplify(self._relabel(exact_numbers(self._restore_names(f.rhs, _names(index)))))
+        f.sizes = sums.sum_sizes(f.rhs) if f.rhs is not None else {}
         return f
 
     def _recurrence_lines(self, shown: set) -> list[Formula]:
@@ -752,7 +636,7 @@ class _View:
             for g, (a, _) in r.pre.items():
                 named[str(a.base.label)] = self.fresh_once("Δ" + str(a.base.label))
         lines, self.bptt = [], {}
-        tidy = lambda e: _simplify(exact_numbers(e))                       # noqa: E731
+        tidy = lambda e: sums.simplify(exact_numbers(e))                       # noqa: E731
         for node in reversed(nodes):
             r = recs[node.name]
             consumers = [m for m in self.model.nodes if node.name in m.inputs]
@@ -830,7 +714,7 @@ class _View:
             taken = {str(x) for x in letters.values()}
             letters[v] = v if v.name not in taken and v.name not in self.user_names else \
                 sp.Symbol(next(x for x in pool if x not in taken), integer=True)
-        for v in _sum_vars(body):
+        for v in sums.sum_vars(body):
             letters[v] = next(self.fresh)
             self.original[letters[v]] = v
         lhs = tuple(sp.sympify(e).xreplace(letters) for e in index)
@@ -879,149 +763,6 @@ def _needed(lines: list[Formula]) -> list[Formula]:
             keep.append(f)
             need |= used(f)
     return keep[::-1]
-
-
-def _declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tuple[str, ...]:
-    """The index names a parameter was declared with: `W[f, c, p]` of a user layer, `W[k, d]`."""
-    if role != "param":
-        return ()
-    node_name, _, local = label.rpartition(".")
-    node = next((n for n in model.nodes if n.name == node_name), None)
-    if node is None:
-        return ()
-    if node.op == "conv2d":
-        return {"W": ("f", "c", "p", "q"), "b": ("f",)}.get(local, ())
-    if node.op == "layer":
-        spec = model.layers[node.attrs["layer"]]
-        p = next((p for p in spec.params if p.name == local), None)
-        if p is not None and len(set(p.indices)) == len(p.indices) == rank and "n" not in p.indices:
-            return tuple(p.indices)
-    return ()
-
-
-def _as_sum(s: Stage) -> sp.Expr:
-    body = s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] if a.index
-                            else sp.IndexedBase(a.tensor)[0] for a in s.accesses})
-    sizes = dict(s.ranges)
-    for v in s.reduce_vars:
-        body = _sum(body, v, sizes[v])
-    # a loop over a size-1 axis is the index 0 (an axis the display drops)
-    return body.xreplace({v: 0 for v, n in s.ranges if n == 1})
-
-
-def _as_sum_body(s: Stage) -> sp.Expr:
-    return s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] for a in s.accesses})
-
-
-def _as_forward(s: Stage) -> sp.Expr:
-    """A forward stage's value: a sum, a log-sum-exp or a max over its reduced indices."""
-    body = s.expr.xreplace({a.symbol: sp.IndexedBase(a.tensor)[a.index] for a in s.accesses})
-    sizes = dict(s.ranges)
-    if s.reduce == "logsumexp":
-        inner = sp.exp(body)
-        for v in s.reduce_vars:
-            inner = _sum(inner, v, sizes[v])
-        return sp.log(inner)
-    for v in s.reduce_vars:
-        body = _sum(body, v, sizes[v])
-    return body
-
-
-def _sum(body, v, size):
-    if size == 1:
-        return body.xreplace({v: 0})
-    return sp.Sum(body, (v, 0, size - 1))
-
-
-def _sum_of_indicator(s: sp.Sum) -> sp.Expr:
-    """Σ_k c·𝟙[k = label[n]] = c, the one-hot sums to one."""
-    if len(s.limits) != 1:
-        return s
-    v = s.limits[0][0]
-    coeff, rest = s.function.as_independent(v, as_Add=False)
-    if isinstance(rest, indicator) and rest.args[0] == v and v not in rest.args[1].free_symbols:
-        return coeff
-    return s
-
-
-def _merge_where(expr: sp.Expr) -> sp.Expr:
-    """a·where(c, 1, 0) + b·where(c, 0, 1) → where(c, a, b): a user loss's two branches."""
-    def merge(add):
-        terms = list(add.args)
-        for i, t in enumerate(terms):
-            for j, u in enumerate(terms):
-                if i >= j:
-                    continue
-                for w in [f for f in t.atoms(sp.Function) if hasattr(type(f), "op") and f.args[2:] == (1, 0)]:
-                    other = type(w)(*w.args[:2], 0, 1)
-                    if u.has(other):
-                        a, b = sp.cancel(t / w), sp.cancel(u / other)
-                        if not a.has(w) and not b.has(other):
-                            rest = [x for k, x in enumerate(terms) if k not in (i, j)]
-                            return sp.Add(type(w)(*w.args[:2], a, b), *rest)
-        return add
-    return expr.replace(lambda e: e.is_Add, merge)
-
-
-def _simplify(expr: sp.Expr) -> sp.Expr:
-    """Common factors out (`(o − y)/N`, `(1 − ...)/(2·N)`) inside every Σ, then every
-    factor that does not depend on a Σ's index into it: `Σ_n e[n]·o.W[k]·x[n,d]`."""
-    sums: dict = {}
-
-    def protect(s: sp.Sum):
-        d = sp.Dummy()
-        sums[d] = sp.Sum(_simplify(s.function), *s.limits)
-        return d
-    body = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), protect))
-    while body.has(*sums):
-        body = body.xreplace(sums)
-    return body.replace(lambda e: e.is_Mul, _into_sum).replace(lambda e: isinstance(e, sp.Sum), _batch_outermost)
-
-
-def _batch_outermost(s: sp.Sum) -> sp.Sum:
-    """Σ_n Σ_i Σ_k: the batch sum first, as the lecture writes Σ_n (sympy lists it last),
-    then the steps of a sequence (Σ_n Σ_t Σ_k')."""
-    # the printer writes the last limit first: n, t, then the others alphabetically (Σ_f Σ_p Σ_q)
-    limits = sorted(sorted(s.limits, key=lambda lim: str(lim[0]), reverse=True),
-                    key=lambda lim: {"n": 2, "t": 1}.get(str(lim[0]), 0))
-    return sp.Sum(s.function, *limits) if limits != list(s.limits) else s
-
-
-def _into_sum(m: sp.Mul) -> sp.Expr:
-    sums = [f for f in m.args if isinstance(f, sp.Sum)]
-    if len(sums) != 1:
-        return m
-    s = sums[0]
-    bound = {lim[0] for lim in s.limits}
-    inside = [f for f in m.args if f is not s and not f.is_number and not (f.is_Pow and f.exp.is_negative)
-              and not (f.free_symbols & bound)]
-    if not inside:
-        return m
-    outside = [f for f in m.args if f is not s and not any(f is x for x in inside)]
-    return sp.Mul(*outside) * sp.Sum(sp.Mul(*inside) * s.function, *s.limits)
-
-
-def _sum_vars(expr) -> set:
-    return {lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}
-
-
-def _sum_sizes(expr) -> dict:
-    return {str(lim[0]): lim[2] + 1 for s in expr.atoms(sp.Sum) for lim in s.limits}
-
-
-def _bound_inside(s: sp.Sum, name: str, fresh) -> bool:
-    return any(lim[0].name == name for inner in s.atoms(sp.Sum) for lim in inner.limits if lim[0] != fresh)
-
-
-def _bound_around(expr, s: sp.Sum, name: str) -> bool:
-    """`name` is already a summation index of a Σ that encloses `s`."""
-    return any(lim[0].name == name and outer.function.has(s)
-               for outer in expr.atoms(sp.Sum) if outer is not s for lim in outer.limits)
-
-
-def _size(expr) -> int:
-    return len(sp.Mul.make_args(expr.function if isinstance(expr, sp.Sum) else expr)) + \
-        sum(_size(s.function) for s in expr.atoms(sp.Sum) if s is not expr)
 
 
 def _names(index) -> set[str]:
