@@ -12,15 +12,16 @@ from ..diagnostics import UsageError
 from .loader import import_module
 
 
-def build_and_import(path, out_dir=None, dtype="float32"):
-    """Build `path` (into `out_dir`, or a per-source cache folder) and import the module."""
+def build_and_import(path, out_dir=None, dtype="float32", compile=False):
+    """Build `path` (into `out_dir`, or a per-source cache folder) and import the module;
+    with `compile`, also compile every kernel a training run needs into numba's cache."""
     from ..build import build_file, source_hash
     from ..frontend import read_source
     shared = out_dir is None
     if shared:      # one folder per source, one kernel folder for all: models share kernels
         key = source_hash(read_source(path), dtype, "cpu")[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
-    result = build_file(path, out_dir, dtype=dtype, shared_kernels=shared)
+    result = build_file(path, out_dir, dtype=dtype, shared_kernels=shared, compile=compile)
     return import_module(result.path, result.module_name), result
 
 
@@ -147,12 +148,15 @@ def _train(args, comm) -> int:
     targets = [d.name for d in model_ir.data if d.is_target]
     out_dir = Path(args.out) if args.out else None
     t0 = time.perf_counter()
-    # rank 0 first: it downloads the data and writes the module; the others then read both
+    # rank 0 first: it loads the data, writes the module and compiles its kernels (on all the
+    # cores, the others wait); the others then read the files and load the kernels from
+    # numba's cache instead of each compiling the same ones
     for turn in ((0, 1) if comm is not None else (0,)):
         if (rank == 0) == (turn == 0):
             ds = load_dataset(args.data, seed=0, standardize=getattr(args, "standardize", False),
                               x_name=inputs[0] if inputs else None, y_name=targets[0] if targets else None)
-            module, result = build_and_import(args.file, out_dir, args.dtype)
+            module, result = build_and_import(args.file, out_dir, args.dtype,
+                                              compile=comm is not None and rank == 0)
         if comm is not None:
             comm.Barrier()
     m = module.Model(seed=args.seed)
