@@ -177,16 +177,18 @@ def _cmd_build(args) -> int:
 
 
 def _kernel_report(result) -> str:
-    """Distinct kernels per kind, how many numba compiled now (the rest came from its cache),
-    and numba's seconds per kind."""
+    """Distinct kernels per kind, how many numba compiled in this process (the others were
+    compiled by the helper process or loaded from numba's cache), and its seconds per kind."""
     by_kind = {name: kind for kind, names in result.kernels.items() for name in names}
     lines = [f"  {sum(map(len, result.kernels.values()))} distinct kernels (the entry included), "
-             f"{sum(1 for k in result.compiled if k in by_kind)} compiled now (others from numba's cache):"]
+             f"{sum(1 for k in result.compiled if k in by_kind)} compiled in this process "
+             "(the others by its helper process or from numba's cache):"]
     for kind, names in result.kernels.items():
         done = [result.compiled[n] for n in names if n in result.compiled]
         lines.append(f"    {kind:<10} {len(names):3d} kernels, {len(done):3d} compiled {sum(done) * 1000:8.1f} ms")
     other = {k: v for k, v in result.compiled.items() if k not in by_kind}
-    lines.append(f"    {'numba own':<10} {sum(other.values()) * 1000:29.1f} ms  (BLAS set-up and helpers, once a process)")
+    if other:
+        lines.append(f"    {'numba own':<10} {sum(other.values()) * 1000:29.1f} ms  (its helpers, once a process)")
     return "\n".join(lines)
 
 
