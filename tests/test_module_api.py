@@ -181,3 +181,15 @@ loss squared(ws, math)
     x, y = np.ones((4, 2)), np.ones((4, 1))
     assert np.isfinite(m.step(np=x, math=y))
     np.testing.assert_allclose(m.forward(outputs="theta", np=x), np.tanh(x @ m.params["theta.W"].T + m.params["theta.b"]))
+
+
+def test_read_only_arrays_step_like_writeable_ones(api, data):
+    """The kernels' addresses are looked up on a plan's first call and kept: read-only
+    arrays (np.load with mmap_mode="r", say) are passed to the same kernels, uncopied."""
+    frozen = {k: v.copy() for k, v in data.items()}
+    for v in frozen.values():
+        v.flags.writeable = False
+    a, b = api.Model(seed=0), api.Model(seed=0)
+    la = [a.step(**data), a.step(**frozen), a.step(**data), a.step(**frozen)]
+    lb = [b.step(**data) for _ in range(4)]
+    assert la == lb and np.array_equal(a.theta, b.theta)
