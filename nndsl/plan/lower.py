@@ -1,8 +1,9 @@
 """Lowering: tensor-formula stages → kernel plan → lines of Numba Python.
 
 Three shapes of code come out of a stage:
-- a GEMM (`np.dot` into a workspace view, BLAS) for a sum over one shared index
-  of a product of two 2-D operands — forward `W·x` and both of its adjoints;
+- a GEMM for a sum over one shared index of a product of two 2-D operands —
+  forward `W·x` and both of its adjoints: `np.dot` lines on 2-D views (what the CUDA
+  renderer reads), and for the CPU one direct BLAS call (`BlasGemm`);
 - a loop nest for everything else: maps write each element once, reductions
   accumulate in a scalar register, scatter-adds (`+=` at affine indices) loop
   over the whole iteration space;
