@@ -67,7 +67,7 @@ def main() -> None:
     table = call_args[len(call_args) - 14]       # the plan, then stop, given_mask, seed, ... (PARAMS)
     addresses = next(iter(captured["addresses"].values()))
     plan_index = len(call_args) - 14
-    notes = _row_notes(Path(result.path).read_text(), module._KERNELS[loss][1], len(table))
+    notes = _row_notes(Path(result.path).read_text(), module._KERNELS[loss][1], len(table), args.T)
     kernels = _arm_kernels(module)
 
     times = []
@@ -105,18 +105,24 @@ def _arm_kernels(module) -> list[str]:
     return [name for name, _ in entry.ARMS]
 
 
-def _row_notes(text: str, plan: str, n_rows: int) -> list[str]:
-    """The stage notes above each row of the plan's table (`_plan_PLAN`), in order."""
+def _row_notes(text: str, plan: str, n_rows: int, T: int) -> list[str]:
+    """The stage notes above each row of the plan's table (`_plan_PLAN`), in order; the rows
+    of a recurrence's `for t_ in ...:` block repeat once per step."""
     start = text.index(f"def _plan_{plan}(")
-    out, notes = [], []
+    out, notes, block = [], [], None
     for line in text[start:].splitlines()[1:]:
         line = line.strip()
         if line.startswith("def "):
             break
-        if line.startswith("# ") and not line.startswith("# ----"):
+        if line.startswith("for "):
+            block = []
+        elif line == "])" and block is not None:
+            out += block * T
+            block = None
+        elif line.startswith("# ") and not line.startswith("# ----"):
             notes.append(line[2:])
         elif line.startswith("("):
-            out.append(" | ".join(notes)[:90])
+            (out if block is None else block).append(" | ".join(notes)[:90])
             notes = []
     return (out + [""] * n_rows)[:n_rows]
 
