@@ -54,7 +54,7 @@ def _words():
         "WS": st.sampled_from([" ", "\t"]),
         "COMMENT": st.just(""),
     }
-    for t in _lark().terminals:
+    for t in _lark(cache=False).terminals:
         if isinstance(t.pattern, PatternStr) and t.pattern.value.isidentifier():
             explicit[t.name] = st.just(f" {t.pattern.value} ")
     return explicit
@@ -87,7 +87,7 @@ def _prefer_shallow(strategy, keep_uniform=("start", "_stmt"), bias=3):
 
 
 # Whole programs are drawn statement by statement, a few at a time.
-STATEMENT = _prefer_shallow(from_lark(_lark(), start="_stmt", explicit=_words()))
+STATEMENT = _prefer_shallow(from_lark(_lark(cache=False), start="_stmt", explicit=_words()))
 PROGRAM = st.lists(STATEMENT, min_size=1, max_size=4).map("\n".join)
 
 
