@@ -29,7 +29,21 @@ class Gemm:
     accumulate: bool
 
 
-def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
+@dataclass(frozen=True)
+class _Product:
+    """`out[I, J] = Σ_K left·right`: `left` holds the I- and K-blocks, `right` the K- and
+    J-blocks (each a run of plain indices); `*_t`: indexed K-first / J-first."""
+    left: object
+    right: object
+    I: tuple
+    J: tuple
+    K: tuple
+    left_t: bool
+    right_t: bool
+    blocks: bool       # higher-rank operands, each 2-D after a reshape
+
+
+def _product(s: Stage, tensors: dict[str, Tensor]) -> Optional[_Product]:
     """`out[I, J] = Σ_K A[.,.]·B[.,.]` as one BLAS call, else None.
 
     With 2-D operands, I, J, K are single indices.  Higher-rank operands qualify when
@@ -46,26 +60,15 @@ def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
            or tensors[a.tensor].dtype != "float" for a in s.accesses):
         return None
     if len(s.index) == 2 and len(s.reduce_vars) == 1 and all(len(a.index) == 2 for a in s.accesses):
-        return _gemm_2d(s)
-    return _gemm_blocks(s, tensors)
-
-
-def _gemm_2d(s: Stage) -> Optional[Gemm]:
-    (c,), (i, j) = s.reduce_vars, s.index
-    left = next((a for a in s.accesses if set(a.index) == {i, c}), None)
-    right = next((a for a in s.accesses if set(a.index) == {c, j} and a is not left), None)
-    if left is None or right is None or i == j:
-        return None
-    a_text = left.tensor if left.index == (i, c) else f"{left.tensor}.T"
-    b_text = right.tensor if right.index == (c, j) else f"{right.tensor}.T"
-    return Gemm(s.out, a_text, b_text, s.accumulate)
-
-
-def _gemm_blocks(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
+        (c,), (i, j) = s.reduce_vars, s.index
+        left = next((a for a in s.accesses if set(a.index) == {i, c}), None)
+        right = next((a for a in s.accesses if set(a.index) == {c, j} and a is not left), None)
+        if left is None or right is None or i == j:
+            return None
+        return _Product(left, right, (i,), (j,), (c,), left.index != (i, c), right.index != (c, j), False)
     # (N, K) tensors may be stored batch-last (a transposed view that cannot be reshaped)
     if any(len(tensors[t].shape) == 2 and tensors[t].shape[0] == N for t in [s.out] + [a.tensor for a in s.accesses]):
         return None
-    sizes = dict(s.ranges)
     reduced = set(s.reduce_vars)
     out = tuple(s.index)
     for cut in range(1, len(out)):
@@ -73,15 +76,25 @@ def _gemm_blocks(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
         for left, right in (s.accesses, s.accesses[::-1]):
             a = _split(left.index, I, reduced)
             b = _split(right.index, J, reduced)
-            if a is None or b is None or a[0] != b[0]:       # K in the same order in both
-                continue
-            K = a[0]
-            shape = lambda blocks: "(" + ", ".join(index_text([sp.prod([sizes[v] for v in blk])])  # noqa: E731
-                                                    for blk in blocks) + ")"
-            a_text = f"{left.tensor}.reshape({shape((I, K) if a[1] else (K, I))})" + ("" if a[1] else ".T")
-            b_text = f"{right.tensor}.reshape({shape((K, J) if not b[1] else (J, K))})" + (".T" if b[1] else "")
-            return Gemm(f"{s.out}.reshape({shape((I, J))})", a_text, b_text, s.accumulate)
+            if a is not None and b is not None and a[0] == b[0]:       # K in the same order in both
+                return _Product(left, right, I, J, a[0], not a[1], b[1], True)
     return None
+
+
+def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
+    """The GEMM a stage is (see `_product`) as `np.dot` operand texts on 2-D views, else None."""
+    p = _product(s, tensors)
+    if p is None:
+        return None
+    t = lambda transposed: ".T" if transposed else ""    # noqa: E731
+    if not p.blocks:
+        return Gemm(s.out, p.left.tensor + t(p.left_t), p.right.tensor + t(p.right_t), s.accumulate)
+    sizes = dict(s.ranges)
+    shape = lambda blocks: "(" + ", ".join(index_text([sp.prod([sizes[v] for v in blk])])  # noqa: E731
+                                            for blk in blocks) + ")"
+    a_text = f"{p.left.tensor}.reshape({shape((p.K, p.I) if p.left_t else (p.I, p.K))})" + t(p.left_t)
+    b_text = f"{p.right.tensor}.reshape({shape((p.J, p.K) if p.right_t else (p.K, p.J))})" + t(p.right_t)
+    return Gemm(f"{s.out}.reshape({shape((p.I, p.J))})", a_text, b_text, s.accumulate)
 
 
 @dataclass(frozen=True)
@@ -120,29 +133,17 @@ class BlasGemm:
 
 
 def blas_gemm(s: Stage, tensors: dict[str, Tensor], batch_last=frozenset()) -> Optional[BlasGemm]:
-    """The stage `as_gemm` accepts, as operands in storage (for a direct BLAS call)."""
-    if as_gemm(s, tensors) is None:
+    """The GEMM a stage is (see `_product`) as operands in storage, for a direct BLAS call:
+    a batch-last 2-D tensor is stored as the transpose of its index order."""
+    p = _product(s, tensors)
+    if p is None:
         return None
     sizes = dict(s.ranges)
     prod = lambda block: sp.prod([sizes[v] for v in block])    # noqa: E731
-    if len(s.index) == 2 and len(s.reduce_vars) == 1 and all(len(a.index) == 2 for a in s.accesses):
-        (c,), (i, j) = s.reduce_vars, s.index
-        left = next(a for a in s.accesses if set(a.index) == {i, c})
-        right = next(a for a in s.accesses if set(a.index) == {c, j} and a is not left)
-        return BlasGemm(s.out, left.tensor, right.tensor,
-                        (left.index != (i, c)) != (left.tensor in batch_last),
-                        (right.index != (c, j)) != (right.tensor in batch_last),
-                        s.out in batch_last, sizes[i], sizes[j], sizes[c], s.accumulate)
-    reduced, out = set(s.reduce_vars), tuple(s.index)
-    for cut in range(1, len(out)):
-        I, J = out[:cut], out[cut:]
-        for left, right in (s.accesses, s.accesses[::-1]):
-            a = _split(left.index, I, reduced)
-            b = _split(right.index, J, reduced)
-            if a is not None and b is not None and a[0] == b[0]:
-                return BlasGemm(s.out, left.tensor, right.tensor, not a[1], b[1], False,
-                                prod(I), prod(J), prod(a[0]), s.accumulate)
-    raise AssertionError(f"as_gemm took a stage that blas_gemm cannot: {s}")
+    stored = (lambda x: x in batch_last) if not p.blocks else (lambda x: False)    # noqa: E731
+    return BlasGemm(s.out, p.left.tensor, p.right.tensor, p.left_t != stored(p.left.tensor),
+                    p.right_t != stored(p.right.tensor), stored(s.out), prod(p.I), prod(p.J), prod(p.K),
+                    s.accumulate)
 
 
 def _split(index: tuple, outer: tuple, reduced: set):
