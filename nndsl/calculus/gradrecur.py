@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .formulas import N
 
 T_ = sp.Symbol("t", integer=True)
 n_, k_, j_, d_ = (sp.Symbol(c, integer=True) for c in "nkjd")
