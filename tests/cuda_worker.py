@@ -137,29 +137,29 @@ def fit(cpu, gpu) -> dict:
     out["lazy_float"] = type(L).__name__ == "DeviceLoss" and abs(float(L) - a.step(**data)) <= 1e-8 * abs(float(L))
 
     bad = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else v) for k, v in data.items()}
-    refused = []
-    for call in (lambda m: m.fit(epochs=1, batch_size=4, verbose=False, **bad), lambda m: m.step(**bad)):
-        for m in (a, b):
-            try:
-                call(m)
-                refused.append("")
-            except ValueError as e:
-                refused.append(str(e))
+    refused = [_message(ValueError, call, m) for call in
+               (lambda m: m.fit(epochs=1, batch_size=4, verbose=False, **bad), lambda m: m.step(**bad))
+               for m in (a, b)]
     out["nan_refused"], out["refusals"] = all("NaN or inf" in r for r in refused) and refused[0] == refused[1], refused
 
-    messages = []
     for m in (a, b):
         m.lr[cpu.LOSSES[0]] = 1e308
-        try:
-            m.fit(epochs=1, batch_size=4, shuffle=False, verbose=False, **data)
-            messages.append("")
-        except FloatingPointError as e:
-            messages.append(str(e))
+    messages = [_message(FloatingPointError, m.fit, epochs=1, batch_size=4, shuffle=False, verbose=False, **data)
+                for m in (a, b)]
     out["guard"] = (messages[0] == messages[1] and "became" in messages[0]
                     and all(np.isfinite(b.params[p]).all() for p in b.params)
                     and max(rel(a.params[p], b.params[p]) for p in a.params) <= 1e-8)
     out["messages"] = messages
     return out
+
+
+def _message(error, call, *args, **kwargs) -> str:
+    """The message of the `error` that `call(*args, **kwargs)` raises; "" if it returns."""
+    try:
+        call(*args, **kwargs)
+    except error as e:
+        return str(e)
+    return ""
 
 
 def mpi(cpu, gpu) -> dict | None:
