@@ -5,7 +5,8 @@ A recurrent layer's cell is written once as index formulas over step views
 hoists the parameter gradients into sums over all steps.  For the printout the
 cell's stages are read back in the lecture's indices: a step view of a sequence
 becomes `h[n,t−1,k]` (the previous state), `i_h[n,t,k]` (a gate at step t), the
-input projections `W·x_t + U·h_(t−1) + b` of gate g its pre-activation `a_g`,
+input projections `W·x_t + U·h_(t−1) + b` of gate g its pre-activation `a_g` (the
+biases and W·x_t are added for all steps before the loop, U·h_(t−1) onto them per step),
 and sympy differentiates those formulas for the recursion:
 
     Δh[n,t,k] = (∂L/∂h[n,t,k] from the layer above) + Σ_j U[j,k]·Δa[n,t+1,j]
@@ -37,6 +38,10 @@ class Recurrence:
         self.proj = {s.out for s in self.stages if s.accumulate or view.tensors[s.out].label.startswith(name + ".Uh")}
         self.cell = [s for s in self.stages if s.out not in self.proj]
         self.accumulated = any(s.accumulate for s in self.stages)      # rnn, lstm: U·h is inside xW
+        # the biases are added onto xW (all steps) before the loop: b is inside xW too
+        self.biased = any(s.accumulate and not (s.attrs or {}).get("scan") and view.tensors[s.out].view
+                          and view.tensors[view.tensors[s.out].view[0]].label == f"{name}.xW"
+                          for s in view.all_stages)
         self.x = node.inputs[0]
         self.out = {}             # stage out -> display access at step t
         self.exprs = []           # (display access, display expression over a_g, values, states)
@@ -96,14 +101,17 @@ class Recurrence:
         if what == "§xW":
             Wx = sp.Sum(sp.IndexedBase(self.param("W", g))[k_, d_] * sp.IndexedBase(self.x)[n_, T_, d_],
                         (d_, 0, self.view.size_of_input(self.node) - 1))
-            return Wx + (self.projection(g, "§Uh") if self.accumulated else 0)
+            b = sp.IndexedBase(self.param("b", g))[k_] if self.biased else 0
+            return b + Wx + (self.projection(g, "§Uh") if self.accumulated else 0)
         return sp.Sum(sp.IndexedBase(self.param("U", g))[k_, j_] *
                       sp.IndexedBase(self.node.name)[n_, T_ - 1, j_], (j_, 0, self.H - 1))
 
     def coefficient(self, g: int, what: str):
         """∂a_g/∂(its W·x, U·h or b part), by sympy."""
         a, arg = self.pre[g]
-        if what == "b":
+        if what == "b" and self.biased:
+            what = "W"
+        elif what == "b":
             b = [i for i in arg.atoms(sp.Indexed) if str(i.base.label) == self.param("b", g)]
             return sp.diff(arg, b[0]) if b else sp.Integer(0)
         if what == "U" and self.accumulated:

@@ -96,6 +96,10 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
     xw_all = c.view(xw, 0, "all")
     g.b.assign(xw_all, (r, j), W[j, d] * x_all[r, d], over=(d,), reduce="sum",
                note=f"{name}: W·x_t, all steps")
+    # the biases too, before the loop: each step then adds U·h_(t-1) alone, and Δb is one
+    # column sum of Δ(W·x_t + U·h_(t-1) + b) over all T·N rows after it
+    g.b.assign(xw_all, (r, j), bias[j], accumulate=True, sizes={r: T * N, j: G},
+               note=f"{name}: + b, all steps")
     h = c.seq("h", T + 1, H)                      # slot 0 is h_0 = 0
     g.b.assign(h, (0, n, k), sp.Integer(0), sizes={n: N, k: H}, note=f"{name}: h_0 = 0")
     if kind == "lstm":
@@ -129,8 +133,8 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
     def pre(gate: int):
         o = gate * H
         if kind == "gru":
-            return xw_t[n, k + o] + uh_t[n, k + o] + bias[k + o]
-        return xw_t[n, k + o] + bias[k + o]
+            return xw_t[n, k + o] + uh_t[n, k + o]
+        return xw_t[n, k + o]
 
     def gate_value(what: str, f, gate: int) -> Handle:
         seq = c.seq(what, T, H)
@@ -157,7 +161,7 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
         r_t = gate_value("r", fn.sigmoid, 1)
         hh = c.seq("ĥ", T, H)
         hh_t = c.view(hh, 0)
-        c.step(hh_t, (n, k), sp.tanh(xw_t[n, k + 2 * H] + r_t[n, k] * uh_t[n, k + 2 * H] + bias[k + 2 * H]),
+        c.step(hh_t, (n, k), sp.tanh(xw_t[n, k + 2 * H] + r_t[n, k] * uh_t[n, k + 2 * H]),
                sizes=nk, note=f"{name}: ĥ_t = tanh(W_h x_t + r_t⊙(U_h h_(t-1)) + b_h)")
         c.step(h_t, (n, k), keep((1 - z_t[n, k]) * hh_t[n, k] + z_t[n, k] * h_prev[n, k], h_prev[n, k]),
                note=f"{name}: h_t = (1-z_t)⊙ĥ_t + z_t⊙h_(t-1)")

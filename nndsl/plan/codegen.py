@@ -20,7 +20,7 @@ from .fuse import fuse, propagate_copies
 from .kernels import BUFFERS, Call, KernelLibrary, Plans, Storage
 from .lower import argmax_then_max, as_gemm
 from .optimizers import update_kernel
-from .scan import scan_calls, view_offset
+from .scan import aliased_views, overwritten_step_gradients, scan_calls, untransposed_step_operands, view_offset
 
 _WORKSPACE_ROLES = {"value", "noise", "grad", "loss"}
 
@@ -100,6 +100,12 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
             g.b, loss_stages, loss_handles[spec.name], wrt)
         adjoints[spec.name] = (loss_stages, full, partial, wrt)
 
+    # step GEMMs read transposed parameters from copies made once per pass (plan/scan.py);
+    # the adjoints above were derived from, and are shown with, the stages as written
+    copies: dict = {}
+    forward_stages = untransposed_step_operands(forward_stages, g.b, copies)
+    planned = {name: untransposed_step_operands(stages, g.b, copies) for name, (stages, *_) in adjoints.items()}
+
     tensors = g.b.tensors
     outputs = [g.values[o].name for o in model.outputs]
     # step masks of free sequence lengths are data arguments too (the Model makes them from
@@ -121,7 +127,8 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
 
     losses = []
     for spec in model.losses:
-        loss_stages, full, partial, wrt = adjoints[spec.name]
+        _, full, partial, wrt = adjoints[spec.name]
+        loss_stages = planned[spec.name]
         ident = g.b.tensors[loss_handles[spec.name].name].name
         keep = {ident}
         value = _kernel(f"value_{ident}", loss_stages, full.stages, lib, keep)
@@ -259,9 +266,12 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
             keep: set[str]) -> Kernel:
     """Copy propagation and loop fusion over the entry's stages, then one kernel call per
     fused group, GEMM or special stage."""
-    # step views alias their sequences: never a register, never copy-propagated away
-    keep = keep | {t.name for t in lib.tensors.values() if t.view} | \
-        {t.view[0] for t in lib.tensors.values() if t.view}
+    # (the forward stages come first and are never rewritten: only gradients are)
+    backward = overwritten_step_gradients(forward + backward, lib.tensors)[len(forward):]
+    # step views alias their sequences: never a register, never copy-propagated away, unless
+    # a sequence is only ever seen through one view (a gate's gradient Δo_t, written and read
+    # within each step): that view is then an ordinary value of the step
+    keep = keep | aliased_views(forward + backward, lib.tensors)
     kept, renames = propagate_copies(forward + backward, lib.tensors, keep)
     in_backward = {id(s) for s in backward}
     stages_f = [s for original, s in kept if id(original) not in in_backward]

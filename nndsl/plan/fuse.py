@@ -113,10 +113,11 @@ def _reductions_outermost(group: Group) -> None:
 
 
 def _loopable(s: Stage) -> bool:
-    """A map, or a sum whose target is plain: both run as one nest in memory order."""
-    if not s.plain:
-        return False
-    return s.reduce is None or s.reduce == "sum"
+    """A map, or a sum whose target is plain: both run as one nest in memory order. A map
+    may also write a block of its target at constant offsets (an LSTM gate's `Δa[n, 64 + k]`)."""
+    if s.plain:
+        return s.reduce is None or s.reduce == "sum"
+    return not s.reduce_vars and s.reduce in (None, "sum") and blocks(s) is not None
 
 
 def _space(s: Stage, memory_order) -> list[tuple]:
@@ -172,9 +173,11 @@ def _can_join(group: Group, s: Stage, space) -> bool:
             p = produced[a.tensor]
             if p.reduce_vars or a.index != p.index:
                 return False
-    if s2.out in produced or any(s2.out == a.tensor for g in group.stages for a in g.accesses):
+    if any(s2.out == a.tensor for g in group.stages for a in g.accesses):
         return False
-    return True
+    # one target written in blocks by maps (the four gates of Δ(W·x_t + U·h)): no element twice
+    return all(not g.reduce_vars and not s2.reduce_vars and blocks(g) is not None and blocks(s2) is not None
+               and disjoint(g, s2) for g in group.stages if g.out == s2.out)
 
 
 def _assign_storage(group: Group, reads: dict[str, int], writes: dict[str, int], keep: set[str]) -> None:
@@ -194,3 +197,36 @@ def _assign_storage(group: Group, reads: dict[str, int], writes: dict[str, int],
         elif (reads.get(g.out, 0) == inside.get(g.out, 0) and writes[g.out] == 1 and g.out not in keep
               and set(g.index) == full and not g.accumulate):
             group.scalars.add(g.out)
+
+
+def blocks(s: Stage):
+    """`s.out`'s index as (loop variable or None, constant offset) per axis when each loop
+    variable appears once, alone or plus a constant (`k`, `k + 192`): every element of the
+    block is written once. Else None."""
+    sizes = dict(s.ranges)
+    out, seen = [], set()
+    for e in s.index:
+        e = sp.sympify(e)
+        if e.is_Integer:
+            out.append((None, int(e)))
+            continue
+        c, v = e.as_independent(*e.free_symbols, as_Add=True)
+        if not isinstance(v, sp.Symbol) or v not in sizes or v in seen or not sp.sympify(c).is_Integer:
+            return None
+        seen.add(v)
+        out.append((v, int(c)))
+    return out if seen == set(sizes) else None
+
+
+def disjoint(a: Stage, b: Stage) -> bool:
+    """Two blocks of one tensor share no element: on some axis both are constants that
+    differ, or one loop variable at offsets at least its (numeric) range apart."""
+    pa, pb = blocks(a), blocks(b)
+    sa, sb = dict(a.ranges), dict(b.ranges)
+    for (va, ca), (vb, cb) in zip(pa, pb):
+        if va is None and vb is None and ca != cb:
+            return True
+        if va is not None and vb is not None and sp.sympify(sa[va]).is_Integer and sa[va] == sb[vb] \
+                and abs(ca - cb) >= int(sa[va]):
+            return True
+    return False

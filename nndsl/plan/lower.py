@@ -214,11 +214,33 @@ class Emitter:
             if not self.unsigned:
                 return f"{tensor}[{self.ix(index)}]"
             return f"{tensor}[{', '.join(self._index(e) for e in self._renamed(index))}]"
+        return f"{tensor}[{self._index(self._flat_offset(tensor, index))}]"
+
+    def _flat_offset(self, tensor: str, index: tuple) -> sp.Expr:
         dims = self.memory_order(tensor, self.tensors[tensor].shape)
         offset = sp.Integer(0)
         for i, d in zip(self.memory_order(tensor, self._renamed(index)), dims):
             offset = offset * d + i
-        return f"{tensor}[{self._index(sp.expand(offset))}]"
+        return sp.expand(offset)
+
+    def _row_views(self, g: Group) -> dict:
+        """Flat targets that several maps of the nest write in blocks (the four gates of an
+        LSTM's Δ(W·x_t + U·h)) are addressed through a view of the current row, made inside
+        the outer loops: `row[k + 64]`. Over the whole nest the blocks' address ranges
+        interleave row by row, so LLVM's run-time overlap check, which it hoists out of the
+        nest, always fails and the nest runs scalar (17 µs instead of 3.4 for the LSTM's
+        backward cell); within one row the blocks are disjoint. {tensor: (view, row start)}."""
+        inner = sp.Symbol(self.var(g.ranges[-1][0]), integer=True)
+        writers: dict = {}
+        for s in g.stages:
+            if s.out in self.flat and s.out not in g.scalars and not s.reduce_vars:
+                writers.setdefault(s.out, []).append(self._flat_offset(s.out, s.index))
+        out = {}
+        for t, offsets in writers.items():
+            starts = {sp.expand(o - o.coeff(inner) * inner - o.as_coeff_Add()[0]) for o in offsets}
+            if len(offsets) > 1 and len(starts) == 1 and all(o.coeff(inner) == 1 for o in offsets):
+                out[t] = (self.var(f"{t}_row"), starts.pop())
+        return out
 
     def _index(self, e) -> str:
         # a bare loop variable needs no cast: LLVM knows a range() counter is never negative
@@ -258,15 +280,22 @@ class Emitter:
         lines += [f"{t}[:] = {zero}" for t in g.zero_first]
         by_out = {s.out: s for s in g.stages}
         register = {out: self.var(f"{out}_sum") for out in g.registers}
+        rows = self._row_views(g)
         depth = 0
         for v, n in g.ranges:
             lines += ["    " * depth + f"{register[o]} = {zero}" for o, d in g.registers.items() if d == depth]
+            if depth == len(g.ranges) - 1:
+                lines += ["    " * depth + f"{row} = {t}[{self._index(start)}:]" for t, (row, start) in rows.items()]
             lines.append("    " * depth + f"for {self.var(v)} in range({self.size(n)}):")
             depth += 1
         for s in g.stages:
             p = self._printer(s, g.scalars)
             if s.out in register:
                 target, op = register[s.out], "+="
+            elif s.out in rows:
+                row, start = rows[s.out]
+                target = f"{row}[{self._index(self._flat_offset(s.out, s.index) - start)}]"
+                op = "+=" if s.accumulate else "="
             else:
                 target = s.out if s.out in g.scalars else self.ref(s.out, s.index)
                 op = "+=" if (s.reduce_vars or s.accumulate) else "="
