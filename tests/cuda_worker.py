@@ -26,16 +26,23 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import random_data  # noqa: E402  (the tests' one batch maker; tests/ is sys.path[0])
 
+import cudasim_patch  # noqa: E402,F401  (the simulator's block loop without its busy poll)
 from nndsl.build import render, write_rendered  # noqa: E402
 from nndsl.frontend import load_source  # noqa: E402
 from nndsl.runtime.loader import import_module  # noqa: E402
+
+
+# the suite's one kernel folder (conftest.compile_source's): a CPU kernel that another test
+# compiled is served from numba's cache here, and the reverse
+KERNELS = ROOT / "tests" / ".build" / "nndsl_kernels"
 
 
 def build(source: str, folder: Path, dtype: str, target: str):
     model = load_source(source, "model.nn")
     path = folder / target / f"{model.name}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_rendered(render(model, dtype, target, kernel_dir="../nndsl_kernels"), path, folder / "nndsl_kernels")
+    kernels = KERNELS if "PMI_RANK" not in os.environ else folder / "nndsl_kernels"
+    write_rendered(render(model, dtype, target, kernel_dir=os.path.relpath(kernels, path.parent)), path, kernels)
     return import_module(path, f"nndsl_{target}_{model.name}")
 
 
