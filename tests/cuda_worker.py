@@ -41,8 +41,9 @@ def build(source: str, folder: Path, dtype: str, target: str):
     model = load_source(source, "model.nn")
     path = folder / target / f"{model.name}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
-    kernels = KERNELS if "PMI_RANK" not in os.environ else folder / "nndsl_kernels"
-    write_rendered(render(model, dtype, target, kernel_dir=os.path.relpath(kernels, path.parent)), path, kernels)
+    # (MPI ranks too: kernel files are written atomically and only when absent, and numba
+    # replaces its cache files atomically)
+    write_rendered(render(model, dtype, target, kernel_dir=os.path.relpath(KERNELS, path.parent)), path, KERNELS)
     return import_module(path, f"nndsl_{target}_{model.name}")
 
 
