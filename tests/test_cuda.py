@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -200,9 +201,15 @@ def every_cuda_kernel(tmp_path_factory):
 
 
 def _as_float32(text: str) -> str:
-    """A CUDA kernel file's text, its name and dtype (and dtype's fast-math choice) made float32's."""
+    """A CUDA kernel file's text, its name and dtype (and dtype's fast-math choice) made
+    float32's, and every float literal written as `F(literal)` (a float64 kernel prints `1.0`
+    where a float32 one prints `F(1.0)`; with F = np.float64 the two are the same number)."""
     lines = [ln for ln in text.splitlines() if not ln.startswith("# nndsl") and "import float32, uint32" not in ln]
-    return "\n".join(lines).replace("float64", "float32").replace("FASTMATH = False", "FASTMATH = True")
+    text = "\n".join(lines).replace("float64", "float32").replace("FASTMATH = False", "FASTMATH = True")
+    return _LITERAL.sub(r"F(\1)", text)
+
+
+_LITERAL = re.compile(r"(?<!F\()(?<![\w.])(\d+\.\d+(?:e[-+]?\d+)?)(?![\w.])")
 
 
 @pytest.mark.parametrize("shard", range(PTX_SHARDS))
