@@ -150,3 +150,30 @@ def test_the_entry_flushes_denormals_and_restores_the_callers_mode():
     assert tiny * tiny > 0.0                        # 1e-40, as before the step
     m.step(x=np.array([[tiny]]), y=np.array([[0.0]]))
     assert tiny * tiny > 0.0
+
+
+def _block_stage(index, sizes):
+    import sympy as sp
+    from nndsl.calculus.formulas import Stage
+    n, k = sp.symbols("n k", integer=True)
+    index = tuple(sp.sympify(e, locals={"n": n, "k": k}) for e in index)
+    return Stage("d", index, sp.Integer(0), (), ((n, sizes[0]), (k, sizes[1])))
+
+
+@pytest.mark.parametrize("a, b, disjoint", [
+    (("n", "k"), ("n", "k + 64"), True),          # two gates' blocks of Δ(W·x + U·h)
+    (("n", "k + 192"), ("n", "k + 128"), True),
+    (("n", "k"), ("n", "k + 32"), False),         # overlapping blocks
+    (("n", "k"), ("n", "k"), False),
+])
+def test_maps_writing_blocks_of_one_target_share_a_nest_only_when_disjoint(a, b, disjoint):
+    from nndsl.plan.fuse import blocks, disjoint as are_disjoint
+    sa, sb = _block_stage(a, (4, 64)), _block_stage(b, (4, 64))
+    assert blocks(sa) is not None and blocks(sb) is not None
+    assert are_disjoint(sa, sb) is disjoint
+
+
+@pytest.mark.parametrize("index", [("n", "2*k"), ("n", "n + k"), ("k", "k")])
+def test_a_target_index_that_is_not_a_block_is_not_one(index):
+    from nndsl.plan.fuse import blocks
+    assert blocks(_block_stage(index, (4, 64))) is None

@@ -64,6 +64,23 @@ def test_cost_is_linear_in_T():
     assert rows[2] - rows[1] == 2 * (rows[1] - rows[0]) > 0
 
 
+@pytest.mark.parametrize("case", ["rnn-tanh-last", "lstm-last", "lstm-all", "gru-last", "gru-all"])
+def test_a_step_is_two_kernel_calls_each_way(case):
+    """Forward: the step GEMM U·h_(t-1) and one fused loop for the cell; backward: one fused
+    loop for the cell's adjoint (the gates' blocks of Δ(W·x+U·h+b) included, the gate
+    gradients in registers) and the GEMM Δa·U. The step GEMM reads Uᵀ copied once per pass,
+    and only the states' gradients, which several steps write, are zeroed."""
+    module = compile_source(CASES[case])
+    m = module.Model(seed=0)
+    for plan, per_step in (("value_loss", 4), ("forward", 2)):
+        rows = [len(m._table(plan, 4, {"T": T})[0]) for T in (2, 3)]
+        assert rows[1] - rows[0] == per_step, plan
+    text = open(module.__file__).read()
+    assert "Uᵀ (all gates), once before the steps" in text or "h.Uᵀ, once before the steps" in text
+    zeroed = {line.strip()[2:-4] for line in text.splitlines() if line.strip().startswith("# Δ") and line.strip().endswith(" = 0")}
+    assert zeroed <= {"Δh", "Δh.h", "Δh.C"}, zeroed
+
+
 def test_return_last_is_the_last_step_of_return_all():
     all_ = compile_source(model("h = lstm(x, 4)\no = dense(h, 2)\nloss squared(o, y)\noutput h", PER_STEP))
     last = compile_source(model("h = lstm(x, 4, return=last)\n" + LAST + "\noutput h"))
