@@ -43,7 +43,7 @@ class _Product:
     blocks: bool       # higher-rank operands, each 2-D after a reshape
 
 
-def _product(s: Stage, tensors: dict[str, Tensor]) -> Optional[_Product]:
+def matrix_product(s: Stage, tensors: dict[str, Tensor]) -> Optional[_Product]:
     """`out[I, J] = Σ_K A[.,.]·B[.,.]` as one BLAS call, else None.
 
     With 2-D operands, I, J, K are single indices.  Higher-rank operands qualify when
@@ -82,8 +82,8 @@ def _product(s: Stage, tensors: dict[str, Tensor]) -> Optional[_Product]:
 
 
 def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
-    """The GEMM a stage is (see `_product`) as `np.dot` operand texts on 2-D views, else None."""
-    p = _product(s, tensors)
+    """The GEMM a stage is (see `matrix_product`) as `np.dot` operand texts on 2-D views, else None."""
+    p = matrix_product(s, tensors)
     if p is None:
         return None
     t = lambda transposed: ".T" if transposed else ""    # noqa: E731
@@ -133,9 +133,9 @@ class BlasGemm:
 
 
 def blas_gemm(s: Stage, tensors: dict[str, Tensor], batch_last=frozenset()) -> Optional[BlasGemm]:
-    """The GEMM a stage is (see `_product`) as operands in storage, for a direct BLAS call:
+    """The GEMM a stage is (see `matrix_product`) as operands in storage, for a direct BLAS call:
     a batch-last 2-D tensor is stored as the transpose of its index order."""
-    p = _product(s, tensors)
+    p = matrix_product(s, tensors)
     if p is None:
         return None
     sizes = dict(s.ranges)

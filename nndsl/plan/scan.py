@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 
 import sympy as sp
 
-from ..calculus.formulas import N, STEP, Tensor
+from ..calculus.formulas import N, STEP, Access, Handle, Tensor
 from ..render.printer import index_text
 from .fuse import blocks, disjoint
+from .lower import matrix_product
 
 
 @dataclass
@@ -72,12 +73,10 @@ def untransposed_step_operands(stages: list, builder, made: dict) -> list:
 
     `made` maps a parameter to its copy's stage, so that every plan of a module (forward,
     each loss) shares one copy tensor."""
-    from ..calculus.formulas import Access, Handle
-    from .lower import _product
     out, inserted = [], set()
     for s in stages:
         scan = s.attrs.get("scan") if s.attrs else None
-        p = _product(s, builder.tensors) if scan is not None and not scan.reverse else None
+        p = matrix_product(s, builder.tensors) if scan is not None and not scan.reverse else None
         if p is None or not p.right_t or builder.tensors[p.right.tensor].role != "param" or p.blocks:
             out.append(s)
             continue
@@ -129,6 +128,11 @@ def overwritten_step_gradients(stages: list, tensors: dict) -> list:
             continue
         ws = [stages[i] for i in writers]
         scan = (ws[0].attrs or {}).get("scan")
+        # inside the block only the written view itself is read (after its writers, in the
+        # same step); after the block any view, every slot being written by then
+        if any((stages[i].attrs or {}).get("scan") and any(a.tensor in touching and a.tensor != ws[0].out
+                                                           for a in stages[i].accesses) for i in readers):
+            continue
         if scan is None or tensors[seq].shape[0] != scan.count:
             continue
         if not all((w.attrs or {}).get("scan") == scan and tensors[w.out].view == (seq, 0, "step")
@@ -144,18 +148,18 @@ def overwritten_step_gradients(stages: list, tensors: dict) -> list:
             for i, s in enumerate(stages) if i not in drop]
 
 
-
 def aliased_views(stages: list, tensors: dict) -> set:
     """The step views and sequences whose memory is shared: every sequence, and each of its
     views, except a sequence that the stages touch only through one view and never by its
     own name (it needs no memory beyond what that view's value needs)."""
+    sequences = {t.view[0] for t in tensors.values() if t.view}
     seen: dict = {}
     for s in stages:
         for name in [s.out] + [a.tensor for a in s.accesses]:
             t = tensors[name]
             if t.view:
                 seen.setdefault(t.view[0], set()).add(name)
-            elif any(u.view and u.view[0] == name for u in tensors.values()):
+            elif name in sequences:
                 seen.setdefault(name, set()).add(name)
     out = set()
     for t in tensors.values():
