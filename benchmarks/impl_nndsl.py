@@ -11,6 +11,7 @@ next to the generated file. `import_s` is the import of the generated module plu
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 import tempfile
@@ -82,7 +83,10 @@ def main(argv=None):
             timings = {k: round(float(v), 4) for k, v in dict(getattr(res, "timings", None) or {}).items()}
         t0 = time.perf_counter()
         mod = load_built(path)
-        m = mod.Model(seed=0)
+        # NNDSL_BENCH_THREADS=K (step_time.py --nndsl-threads K): Model(threads=K), each batch's
+        # gradient in K threads
+        threads = int(os.environ.get("NNDSL_BENCH_THREADS", "1"))
+        m = mod.Model(seed=0, threads=threads) if threads > 1 else mod.Model(seed=0)
         import_s = time.perf_counter() - t0
         kw = {"x": x, spec["target"]: y}
 
@@ -91,7 +95,7 @@ def main(argv=None):
 
         return step, {"compile_s": compile_s, "import_s": round(import_s, 4), "timings": timings,
                       "generated": str(path), "reused": args.reuse,
-                      "version": version or generator_version(path)}
+                      "version": (version or generator_version(path)) + (f" threads={threads}" if threads > 1 else "")}
 
     try:
         run_benchmark(IMPL, args, setup, version=version)

@@ -1,0 +1,66 @@
+"""`Model(threads=K)`: each batch's gradient computed in K parts in K threads, then one update
+of their share-weighted sum: the one-thread step, up to the rounding of that sum."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import GAN, compile_example, compile_source, random_data
+
+LSTM = """model seq
+input x[T, 3]
+target y[2]
+h = lstm(x, 5, return=last)
+o = dense(h, 2)
+loss squared(o, y)
+optimizer adam(lr=0.01)
+"""
+
+# (name, module, extra arguments of every step): an MLP, noise drawn per example
+# (dropout: each part draws at its rows' place in the batch), a recurrence with per-example
+# lengths, and two losses with their own parameters (a GAN)
+CASES = {
+    "mlp": (lambda: compile_example("digits_mlp"), {}),
+    "dropout": (lambda: compile_example("dropout_mlp"), {}),
+    "lstm-lengths": (lambda: compile_source(LSTM), {"x_lengths": np.arange(20) % 4 + 1}),
+    "gan": (lambda: compile_source(GAN), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_threaded_steps_equal_one_threads(case):
+    make, extra = CASES[case]
+    module = make()
+    data = {k: v for k, v in random_data(module, n=20, seed=3).items()}
+    if "x" in data and data["x"].ndim == 3:
+        data["x"] = np.random.default_rng(3).standard_normal((20, 4, 3))
+    one, two = module.Model(seed=0), module.Model(seed=0, threads=2)
+    for _ in range(3):
+        for name in module.LOSSES:
+            d = {k: data[k] for k in module._KERNELS[name][2]}
+            d.update(extra)
+            assert one.step(name, **d) == pytest.approx(two.step(name, **d), rel=1e-12)
+    np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)
+
+
+def test_fit_with_threads_trains_as_one_thread():
+    module = compile_example("digits_mlp")
+    data = random_data(module, n=48, seed=1)
+    h1 = module.Model(seed=0).fit(epochs=2, batch_size=24, verbose=False, **data)
+    h2 = module.Model(seed=0, threads=2).fit(epochs=2, batch_size=24, verbose=False, **data)
+    np.testing.assert_allclose(h2, h1, rtol=1e-12)
+
+
+def test_a_batch_too_small_to_split_runs_in_one_thread():
+    module = compile_example("digits_mlp")
+    data = random_data(module, n=10, seed=2)        # under two parts of 8 rows
+    m = module.Model(seed=0, threads=2)
+    m.step(**data)
+    assert m._lanes == []
+
+
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (-1, ValueError), ("2", TypeError), (1.5, TypeError)])
+def test_threads_must_be_a_positive_count(threads, error):
+    module = compile_example("digits_mlp")
+    with pytest.raises(error, match="threads"):
+        module.Model(seed=0, threads=threads)
