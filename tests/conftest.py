@@ -56,6 +56,16 @@ optimizer adam(lr=3e-3)
 train batch=32 epochs=8 seed=0
 """
 
+# A small LSTM regression over a free length T (the optimised-build and the threads tests).
+SMALL_LSTM = """model small_lstm
+input x[T, 3]
+target y[2]
+h = lstm(x, 4, return=last)
+o = dense(h, 2)
+loss squared(o, y)
+optimizer adam(lr=0.01)
+"""
+
 # A small two-output model: the module-API, user-road and fuzz tests share its compiled module
 # through the `api` and `data` fixtures below.
 API_MODEL = """model api

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ROOT, compile_source, random_data
+from conftest import ROOT, SMALL_LSTM, compile_source, random_data
 
 # one model per family of kernels: GEMMs and fused loops, windows, a recurrence
 MODELS = {
@@ -33,14 +33,7 @@ o = dense(flatten(p), 3)
 loss cross_entropy(o, label)
 optimizer adam(lr=0.01)
 """,
-    "lstm": """model opt_lstm
-input x[T, 3]
-target y[2]
-h = lstm(x, 4, return=last)
-o = dense(h, 2)
-loss squared(o, y)
-optimizer adam(lr=0.01)
-""",
+    "lstm": SMALL_LSTM,
 }
 
 CHILD = textwrap.dedent("""

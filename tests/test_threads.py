@@ -5,16 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import GAN, compile_example, compile_source, random_data
-
-LSTM = """model seq
-input x[T, 3]
-target y[2]
-h = lstm(x, 5, return=last)
-o = dense(h, 2)
-loss squared(o, y)
-optimizer adam(lr=0.01)
-"""
+from conftest import GAN, SMALL_LSTM, compile_example, compile_source, random_data
 
 # (name, module, extra arguments of every step): an MLP, noise drawn per example
 # (dropout: each part draws at its rows' place in the batch), a recurrence with per-example
@@ -22,7 +13,7 @@ optimizer adam(lr=0.01)
 CASES = {
     "mlp": (lambda: compile_example("digits_mlp"), {}),
     "dropout": (lambda: compile_example("dropout_mlp"), {}),
-    "lstm-lengths": (lambda: compile_source(LSTM), {"x_lengths": np.arange(20) % 4 + 1}),
+    "lstm-lengths": (lambda: compile_source(SMALL_LSTM), {"x_lengths": np.arange(20) % 4 + 1}),
     "gan": (lambda: compile_source(GAN), {}),
 }
 
