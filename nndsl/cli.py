@@ -79,7 +79,7 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=_at_least(1), default=1, metavar="K",
                    help="compute each batch's gradient in K threads (Model(threads=K)); pays for "
-                        "recurrent models")
+                        "recurrent models and convolutions; with --workers each process steps in one")
     # data-parallel training and checkpoints (docs/scaling.md)
     t.add_argument("--workers", type=_at_least(1), default=1,
                    help="train on K MPI processes (runs mpiexec -n K; needs the mpi extra)")
