@@ -20,6 +20,7 @@ def data_for(module, n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     data = {}
     for name, (shape, classes, is_target) in module.DATA.items():
+        shape = tuple(4 if isinstance(s, str) else s for s in shape)      # a free length: 4 steps
         data[name] = rng.uniform(0.05, 0.95, (n,) + shape) if is_target else rng.standard_normal((n,) + shape)
     return data
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, compile_source
+from conftest import ROOT, SMALL_LSTM, compile_source
 from mpi_child import data_for, train
 
 MLP = """model dp_mlp
@@ -64,6 +64,7 @@ RUNS = {
     "mlp": (MLP, dict(n=40, batch=8, epochs=4)),
     "dropout": (DROPOUT, dict(n=40, batch=8, epochs=4)),
     "gan": (GAN, dict(n=40, batch=8, epochs=4, d_steps=2, noise=["z"])),
+    "lstm": (SMALL_LSTM, dict(n=40, batch=8, epochs=4)),   # a recurrence: its step masks too
 }
 
 
@@ -144,6 +145,7 @@ def threaded(tag: str, ranks: int, **extra) -> list[np.ndarray]:
     ("mlp", 3, dict(n=10, batch=2)),              # one rank without rows in every batch
     ("dropout", 3, {}),                           # noise keyed by the place in the global batch
     ("gan", 2, {}),
+    ("lstm", 2, {}),
 ])
 def test_ranks_in_threads_match_one_process(tag, ranks, extra):
     reference = single_process(tag, **extra)
