@@ -128,7 +128,7 @@ def test_generated_module_runs_without_nndsl(api, data, tmp_path):
         imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
         # the standard library, numpy and numba (llvmlite is numba's own code generator)
         assert imports <= {"importlib.util", "json", "math", "os", "pickle", "platform", "signal", "subprocess", "sys",
-                           "tempfile", "threading", "time", "numpy", "numba", "numba.core", "numba.extending",
+                           "tempfile", "threading", "time", "weakref", "numpy", "numba", "numba.core", "numba.extending",
                            "numba.np.linalg", "llvmlite"}, path
 
 

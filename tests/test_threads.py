@@ -55,3 +55,20 @@ def test_threads_must_be_a_positive_count(threads, error):
     module = compile_example("digits_mlp")
     with pytest.raises(error, match="threads"):
         module.Model(seed=0, threads=threads)
+    m = module.Model(seed=0)
+    with pytest.raises(error, match="threads"):
+        m.threads = threads
+
+
+def test_the_threads_end_with_the_model():
+    import gc
+    module = compile_example("digits_mlp")
+    m = module.Model(seed=0, threads=2)
+    m.step(**random_data(module, n=20, seed=1))
+    workers = list(m._pool._threads)
+    assert workers and all(t.is_alive() for t in workers)
+    del m
+    gc.collect()
+    for t in workers:
+        t.join(timeout=5)
+        assert not t.is_alive()
