@@ -38,14 +38,10 @@ class Recurrence:
         self.proj = {s.out for s in self.stages if s.accumulate or view.tensors[s.out].label.startswith(name + ".Uh")}
         self.cell = [s for s in self.stages if s.out not in self.proj]
         self.accumulated = any(s.accumulate for s in self.stages)      # rnn, lstm: U·h is inside xW
-        # the biases are added onto xW (all steps) before the loop: b is inside xW too
-        self.biased = any(s.accumulate and not (s.attrs or {}).get("scan") and view.tensors[s.out].view
-                          and view.tensors[view.tensors[s.out].view[0]].label == f"{name}.xW"
-                          for s in view.all_stages)
         self.x = node.inputs[0]
         self.out = {}             # stage out -> display access at step t
         self.exprs = []           # (display access, display expression over a_g, values, states)
-        self.pre = {}             # gate number -> (a_g access, its argument over §xW/§Uh/b)
+        self.pre = {}             # gate number -> (a_g access, its argument over §xW/§Uh)
         for s in self.cell:
             lhs = self._access(s.out, s.index)
             self.out[s.out] = lhs
@@ -97,24 +93,20 @@ class Recurrence:
 
     # -- the projections of a_g ------------------------------------------------------
     def projection(self, g: int, what: str):
-        """W_g·x[n,t] or U_g·h[n,t−1] as display sums (a U·h inside xW for rnn and lstm)."""
+        """b_g + W_g·x[n,t] or U_g·h[n,t−1] as display sums: recurrent.py adds the biases
+        to xW before the loop, and for rnn and lstm U·h onto it at each step."""
         if what == "§xW":
             Wx = sp.Sum(sp.IndexedBase(self.param("W", g))[k_, d_] * sp.IndexedBase(self.x)[n_, T_, d_],
                         (d_, 0, self.view.size_of_input(self.node) - 1))
-            b = sp.IndexedBase(self.param("b", g))[k_] if self.biased else 0
+            b = sp.IndexedBase(self.param("b", g))[k_]
             return b + Wx + (self.projection(g, "§Uh") if self.accumulated else 0)
         return sp.Sum(sp.IndexedBase(self.param("U", g))[k_, j_] *
                       sp.IndexedBase(self.node.name)[n_, T_ - 1, j_], (j_, 0, self.H - 1))
 
     def coefficient(self, g: int, what: str):
-        """∂a_g/∂(its W·x, U·h or b part), by sympy."""
+        """∂a_g/∂(its W·x, U·h or b part), by sympy: b is inside xW, with W·x."""
         a, arg = self.pre[g]
-        if what == "b" and self.biased:
-            what = "W"
-        elif what == "b":
-            b = [i for i in arg.atoms(sp.Indexed) if str(i.base.label) == self.param("b", g)]
-            return sp.diff(arg, b[0]) if b else sp.Integer(0)
-        if what == "U" and self.accumulated:
+        if what == "b" or (what == "U" and self.accumulated):
             what = "W"
         sym = sp.IndexedBase("§xW" if what == "W" else "§Uh")[g, n_, T_, k_]
         return sp.diff(arg, sym)
