@@ -31,7 +31,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import nndsl.calculus.ops as ops
     from nndsl.build import build_file
-    from nndsl.runtime.loader import import_module
+    from nndsl.loader import import_module
 
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="nndsl_conv_"))
     runs = {}

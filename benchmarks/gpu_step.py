@@ -100,7 +100,7 @@ def timed(step, sync, warmup=10, seconds=None, min_iters=20):
 def child_nndsl(model, graph):
     sys.path.insert(0, str(ROOT))
     from nndsl.build import build_file
-    from nndsl.runtime.loader import import_module
+    from nndsl.loader import import_module
     text, feed = source_and_feed(model)
     folder = Path(tempfile.gettempdir()) / "nndsl_gpu_bench" / model
     folder.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from nndsl.build import build_file
-    from nndsl.runtime.loader import import_module
+    from nndsl.loader import import_module
     out = Path(tempfile.mkdtemp(prefix="nndsl_profile_"))
     result = build_file(args.model, out)
     module = import_module(result.path, result.module_name)

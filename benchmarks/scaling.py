@@ -45,8 +45,8 @@ def _world():
 
 def _setup(args, comm):
     sys.path.insert(0, str(ROOT))
-    from nndsl.runtime.data import load_dataset
-    from nndsl.runtime.train import bind, build_and_import
+    from nndsl.train.datasets import load_dataset
+    from nndsl.train.command import bind, build_and_import
     rank = comm.Get_rank() if comm is not None else 0
     out = Path(tempfile.gettempdir()) / "nndsl-scaling" / Path(args.model).stem
     for turn in (0, 1) if comm is not None else (0,):       # rank 0 builds, then the others

@@ -192,7 +192,7 @@ def warm_up(path: Path, name: str) -> dict[str, float]:
     import numpy as np
     from numba.core import event
 
-    from .runtime.loader import import_module
+    from .loader import import_module
     module = import_module(path, name)
     rng = np.random.default_rng(0)
     data = {}

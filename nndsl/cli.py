@@ -196,7 +196,7 @@ def _kernel_report(result) -> str:
 
 
 def _cmd_train(args) -> int:
-    from .runtime.train import train_command
+    from .train.command import train_command
     return train_command(args)
 
 

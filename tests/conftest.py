@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from nndsl.build import render, write_rendered
 from nndsl.frontend import load_source
-from nndsl.runtime.train import import_module
+from nndsl.loader import import_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -29,7 +29,7 @@ from conftest import random_data  # noqa: E402  (the tests' one batch maker; tes
 import cudasim_patch  # noqa: E402,F401  (the simulator's block loop without its busy poll)
 from nndsl.build import render, write_rendered  # noqa: E402
 from nndsl.frontend import load_source  # noqa: E402
-from nndsl.runtime.loader import import_module  # noqa: E402
+from nndsl.loader import import_module  # noqa: E402
 
 
 # the suite's one kernel folder (conftest.compile_source's): a CPU kernel that another test

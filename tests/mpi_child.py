@@ -49,7 +49,7 @@ def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path.insert(0, spec["root"])
-    from nndsl.runtime.loader import import_module
+    from nndsl.loader import import_module
     comm = None
     if spec.get("mpi"):
         from mpi4py import MPI

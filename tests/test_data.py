@@ -1,4 +1,4 @@
-"""The bundled data sets (`nndsl.runtime.data`): shapes, dtypes, splits, .npz files, errors."""
+"""The bundled data sets (`nndsl.train.datasets`): shapes, dtypes, splits, .npz files, errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("mlxtend")
 
-from nndsl.runtime.data import Dataset, dataset_names, load_dataset  # noqa: E402
+from nndsl.train.datasets import Dataset, dataset_names, load_dataset  # noqa: E402
 from nndsl.diagnostics import UsageError  # noqa: E402
 
 # name, examples, features, task, classes, image shape
@@ -22,7 +22,7 @@ SETS = [
 IDS = [row[0] for row in SETS]
 
 
-SEQUENCE_SETS = ["names", "sine"]          # nndsl/runtime/sequences.py
+SEQUENCE_SETS = ["names", "sine"]          # nndsl/train/sequences.py
 
 
 def test_names_are_the_table():
@@ -214,7 +214,7 @@ def test_names_are_case_and_dash_insensitive():
 
 def test_missing_optional_dependency(monkeypatch):
     import builtins
-    import nndsl.runtime.data as data
+    import nndsl.train.datasets as data
 
     real_import = builtins.__import__
 
@@ -236,7 +236,7 @@ def test_missing_optional_dependency(monkeypatch):
 
 @pytest.mark.parametrize("labels", [None, np.repeat(np.arange(3), [50, 30, 7])])
 def test_split_indices_partition_the_examples(labels):
-    from nndsl.runtime.data import _split
+    from nndsl.train.splits import split as _split
     tr, te = _split(87, 0, 0.2, labels)
     assert len(np.intersect1d(tr, te)) == 0
     assert np.array_equal(np.union1d(tr, te), np.arange(87))

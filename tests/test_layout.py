@@ -8,7 +8,7 @@ from conftest import BUILD, random_data
 from nndsl.build import render, write_rendered
 from nndsl.frontend import load_source
 from nndsl.plan import codegen
-from nndsl.runtime.train import import_module
+from nndsl.loader import import_module
 
 WIDE = """model wide
 input x[5]

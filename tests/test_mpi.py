@@ -285,7 +285,7 @@ class RecordingComm:
     (KeyboardInterrupt(), 130),                   # a Ctrl-C while loading or building
 ])
 def test_an_error_on_one_rank_aborts_the_job(error, aborts_with, capsys):
-    from nndsl.runtime.parallel import aborting
+    from nndsl.train.workers import aborting
     comm = RecordingComm()
     with aborting(comm):
         raise error
@@ -294,7 +294,7 @@ def test_an_error_on_one_rank_aborts_the_job(error, aborts_with, capsys):
 
 
 def test_an_interrupt_every_rank_agreed_on_passes_through():
-    from nndsl.runtime.parallel import aborting
+    from nndsl.train.workers import aborting
     comm, agreed = RecordingComm(), KeyboardInterrupt("interrupted at epoch 1, batch 2")
     agreed.all_ranks = True
     with pytest.raises(KeyboardInterrupt):

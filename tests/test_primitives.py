@@ -7,7 +7,7 @@ import pytest
 from conftest import BUILD
 
 from nndsl.build import render_helpers
-from nndsl.runtime.loader import import_module
+from nndsl.loader import import_module
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from nndsl.build import build_file
 from nndsl.cli import main
-from nndsl.runtime.loader import import_module
+from nndsl.loader import import_module
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURE = str(ROOT / "examples" / "lecture_mlp.nn")
@@ -127,7 +127,7 @@ def test_a_closed_stdout_ends_quietly(monkeypatch, capsys):
 
 
 def test_out_without_matplotlib_says_so_once(tmp_path, monkeypatch, capsys):
-    import nndsl.runtime.pictures as pictures
+    import nndsl.train.pictures as pictures
     monkeypatch.setattr(pictures, "have_matplotlib", lambda: False)
     monkeypatch.setattr(pictures, "save_pictures", lambda *a: [])
     src = tmp_path / "tiny.nn"

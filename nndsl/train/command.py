@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..diagnostics import UsageError
-from .loader import import_module
+from ..loader import import_module
 
 
 def build_and_import(path, out_dir=None, dtype="float32", compile=False):
@@ -125,21 +125,21 @@ def _without_labels(ds):
 
 
 def train_command(args) -> int:
-    from . import parallel
+    from . import workers
     if args.every and not (args.checkpoint or args.resume):
         raise UsageError("--every K needs --checkpoint DIR (where to write every K batches)")
     if args.resume and not (Path(args.resume) / "checkpoint.npz").exists():
         raise UsageError(f"--resume {args.resume}: no checkpoint.npz there")   # before K ranks start
-    if args.workers and args.workers > 1 and parallel.launched_size() <= 1:
-        return parallel.launch(args.argv, args.workers)
-    comm = parallel.world()
-    with parallel.aborting(comm):
+    if args.workers and args.workers > 1 and workers.launched_size() <= 1:
+        return workers.launch(args.argv, args.workers)
+    comm = workers.world()
+    with workers.aborting(comm):
         return _train(args, comm)
 
 
 def _train(args, comm) -> int:
     from ..frontend import load_model, memory
-    from .data import load_dataset
+    from .datasets import load_dataset
     rank = comm.Get_rank() if comm is not None else 0
     say = print if rank == 0 else (lambda *a, **k: None)        # one voice: rank 0
     model_ir = load_model(args.file)

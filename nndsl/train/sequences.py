@@ -19,19 +19,19 @@ import os
 import numpy as np
 
 from ..diagnostics import UsageError
+from .splits import Dataset, split
 
 SYMBOLS = "." + "abcdefghijklmnopqrstuvwxyz"
 
 
 def load(name: str, seed: int, test_fraction: float):
-    from .data import Dataset, _split
     if name == "names":
         x, y = _names_sequences()
         task, n_classes = "classification", len(SYMBOLS)
     else:
         x, y = _sine(seed)
         task, n_classes = "regression", None
-    train, test = _split(len(x), seed, test_fraction, labels=None)
+    train, test = split(len(x), seed, test_fraction, labels=None)
     return Dataset(name=name, x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
                    task=task, n_classes=n_classes, image_shape=None)
 

@@ -12,7 +12,7 @@ mlxtend's bundled copies (the optional ``nndsl[data]`` extra).
 | `breast_cancer` | sklearn `load_breast_cancer`    |      569 |       30 | classification (2)   |
 | `diabetes`      | sklearn `load_diabetes`         |      442 |       10 | regression           |
 | `names`         | US Census first names (`names` package, `nndsl[text]`) | 5,163 | (12, 27) one-hot | next letter per step |
-| `sine`          | generated noisy sines (`runtime/sequences.py`) | 2,000 | (32, 1) | regression (next value) |
+| `sine`          | generated noisy sines (`train/sequences.py`) | 2,000 | (32, 1) | regression (next value) |
 
 Every set is split once into train and test parts with a fixed seed (stratified
 by class for classification), so the same call always gives the same split.
@@ -38,7 +38,6 @@ array's key, the number of bad rows and the first one (docs/data.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -46,48 +45,9 @@ from typing import Optional
 import numpy as np
 
 from ..diagnostics import UsageError, did_you_mean
+from .splits import Dataset, split
 
 __all__ = ["Dataset", "dataset_names", "load_dataset"]
-
-
-@dataclass
-class Dataset:
-    name: str
-    x_train: np.ndarray
-    y_train: Optional[np.ndarray]
-    x_test: np.ndarray
-    y_test: Optional[np.ndarray]
-    task: str                                   # "classification" | "regression"
-    n_classes: Optional[int]
-    image_shape: Optional[tuple[int, int]]      # (8, 8) digits, (28, 28) mnist
-    y_mean: float = 0.0
-    y_std: float = 1.0
-    standardised: tuple[str, ...] = ()         # what was standardised: "features", "targets"
-
-    @property
-    def n_features(self) -> int:
-        """Features per example (the product of the per-example shape)."""
-        return int(np.prod(self.x_train.shape[1:], dtype=np.int64))
-
-    @property
-    def n_train(self) -> int:
-        return int(self.x_train.shape[0])
-
-    @property
-    def n_test(self) -> int:
-        return int(self.x_test.shape[0])
-
-    @property
-    def has_targets(self) -> bool:
-        return self.y_train is not None
-
-    def __repr__(self) -> str:               # arrays are long; show their shapes
-        def sh(a):
-            return None if a is None else f"{a.dtype}{list(a.shape)}"
-        return (f"Dataset(name={self.name!r}, task={self.task!r}, n_classes={self.n_classes}, "
-                f"x_train={sh(self.x_train)}, y_train={sh(self.y_train)}, "
-                f"x_test={sh(self.x_test)}, y_test={sh(self.y_test)}, "
-                f"image_shape={self.image_shape}, y_mean={self.y_mean:.6g}, y_std={self.y_std:.6g})")
 
 
 # name -> (loader, task, image_shape, pixel maximum used to scale to [0, 1])
@@ -103,7 +63,7 @@ _SETS = {
 _INSTALL_HINT = "pip install 'nndsl[data]'"
 
 
-# sequence sets generated or read from an installed package (`runtime/sequences.py`)
+# sequence sets generated or read from an installed package (`train/sequences.py`)
 _SEQUENCE_SETS = ("names", "sine")
 
 
@@ -177,10 +137,10 @@ def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
     x, y = _raw(name)
     if task == "classification":
         y = y.astype(np.int64)
-        train_idx, test_idx = _split(len(x), seed, test_fraction, labels=y)
+        train_idx, test_idx = split(len(x), seed, test_fraction, labels=y)
     else:
         y = y.astype(np.float64).reshape(-1, 1)
-        train_idx, test_idx = _split(len(x), seed, test_fraction, labels=None)
+        train_idx, test_idx = split(len(x), seed, test_fraction, labels=None)
     x_train, x_test = x[train_idx], x[test_idx]
     y_train, y_test = y[train_idx], y[test_idx]
 
@@ -214,39 +174,6 @@ def _load_named(name: str, seed: int, test_fraction: float) -> Dataset:
         task=task, n_classes=n_classes, image_shape=image_shape,
         y_mean=y_mean, y_std=y_std, standardised=standardised,
     )
-
-
-def _split(n: int, seed: int, test_fraction: float,
-           labels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices in a fixed shuffled order (a sorted source such as mnist's must
-    not give batches of one class); stratified by `labels` when given.
-
-    Pure numpy, so the split depends only on (n, labels, seed, test_fraction)
-    and not on the scikit-learn version.
-    """
-    rng = np.random.default_rng(seed)
-    if n < 2:
-        raise UsageError(f"cannot split {n} example(s) into train and test parts")
-    test: list[np.ndarray] = []
-    if labels is None:
-        perm = rng.permutation(n)
-        n_test = min(n - 1, max(1, int(round(n * test_fraction))))
-        test.append(perm[:n_test])
-    else:
-        for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
-            perm = rng.permutation(members)
-            n_test = int(round(len(members) * test_fraction))
-            if len(members) >= 2:
-                n_test = min(len(members) - 1, max(1, n_test))
-            test.append(perm[:n_test])
-    test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
-    mask = np.ones(n, dtype=bool)
-    mask[test_idx] = False
-    train_idx = np.flatnonzero(mask)
-    if len(train_idx) == 0 or len(test_idx) == 0:
-        raise UsageError(f"cannot split {n} example(s) into train and test parts")
-    return rng.permutation(train_idx), rng.permutation(test_idx)
 
 
 # ------------------------------------------------------------------ npz files
@@ -284,7 +211,7 @@ def _load_npz(path: Path, seed: int, test_fraction: float, x_name: Optional[str]
             raise UsageError(f"{path}: `x` has {x.shape[0]} examples but `y` has "
                              f"{y.shape[0] if y.ndim else 0}")
         labels = y if (y is not None and _is_integer(y) and y.ndim == 1) else None
-        tr, te = _split(x.shape[0], seed, test_fraction, labels)
+        tr, te = split(x.shape[0], seed, test_fraction, labels)
         x_train, x_test = x[tr], x[te]
         y_train, y_test = (None, None) if y is None else (y[tr], y[te])
     else:

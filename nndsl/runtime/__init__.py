@@ -1,1 +1,0 @@
-"""The runtime side: `nndsl train`, bundled data sets, pictures."""
