@@ -41,7 +41,7 @@ def main() -> None:
     module = import_module(result.path, result.module_name)
     rng = np.random.default_rng(0)
     loss = module.LOSSES[0]
-    names = module._KERNELS[loss][2]
+    names = module.STEPS[loss].data
     data = {}
     for k in names:
         shape, classes, _ = module.DATA[k]
@@ -67,7 +67,7 @@ def main() -> None:
     table = call_args[len(call_args) - 14]       # the plan, then stop, given_mask, seed, ... (PARAMS)
     addresses = next(iter(captured["addresses"].values()))
     plan_index = len(call_args) - 14
-    notes = _row_notes(Path(result.path).read_text(), module._KERNELS[loss][1], len(table), args.T)
+    notes = _row_notes(Path(result.path).read_text(), module.STEPS[loss].train_plan, len(table), args.T)
     kernels = _arm_kernels(module)
 
     times = []

@@ -93,7 +93,7 @@ def worker_compute(args):
     """Median seconds of one training step (forward, backward, update) per batch size."""
     module, ds, train = _setup(args, None)
     m = module.Model(seed=0)
-    names = module._KERNELS[module.LOSSES[0]][2]
+    names = module.STEPS[module.LOSSES[0]].data
     out = {}
     for b in BATCHES:
         batch = {k: np.ascontiguousarray(train[k][:b]) for k in names}

@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
-
 from . import __version__
 from .diagnostics import UsageError
 from .frontend import memory
@@ -29,18 +27,6 @@ class BuildResult:
 
 # Shared kernels live in this folder beside the modules that load them.
 KERNEL_DIR = "nndsl_kernels"
-_HELPERS = {"_tanh": (), "_sigmoid": ("_tanh",), "_exp": ("_pow2",), "_softplus": ("_exp",), "_pow2": (),
-            "_draw_key": ("_mix",), "_uniform": ("_mix",), "_normal": ("_uniform",), "_mix": (), "_gemm": ()}
-
-
-def _helpers_used(text: str) -> set[str]:
-    """The scalar helpers a kernel's text calls, with the helpers they call."""
-    used = {h for h in _HELPERS if f"{h}(" in text}
-    while True:
-        more = used | {d for h in used for d in _HELPERS[h]}
-        if more == used:
-            return used
-        used = more
 
 
 def source_hash(source: str, dtype: str, target: str) -> str:
@@ -51,7 +37,8 @@ def source_hash(source: str, dtype: str, target: str) -> str:
 
 @dataclass
 class Rendered:
-    """A module's text and the texts of the shared kernels it loads (name -> text)."""
+    """A module's text and the texts of the shared files it loads (name -> text; a name with a
+    slash is a file of the runtime package)."""
     module: str
     kernels: dict[str, str]
     names: dict[str, list[str]] = field(default_factory=dict)   # kernel kind -> names
@@ -59,79 +46,36 @@ class Rendered:
 
 def render(model, dtype: str = "float32", target: str = "cpu", source_file: str | None = None,
            timings: dict | None = None, kernel_dir: str = KERNEL_DIR) -> Rendered:
-    from .plan.codegen import generate
-    if target not in ("cpu", "cuda"):
-        raise UsageError(f"unknown target `{target}`; use --target cpu or --target cuda")
-    if target == "cuda" and not cuda_available():
-        raise UsageError('--target cuda needs numba-cuda and CuPy: pip install -e ".[cuda]"')
+    """check → plan → render: the module for `target` and the files it loads."""
+    from .plan.module_plan import module_plan
+    from .render import TARGETS, renderer
+    from .render.module import environment, render_module, runtime_files
+    if target not in TARGETS:
+        raise UsageError(f"unknown target `{target}`; use --target {' or --target '.join(TARGETS)}")
+    target_renderer = renderer(target)
+    if not target_renderer.available():
+        raise UsageError(f'--target {target} needs numba-cuda and CuPy: pip install -e ".[{target}]"')
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
-    spec = generate(model, dtype)
+    plan = module_plan(model, dtype)
     timings["sympy"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    env = _environment()
-    if target == "cuda":                 # a second renderer of the same plan
-        from .render.numba_cuda import render_cuda
-        context = _context(spec, source_file or model.path, target)
-        context["kernel_dir"] = kernel_dir
-        text, kernels, names = render_cuda(spec, env, context, __version__)
-        timings["render"] = time.perf_counter() - t0
-        return Rendered(text, kernels, names)
-    kernel_template = env.get_template("kernel.py.j2")
-    kernels, names = {}, {}
-    for name, k in spec.kernels.items():
-        kernels[name] = kernel_template.render(version=__version__, k=k, dtype=dtype, uses=_helpers_used(k.text))
-        names.setdefault(k.kind, []).append(name)
-    call_name, kernels[call_name] = _render_named(env, "indirect.py.j2", "icall")
-    compiler_name, kernels[compiler_name] = _render_named(env, "compiler.py.j2", "compile")
-    entry_name, kernels[entry_name] = _render_entry(env, spec, call_name, compiler_name)
-    names["entry"] = [entry_name]
-    context = _context(spec, source_file or model.path, target)
-    context.update(kernel_dir=kernel_dir, entry_name=entry_name, shared_names=[call_name, compiler_name])
-    text = env.get_template("module.py.j2").render(**context)
+    env = environment(templates_dir())
+    files, names, target_context = target_renderer.render(plan, env, __version__)
+    runtime, runtime_texts = runtime_files()
+    text = render_module(env, plan, target_renderer, target_context, list(files), kernel_dir, runtime,
+                         display_text(source_file or model.path), source_hash(model.source, dtype, target),
+                         target, __version__)
+    files.update({f"{runtime}/{name}": t for name, t in runtime_texts.items()})
     timings["render"] = time.perf_counter() - t0
-    return Rendered(text, kernels, names)
-
-
-def _render_entry(env, spec, call: str, compiler: str) -> tuple[str, str]:
-    """The entry function's file, named by a hash of its text. Data arguments get canonical
-    names (d0, d1, …), so models with the same kinds of kernels and data share it."""
-    from dataclasses import replace
-    # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
-    canonical = {spec.graph.values[d["name"]].name: f"d{i}" for i, d in enumerate(spec.data)}
-    # a recurrence's step masks follow the data (`x_lengths=` makes them)
-    canonical.update({m: f"d{len(spec.data) + i}" for i, m in enumerate(spec.masks)})
-    branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
-    data_names = [f"d{i}" for i in range(len(spec.data) + len(spec.masks))]
-    # arms whose kernels take the same arguments share a call site (a "form")
-    forms: dict[tuple, int] = {}
-    form_of = [forms.setdefault(b.roles(), len(forms)) for b in branches]
-    quoted = lambda roles: "(" + ", ".join(f'"{r}"' for r in roles) + ")"    # noqa: E731
-    return _render_named(env, "entry.py.j2", "entry", updates=spec.updates, call=call, compiler=compiler,
-                         data_names=data_names,
-                         data_args="".join(f"{d}, " for d in data_names),
-                         arms=[(b.kernel, quoted(b.roles())) for b in branches], form_of=form_of,
-                         form_list=[(f, ["a" if r == "row" else r for r in roles]) for roles, f in forms.items()])
-
-
-def _render_named(env, template_name: str, prefix: str, **context) -> tuple[str, str]:
-    """(name, text) of a shared file named `PREFIX_HASH`, the hash of its text."""
-    template = env.get_template(template_name)
-    digest = hashlib.sha256(template.render(name=prefix, version=__version__, **context).encode()).hexdigest()[:12]
-    name = f"{prefix}_{digest}"
-    return name, template.render(name=name, version=__version__, **context)
+    return Rendered(text, files, names)
 
 
 def render_helpers(dtype: str) -> str:
     """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
-    return _environment().get_template("kernel.py.j2").render(
-        version=__version__, k=None, dtype=dtype, uses=set(_HELPERS))
-
-
-def cuda_available() -> bool:
-    """numba-cuda (the `cuda` extra) is installed: `numba.cuda` and its NVVM for --ptx."""
-    import importlib.util
-    return importlib.util.find_spec("numba_cuda") is not None
+    from .render.module import environment
+    from .render.numba_cpu import helpers_file
+    return helpers_file(environment(templates_dir()), __version__, dtype)
 
 
 def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = None) -> Path:
@@ -141,8 +85,9 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
     kernel_dir = dest.parent / KERNEL_DIR if kernel_dir is None else kernel_dir
     kernel_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.kernels.items():
-        path = kernel_dir / f"{name}.py"
+        path = kernel_dir / (name if "/" in name else f"{name}.py")
         if not path.exists():
+            path.parent.mkdir(exist_ok=True)
             _write_atomically(path, text)
     _write_atomically(dest, rendered.module)
     return dest
@@ -202,8 +147,8 @@ def warm_up(path: Path, name: str) -> dict[str, float]:
     m = module.Model(seed=0)
     with event.install_recorder("numba:compile") as rec:
         m.forward(**{k: v for k, v in data.items() if not module.DATA[k][2]})
-        for loss, (_, _, names, *_) in module._KERNELS.items():
-            m.step(loss, **{k: data[k] for k in names})
+        for loss, step in module.STEPS.items():
+            m.step(loss, **{k: data[k] for k in step.data})
     return _exclusive_times(rec.buffer)
 
 
@@ -258,37 +203,3 @@ def display_text(text: str) -> str:
                    for c in text)
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    env.filters["pyshape"] = lambda s: "(" + ", ".join(repr(x) for x in s) + ("," if len(s) == 1 else "") + ")"
-    env.filters["dict"] = lambda d: "{" + ", ".join(f"{k!r}: {v!r}" for k, v in d.items()) + "}"
-    env.filters["pylist"] = lambda rs: "[" + ", ".join(f"[{a}, {b}]" for a, b in rs) + "]"
-    return env
-
-
-def _context(spec, source_file: str, target: str) -> dict:
-    model = spec.model
-    size_names = ["N"] + [s for s, _, _ in spec.free_sizes]
-    train = model.train
-    return dict(
-        # the file name is user text: comments and docstrings get a sanitised form
-        version=__version__, source_file=display_text(source_file), dtype=spec.dtype, target=target,
-        source_hash=source_hash(model.source, spec.dtype, target),
-        model=model, params=spec.params, n_params=spec.n_params, data=spec.data,
-        free_sizes=spec.free_sizes, ws_size=spec.ws_size, forward=spec.forward,
-        outputs=spec.outputs, losses=spec.losses,
-        output_names=repr(list(model.outputs)), loss_names=repr([l.name for l in spec.losses]),
-        data_names=[d["name"] for d in spec.data],
-        forward_inputs=spec.forward_inputs,
-        input_args="".join(f"{n}, " for n in spec.forward_inputs),
-        inputs=[d.name for d in model.inputs], nodes=spec.nodes, node_info=spec.node_info,
-        all_input_args="".join(f"{d.name}, " for d in model.inputs),
-        size_args=", ".join(size_names), masks=spec.masks,
-        size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
-        kernel_names=list(spec.kernels), output_views=spec.output_views,
-        plans=list(spec.plans.plans.values()), width=spec.plans.width,
-        branches=list(spec.plans.branches.values()), updates=spec.updates, has_draws=spec.has_draws,
-        train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
-                        clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
-    )

@@ -62,7 +62,7 @@ def equal(cpu, gpu) -> dict:
     a, b = cpu.Model(seed=0), gpu.Model(seed=0)
     out = {"loss": 0.0, "grad": 0.0, "steps": 0.0, "params": 0.0, "forward": 0.0, "untouched": True}
     for name in cpu.LOSSES:
-        d = {k: data[k] for k in cpu._KERNELS[name][2]}
+        d = {k: data[k] for k in cpu.STEPS[name].data}
         La, ga = a.grad(name, **d)
         Lb, gb = b.grad(name, **d)
         out["loss"] = max(out["loss"], rel(La, Lb))
@@ -73,14 +73,14 @@ def equal(cpu, gpu) -> dict:
         out["params"] = max(out["params"], max(rel(a.params[p], b.params[p]) for p in a.params))
         # a step of one loss leaves the parameters outside its `wrt` bit-identical (a GAN)
         wrt = set()
-        for lo, hi in cpu._KERNELS[name][4]:
+        for lo, hi in cpu.STEPS[name].ranges:
             wrt |= {p for p, (o, s, *_r) in cpu.PARAMS.items() if lo <= o < hi}
         out["untouched"] &= all(np.array_equal(before[p], b.params[p]) for p in before if p not in wrt)
     # a padded batch (x_lengths=): loss, gradient and the nodes of examples of their own lengths
     lengths = {k: np.arange(len(data[cpu.MASKS[m][1]])) % 3 + 1 for k, m in getattr(cpu, "LENGTHS", {}).items()}
     if lengths:
         name = cpu.LOSSES[0]
-        d = dict({k: data[k] for k in cpu._KERNELS[name][2]}, **lengths)
+        d = dict({k: data[k] for k in cpu.STEPS[name].data}, **lengths)
         (La, ga), (Lb, gb) = a.grad(name, **d), b.grad(name, **d)
         out["lengths"] = max(rel(La, Lb), max(rel(ga[p], gb[p]) for p in ga),
                              max(rel(x, y) for x, y in zip(
@@ -101,7 +101,7 @@ def stochastic(cpu, gpu, n_seeds=16) -> dict:
     per seed, and (n_seeds > 0) the mean loss over seeds against the CPU module's."""
     data = batch(cpu, n=4)
     name = cpu.LOSSES[0]
-    d = {k: data[k] for k in cpu._KERNELS[name][2]}
+    d = {k: data[k] for k in cpu.STEPS[name].data}
     b = gpu.Model(seed=0)
     L, g = b.grad(name, seed=7, **d)
     theta = {p: v.copy() for p, v in b.params.items()}
@@ -134,7 +134,7 @@ def fit(cpu, gpu) -> dict:
     the data's fault (a learning rate of 1e308) stops both modules' fit at the same step
     with the same message and the same last finite parameters; step returns a lazy loss."""
     data = batch(cpu, n=10)
-    names = cpu._KERNELS[cpu.LOSSES[0]][2]
+    names = cpu.STEPS[cpu.LOSSES[0]].data
     held_out = tuple(batch(cpu, n=4, seed=2)[k] for k in names)
     a, b = cpu.Model(seed=0), gpu.Model(seed=0)
     ha = a.fit(epochs=2, batch_size=4, verbose=False, validation=held_out, **data)

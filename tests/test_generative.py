@@ -244,7 +244,7 @@ def _trained(source_or_example, ds, epochs):
     m = module.Model(seed=0)
     train = bind(module, ds.x_train, ds.y_train)
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), np.random.default_rng(0))
-    names = module._KERNELS[module.LOSSES[0]][2]
+    names = module.STEPS[module.LOSSES[0]].data
     history = m.fit(epochs=epochs, verbose=False, validation={k: test[k] for k in names}, **train)
     return model_ir, module, m, test, history
 

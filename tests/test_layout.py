@@ -7,7 +7,7 @@ from conftest import BUILD, random_data
 
 from nndsl.build import render, write_rendered
 from nndsl.frontend import load_source
-from nndsl.plan import codegen
+from nndsl.plan import module_plan
 from nndsl.loader import import_module
 
 WIDE = """model wide
@@ -22,7 +22,7 @@ loss cross_entropy(o, label)
 
 
 def build(name: str, min_width: int, monkeypatch):
-    monkeypatch.setattr(codegen, "BATCH_LAST_MIN_WIDTH", min_width)
+    monkeypatch.setattr(module_plan, "BATCH_LAST_MIN_WIDTH", min_width)
     rendered = render(load_source(WIDE, "wide.nn"), "float64", kernel_dir="../../nndsl_kernels")
     # a fixed folder: numba's on-disk cache keeps the kernels warm between runs
     path = BUILD / "layout" / name / "wide.py"

@@ -161,7 +161,8 @@ def test_draws_do_not_depend_on_the_split():
     module = compile_source(DROPOUT)
     m = module.Model(seed=0)
     data = data_for(module, 8, 3)
-    plan, _, names, _, _ = module._KERNELS[module.LOSSES[0]]
+    step = module.STEPS[module.LOSSES[0]]
+    plan, names = step.value_plan, list(step.data)
     arrays = [data[k] for k in names]
 
     def grad(lo, hi):

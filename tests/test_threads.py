@@ -28,7 +28,7 @@ def test_threaded_steps_equal_one_threads(case):
     one, two = module.Model(seed=0), module.Model(seed=0, threads=2)
     for _ in range(3):
         for name in module.LOSSES:
-            d = {k: data[k] for k in module._KERNELS[name][2]}
+            d = {k: data[k] for k in module.STEPS[name].data}
             d.update(extra)
             assert one.step(name, **d) == pytest.approx(two.step(name, **d), rel=1e-12)
     np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)

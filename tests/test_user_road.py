@@ -227,9 +227,10 @@ def test_step_checks_an_array_once(api, data, monkeypatch):
     """`step` keeps its fast path: an array already checked is not scanned again."""
     m = api.Model(seed=0)
     calls = []
-    module = sys.modules[type(m).__module__]
-    real = module._check_finite
-    monkeypatch.setattr(module, "_check_finite", lambda name, a: (calls.append(name), real(name, a)))
+    runtime = sys.modules[type(m).__mro__[1].__module__.rsplit(".", 1)[0]]    # the module's runtime package
+    real = runtime.checks.check_finite
+    for part in (runtime.model, runtime.fit):
+        monkeypatch.setattr(part, "check_finite", lambda name, a: (calls.append(name), real(name, a)))
     for _ in range(5):
         m.step(**data)
     assert calls == ["x", "y"]

@@ -6,14 +6,16 @@ its shapes and loop bounds becomes an argument `s0, s1, …` (equal sizes share
 one), its loop indices become `i0, i1, …`.  What is left depends only on the
 item's structure — the formula, the index pattern, the storage order — so the
 128-wide and the 64-wide tanh layers, and every model that has one, render the
-same text.  The text's hash names the kernel (`loop_3f9c…`), and a kernel with
-a given name is compiled once and served by numba's cache to every layer, model
-and later build that needs it.
+same text.  A hash of that structure (and the dtype) names the kernel
+(`loop_3f9c…`), and a kernel with a given name is compiled once and served by numba's
+cache to every layer, model and later build that needs it.
 
-A kernel takes the arrays it touches (`theta`, `grad`, `ws` or a data array),
-an offset per tensor stored in a flat array, and its sizes; it makes its own
-views.  A `Call` binds those to one use: the offsets and sizes are affine in
-the batch size `N` and the model's free sizes.  Calls become rows of a plan
+A kernel here is target-neutral: the canonical item, its tensors and where they live.
+Each renderer (`render/numba_cpu.py`, `render/numba_cuda.py`) prints it for its target;
+the printed kernel takes the arrays it touches (`theta`, `grad`, `ws` or a data array),
+an offset per tensor stored in a flat array, and its sizes, and makes its own views.
+A `Call` binds those to one use: the offsets and sizes are affine in the batch size `N`
+and the model's free sizes.  Calls become rows of a plan
 table (`Plans`), which the module's one entry function runs: numba compiles a
 call site per (kernel, arrays) pair, not per layer, and integers read from the
 table are never literals (numba would compile one specialisation per literal
@@ -28,9 +30,8 @@ from dataclasses import dataclass, field, replace
 import sympy as sp
 
 from ..calculus.formulas import Stage, Tensor
-from ..render.printer import index_text
 from .fuse import Group
-from .lower import Emitter, as_gemm, blas_gemm
+from .gemm import BlasGemm, blas_gemm, is_gemm
 from .scan import Block
 
 BUFFERS = ("theta", "grad", "ws")          # the flat arrays of a model, in argument order
@@ -50,17 +51,17 @@ class Storage:
 
 @dataclass
 class KernelDef:
-    """One compiled function: canonical item, formal parameters and body lines."""
-    name: str
+    """One shared kernel of the plan, before any target prints it: the canonical item, its
+    formal parameters, its tensors and where they live."""
+    name: str                            # KIND_HASH: the hash of the structure below and the dtype
     kind: str                            # gemm | loop | draw | onehot
-    params: list[str]
-    views: list[str]
-    body: list[str]
+    params: list[str]                    # buffers, data arrays, offsets o*, sizes s*, a draw's salt and entry args
     tensors: dict[str, Tensor]           # canonical tensors (v0, v1, …)
     storage: dict[str, Storage]          # canonical tensor -> storage (base is canonical too)
-    item: object                         # the canonical Group or Stage, for other renderers
+    item: object                         # the canonical Group, Stage or tuple of Stages
+    dtype: str
     has_draws: bool = False
-    cpu: list[str] | None = None         # a GEMM's body on the CPU: one BLAS call, no views
+    gemm: BlasGemm | None = None         # a GEMM's BLAS form (operands in storage)
 
     @property
     def data(self) -> list[str]:
@@ -69,26 +70,31 @@ class KernelDef:
                 and p not in DRAW_PARAMS]
 
     @property
-    def text(self) -> str:
-        """The CPU kernel. Its signature is the same for every kernel that takes the same data
-        arrays: the three buffers, those arrays, the plan's row (its integers from `row[2]`
-        on: offsets, sizes, a draw's salt) and a draw's entry arguments. Kernels of one
-        signature then share one call site in the entry function."""
-        ints = [p for p in self.params if _INT_PARAM.fullmatch(p)]
-        draws = [p for p in self.params if p in DRAW_PARAMS]
-        head = [f"{p} = row[{2 + i}]" for i, p in enumerate(ints)]
-        lines = head + (self.views + self.body if self.cpu is None else self.cpu)
-        signature = ", ".join([*BUFFERS, *self.data, "row", *draws])
-        return "\n".join([f"def {self.name}({signature}):"] + ["    " + line for line in lines])
+    def ints(self) -> list[str]:
+        """Its integers, in the order a plan row holds them (from `row[2]` on)."""
+        return [p for p in self.params if _INT_PARAM.fullmatch(p)]
+
+    @property
+    def draw_params(self) -> list[str]:
+        return [p for p in self.params if p in DRAW_PARAMS]
+
+    @property
+    def batch_last(self) -> set[str]:
+        return {t for t, st in self.storage.items() if st.batch_last}
+
+    @property
+    def flat(self) -> set[str]:
+        """Tensors in the flat buffers (a loop kernel holds them as 1-D slices)."""
+        return {t for t, st in self.storage.items() if st.base in BUFFERS}
 
 
 @dataclass
 class Call:
     """One use of a kernel: the arrays it takes (flat buffers or data arguments) and its
-    integer arguments (offsets and sizes, affine in N and the free sizes, as text)."""
+    integer arguments (offsets and sizes: sympy expressions affine in N and the free sizes)."""
     kernel: str
     arrays: list[str]
-    ints: list[str]
+    ints: list
     training: bool = False          # draws take the `training` flag
     notes: list[str] = field(default_factory=list)
 
@@ -114,7 +120,7 @@ class KernelLibrary:
 
 def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storage],
                      dtype: str) -> tuple[KernelDef, list[str], list[str]]:
-    """The shared kernel for one plan item, and the arrays and integers (as text) that bind
+    """The shared kernel for one plan item, and the arrays and integers (sympy) that bind
     it to this use."""
     # a Group (one loop nest), a Stage, or a tuple of Stages the emitter renders together
     # (an arg-max and the max of the same windows: one pass)
@@ -201,7 +207,7 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
                                     shape=tuple(size_symbol(d) for d in tensors[t].shape)
                                     if t not in scalars else tensors[t].shape)
                  for t in order}
-    c_storage, params, arrays, ints, views = {}, [], [], [], []
+    c_storage, params, arrays, ints = {}, [], [], []
     bases = [b for b in BUFFERS if any(storage[t].base == b for t in order if t not in scalars)]
     params += bases
     arrays += bases
@@ -214,52 +220,60 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
             arrays.append(st.base)
             c_storage[rename[t]] = Storage(rename[t])
     kind = _kind(c_item, c_tensors)
-    flat = set()
     for i, t in enumerate(order):
         if t in scalars or storage[t].base not in BUFFERS:
             continue
         st = storage[t]
         o = f"o{i}"
         params.append(o)
-        ints.append(_int_arg(st.offset))
+        ints.append(sp.sympify(st.offset))
         c_storage[rename[t]] = Storage(st.base, sp.Symbol(o, integer=True), st.batch_last)
-        if kind == "gemm":             # BLAS takes 2-D views
-            views.append(_view_line(rename[t], st.base, o, c_tensors[rename[t]].shape, st.batch_last))
-        else:
-            flat.add(rename[t])
-            size = " * ".join(str(d) for d in c_tensors[rename[t]].shape) or "1"
-            views.append(f"{rename[t]} = {st.base}[{o}:{o} + {size}]")
     for e, sym in sizes.items():
         params.append(str(sym))
-        ints.append(_int_arg(e))
+        ints.append(e)
     has_draws = any(s.kind == "draw" for s in stages)
     if has_draws:
         # A draw's noise is a function of (step seed, draw, example's place in the global
         # batch, element): `salt` names the draw (a row integer, so kernels stay shared),
         # `seed` and `first` come from the entry. The noise of an example then does not
-        # depend on how a batch is split over data-parallel ranks (docs/scaling.md).
+        # depend on how a batch is split over data-parallel ranks (docs/scaling.md), nor on
+        # the target: a CUDA thread per element draws the same number as the CPU's loop.
         (draw,) = [s for s in stages if s.kind == "draw"]
         params.append("salt")
-        ints.append(str(draw_salt(draw.out)))
+        ints.append(sp.Integer(draw_salt(draw.out)))
         params += ["training", "seed", "first"]
 
     batch_last = {rename[t] for t in order if t not in scalars and storage[t].batch_last}
-    emit = Emitter(c_tensors, dtype, batch_last, flat, unsigned=True)
-    emit.taken |= set(params) | set(c_tensors)
-    body = emit.plan(list(c_item) if isinstance(c_item, tuple) else [c_item])
-    cpu = None
-    if kind == "gemm":
-        # on the CPU, BLAS straight on the buffers: numba's np.dot on reshaped views costs
-        # ~0.15 s of compile per GEMM kernel, the direct call a few milliseconds
-        def where(t):
-            st = c_storage[t]
-            return (st.base, str(st.offset)) if st.offset is not None else (t, "0")
-        cpu = blas_gemm(c_item, c_tensors, batch_last).lines(where)
-    k = KernelDef(kind, kind, params, views, body, c_tensors, c_storage, c_item, has_draws, cpu)
-    # named by everything any target renders from it: the CPU text and the views and body
-    digest = hashlib.sha256("\n".join([dtype, k.text] + params + views + body).encode()).hexdigest()[:12]
-    k.name = f"{kind}_{digest}"
+    gemm = blas_gemm(c_item, c_tensors, batch_last) if kind == "gemm" else None
+    digest = hashlib.sha256(structure(c_item, c_tensors, c_storage, params, dtype).encode()).hexdigest()[:12]
+    k = KernelDef(f"{kind}_{digest}", kind, params, c_tensors, c_storage, c_item, dtype, has_draws, gemm)
     return k, arrays, ints
+
+
+def structure(item, tensors: dict[str, Tensor], storage: dict[str, Storage], params: list[str],
+              dtype: str) -> str:
+    """A canonical item as text: everything a renderer reads of it, and nothing it does not
+    (a tensor's user label, a stage's note, the recurrence it belongs to), so that the same
+    structure in any layer or model gets the same name."""
+    lines = [dtype, " ".join(params)]
+    registers = item.scalars if isinstance(item, Group) else set()      # a register's shape is never printed
+    lines += [f"{n}: {t.dtype} {'register' if n in registers else tuple(map(str, t.shape))}"
+              for n, t in sorted(tensors.items())]
+    lines += [f"{n} @ {st.base} + {st.offset}{' batch-last' if st.batch_last else ''}"
+              for n, st in sorted(storage.items())]
+    stages = list(item.stages) if isinstance(item, Group) else list(item) if isinstance(item, tuple) else [item]
+    if isinstance(item, Group):
+        lines.append(f"nest {[(str(v), str(n)) for v, n in item.ranges]} scalars {sorted(item.scalars)} "
+                     f"zero {item.zero_first} registers {sorted(item.registers.items())}")
+    elif isinstance(item, tuple):
+        lines.append("one pass")
+    for s in stages:
+        attrs = {k: v for k, v in (s.attrs or {}).items() if k != "scan"}
+        lines.append(f"{s.kind} {s.out}{tuple(map(str, s.index))} {'+=' if s.accumulate else '='} "
+                     f"{s.reduce} {[(str(v), str(n)) for v, n in s.ranges]} {sp.srepr(s.expr)} "
+                     f"{[(str(a.symbol), a.tensor, tuple(map(str, a.index))) for a in s.accesses]} "
+                     f"{sorted((k, repr(v)) for k, v in attrs.items())}")
+    return "\n".join(lines)
 
 
 def draw_salt(tensor: str) -> int:
@@ -272,19 +286,7 @@ def _kind(item, tensors) -> str:
         return "loop"
     if item.kind in ("draw", "onehot"):
         return item.kind
-    return "gemm" if as_gemm(item, tensors) is not None else "loop"
-
-
-def _int_arg(e) -> str:
-    return index_text([sp.sympify(e)])
-
-
-def _view_line(name: str, base: str, offset: str, shape: tuple, batch_last: bool) -> str:
-    size = " * ".join(str(d) for d in shape) or "1"
-    dims = list(shape[::-1]) if batch_last else list(shape)
-    dims_text = "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
-    line = f"{name} = {base}[{offset}:{offset} + {size}].reshape({dims_text})"
-    return line + ".T" if batch_last else line
+    return "gemm" if is_gemm(item, tensors) else "loop"
 
 
 @dataclass
@@ -298,7 +300,7 @@ class Branch:
     n_ints: int
 
     def roles(self) -> tuple[str, ...]:
-        """The CPU kernel's arguments (see `KernelDef.text`), by the entry's names for them."""
+        """The CPU kernel's arguments (`render/numba_cpu.py`), by the entry's names for them."""
         data = [a for a in self.arrays if a not in BUFFERS]
         return (*BUFFERS, *data, "row", *(DRAW_PARAMS if self.training else ()))
 
@@ -307,7 +309,7 @@ class Branch:
 class Row:
     branch: int
     node: int                  # the node this row computes (forward from any node), or -1
-    ints: list[str]
+    ints: list                 # sympy expressions
     notes: list[str]
 
 

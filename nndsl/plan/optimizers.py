@@ -1,111 +1,93 @@
-"""Optimiser updates as shared kernels: one per optimiser kind and dtype, hyperparameters as
-arguments, so every model (and every named loss) with an Adam step uses one compiled update.
+"""Optimiser updates, written once as rules that every target prints.
 
-Each update first sums the squared gradient over its parameter ranges: a non-finite loss or
-gradient leaves the parameters at their last finite values (it returns early), and
-`clip_norm > 0` rescales the gradient to that norm.  The loops run over slices of one range
-at a time: simple loops that LLVM vectorises.
+An update first sums the squared gradient over its loss's parameter ranges: a non-finite
+loss or gradient leaves the parameters at their last finite values, and `clip_norm > 0`
+rescales the gradient to that norm. Then, for every element of those ranges, the rule's
+`element` lines run with `g` the (clipped) gradient, `p` the parameter and `s1`, `s2` its
+two slots of optimiser state (read and written in place); `setup` lines run once per
+update, over `lr`, the step count `t` and the hyperparameters. A renderer substitutes its
+own element references for `p`, `s1`, `s2` (`render/numba_cpu.py`: slices of one range at a
+time, loops LLVM vectorises; `render/numba_cuda.py`: a grid-stride loop) and writes the
+norm, the finite check and the clip around them.
+
+Adding an optimiser: its rule here, its arguments and their ranges in
+`frontend/builtins.py`, its reference formula in `tests/test_optimizers.py`.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
-_HEAD = '''\
-lr = F(lr)                                # keep the update loops in the parameters' precision
-norm2 = F(0.0)
-for r in range(ranges.shape[0]):
-    dp = grad[ranges[r, 0]:ranges[r, 1]]
-    for i in range(dp.size):
-        norm2 += dp[i] * dp[i]
-if not (np.isfinite(value) and np.isfinite(norm2)):
-    return                                # leave the parameters at their last finite values
-scale = F(1.0)
-if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
-    scale = F(clip_norm / math.sqrt(norm2))
-'''
 
-# heavy-ball momentum; Nesterov's step looks ahead along the new velocity
-_MOMENTUM = '''\
-mu = F(momentum)
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        v[i] = mu * v[i] + g if t > 1 else g
-        p[i] -= lr * {step}
-'''
+@dataclass(frozen=True)
+class Rule:
+    hyper: tuple            # hyperparameter names, the update's arguments after clip_norm
+    setup: tuple            # lines once per update
+    element: tuple          # lines per element (`g`, `p`, `s1`, `s2`)
 
-# kind: (hyperparameter names, body after _HEAD)
-_BODIES = {
-    "adam": (("beta1", "beta2", "eps"), '''\
-b1, b2, e = F(beta1), F(beta2), F(eps)
-step_size = F(lr / (1.0 - beta1 ** t))
-inv_root_correction = F(1.0 / math.sqrt(1.0 - beta2 ** t))
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, m, v = theta[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        m[i] = b1 * m[i] + (F(1.0) - b1) * g
-        v[i] = b2 * v[i] + (F(1.0) - b2) * g * g
-        p[i] -= step_size * m[i] / (math.sqrt(v[i]) * inv_root_correction + e)
-'''),
-    "sgd": ((), '''\
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp = theta[lo:hi], grad[lo:hi]
-    for i in range(p.size):
-        p[i] -= lr * (dp[i] * scale)
-'''),
-    "momentum": (("momentum",), _MOMENTUM.format(step="v[i]")),
-    "nesterov": (("momentum",), _MOMENTUM.format(step="(g + mu * v[i])")),
-    "adagrad": (("eps",), '''\
-e = F(eps)
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, G = theta[lo:hi], grad[lo:hi], s1[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        G[i] += g * g
-        p[i] -= lr * g / (math.sqrt(G[i]) + e)
-'''),
-    "rmsprop": (("rho", "eps"), '''\
-r_, e = F(rho), F(eps)
-for r in range(ranges.shape[0]):
-    lo, hi = ranges[r, 0], ranges[r, 1]
-    p, dp, v = theta[lo:hi], grad[lo:hi], s1[lo:hi]
-    for i in range(p.size):
-        g = dp[i] * scale
-        v[i] = r_ * v[i] + (F(1.0) - r_) * g * g
-        p[i] -= lr * g / (math.sqrt(v[i]) + e)
-'''),
+
+RULES = {
+    "sgd": Rule((), (), ("p -= lr * g",)),
+    # heavy-ball momentum; Nesterov's step looks ahead along the new velocity
+    "momentum": Rule(("momentum",), ("mu = F(momentum)",),
+                     ("s1 = mu * s1 + g if t > 1 else g",
+                      "p -= lr * s1")),
+    "nesterov": Rule(("momentum",), ("mu = F(momentum)",),
+                     ("s1 = mu * s1 + g if t > 1 else g",
+                      "p -= lr * (g + mu * s1)")),
+    "adagrad": Rule(("eps",), ("e = F(eps)",),
+                    ("s1 += g * g",
+                     "p -= lr * g / (math.sqrt(s1) + e)")),
+    "rmsprop": Rule(("rho", "eps"), ("r_, e = F(rho), F(eps)",),
+                    ("s1 = r_ * s1 + (F(1.0) - r_) * g * g",
+                     "p -= lr * g / (math.sqrt(s1) + e)")),
+    "adam": Rule(("beta1", "beta2", "eps"),
+                 ("b1, b2, e = F(beta1), F(beta2), F(eps)",
+                  "step_size = F(lr / (1.0 - beta1 ** t))",
+                  "inv_root_correction = F(1.0 / math.sqrt(1.0 - beta2 ** t))"),
+                 ("s1 = b1 * s1 + (F(1.0) - b1) * g",
+                  "s2 = b2 * s2 + (F(1.0) - b2) * g * g",
+                  "p -= step_size * s1 / (math.sqrt(s2) * inv_root_correction + e)")),
 }
+
+# the update's arguments before the hyperparameters
+PARAMS = ("theta", "grad", "s1", "s2", "ranges", "value", "t", "lr", "clip_norm")
+_ELEMENT = re.compile(r"\b(p|s1|s2)\b")
+
+
+def element_lines(rule: Rule, refs: dict) -> list[str]:
+    """The rule's element lines with `p`, `s1`, `s2` replaced by `refs` (e.g. `theta[i]`)."""
+    return [_ELEMENT.sub(lambda m: refs[m.group(1)], line) for line in rule.element]
 
 
 @dataclass
 class UpdateKernel:
+    """One shared optimiser update: a rule for a dtype, and the hyperparameters to pass it."""
     name: str
     kind: str
-    params: list[str]
-    body: list[str]
+    rule: Rule
     args: list[str]              # the hyperparameter values, as argument texts
+    dtype: str
 
     @property
-    def text(self) -> str:
-        return "\n".join([f"def {self.name}({', '.join(self.params)}):"] + ["    " + line for line in self.body])
+    def params(self) -> list[str]:
+        return [*PARAMS, *self.rule.hyper]
+
+
+def optimizer_kind(optimizer) -> str:
+    """`sgd(momentum=…, nesterov=…)` is three rules."""
+    kind = optimizer.kind
+    if kind == "sgd" and optimizer.args.get("momentum", 0.0) > 0:
+        kind = "nesterov" if optimizer.args.get("nesterov") else "momentum"
+    return kind
 
 
 def update_kernel(optimizer, dtype: str) -> UpdateKernel:
     """The shared update kernel for an `ir.Optimizer`, and the hyperparameters to pass it."""
-    kind = optimizer.kind
-    if kind == "sgd" and optimizer.args.get("momentum", 0.0) > 0:
-        kind = "nesterov" if optimizer.args.get("nesterov") else "momentum"
-    names, body = _BODIES[kind]
-    params = ["theta", "grad", "s1", "s2", "ranges", "value", "t", "lr", "clip_norm", *names]
-    # returns nothing: the entry calls it through its address as a function of no result
-    lines = (_HEAD + body).splitlines()
-    digest = hashlib.sha256("\n".join([dtype, *params, *lines]).encode()).hexdigest()[:12]
-    args = [repr(float(optimizer.args[n])) for n in names]
-    return UpdateKernel(f"update_{kind}_{digest}", kind, params, lines, args)
+    kind = optimizer_kind(optimizer)
+    rule = RULES[kind]
+    text = "\n".join([dtype, kind, *rule.hyper, *rule.setup, *rule.element])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    args = [repr(float(optimizer.args[n])) for n in rule.hyper]
+    return UpdateKernel(f"update_{kind}_{digest}", kind, rule, args, dtype)

@@ -13,21 +13,16 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from ..calculus.formulas import N, STEP, Access, Handle, Tensor
-from ..render.printer import index_text
 from .fuse import blocks, disjoint
-from .lower import matrix_product
+from .gemm import matrix_product
 
 
 @dataclass
 class Block:
     """Calls (or rows) repeated once per step, t_ = 0..count-1 (reversed: count-1..0)."""
-    count: str                 # the number of steps, as text in the plan's sizes
+    count: object              # the number of steps, a sympy size (T)
     reverse: bool
     items: list
-
-    @property
-    def range_text(self) -> str:
-        return f"range({self.count} - 1, -1, -1)" if self.reverse else f"range({self.count})"
 
 
 def segments(stages):
@@ -50,7 +45,7 @@ def scan_calls(stages, fuse, call) -> list:
         if scan is None:
             out += calls
         else:
-            out.append(Block(index_text([scan.count]), scan.reverse, calls))
+            out.append(Block(scan.count, scan.reverse, calls))
     return out
 
 

@@ -1,9 +1,10 @@
-"""The numba.cuda renderer: each canonical kernel of the plan (`KernelDef.item`) as CUDA.
+"""The numba.cuda renderer: each kernel of the plan (`plan/kernels.py`) as CUDA, a peer of
+`render/numba_cpu.py` over the same target-neutral items.
 
-The CPU emitter (`plan/lower.py`) prints loop nests; this one prints the same items as
-`@cuda.jit` kernels plus a host-side `prepare` function that binds one plan row (arrays,
-offsets, sizes) and returns a zero-argument launcher, so a plan is a list of launchers
-built once per batch size (and, later, one CUDA graph).
+Each kernel file holds `@cuda.jit` kernels plus a host-side `prepare` function that binds
+one plan row (arrays, offsets, sizes) and returns a zero-argument launcher, so a plan is a
+list of launchers built once per batch size (`runtime/cuda.py`). Loop bodies are the same
+text as the CPU's (`render/loops.py`); the scalar helpers come from `render/helpers.py`.
 
 How a loop nest is parallelised, without atomics:
 - its *parallel* indices P are those every stored tensor of the nest is indexed by
@@ -13,14 +14,14 @@ How a loop nest is parallelised, without atomics:
   space, split over a block's threads with a shared-memory reduction at the end
   (*block mode*, one block per P element). `prepare` picks block mode when S is large.
 A GEMM is a call of the GEMM provider (`xp.matmul`, CuPy on the device, numpy only under
-the simulator) on views of the same buffers with the transposes the plan chose; draws use
-numba's xoroshiro128p states; the optimiser update is a norm kernel, an update kernel and
-a one-thread finish kernel, all reading the step count from device memory.
+the simulator) on views of the same buffers, from the plan's `BlasGemm` (operands in
+storage and their transposes); draws are the CPU's counter-based draws, one thread per
+element, so one seed gives the same noise on both targets; the optimiser update (the rule
+of `plan/optimizers.py`) is a norm kernel, an update kernel and a one-thread finish kernel,
+all reading the step count from device memory.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -28,45 +29,33 @@ import sympy as sp
 from ..calculus.formulas import Stage
 from ..plan.fuse import Group
 from ..plan.kernels import BUFFERS, KernelDef
-from ..plan.lower import Emitter
+from ..plan.optimizers import UpdateKernel, element_lines
+from .helpers import helpers_text, used
+from .loops import Emitter
 from .printer import NumbaPrinter, index_text
+
+NAME = "cuda"
+BASE_CLASS = "CudaModel"
 
 TPB = 256            # threads per block; block reductions assume a power of two ≤ 256
 
 
 @dataclass
 class CudaKernel:
-    name: str                 # cu_<kind>_<hash of this text>
+    name: str                 # cu_ + the plan kernel's name (cu_<kind>_<hash>)
     kind: str
     text: str                 # the kernel file's body (device kernels + `prepare`)
     signatures: dict          # device kernel -> numba signature text (for --ptx)
     helpers: set
 
 
-# ------------------------------------------------------------------ helpers
-_HELPERS = {
-    "_tanh": "return math.tanh(x)",
-    "_exp": "return math.exp(x)",
-    "_sigmoid": ("if x >= 0:\n    return F(1.0) / (F(1.0) + math.exp(-x))\n"
-                 "e = math.exp(x)\nreturn e / (F(1.0) + e)"),
-    "_softplus": "return max(x, F(0.0)) + math.log1p(math.exp(-abs(x)))",
-}
-
-
-def helpers_text(used) -> str:
-    out = []
-    for name in ("_tanh", "_exp", "_sigmoid", "_softplus"):
-        if name in used:
-            body = "\n".join("    " + line for line in _HELPERS[name].splitlines())
-            out.append(f"@cuda.jit(device=True, inline=True)\ndef {name}(x):\n{body}\n")
-    return "\n\n".join(out)
-
-
-def _helpers_used(text: str) -> set:
-    return {h for h in _HELPERS if f"{h}(" in text}
-
-
 # ---------------------------------------------------------------- the kernels
+def available() -> bool:
+    """numba-cuda (the `cuda` extra) is installed: `numba.cuda` and its NVVM for --ptx."""
+    import importlib.util
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
 def render_kernel(k: KernelDef, dtype: str) -> CudaKernel:
     if k.kind == "gemm":
         body, sigs = _gemm(k), {}
@@ -76,8 +65,13 @@ def render_kernel(k: KernelDef, dtype: str) -> CudaKernel:
         body, sigs = _onehot(k, dtype)
     else:
         body, sigs = _LoopKernel(k, dtype).render()
-    digest = hashlib.sha256(f"cuda\n{dtype}\n{body}".encode()).hexdigest()[:12]
-    return CudaKernel(f"cu_{k.kind}_{digest}", k.kind, body, sigs, _helpers_used(body))
+    return CudaKernel(f"cu_{k.name}", k.kind, body, sigs, set(used(body, NAME, dtype)))
+
+
+def _views(k: KernelDef) -> list[str]:
+    """The 1-D slices of the flat buffers a loop kernel indexes (as on the CPU)."""
+    return [f"{t} = {st.base}[{st.offset}:{st.offset} + {' * '.join(str(d) for d in k.tensors[t].shape) or '1'}]"
+            for t, st in k.storage.items() if t in k.flat]
 
 
 def _array_type(k: KernelDef, param: str, dtype: str) -> str:
@@ -94,36 +88,26 @@ def _signature(k: KernelDef, params: list[str], dtype: str, extra: list[str] = (
     return f"void({', '.join(types + list(extra))})"
 
 
-def _top_level_args(text: str) -> list[str]:
-    """`a.reshape((m, n)), b, c` -> its three arguments (commas inside brackets kept)."""
-    args, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += ch in "([" and 1 or (ch in ")]" and -1 or 0)
-        if ch == "," and depth == 0:
-            args.append(text[start:i].strip())
-            start = i + 1
-    return args + [text[start:].strip()]
-
-
 def _gemm(k: KernelDef) -> str:
-    """Views of the provider's arrays made once; `go` is the cuBLAS call."""
-    calls = []
-    for line in k.body:
-        if line.startswith("#"):
-            continue
-        m = re.fullmatch(r"np\.dot\((.+)\)", line)
-        if m and len(_top_level_args(m[1])) == 3:
-            a, b, out = _top_level_args(m[1])
-            calls.append(f"xp.matmul({a}, {b}, out={out})")
-            continue
-        m = re.fullmatch(r"(\S+) \+= np\.dot\((.+)\)", line)
-        if not m or len(_top_level_args(m[2])) != 2:
-            raise ValueError(f"unexpected GEMM line {line!r}")
-        a, b = _top_level_args(m[2])
-        calls.append(f"xp.add({m[1]}, xp.matmul({a}, {b}), out={m[1]})")
-    lines = [f"def prepare(ctx, {', '.join(k.params)}):",
-             "    xp = ctx.xp"] + ["    " + v for v in k.views] + \
-        ["", "    def go():"] + ["        " + c for c in calls] + ["", "    return go"]
+    """Views of the provider's arrays made once, from the plan's BLAS form; `go` is the
+    cuBLAS call. A transposed output is computed as outᵀ = bᵀ·aᵀ, so every output view is
+    row-major."""
+    g = k.gemm.row_major()
+    size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
+
+    def view(name, t, rows, cols, transposed):
+        st = k.storage[t]
+        base = t if st.offset is None else f"{st.base}[{st.offset}:{st.offset} + ({size(rows)}) * ({size(cols)})]"
+        if transposed:
+            return f"{name} = {base}.reshape(({size(cols)}, {size(rows)})).T"
+        return f"{name} = {base}.reshape(({size(rows)}, {size(cols)}))"
+
+    views = [view("a_", g.a, g.m, g.k, g.a_t), view("b_", g.b, g.k, g.n, g.b_t), view("c_", g.out, g.m, g.n, False)]
+    call = "xp.add(c_, xp.matmul(a_, b_), out=c_)" if g.accumulate else "xp.matmul(a_, b_, out=c_)"
+    lines = [f"# {k.gemm.out} {'+=' if g.accumulate else '='} {k.gemm.a} · {k.gemm.b}",
+             f"def prepare(ctx, {', '.join(k.params)}):",
+             "    xp = ctx.xp"] + ["    " + v for v in views] + \
+        ["", "    def go():", "        " + call, "", "    return go"]
     return "\n".join(lines) + "\n"
 
 
@@ -131,72 +115,47 @@ def _flat_size(k: KernelDef, name: str) -> str:
     return " * ".join(str(d) for d in k.tensors[name].shape) or "1"
 
 
-_XOROSHIRO = '''\
-# xoroshiro128+ as in numba.cuda.random (its state layout; the module seeds the states from
-# the model's seed), written as CUDA device functions: numba's own are CPU-jit functions that
-# compile_ptx cannot build without a driver, and every kernel here must build to PTX.
-@cuda.jit(device=True, inline=True)
-def _next(states, i):
-    s0 = states[i]["s0"]
-    s1 = states[i]["s1"]
-    result = s0 + s1
-    s1 ^= s0
-    states[i]["s0"] = ((s0 << uint32(55)) | (s0 >> uint32(9))) ^ s1 ^ (s1 << uint32(14))
-    states[i]["s1"] = (s1 << uint32(36)) | (s1 >> uint32(28))
-    return result
-
-
-@cuda.jit(device=True, inline=True)
-def _uniform(states, i):
-    # in (0, 1]: the top 53 (float64) or 24 (float32) bits
-    return F((_next(states, i) >> uint32(BITS_SHIFT)) + 1) * F(ULP)
-
-
-@cuda.jit(device=True, inline=True)
-def _normal(states, i):
-    # Box-Muller, as numba's xoroshiro128p_normal
-    u1 = _uniform(states, i)
-    u2 = _uniform(states, i)
-    return math.sqrt(F(-2.0) * math.log(u1)) * math.cos(F(2.0 * math.pi) * u2)
-'''
-
-
 def _draw(k: KernelDef, dtype: str):
+    """The CPU's counter-based draw (`render/loops.py`): element c, counted in (example,
+    feature) order whatever the storage, of example `first + n` of the global batch draws
+    from `_mix(key + c·γ)`, key = f(step seed, draw's salt); one thread per element. The
+    step seed and `first` are read from the device (`ctx.draw_key`), written before a run."""
     s: Stage = k.item
     a = s.attrs
-    if a["dist"] == "normal":
-        draw = "_normal(states, tid)"
-    else:                     # keep with probability 1 - p, scaled
-        draw = f"F({a['scale']!r}) if _uniform(states, tid) > F({a['p']!r}) else F(0.0)"
     out = s.out
-    # the CPU's counter-based draws take the step seed and the batch's first example; the
-    # device draws from its own xoroshiro states (reseeded from the step seed by the runtime)
+    shape = [index_text([d]) for d in k.tensors[out].shape]
+    per_example = " * ".join(f"({d})" for d in shape[1:]) or "1"
+    size = " * ".join(f"({d})" for d in shape)
+    if a["dist"] == "normal":
+        draw = "_normal(dk, base + c)"
+    else:                     # keep with probability 1 - p, scaled
+        draw = f"{a['scale']!r} if _uniform(dk, base + c) >= {a['p']!r} else 0.0"
+    if out in k.batch_last:   # stored (K, N): element (n, j) at j·N + n
+        at = ["        n = c // (" + shape[1] + ")", f"        at = (c - n * ({shape[1]})) * ({shape[0]}) + n"]
+    else:
+        at = ["        at = c"]
     params = [p for p in k.params if p not in ("training", "seed", "first")]
-    head = [ln for ln in k.views if ln.startswith(f"{out} =")]
-    size = _flat_size(k, out)
     cond = "True" if a.get("always") else "training != 0"
     kernel = ["@cuda.jit(cache=True)",
-              f"def _draw({', '.join(params)}, training, states):"] + ["    " + v for v in head] + [
-              "    tid = cuda.grid(1)",
-              "    if tid >= states.shape[0]:",
-              "        return",
-              f"    for i in range(tid, {size}, states.shape[0]):",
+              f"def _draw({', '.join(params)}, training, key):"] + ["    " + v for v in _views(k)] + [
+              "    dk = _draw_key(key[0], salt)",
+              f"    base = key[1] * ({per_example})",
+              f"    for c in range(cuda.grid(1), {size}, cuda.gridsize(1)):"] + at + [
               f"        if {cond}:",
-              f"            {out}[i] = {draw}",
+              f"            {out}[at] = {draw}",
               "        else:",
-              f"            {out}[i] = F({a['neutral']!r})"]
-    prep = [f"def prepare(ctx, {', '.join(params)}, training, seed=0, first=0):",
-            "    k = _draw[ctx.n_states // ctx.tpb, ctx.tpb, ctx.stream]",
-            f"    args = ({', '.join(params)}, int(training), ctx.states)",
+              f"            {out}[at] = {a['neutral']!r}"]
+    prep = [f"def prepare(ctx, {', '.join(params)}, training):",
+            f"    k = _draw[ctx.blocks({size}), ctx.tpb, ctx.stream]",
+            f"    args = ({', '.join(params)}, int(training), ctx.draw_key)",
             "    return lambda: k(*args)"]
-    sig = _signature(k, params, dtype, ["int64", "xoroshiro128p_type[::1]"])
-    shift, ulp = ("40", "1.0 / 16777216.0") if dtype == "float32" else ("11", "1.0 / 9007199254740992.0")
-    return _XOROSHIRO.replace("BITS_SHIFT", shift).replace("ULP", ulp) + "\n\n" + "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_draw": sig}
+    sig = _signature(k, params, dtype, ["int64", "int64[::1]"])
+    return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_draw": sig}
 
 
 def _onehot(k: KernelDef, dtype: str):
     s: Stage = k.item
-    emit = Emitter(k.tensors, dtype, _batch_last(k), _flat(k))
+    emit = Emitter(k.tensors, dtype, k.batch_last, k.flat)
     n, c, t = sp.symbols("n c t_", integer=True)
     labels = s.attrs["labels"]
     shape = [str(d) for d in k.tensors[s.out].shape]
@@ -210,7 +169,7 @@ def _onehot(k: KernelDef, dtype: str):
         rows, cols = shape
         target, label = emit.ref(s.out, (n, c)), f"{labels}[n]"
     kernel = ["@cuda.jit(cache=True)",
-              f"def _onehot({', '.join(k.params)}):"] + ["    " + v for v in k.views] + [
+              f"def _onehot({', '.join(k.params)}):"] + ["    " + v for v in _views(k)] + [
               f"    for t in range(cuda.grid(1), ({rows}) * {cols}, cuda.gridsize(1)):",
               f"        n = t // {cols}",
               f"        c = t - n * {cols}",
@@ -220,14 +179,6 @@ def _onehot(k: KernelDef, dtype: str):
             f"    args = ({', '.join(k.params)},)",
             "    return lambda: k(*args)"]
     return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_onehot": _signature(k, k.params, dtype)}
-
-
-def _batch_last(k: KernelDef) -> set:
-    return {t for t, st in k.storage.items() if st.batch_last}
-
-
-def _flat(k: KernelDef) -> set:
-    return {t for t, st in k.storage.items() if st.base in BUFFERS}
 
 
 def _injective(s: Stage) -> list:
@@ -249,7 +200,7 @@ class _LoopKernel:
 
     def __init__(self, k: KernelDef, dtype: str):
         self.k, self.dtype = k, dtype
-        self.emit = Emitter(k.tensors, dtype, _batch_last(k), _flat(k))
+        self.emit = Emitter(k.tensors, dtype, k.batch_last, k.flat)
         self.emit.taken |= set(k.params)
         item = k.item
         if isinstance(item, Group):
@@ -345,7 +296,7 @@ class _LoopKernel:
         k = self.k
         L = ["@cuda.jit(cache=True, fastmath=FASTMATH)",
              f"def _thread({', '.join(k.params)}):"]
-        L += ["    " + v for v in k.views]
+        L += ["    " + v for v in _views(k)]
         L.append(f"    for _p in range(cuda.grid(1), {self._total(self.par)}, cuda.gridsize(1)):")
         ind = "        "
         L += [ind + ln for ln in self._decompose("_p", self.par)]
@@ -373,7 +324,7 @@ class _LoopKernel:
         k = self.k
         L = ["@cuda.jit(cache=True, fastmath=FASTMATH)",
              f"def _block({', '.join(k.params)}):"]
-        L += ["    " + v for v in k.views]
+        L += ["    " + v for v in _views(k)]
         L += [f"    _sh = cuda.shared.array({TPB}, DT)",
               "    _tid = cuda.threadIdx.x",
               f"    for _b in range(cuda.blockIdx.x, {self._total(self.par)}, cuda.gridDim.x):"]
@@ -460,46 +411,17 @@ _BLOCK_REDUCE = (_BLOCK_TREE.format(name="_block_sum", combine="sh[t] + sh[t + s
 
 
 # ------------------------------------------------------------- optimisers
-# Per-element bodies of the updates (plan/optimizers.py has the CPU loops): `g` is the
-# (clipped) gradient, `p`, `m`, `v` name theta[i], s1[i], s2[i].
-_UPDATES = {
-    "adam": ("beta1, beta2, eps", '''\
-b1, b2 = F(beta1), F(beta2)
-step_size = F(lr / (1.0 - beta1 ** t))
-inv_root_correction = F(1.0 / math.sqrt(1.0 - beta2 ** t))
-m = b1 * s1[i] + (F(1.0) - b1) * g
-v = b2 * s2[i] + (F(1.0) - b2) * g * g
-s1[i] = m
-s2[i] = v
-theta[i] -= step_size * m / (math.sqrt(v) * inv_root_correction + F(eps))'''),
-    "sgd": ("", "theta[i] -= F(lr) * g"),
-    "momentum": ("momentum", '''\
-v = F(momentum) * s1[i] + g if t > 1 else g
-s1[i] = v
-theta[i] -= F(lr) * v'''),
-    "nesterov": ("momentum", '''\
-v = F(momentum) * s1[i] + g if t > 1 else g
-s1[i] = v
-theta[i] -= F(lr) * (g + F(momentum) * v)'''),
-    "adagrad": ("eps", '''\
-G = s1[i] + g * g
-s1[i] = G
-theta[i] -= F(lr) * g / (math.sqrt(G) + F(eps))'''),
-    "rmsprop": ("rho, eps", '''\
-v = F(rho) * s1[i] + (F(1.0) - F(rho)) * g * g
-s1[i] = v
-theta[i] -= F(lr) * g / (math.sqrt(v) + F(eps))'''),
-}
-
-
-def render_update(kind: str, dtype: str) -> CudaKernel:
+def render_update(u: UpdateKernel) -> CudaKernel:
     """Three kernels: the squared norm of the gradient over the loss's ranges (block sums,
-    one atomic per block), the update of every element (skipped when the loss or the norm
-    is not finite, or when an earlier step of a `fit` was not), and a one-thread finish
-    that advances the step count and records the loss. No host synchronisation."""
-    names, body = _UPDATES[kind]
-    hyper = f", {names}" if names else ""
-    body = "\n".join("            " + ln for ln in body.splitlines())
+    one atomic per block), the update of every element by the rule of `plan/optimizers.py`
+    (skipped when the loss or the norm is not finite, or when an earlier step of a `fit`
+    was not), and a one-thread finish that advances the step count and records the loss.
+    No host synchronisation."""
+    dtype = u.dtype
+    hyper = "".join(f", {h}" for h in u.rule.hyper)
+    setup = "\n".join("    " + ln for ln in ("lr = F(lr)",) + u.rule.setup)
+    body = "\n".join("            " + ln for ln in
+                     element_lines(u.rule, {"p": "theta[i]", "s1": "s1[i]", "s2": "s2[i]"}))
     text = _BLOCK_REDUCE + f'''
 
 @cuda.jit(cache=True)
@@ -526,6 +448,7 @@ def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm
     scale = F(1.0)
     if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
         scale = F(clip_norm / math.sqrt(norm2))
+{setup}
     for r in range(ranges.shape[0]):
         for i in range(ranges[r, 0] + cuda.grid(1), ranges[r, 1], cuda.gridsize(1)):
             g = grad[i] * scale
@@ -560,42 +483,36 @@ def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip
     return go
 '''
     buf = f"{dtype}[::1]"
-    n_hyper = len([h for h in names.split(",") if h.strip()])
+    n_hyper = len(u.rule.hyper)
     sigs = {"_norm": f"void({buf}, int64[:, ::1], {buf})",
             "_update": f"void({buf}, {buf}, {buf}, {buf}, int64[:, ::1], {buf}, int64, {buf}, int64[::1], "
                        f"float64, float64, int64{', float64' * n_hyper})",
             "_finish": f"void({buf}, int64, {buf}, int64[::1], int64, int64, {buf}, int64)"}
-    digest = hashlib.sha256(f"cuda\n{dtype}\n{text}".encode()).hexdigest()[:12]
-    return CudaKernel(f"cu_update_{kind}_{digest}", "update", text, sigs, set())
+    return CudaKernel(f"cu_{u.name}", "update", text, sigs, set())
 
 
 # ------------------------------------------------------------- the module
-def render_cuda(spec, env, context: dict, version: str):
-    """The CUDA module's text and its kernel files' texts (name -> text), from the same
-    ModuleSpec and template context as the CPU module."""
+def render(spec, env, version: str) -> tuple[dict, dict, dict]:
+    """(kernel files {name: text}, kernel names by kind, the module's target context: the
+    plan branches' and the losses' update kernels)."""
     dtype = spec.dtype
     names, kinds, files, by_kind = {}, {}, {}, {}
     kernel_template = env.get_template("kernel_cuda.py.j2")
 
     def add(ck: CudaKernel):
         if ck.name not in files:
-            files[ck.name] = kernel_template.render(version=version, k=ck, dtype=dtype,
-                                                    helpers=helpers_text(ck.helpers))
+            imports, helpers = helpers_text(NAME, dtype, [h for h in used(ck.text, NAME, dtype)])
+            files[ck.name] = kernel_template.render(version=version, k=ck, dtype=dtype, helpers=helpers)
             by_kind.setdefault(ck.kind, []).append(ck.name)
 
     for name, k in spec.kernels.items():
-        if isinstance(k, KernelDef):
-            ck = render_kernel(k, dtype)
-            names[name], kinds[name] = ck.name, ck.kind
-            add(ck)
-    updates = {}
-    for l in spec.losses:
-        ck = render_update(spec.kernels[l.update_kernel].kind, dtype)
-        updates[l.name] = ck.name
+        ck = render_update(k) if isinstance(k, UpdateKernel) else render_kernel(k, dtype)
+        names[name], kinds[name] = ck.name, ck.kind
         add(ck)
-    text = env.get_template("module_cuda.py.j2").render(
-        **context, cuda_names=names, cuda_kinds=kinds, cuda_updates=updates, cuda_kernel_names=list(files))
-    return text, files, by_kind
+    branches = {b.id: (names[b.kernel], kinds[b.kernel], b.arrays, b.n_ints, b.training)
+                for b in spec.plans.branches.values()}
+    updates = {l.name: (names[l.update_kernel], tuple(float(a) for a in l.update_args)) for l in spec.losses}
+    return files, by_kind, {"branches": branches, "updates": updates}
 
 
 def write_ptx(kernel_dir, names, out_dir, cc=(9, 0)) -> list:
@@ -605,12 +522,13 @@ def write_ptx(kernel_dir, names, out_dir, cc=(9, 0)) -> list:
     from pathlib import Path
 
     from numba import cuda, types
-    from numba.cuda.random import xoroshiro128p_type
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    namespace = {**types.__dict__, "xoroshiro128p_type": xoroshiro128p_type}
+    namespace = dict(types.__dict__)
     written = []
     for name in names:
+        if not name.startswith("cu_"):
+            continue                 # the runtime's files
         spec = importlib.util.spec_from_file_location(f"nndsl_ptx_{name}", Path(kernel_dir) / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -621,3 +539,29 @@ def write_ptx(kernel_dir, names, out_dir, cc=(9, 0)) -> list:
             path.write_text(ptx)
             written.append(path)
     return written
+
+
+def module_block(spec, target_context: dict, source_file: str) -> str:
+    """The CUDA module's kernel tables and `class Model`."""
+    branches = "\n".join(f"    {i}: {v!r}," for i, v in target_context["branches"].items())
+    updates = "\n".join(f"    {k!r}: {v!r}," for k, v in target_context["updates"].items())
+    return f'''
+# plan branch: (its CUDA kernel file, kind, the arrays it takes, its integers, takes `training`)
+BRANCHES = {{
+{branches}
+}}
+# loss: (its optimiser update's kernel file, the update's hyperparameters)
+UPDATES = {{
+{updates}
+}}
+
+
+class Model({BASE_CLASS}):
+    """The compiled network on a CUDA GPU (dtype {spec.dtype}); arrays are named as in {source_file}
+    and may be numpy arrays (copied to the device) or device arrays. See the runtime's
+    CudaModel for the API."""
+    tables = TABLES
+    kernel_dir = KERNEL_DIR
+    branches = BRANCHES
+    updates = UPDATES
+'''

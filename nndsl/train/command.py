@@ -114,7 +114,7 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
         if "targets" not in ds.standardised:      # say "standardised" only when it was
             return f"test RMSE {rmse:.4g}"
         return f"test RMSE {rmse * ds.y_std:.4g} (standardised {rmse:.4f})"
-    losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module._KERNELS[l.name][2]})
+    losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module.STEPS[l.name].data})
               for l in model_ir.losses}
     return "test " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
 
@@ -173,14 +173,14 @@ def _train(args, comm) -> int:
     note = reshape_note(module, ds, train)
     if note:
         say(note)
-    needs_val = all(k in test for k in module._KERNELS[module.LOSSES[0]][2])
+    needs_val = all(k in test for k in module.STEPS[module.LOSSES[0]].data)
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
     if resume is not None:
         say(f"resuming from {resume}")
     try:
         history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
-                        validation={k: test[k] for k in module._KERNELS[module.LOSSES[0]][2]} if needs_val else None,
+                        validation={k: test[k] for k in module.STEPS[module.LOSSES[0]].data} if needs_val else None,
                         comm=comm, checkpoint=checkpoint, every=args.every, resume=resume, **train)
     except ValueError as exc:          # the module's message for data it cannot take
         raise UsageError(f"{ds.name}: {exc}") from None

@@ -1,6 +1,6 @@
-# nndsl {{ version }} `{{ name }}`: compiles the kernels an entry function calls, and finds
-# their addresses. Content-addressed like the kernels. DO NOT EDIT: `nndsl build` writes it.
-"""Kernels not yet in numba's cache are compiled by this process and, when there are several
+"""Compiling the kernels an entry function calls, and finding their addresses.
+
+Kernels not yet in numba's cache are compiled by this process and, when there are several
 and the machine has a second core, by a helper process at the same time: the helper takes
 them from the end of the list, this process from the start, and they meet in the middle.
 The helper only fills numba's cache: this process then loads what the helper compiled, and
@@ -8,35 +8,27 @@ compiles anything the helper did not finish itself, so the result never depends 
 (Numba compiles one function at a time per process, whatever the number of threads.)
 
 `NNDSL_COMPILE_JOBS=1` turns the helper off; `=2` uses one on a single core too."""
-import importlib.util
 import os
 import pickle
 import subprocess
 import sys
 import threading
 
-from numba import types
+import numpy as np
+from numba import typeof, types
+
+if __package__:
+    from .loader import load_kernel
+else:                                   # run as the helper process, a script beside loader.py
+    from loader import load_kernel
 
 _FEW = 6            # below this many kernels to compile, starting a helper (~0.5 s) does not pay
 
 
-def _kernel(folder, name):
-    """The kernel `name` from `folder` (the caller's: this file may have been loaded from the
-    folder of another model, which need not have the same kernels)."""
-    module_name = "nndsl_kernels_" + name
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, os.path.join(folder, name + ".py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module     # numba's cache finds the module by name
-        spec.loader.exec_module(module)
-    return getattr(module, name)
-
-
-def {{ name }}(folder, jobs):
+def compile_kernels(folder, jobs):
     """The address of each kernel `(name, signature)` of `jobs` (files in `folder`),
     compiled for that signature."""
-    kernels = [_kernel(folder, name) for name, _ in jobs]
+    kernels = [load_kernel(folder, name) for name, _ in jobs]
     cold = [i for i, (k, (_, signature)) in enumerate(zip(kernels, jobs)) if not _cached(k, signature)]
     helper = None
     if len(cold) >= _FEW and _jobs() > 1 and sys.executable:
@@ -126,9 +118,27 @@ class _Helper:
         self.process.wait()
 
 
+def addresses(entry, folder, args):
+    """The addresses of the kernels that `entry.run(addresses, *args)` runs (its plan's and its
+    update's; 0 for the other arms), compiled for its arguments' types: numba compiles each
+    kernel, or loads it from its cache, once per process. `entry` is the entry's module: its
+    PARAMS name the arguments, its ARMS give each arm's kernel and what it is passed."""
+    given = dict(zip(entry.PARAMS, args))
+    kinds = {k: typeof(v) for k, v in given.items()}
+    kinds.update(row=kinds["plan"].copy(ndim=1), value=kinds["ws"].dtype, float=types.float64)
+    arms = set(given["plan"][:, 0].tolist())
+    if given["update"]:
+        arms.add(entry.N_PLAN_ARMS + given["update"] - 1)
+    arms = sorted(arms)
+    jobs = [(entry.ARMS[i][0], tuple(kinds[r] for r in entry.ARMS[i][1])) for i in arms]
+    out = np.zeros(len(entry.ARMS), np.int64)
+    out[arms] = compile_kernels(folder, jobs)
+    return out
+
+
 if __name__ == "__main__":
     folder, jobs = pickle.load(sys.stdin.buffer)
     for i, name, signature in jobs:
         print("start", i, flush=True)
-        _kernel(folder, name).compile(signature)
+        load_kernel(folder, name).compile(signature)
         print("done", i, flush=True)

@@ -1,9 +1,11 @@
-"""From a checked model to the data the module template renders.
+"""From a checked model to its module plan: everything a renderer needs, for any target.
 
-Expands nodes and losses into formulas (`nndsl.ops`), differentiates each
-loss (`nndsl.derive`), lays out memory (parameters in one flat vector, every
-intermediate in one workspace whose offsets are affine in the batch size), and
-lowers every stage to Numba source lines (`nndsl.lower`).
+Expands nodes and losses into formulas (`calculus/ops.py`), differentiates each loss
+(`calculus/derive.py`), lays out memory (parameters in one flat vector, every intermediate
+in one workspace whose offsets are affine in the batch size), fuses stages into loop nests
+and GEMMs (`fuse.py`, `gemm.py`, `scan.py`), makes each a shared kernel (`kernels.py`) and
+lists the calls of every plan (`forward`, `nodes`, and per loss its value and its step).
+Sizes and offsets stay sympy expressions; the renderers print them.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ from ..calculus.derive import differentiate, relevant_stages
 from ..calculus.formulas import N, Stage, Tensor
 from ..calculus.ops import Graph, expand_loss, expand_nodes
 from ..frontend import ir
-from ..render.printer import index_text
 from .fuse import fuse, propagate_copies
-from .kernels import BUFFERS, Call, KernelLibrary, Plans, Storage
-from .lower import argmax_then_max, as_gemm
+from .gemm import argmax_then_max, is_gemm
+from .kernels import Call, KernelLibrary, Plans, Storage
 from .optimizers import update_kernel
 from .scan import aliased_views, overwritten_step_gradients, scan_calls, untransposed_step_operands, view_offset
 
@@ -33,9 +34,9 @@ BATCH_LAST_MIN_WIDTH = 32
 
 
 @dataclass
-class Kernel:
-    """One entry function: the kernel calls of its forward (and loss) part and of its
-    gradient part (run when want_grad)."""
+class Calls:
+    """The kernel calls of one plan: its forward (and loss) part and its gradient part (run
+    when a gradient is asked for)."""
     name: str
     calls: list[Call]
     backward: list[Call]
@@ -43,38 +44,38 @@ class Kernel:
 
 
 @dataclass
-class LossSpec:
+class LossPlan:
     name: str
     ident: str
-    value: Kernel                 # forward + loss (+ full gradient when want_grad)
-    train: Kernel | None          # forward + loss + gradient of the `wrt` params only; None: same as value
+    value: Calls                  # forward + loss (+ full gradient when want_grad)
+    train: Calls | None           # forward + loss + gradient of the `wrt` params only; None: same as value
     optimizer: ir.Optimizer
     ranges: list[tuple[int, int]]       # flat parameter ranges that `step` updates
     data: list[str]                     # data arrays the kernels take
-    loss_offset: str = "0"              # where the loss value sits in the workspace
+    loss_offset: object = 0             # where the loss value sits in the workspace (sympy)
     update_kernel: str = ""             # the shared optimiser update
     update_args: list[str] = field(default_factory=list)   # its hyperparameters
     update_id: int = 0                  # its arm in the entry's update dispatch
 
 
 @dataclass
-class ModuleSpec:
+class ModulePlan:
     model: ir.ModelIR
     dtype: str
     params: list[dict]
     n_params: int
     data: list[dict]
     free_sizes: list[tuple[str, str, int]]       # (size, data name, axis)
-    ws_size: str
-    forward: Kernel
+    ws_size: object                              # workspace elements (sympy, affine in N)
+    forward: Calls
     forward_inputs: list[str]                    # the inputs the outputs depend on
-    nodes: Kernel                                # every node, each computed or given
-    node_info: list[dict]                        # name, ident, per-example shape, view, in order
-    outputs: list[str]
-    losses: list[LossSpec]
+    nodes: Calls                                 # every node, each computed or given
+    node_info: list[dict]                        # name, tensor, per-example shape, inputs, in order
+    outputs: list[str]                           # the outputs' tensors
+    losses: list[LossPlan]
     tensors: dict[str, Tensor] = field(default_factory=dict)
-    kernels: dict = field(default_factory=dict)  # name -> KernelDef: the distinct kernels
-    output_views: list[str] = field(default_factory=list)   # view lines of the outputs
+    storage: dict[str, Storage] = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)  # name -> KernelDef or UpdateKernel: the distinct kernels
     plans: Plans | None = None                   # every entry's calls, and their branches
     updates: list = field(default_factory=list)  # (update id, kernel, hyperparameters)
     has_draws: bool = False
@@ -83,7 +84,7 @@ class ModuleSpec:
     adjoints: dict = field(default_factory=dict)
 
 
-def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
+def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
     g = Graph(model)
     expand_nodes(g)
     forward_stages = list(g.b.stages)
@@ -137,8 +138,8 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
         update = update_kernel(model.optimizers[spec.name], dtype)
         lib.kernels.setdefault(update.name, update)
-        losses.append(LossSpec(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data,
-                               loss_offset=index_text([ws_offsets[ident]]),
+        losses.append(LossPlan(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data,
+                               loss_offset=ws_offsets[ident],
                                update_kernel=update.name, update_args=update.args))
 
     plans = Plans()
@@ -153,17 +154,16 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         l.update_id = updates.setdefault(key, len(updates) + 1)
     has_draws = forward.has_draws or nodes.has_draws or any(l.value.has_draws for l in losses)
 
-    return ModuleSpec(
+    return ModulePlan(
         model=model, dtype=dtype,
         params=[layout[p.name] for p in model.params],
         n_params=sum(v["size"] for v in layout.values()),
         data=[_data_info(d) for d in model.data],
         masks={h.name: g.mask_info[h.name] for h in g.masks.values()},
         free_sizes=_free_sizes(model),
-        ws_size=index_text([ws_size]),
+        ws_size=ws_size,
         forward=forward, forward_inputs=forward_inputs, nodes=nodes, node_info=node_info,
-        outputs=outputs, losses=losses, kernels=lib.kernels,
-        output_views=[_view_text(o, tensors[o], storage[o]) for o in outputs],
+        outputs=outputs, losses=losses, kernels=lib.kernels, storage=storage,
         plans=plans, updates=[(i, k, list(args)) for (k, args), i in updates.items()], has_draws=has_draws,
         tensors=tensors, graph=g,
         adjoints=adjoints)
@@ -250,20 +250,8 @@ def _storage(tensors, layout, g: Graph, ws_offsets, batch_last: set[str]) -> dic
     return out
 
 
-def _view_text(name: str, t: Tensor, st: Storage) -> str:
-    """`name = ws[a:b].reshape(shape)` for an entry function that returns the tensor."""
-    if st.base not in BUFFERS:
-        return f"{name} = {st.base}"
-    lo = st.offset
-    hi = sp.expand(lo + sp.prod(t.shape))
-    dims = t.shape[::-1] if st.batch_last else t.shape
-    shape = "(" + ", ".join(index_text([d]) for d in dims) + ("," if len(dims) == 1 else "") + ")"
-    line = f"{name} = {st.base}[{index_text([lo])}:{index_text([hi])}].reshape({shape})"
-    return line + ".T" if st.batch_last else line
-
-
 def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelLibrary,
-            keep: set[str]) -> Kernel:
+            keep: set[str]) -> Calls:
     """Copy propagation and loop fusion over the entry's stages, then one kernel call per
     fused group, GEMM or special stage."""
     # (the forward stages come first and are never rewritten: only gradients are)
@@ -280,10 +268,10 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
     for _, s in kept:
         for a in s.accesses:
             reads[a.tensor] = reads.get(a.tensor, 0) + 1
-    gemm = lambda s: as_gemm(s, lib.tensors) is not None          # noqa: E731
+    gemm = lambda s: is_gemm(s, lib.tensors)          # noqa: E731
     order = lambda t, index: tuple(index[::-1]) if lib.storage[t].batch_last else tuple(index)  # noqa: E731
     plan = lambda stages: scan_calls(stages, lambda run: _paired(fuse(run, gemm, reads, keep, order)), lib.call)  # noqa: E731
-    return Kernel(name, plan(stages_f), plan(stages_b), has_draws=any(s.kind == "draw" for s in forward))
+    return Calls(name, plan(stages_f), plan(stages_b), has_draws=any(s.kind == "draw" for s in forward))
 
 
 def _paired(plan: list) -> list:
@@ -301,7 +289,7 @@ def _paired(plan: list) -> list:
     return out
 
 
-def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Kernel, list[dict]]:
+def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Calls, list[dict]]:
     """Every node in topological order, each either computed from its inputs or copied in
     from a given array (`given_mask[i]`): `forward` at any node, from any node — a VAE's
     decoder from a latent sample, a hidden layer of a trained MLP."""
@@ -315,9 +303,8 @@ def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Kern
         draws = draws or k.has_draws
         calls.append((i, k.calls))
         t = tensors[n.name]
-        info.append(dict(name=n.name, ident=t, shape=tuple(n.shape), inputs=tuple(n.inputs),
-                         view=_view_text(t, lib.tensors[t], lib.storage[t]).split(" = ", 1)[1]))
-    return Kernel("forward_nodes", calls, [], has_draws=draws), info
+        info.append(dict(name=n.name, ident=t, shape=tuple(n.shape), inputs=tuple(n.inputs)))
+    return Calls("forward_nodes", calls, [], has_draws=draws), info
 
 
 def _data_info(d: ir.DataDecl) -> dict:

@@ -1,174 +1,17 @@
-"""Lowering: tensor-formula stages → kernel plan → lines of Numba Python.
-
-Three shapes of code come out of a stage:
-- a GEMM for a sum over one shared index of a product of two 2-D operands —
-  forward `W·x` and both of its adjoints: `np.dot` lines on 2-D views (what the CUDA
-  renderer reads), and for the CPU one direct BLAS call (`BlasGemm`);
-- a loop nest for everything else: maps write each element once, reductions
-  accumulate in a scalar register, scatter-adds (`+=` at affine indices) loop
-  over the whole iteration space;
-- a few non-formula stages: random draws and one-hot labels.
+"""Loop nests as Python text: the body every Python-kernel target (numba on the CPU, numba.cuda)
+shares. A stage becomes a map (each element written once), a reduction (accumulated in a
+scalar register), a scatter-add (`+=` at affine indices, looping over the whole iteration
+space), a random draw or a one-hot; a fused group becomes one nest. The targets differ in
+how they wrap the body (a function over flat slices; a grid-stride kernel), not in it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import sympy as sp
 
-from ..calculus.formulas import N, Stage, Tensor
-from ..render.printer import NumbaPrinter, index_text
-from .fuse import Group
-
-
-@dataclass(frozen=True)
-class Gemm:
-    out: str
-    a: str            # operand text, e.g. "x" or "W.T"
-    b: str
-    accumulate: bool
-
-
-@dataclass(frozen=True)
-class _Product:
-    """`out[I, J] = Σ_K left·right`: `left` holds the I- and K-blocks, `right` the K- and
-    J-blocks (each a run of plain indices); `*_t`: indexed K-first / J-first."""
-    left: object
-    right: object
-    I: tuple
-    J: tuple
-    K: tuple
-    left_t: bool
-    right_t: bool
-    blocks: bool       # higher-rank operands, each 2-D after a reshape
-
-
-def matrix_product(s: Stage, tensors: dict[str, Tensor]) -> Optional[_Product]:
-    """`out[I, J] = Σ_K A[.,.]·B[.,.]` as one BLAS call, else None.
-
-    With 2-D operands, I, J, K are single indices.  Higher-rank operands qualify when
-    their indices fall into blocks: `out` is (I-block, J-block), A holds the I- and the
-    K-block, B the K- and the J-block, each block a run of plain indices in the same
-    order wherever it appears, so that every operand is a 2-D matrix after a reshape of
-    its C-ordered storage.  That is how a convolution written through its im2col matrix
-    is a GEMM: `zc[f,n,i,j] = Σ_{c,p,q} W[f,c,p,q]·col[c,p,q,n,i,j]` and both adjoints."""
-    if s.kind != "formula" or s.reduce != "sum" or not s.reduce_vars or not s.plain:
-        return None
-    if len(s.accesses) != 2 or s.expr != s.accesses[0].symbol * s.accesses[1].symbol:
-        return None
-    if any(a.tensor == s.out or not all(isinstance(i, sp.Symbol) for i in a.index)
-           or tensors[a.tensor].dtype != "float" for a in s.accesses):
-        return None
-    if len(s.index) == 2 and len(s.reduce_vars) == 1 and all(len(a.index) == 2 for a in s.accesses):
-        (c,), (i, j) = s.reduce_vars, s.index
-        left = next((a for a in s.accesses if set(a.index) == {i, c}), None)
-        right = next((a for a in s.accesses if set(a.index) == {c, j} and a is not left), None)
-        if left is None or right is None or i == j:
-            return None
-        return _Product(left, right, (i,), (j,), (c,), left.index != (i, c), right.index != (c, j), False)
-    # (N, K) tensors may be stored batch-last (a transposed view that cannot be reshaped)
-    if any(len(tensors[t].shape) == 2 and tensors[t].shape[0] == N for t in [s.out] + [a.tensor for a in s.accesses]):
-        return None
-    reduced = set(s.reduce_vars)
-    out = tuple(s.index)
-    for cut in range(1, len(out)):
-        I, J = out[:cut], out[cut:]
-        for left, right in (s.accesses, s.accesses[::-1]):
-            a = _split(left.index, I, reduced)
-            b = _split(right.index, J, reduced)
-            if a is not None and b is not None and a[0] == b[0]:       # K in the same order in both
-                return _Product(left, right, I, J, a[0], not a[1], b[1], True)
-    return None
-
-
-def as_gemm(s: Stage, tensors: dict[str, Tensor]) -> Optional[Gemm]:
-    """The GEMM a stage is (see `matrix_product`) as `np.dot` operand texts on 2-D views, else None."""
-    p = matrix_product(s, tensors)
-    if p is None:
-        return None
-    t = lambda transposed: ".T" if transposed else ""    # noqa: E731
-    if not p.blocks:
-        return Gemm(s.out, p.left.tensor + t(p.left_t), p.right.tensor + t(p.right_t), s.accumulate)
-    sizes = dict(s.ranges)
-    shape = lambda blocks: "(" + ", ".join(index_text([sp.prod([sizes[v] for v in blk])])  # noqa: E731
-                                            for blk in blocks) + ")"
-    a_text = f"{p.left.tensor}.reshape({shape((p.K, p.I) if p.left_t else (p.I, p.K))})" + t(p.left_t)
-    b_text = f"{p.right.tensor}.reshape({shape((p.J, p.K) if p.right_t else (p.K, p.J))})" + t(p.right_t)
-    return Gemm(f"{s.out}.reshape({shape((p.I, p.J))})", a_text, b_text, s.accumulate)
-
-
-@dataclass(frozen=True)
-class BlasGemm:
-    """A GEMM as one BLAS call on storage: `out (m×n) [+]= op(a) · op(b)`, every operand a
-    contiguous row-major block; `a_t`: `a` is stored as its transpose (k×m), `b_t` likewise
-    (n×k), `out_t`: `out` is stored as (n×m)."""
-    out: str
-    a: str
-    b: str
-    a_t: bool
-    b_t: bool
-    out_t: bool
-    m: object
-    n: object
-    k: object
-    accumulate: bool
-
-    def lines(self, where) -> list[str]:
-        """A comment with the product, then `_gemm(...)` with the operands' arrays and offsets
-        from `where(tensor)` (texts)."""
-        flipped = [x for x, t in ((self.out, self.out_t), (self.a, self.a_t), (self.b, self.b_t)) if t]
-        note = f" ({', '.join(flipped)} stored transposed)" if flipped else ""
-        return [f"# {self.out} {'+=' if self.accumulate else '='} {self.a} · {self.b}{note}", self.call(where)]
-
-    def call(self, where) -> str:
-        """`_gemm(...)`; a transposed output is computed as outᵀ = op(b)ᵀ·op(a)ᵀ: BLAS writes
-        row-major."""
-        a, b, a_t, b_t, m, n = self.a, self.b, self.a_t, self.b_t, self.m, self.n
-        if self.out_t:
-            a, b, a_t, b_t, m, n = b, a, not b_t, not a_t, n, m
-        size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
-        args = [str(int(a_t)), str(int(b_t)), size(m), size(n), size(self.k),
-                *where(a), *where(b), *where(self.out), "1.0" if self.accumulate else "0.0"]
-        return f"_gemm({', '.join(args)})"
-
-
-def blas_gemm(s: Stage, tensors: dict[str, Tensor], batch_last=frozenset()) -> Optional[BlasGemm]:
-    """The GEMM a stage is (see `matrix_product`) as operands in storage, for a direct BLAS call:
-    a batch-last 2-D tensor is stored as the transpose of its index order."""
-    p = matrix_product(s, tensors)
-    if p is None:
-        return None
-    sizes = dict(s.ranges)
-    prod = lambda block: sp.prod([sizes[v] for v in block])    # noqa: E731
-    stored = (lambda x: x in batch_last) if not p.blocks else (lambda x: False)    # noqa: E731
-    return BlasGemm(s.out, p.left.tensor, p.right.tensor, p.left_t != stored(p.left.tensor),
-                    p.right_t != stored(p.right.tensor), stored(s.out), prod(p.I), prod(p.J), prod(p.K),
-                    s.accumulate)
-
-
-def _split(index: tuple, outer: tuple, reduced: set):
-    """(K, outer_first) when `index` is `outer + K` or `K + outer` with K the reduced
-    indices (in `index`'s order), else None."""
-    n = len(outer)
-    if index[:n] == outer and set(index[n:]) == reduced and len(index) - n == len(reduced):
-        return index[n:], True
-    if index[len(index) - n:] == outer and set(index[:len(index) - n]) == reduced \
-            and len(index) - n == len(reduced):
-        return index[:len(index) - n], False
-    return None
-
-
-def argmax_then_max(item, nxt) -> bool:
-    """`arg = argmax_w F; out = max_w F` over the same window and output index."""
-    return (isinstance(item, Stage) and isinstance(nxt, Stage) and item.reduce == "argmax"
-            and nxt.reduce == "max" and nxt.attrs.get("argmax") == item.out and nxt.expr.xreplace(
-                {b.symbol: sp.Indexed(b.tensor, *b.index) for b in nxt.accesses})
-            == item.expr.xreplace({b.symbol: sp.Indexed(b.tensor, *b.index) for b in item.accesses})
-            and nxt.index == item.index and nxt.ranges == item.ranges and not nxt.accumulate)
-
-
-def _transposed(operand: str) -> str:
-    return operand[:-2] if operand.endswith(".T") else f"{operand}.T"
+from ..calculus.formulas import Stage, Tensor
+from ..plan.fuse import Group
+from ..plan.gemm import argmax_then_max
+from .printer import NumbaPrinter, index_text
 
 
 class Emitter:
@@ -315,15 +158,6 @@ class Emitter:
             return head + self._draw(s, training)
         if s.kind == "onehot":
             return head + self._onehot(s)
-        gemm = as_gemm(s, self.tensors)
-        if gemm is not None:
-            if gemm.accumulate and "." in gemm.out:          # a reshaped view: += needs a name
-                return head + [f"{s.out}_2d = {gemm.out}", f"{s.out}_2d += np.dot({gemm.a}, {gemm.b})"]
-            if gemm.accumulate:
-                return head + [f"{gemm.out} += np.dot({gemm.a}, {gemm.b})"]
-            if gemm.out in self.batch_last:         # BLAS writes C-ordered memory: outᵀ = bᵀ·aᵀ
-                return head + [f"np.dot({_transposed(gemm.b)}, {_transposed(gemm.a)}, {gemm.out}.T)"]
-            return head + [f"np.dot({gemm.a}, {gemm.b}, {gemm.out})"]
         return head + self._loops(s)
 
     # ------------------------------------------------------------ loop nests

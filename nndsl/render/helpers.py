@@ -1,0 +1,299 @@
+"""Scalar helper functions that kernels call, written once for every target.
+
+A loop body calls `_tanh(x)`, `_exp(x)`, `_sigmoid(x)`, `_softplus(x)` (the printer's names
+for sympy's functions, `render/printer.py`) and a draw calls `_normal(key, c)`; a GEMM
+kernel on the CPU calls `_gemm`. A renderer asks `helpers_text(target, dtype, used)` for
+the definitions a kernel's text uses, with those they call, in order.
+
+A helper has one text per variant: `cpu32`/`cpu64` (numba on the CPU: float32 helpers are
+vectorisable approximations, about 1–4 ulp, because libm's expf and tanhf are a call per
+element), `cuda` (numba.cuda device functions over the GPU's own math), or `any` (the same
+function on every target: the counter-based draws, so that one seed gives the same noise on
+the CPU and on the GPU). `any` texts have no decorator: each target adds its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CPU_INLINE = '@njit(cache=True, inline="always")'
+CUDA_DEVICE = "@cuda.jit(device=True, inline=True)"
+
+
+@dataclass(frozen=True)
+class Helper:
+    texts: dict                                # variant -> the definition (with its decorator, but for `any`)
+    needs: tuple = ()                          # helpers it calls
+    imports: tuple = ()                        # import lines its texts need
+
+
+HELPERS = {
+    "_tanh": Helper(
+        {
+            "cpu32": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _tanh(x):
+    # Rational approximation of tanh (as in Eigen and XLA), about 1 ulp in float32:
+    # only multiplies, adds and a divide, so loops over it vectorise (libm's tanhf does not).
+    c = F(7.90531110763549805)
+    x = c if x > c else (-c if x < -c else x)
+    x2 = x * x
+    p = x2 * F(-2.76076847742355e-16) + F(2.00018790482477e-13)
+    p = x2 * p + F(-8.60467152213735e-11)
+    p = x2 * p + F(5.12229709037114e-08)
+    p = x2 * p + F(1.48572235717979e-05)
+    p = x2 * p + F(6.37261928875436e-04)
+    p = x2 * p + F(4.89352455891786e-03)
+    q = x2 * F(1.19825839466702e-06) + F(1.18534705686654e-04)
+    q = x2 * q + F(2.26843463243900e-03)
+    q = x2 * q + F(4.89352518554385e-03)
+    return x * p / q
+""",
+            "cpu64": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _tanh(x):
+    return math.tanh(x)
+""",
+            "cuda": """\
+@cuda.jit(device=True, inline=True)
+def _tanh(x):
+    return math.tanh(x)
+""",
+        },
+        needs=()),
+    "_sigmoid": Helper(
+        {
+            "cpu32": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _sigmoid(x):
+    # σ(x) = (1 + tanh(x/2)) / 2: stable for any x, and vectorisable
+    return F(0.5) + F(0.5) * _tanh(F(0.5) * x)
+""",
+            "cpu64": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _sigmoid(x):
+    # never exponentiates a large positive number
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+""",
+            "cuda": """\
+@cuda.jit(device=True, inline=True)
+def _sigmoid(x):
+    if x >= 0:
+        return F(1.0) / (F(1.0) + math.exp(-x))
+    e = math.exp(x)
+    return e / (F(1.0) + e)
+""",
+        },
+        needs=('_tanh',)),
+    "_pow2": Helper(
+        {
+            "cpu32": """\
+@intrinsic
+def _pow2(typingctx, k):
+    \"\"\"2**k for an integral float32 k in [-126, 127]: k + 127 written into the exponent bits.\"\"\"
+    def codegen(context, builder, signature, args):
+        i32 = context.get_value_type(types.int32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), i32(127)), i32(23))
+        return builder.bitcast(bits, context.get_value_type(types.float32))
+    return types.float32(types.float32), codegen
+""",
+        },
+        needs=(),
+        imports=('from numba.core import types', 'from numba.extending import intrinsic')),
+    "_exp": Helper(
+        {
+            "cpu32": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _exp(x):
+    # e^x = 2^k · e^r, k = round(x / ln 2), |r| <= ln(2)/2, e^r by Cephes' expf polynomial:
+    # about 2 ulp, and vectorisable (libm's expf is a call per element, 13x slower here).
+    x = max(min(x, F(88.3762626647949)), F(-87.3365447504019))
+    k = np.floor(x * F(1.44269504088896341) + F(0.5))
+    r = x - k * F(0.693359375) + k * F(2.12194440e-4)
+    p = F(1.9875691500e-4)
+    p = p * r + F(1.3981999507e-3)
+    p = p * r + F(8.3334519073e-3)
+    p = p * r + F(4.1665795894e-2)
+    p = p * r + F(1.6666665459e-1)
+    p = p * r + F(5.0000001201e-1)
+    return (p * r * r + r + F(1.0)) * _pow2(k)
+""",
+            "cpu64": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _exp(x):
+    return math.exp(x)
+""",
+            "cuda": """\
+@cuda.jit(device=True, inline=True)
+def _exp(x):
+    return math.exp(x)
+""",
+        },
+        needs=('_pow2',)),
+    "_softplus": Helper(
+        {
+            "cpu32": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _softplus(x):
+    # log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1]; log1p(u) = 2 atanh(s) with
+    # s = u / (2 + u) in (0, 1/3], an odd series in s: about 4 ulp, and vectorisable.
+    u = _exp(-abs(x))
+    s = u / (F(2.0) + u)
+    s2 = s * s
+    p = F(1.0 / 15.0)
+    p = p * s2 + F(1.0 / 13.0)
+    p = p * s2 + F(1.0 / 11.0)
+    p = p * s2 + F(1.0 / 9.0)
+    p = p * s2 + F(1.0 / 7.0)
+    p = p * s2 + F(1.0 / 5.0)
+    p = p * s2 + F(1.0 / 3.0)
+    return max(x, F(0.0)) + F(2.0) * s * (p * s2 + F(1.0))
+""",
+            "cpu64": """\
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _softplus(x):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): finite for any x
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+""",
+            "cuda": """\
+@cuda.jit(device=True, inline=True)
+def _softplus(x):
+    return max(x, F(0.0)) + math.log1p(math.exp(-abs(x)))
+""",
+        },
+        needs=('_exp',)),
+    "_mix": Helper(
+        {
+            "any": """\
+def _mix(x):
+    # splitmix64's finaliser: a bijection of uint64 in which every input bit flips every
+    # output bit with probability ~1/2; the counter-based generator of the draws
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+""",
+        },
+        needs=()),
+    "_draw_key": Helper(
+        {
+            "any": """\
+def _draw_key(seed, salt):
+    # one stream per (step seed, draw)
+    return _mix(_mix(np.uint64(seed)) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15))
+""",
+        },
+        needs=('_mix',)),
+    "_uniform": Helper(
+        {
+            "any": """\
+def _uniform(key, c):
+    # element c of the stream: 53 random bits as a float64 in [0, 1)
+    bits = _mix(key + (np.uint64(c) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+    return np.float64(bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+""",
+        },
+        needs=('_mix',)),
+    "_normal": Helper(
+        {
+            "any": """\
+def _normal(key, c):
+    # Box-Muller from the stream's elements 2c and 2c + 1 (1 - u lies in (0, 1]: log is finite)
+    u = _uniform(key, 2 * c)
+    v = _uniform(key, 2 * c + 1)
+    return math.sqrt(-2.0 * math.log(1.0 - u)) * math.cos(6.283185307179586 * v)
+""",
+        },
+        needs=('_uniform',)),
+    "_gemm": Helper(
+        {
+            "cpu": """\
+@intrinsic
+def _gemm(typingctx, a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
+    \"\"\"c[oc:] (m×n) = op(a[oa:]) · op(b[ob:]) + beta · c, every matrix row-major and
+    contiguous; `a_t`: a is stored as (k×m), `b_t`: b as (n×k). One call of BLAS's gemm
+    through numba's own wrapper (what np.dot calls), without np.dot's views and checks.\"\"\"
+    def codegen(context, builder, signature, args):
+        a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta = args
+        tys = signature.args
+        intp = context.get_value_type(types.intp)
+        void_p = ir.IntType(8).as_pointer()
+        char = ir.IntType(8)
+
+        def cast(i):
+            return context.cast(builder, args[i], tys[i], types.intp)
+
+        def data(i, offset):
+            array = context.make_array(tys[i])(context, builder, args[i])
+            return builder.bitcast(builder.gep(array.data, [cast(offset)]), void_p)
+
+        def slot(value):
+            ptr = cgutils.alloca_once(builder, context.get_value_type(tys[9].dtype))
+            builder.store(value, ptr)
+            return builder.bitcast(ptr, void_p)
+
+        m, n, k = cast(2), cast(3), cast(4)
+        one = ir.Constant(intp, 1)
+        a_t = builder.icmp_signed("!=", cast(0), ir.Constant(intp, 0))
+        b_t = builder.icmp_signed("!=", cast(1), ir.Constant(intp, 0))
+        # BLAS is column-major: a row-major (r×s) block is its (s×r) transpose there, so
+        # row-major c = op(a)·op(b) is column-major cᵀ = op(b)ᵀ·op(a)ᵀ
+        trans, notrans = ir.Constant(char, ord("t")), ir.Constant(char, ord("n"))
+        ld = lambda x: builder.select(builder.icmp_signed(">", x, one), x, one)    # noqa: E731
+        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp,
+                                                void_p, intp, void_p, void_p, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        kind = ir.Constant(char, ord("s" if tys[9].dtype == types.float32 else "d"))
+        dtype = context.get_value_type(tys[9].dtype)
+        builder.call(fn, [kind,
+                          builder.select(b_t, trans, notrans), builder.select(a_t, trans, notrans),
+                          n, m, k, slot(ir.Constant(dtype, 1.0)),
+                          data(7, 8), ld(builder.select(b_t, k, n)),
+                          data(5, 6), ld(builder.select(a_t, m, k)),
+                          slot(context.cast(builder, beta, tys[11], tys[9].dtype)),
+                          data(9, 10), ld(n)])
+        return context.get_dummy_value()
+
+    return types.none(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta), codegen
+""",
+        },
+        needs=(),
+        imports=('from llvmlite import ir', 'from numba.core import cgutils, types', 'from numba.extending import intrinsic', 'from numba.np.linalg import ensure_blas')),
+}
+# the GEMM helper's set-up: numba's BLAS wrapper finds scipy's BLAS
+GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
+
+
+def variant(name: str, target: str, dtype: str) -> str | None:
+    """The text of helper `name` for a target and dtype (None: the target has none)."""
+    texts = HELPERS[name].texts
+    bits = "32" if dtype == "float32" else "64"
+    for key in (target + bits, target):
+        if key in texts:
+            return texts[key].rstrip()
+    if "any" in texts:
+        return (CPU_INLINE if target == "cpu" else CUDA_DEVICE) + "\n" + texts["any"].rstrip()
+    return None
+
+
+def used(text: str, target: str, dtype: str) -> list[str]:
+    """The helpers `text` calls, with those they call, in definition order."""
+    names = {h for h in HELPERS if f"{h}(" in text}
+    while True:
+        more = names | {d for h in names for d in HELPERS[h].needs}
+        if more == names:
+            break
+        names = more
+    return [h for h in HELPERS if h in names and variant(h, target, dtype) is not None]
+
+
+def helpers_text(target: str, dtype: str, names) -> tuple[list[str], str]:
+    """(import lines, definitions) of the helpers `names` (from `used`) for a target."""
+    imports = []
+    for h in names:
+        imports += [line for line in HELPERS[h].imports if line not in imports]
+    parts = [variant(h, target, dtype) for h in names]
+    if "_gemm" in names:
+        parts.insert(names.index("_gemm"), GEMM_SETUP)
+    return imports, "\n\n\n".join(parts)

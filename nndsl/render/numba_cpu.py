@@ -1,0 +1,162 @@
+"""The CPU renderer: the kernel plan as numba `@njit` kernels, one entry function that runs a
+plan table, and the generated module's CPU part (`class Model(CpuModel)`).
+
+A loop kernel holds its tensors as 1-D slices of the flat buffers, indexed by flat offsets
+(a reshaped view costs 3x the compile time and vectorises no better), with unsigned indices
+(`render/loops.py`); a GEMM kernel is one call of BLAS's gemm on row-major blocks (`_gemm`,
+numba's own BLAS wrapper: np.dot on reshaped views cost ~0.15 s of compile per kernel, the
+direct call a few milliseconds). Every kernel takes `(theta, grad, ws, data…, row, draw
+arguments)` and reads its integers from its plan row, so kernels of one data layout share
+one call site in the entry.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import sympy as sp
+
+from ..plan.kernels import BUFFERS, KernelDef
+from ..plan.optimizers import UpdateKernel, element_lines
+from .helpers import helpers_text, used
+from .loops import Emitter
+from .printer import index_text
+
+NAME = "cpu"
+BASE_CLASS = "CpuModel"
+
+# the update's head: the squared norm over the loss's ranges, the finite check, the clip
+_UPDATE_HEAD = '''\
+lr = F(lr)                                # keep the update loops in the parameters' precision
+norm2 = F(0.0)
+for r in range(ranges.shape[0]):
+    dp = grad[ranges[r, 0]:ranges[r, 1]]
+    for i in range(dp.size):
+        norm2 += dp[i] * dp[i]
+if not (np.isfinite(value) and np.isfinite(norm2)):
+    return                                # leave the parameters at their last finite values
+scale = F(1.0)
+if clip_norm > 0.0 and math.sqrt(norm2) > clip_norm:
+    scale = F(clip_norm / math.sqrt(norm2))'''
+
+
+def available() -> bool:
+    return True
+
+
+def kernel_text(k: KernelDef) -> str:
+    """The kernel's function: the three buffers, its data arrays, its plan row and a draw's
+    entry arguments; integers from the row, then its views and body."""
+    signature = ", ".join([*BUFFERS, *k.data, "row", *k.draw_params])
+    head = [f"{p} = row[{2 + i}]" for i, p in enumerate(k.ints)]
+    if k.kind == "gemm":
+        body = _gemm_lines(k)
+    else:
+        flat = k.flat
+        views = [f"{t} = {st.base}[{st.offset}:{st.offset} + {' * '.join(str(d) for d in k.tensors[t].shape) or '1'}]"
+                 for t, st in k.storage.items() if t in flat]
+        emit = Emitter(k.tensors, k.dtype, k.batch_last, flat, unsigned=True)
+        emit.taken |= set(k.params) | set(k.tensors)
+        item = k.item
+        body = views + emit.plan(list(item) if isinstance(item, tuple) else [item])
+    return "\n".join([f"def {k.name}({signature}):"] + ["    " + line for line in head + body])
+
+
+def _gemm_lines(k: KernelDef) -> list[str]:
+    """A comment with the product, then `_gemm(...)` on the operands' buffers and offsets."""
+    g = k.gemm
+    flipped = [x for x, t in ((g.out, g.out_t), (g.a, g.a_t), (g.b, g.b_t)) if t]
+    note = f" ({', '.join(flipped)} stored transposed)" if flipped else ""
+
+    def where(t):
+        st = k.storage[t]
+        return (st.base, str(st.offset)) if st.offset is not None else (t, "0")
+
+    r = g.row_major()                   # BLAS writes row-major: a transposed out is outᵀ = bᵀ·aᵀ
+    size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
+    args = [str(int(r.a_t)), str(int(r.b_t)), size(r.m), size(r.n), size(r.k),
+            *where(r.a), *where(r.b), *where(r.out), "1.0" if r.accumulate else "0.0"]
+    return [f"# {g.out} {'+=' if g.accumulate else '='} {g.a} · {g.b}{note}", f"_gemm({', '.join(args)})"]
+
+
+def update_text(u: UpdateKernel) -> str:
+    """The update's function: head, the rule's setup, then per range a loop over slices."""
+    refs = {"p": "p[i]", "s1": "m1[i]", "s2": "m2[i]"}
+    loop = ["for r in range(ranges.shape[0]):",
+            "    lo, hi = ranges[r, 0], ranges[r, 1]",
+            "    p, dp, m1, m2 = theta[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi]",
+            "    for i in range(p.size):",
+            "        g = dp[i] * scale"] + ["        " + line for line in element_lines(u.rule, refs)]
+    lines = _UPDATE_HEAD.splitlines() + list(u.rule.setup) + loop
+    # returns nothing: the entry calls it through its address as a function of no result
+    return "\n".join([f"def {u.name}({', '.join(u.params)}):"] + ["    " + line for line in lines])
+
+
+def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str) -> str:
+    """A kernel file: the function `text` and the helpers it calls."""
+    names = used(text, NAME, dtype)
+    imports, helpers = helpers_text(NAME, dtype, names)
+    return env.get_template("kernel.py.j2").render(version=version, name=name, what=what, imports=imports,
+                                                   dtype=dtype, helpers=helpers, text=text)
+
+
+def helpers_file(env, version: str, dtype: str) -> str:
+    """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
+    from .helpers import HELPERS
+    text = " ".join(f"{h}(" for h in HELPERS)
+    names = used(text, NAME, dtype)
+    imports, helpers = helpers_text(NAME, dtype, names)
+    return env.get_template("kernel.py.j2").render(version=version, name="helpers", what="every scalar helper",
+                                                   imports=imports, dtype=dtype, helpers=helpers, text="")
+
+
+def entry_file(env, version: str, spec) -> tuple[str, str]:
+    """The entry function's file, named by a hash of its text. Data arguments get canonical
+    names (d0, d1, …), so models with the same kinds of kernels and data share it."""
+    # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
+    canonical = {spec.graph.values[d["name"]].name: f"d{i}" for i, d in enumerate(spec.data)}
+    # a recurrence's step masks follow the data (`x_lengths=` makes them)
+    canonical.update({m: f"d{len(spec.data) + i}" for i, m in enumerate(spec.masks)})
+    branches = [replace(b, arrays=[canonical.get(a, a) for a in b.arrays]) for b in spec.plans.branches.values()]
+    data_names = [f"d{i}" for i in range(len(spec.data) + len(spec.masks))]
+    # arms whose kernels take the same arguments share a call site (a "form")
+    forms: dict[tuple, int] = {}
+    form_of = [forms.setdefault(b.roles(), len(forms)) for b in branches]
+    quoted = lambda roles: "(" + ", ".join(f'"{r}"' for r in roles) + ")"    # noqa: E731
+    template = env.get_template("entry.py.j2")
+    context = dict(version=version, updates=spec.updates, data_names=data_names,
+                   data_args="".join(f"{d}, " for d in data_names),
+                   arms=[(b.kernel, quoted(b.roles())) for b in branches], form_of=form_of,
+                   form_list=[(f, ["a" if r == "row" else r for r in roles]) for roles, f in forms.items()])
+    digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
+    name = f"entry_{digest}"
+    return name, template.render(name=name, **context)
+
+
+def render(spec, env, version: str) -> tuple[dict, dict, dict]:
+    """(kernel files {name: text}, kernel names by kind, the module's target context)."""
+    dtype = spec.dtype
+    files, by_kind = {}, {}
+    for name, k in spec.kernels.items():
+        if isinstance(k, UpdateKernel):
+            text, what = update_text(k), f"the {k.kind} update of a loss's parameters"
+        else:
+            text, what = kernel_text(k), f"one {k.kind} of the kernel plan"
+        files[name] = kernel_file(env, version, name, what, text, dtype)
+        by_kind.setdefault(k.kind if not isinstance(k, UpdateKernel) else "update", []).append(name)
+    entry, files[entry] = entry_file(env, version, spec)
+    by_kind["entry"] = [entry]
+    return files, by_kind, {"entry_name": entry}
+
+
+def module_block(spec, target_context: dict, source_file: str) -> str:
+    """The CPU module's `class Model`."""
+    return f'''
+
+class Model({BASE_CLASS}):
+    """The compiled network on the CPU (dtype {spec.dtype}); arrays are named as in {source_file}.
+    `Model(seed=0, threads=K)`; see the runtime's CpuModel for the API."""
+    tables = TABLES
+    kernel_dir = KERNEL_DIR
+    entry_name = {target_context["entry_name"]!r}      # the entry function that runs the plans
+'''

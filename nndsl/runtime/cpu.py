@@ -1,0 +1,240 @@
+"""The CPU target: a plan runs as one call of the module's njit entry function, which calls
+each row's kernel through its address (docs/architecture.md, "The kernel plan")."""
+import math
+import threading
+import weakref
+
+import numpy as np
+
+from .checks import count
+from .compiler import addresses
+from .loader import load_kernel_file
+from .model import Model
+from .threads import MIN_ROWS_PER_THREAD, set_blas_threads
+
+_COMPILING = threading.Lock()
+
+
+class CpuModel(Model):
+    """The compiled network on the CPU.
+
+    `threads=K`: `step` and `fit` split each batch into up to K parts of at least
+    MIN_ROWS_PER_THREAD rows, compute their gradients in as many threads (each with a
+    one-threaded BLAS), and apply one update of the summed gradient: the same step as one
+    thread, up to rounding. It pays where a step is a chain of small calls, as in a
+    recurrence (docs/performance.md, "Threads")."""
+
+    kernel_dir = None        # the generated module's kernel folder
+    entry_name = None        # its entry function's file there
+
+    def __init__(self, seed=0, threads=1):
+        super().__init__(seed)
+        t = self.tables
+        self.threads = threads
+        self._lanes, self._pool = [], None
+        self._plans = {}
+        self._entry = load_kernel_file(self.kernel_dir, self.entry_name)
+        # arrays a plan does not read still take their argument of `run`: an empty one
+        self._absent = {k: np.zeros((0,) * (len(shape) + 1), np.int64 if classes is not None else t.dtype)
+                        for k, (shape, classes, _) in t.data.items()}
+        self._no_mask = np.zeros(max(len(t.nodes), 1), np.uint8)
+
+    # -- running a plan ----------------------------------------------------------------
+    def _plan(self, name, names, n_rows, sizes, loss):
+        """Everything a call of `run` needs that depends only on the plan, the batch size and
+        the data given: made once per combination and kept, so a training step pays a dict
+        lookup here."""
+        key = (name, tuple(names), n_rows) + tuple(sizes.values())
+        plan = self._plans.get(key)
+        if plan is None:
+            table, n_forward, value_at = self._table(name, n_rows, sizes)
+            self._workspace(n_rows, sizes)
+            slots = [names.index(k) if k in names else -1 for k in self.tables.data]
+            # the last item: the kernels' addresses for the entry, by update (see `_call`)
+            plan = self._plans[key] = (table, n_forward, slots, value_at[loss] if loss else 0, self._ws, {})
+        return plan
+
+    def _workspace_grown(self):
+        self._plans.clear()               # the kept plans hold the old workspace
+
+    def _run(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
+             update=0, mask=None, first=0, grad=None):
+        t = self.tables
+        table, n_forward, slots, value_at, ws, found = self._plan(name, names, n_rows, sizes, loss)
+        data = [arrays[i] if i >= 0 else self._absent[k] for i, k in zip(slots, t.data)]
+        given_masks, self._given_masks = self._given_masks, {}
+        data += [given_masks[k] if given_masks.get(k) is not None and len(given_masks[k]) == n_rows
+                 else np.ones((n_rows, sizes.get(size, 1)), t.dtype) for k, (size, _) in t.masks.items()]
+        which = loss or t.losses[0]
+        s1, s2 = self._state[which]
+        # data-parallel steps pass their own gradient vector and their rows' place in the
+        # global batch (`first`, which keys the draws)
+        value = self._call(found, self.theta, self._grad if grad is None else grad, ws, *data, table,
+                           len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
+                           self._seed(seed), first, training, update, value_at, s1, s2, t.steps[which].ranges,
+                           self._t[which], float(self.lr[which]), float(self.clip_norm))
+        return value, ws
+
+    def _call(self, found, *args):
+        """`run(*args)`, given the addresses of the kernels it calls. They are looked up (numba
+        compiles the kernels or loads them from its cache) on a plan's first call with each
+        update, and serve every later call: data arrays are always C-ordered and of the
+        kernels' dtype, seeds below 2**63, and a read-only array is passed to a kernel
+        exactly as a writeable one (numba's flag changes its typing, not its layout)."""
+        update = args[-8]
+        at = found.get(update)
+        if at is None:
+            with _COMPILING:               # a threaded step's parts: one thread loads the kernels
+                at = found[update] = addresses(self._entry, self.kernel_dir, args)
+        return self._entry.run(at, *args)
+
+    # -- steps -------------------------------------------------------------------------
+    def _step(self, name, seed, data, check_finite):
+        step = self.tables.steps[name]
+        arrays, n_rows, sizes = self._arrays(step.data, data, f"step {name!r}")
+        if check_finite:
+            self._unseen_finite(step.data, arrays)
+        self._t[name] += 1
+        parts = min(self.threads, n_rows // MIN_ROWS_PER_THREAD)
+        if parts > 1:
+            L = self._threaded_step(name, step, arrays, n_rows, sizes, seed, parts)
+        else:
+            L = float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
+                                update=step.update)[0])
+        if not math.isfinite(L):
+            self._t[name] -= 1
+        return L
+
+    def _update_only(self, name, sizes, L, grad):
+        """One optimiser update of loss `name` with the gradient `grad` of a whole batch whose
+        mean loss is L (the update's finite check reads it): the plan's rows are not run. The
+        data-parallel and the threaded steps end so."""
+        t = self.tables
+        step = t.steps[name]
+        table, _, _, value_at, ws, found = self._plan(step.train_plan, (), 1, sizes, name)
+        ws[value_at] = L
+        s1, s2 = self._state[name]
+        # every data argument of `run`, empty (step masks too)
+        absent = list(self._absent.values()) + [np.zeros((0, 0), t.dtype)] * len(t.masks)
+        self._call(found, self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True, step.update,
+                   value_at, s1, s2, step.ranges, self._t[name], float(self.lr[name]), float(self.clip_norm))
+
+    # -- threaded steps ----------------------------------------------------------------
+    def _threaded_step(self, name, step, arrays, n_rows, sizes, seed, parts):
+        """One step over `parts` contiguous parts of the batch: part k's gradient (the mean
+        over its rows) in thread k, into its own gradient vector and workspace; their sum
+        weighted by each part's share is the batch's mean gradient, and one update applies
+        it. Every part draws its noise with the step's seed at its rows' place in the batch
+        (`first`), as data-parallel ranks do, so the step is the one-thread step."""
+        seed = self._seed(seed)
+        cuts = [n_rows * k // parts for k in range(parts + 1)]
+        given = self._given_masks
+        lanes = [self] + [self._lane(k) for k in range(1, parts)]
+
+        def part(k):
+            lane, a, z = lanes[k], cuts[k], cuts[k + 1]
+            lane._given_masks = {m: v[a:z] for m, v in given.items() if v is not None}
+            return float(lane._run(step.train_plan, step.data, [x[a:z] for x in arrays], z - a, sizes, seed,
+                                   True, loss=name, first=a, grad=lane._grad)[0])
+
+        previous = set_blas_threads(1)
+        try:
+            pool = self._threads_pool()
+            others = [pool.submit(part, k) for k in range(1, parts)]
+            losses = [part(0)] + [f.result() for f in others]
+        finally:
+            set_blas_threads(previous)
+        shares = [(cuts[k + 1] - cuts[k]) / n_rows for k in range(parts)]
+        self._grad *= shares[0]
+        for lane, share in zip(lanes[1:], shares[1:]):
+            self._grad += lane._grad * share
+        L = float(sum(v * w for v, w in zip(losses, shares)))
+        self._update_only(name, sizes, L, self._grad)
+        return L
+
+    def _lane(self, k):
+        """The replica that computes part k ≥ 1 of a threaded step: it reads this model's
+        parameters and owns its gradient vector, workspace and plans."""
+        while len(self._lanes) < k:
+            lane = object.__new__(type(self))
+            lane.__dict__.update(self.__dict__)
+            lane._grad = np.zeros(self.tables.n_params, self.tables.dtype)
+            lane._ws = np.zeros(0, self.tables.dtype)
+            lane._plans, lane._lanes = {}, []
+            self._lanes.append(lane)
+        lane = self._lanes[k - 1]
+        lane.theta = self.theta                # `load` may have replaced the vector
+        return lane
+
+    def _threads_pool(self):
+        if self._pool is None or self._pool._max_workers < self.threads - 1:
+            from concurrent.futures import ThreadPoolExecutor
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix=self.tables.name,
+                                            initializer=set_blas_threads, initargs=(1,))
+            weakref.finalize(self, self._pool.shutdown, False)    # its threads end with the model
+        return self._pool
+
+    @property
+    def threads(self):
+        """Threads a step computes its batch's gradient in (`Model(threads=K)`)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value):
+        self._threads = count(value, "threads")
+
+    # -- fit's hooks -------------------------------------------------------------------
+    def _batches(self, data, width, sizes):
+        return _HostBatches(data, width)
+
+    def _fit_step(self, name, batch, first, global_rows, sizes, comm):
+        names = list(self.tables.steps[name].data) + [k for k in self.tables.lengths if k in batch]
+        part = {k: batch[k] for k in names}
+        if comm is None:
+            return self._step(name, None, part, False), False
+        return self._shared_step(name, part, first, global_rows, sizes, comm)
+
+    @staticmethod
+    def _fit_losses(handles):
+        return handles
+
+    # -- data-parallel steps -----------------------------------------------------------
+    def _shared_step(self, name, batch, first, n_global, sizes, comm):
+        """One data-parallel step of loss `name`: this rank's gradient over its rows (`first`
+        is their place in the global batch of `n_global`), weighted by its share, summed over
+        the ranks by one Allreduce, and the same update on every rank. Returns (the global
+        batch's mean loss, whether any rank was interrupted)."""
+        step = self.tables.steps[name]
+        seed = self._seed(None)                # every rank draws the step's seed, rows or not
+        n_local = len(next(iter(batch.values()))) if batch else 0
+        local, summed = self._local, self._summed
+        L, share = 0.0, 0.0                    # a rank without rows in this batch adds zeros
+        if n_local:
+            arrays, n_rows, sizes = self._arrays(step.data, batch, f"step {name!r}")
+            L = self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
+                          first=first, grad=local)[0]
+            share = n_local / n_global         # the global mean: each local mean by its share
+        self._pack(local, share, L, 1.0 if self._interrupted else 0.0)
+        L, stop = self._allreduce(comm, local, summed)
+        self._t[name] += 1
+        self._update_only(name, sizes, L, summed)
+        if not math.isfinite(L):
+            self._t[name] -= 1
+        return L, stop
+
+
+class _HostBatches:
+    """`fit`'s batches on the host: rows gathered into buffers allocated once, not per step."""
+
+    def __init__(self, data, width):
+        self.data = data
+        self.buffers = {k: np.empty((width,) + v.shape[1:], v.dtype) for k, v in data.items()}
+
+    def load(self, rows, noise):
+        # mode="clip": the rows are a permutation, and numpy buffers `out` under "raise"
+        batch = {k: np.take(v, rows, axis=0, out=self.buffers[k][:len(rows)], mode="clip")
+                 for k, v in self.data.items()}
+        batch.update(noise)
+        return batch

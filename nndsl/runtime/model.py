@@ -1,0 +1,312 @@
+"""`Model`: the API of every generated module (docs/language.md §7), whatever its target.
+
+A generated module subclasses a target's model (`CpuModel`, `CudaModel`) and sets `tables`
+to its own `ModelTables`. This class holds what does not depend on the target — the
+parameters and optimiser state (host copies), argument checks, `forward` from any node,
+`loss`/`grad`/`step`, `fit`, save/load — and calls the target through a few methods:
+
+- `_run(plan, names, arrays, n_rows, sizes, seed, training, want_grad, loss, update, mask)`:
+  run a plan's rows (and an optimiser update); returns (the loss value, the host workspace,
+  which holds the nodes a `forward` plan computed);
+- `_step(name, seed, data, check_finite)`: one training step;
+- `_batches`, `_fit_step`, `_fit_losses`, `FIT_READ_EVERY`: the hooks of `fit` (fit.py);
+- `_sync_host()` / `_state_changed()`: bring the host copies up to date / tell the target
+  that they changed (a GPU keeps its own).
+"""
+import numpy as np
+
+from . import fit as fitting
+from . import saving
+from .checks import check_finite, checked_arrays, forward_outputs, ready_arrays, seed_value, step_mask
+from .files import write_atomically
+from .params import LearningRates, Params, initial_values
+
+
+class Model:
+    """The compiled network (see its generated module's docstring for its inputs)."""
+
+    tables = None            # the generated module's ModelTables
+    FIT_READ_EVERY = 1       # `fit` reads each step's loss at once
+
+    def __init__(self, seed=0):
+        t = self.tables
+        self.dtype = t.dtype
+        self._rng = np.random.default_rng(seed_value(seed))
+        self.theta = np.empty(t.n_params, t.dtype)
+        self.params = Params()
+        for name, (offset, shape, *_rest) in t.params.items():
+            view = self.theta[offset:offset + t.parameter_count(name)].reshape(shape)
+            view[...] = initial_values(t, name, self._rng)
+            self.params._set_view(name, view)
+        self._grad = np.zeros(t.n_params, t.dtype)
+        self._lr = LearningRates({name: float(args["lr"]) for name, (_, args) in t.optimizers.items()}, t.losses)
+        self._finite_seen = {}          # id -> array: arrays `step` has checked for NaN/inf
+        self.clip_norm = t.train["clip_norm"] or 0.0
+        self._state = {name: (np.zeros(t.n_params, t.dtype), np.zeros(t.n_params, t.dtype)) for name in t.losses}
+        self._t = {name: 0 for name in t.losses}
+        self._ws = np.zeros(0, t.dtype)
+        self._lcg = int(self._rng.integers(0, 2**63))
+        self._given_masks = {}
+        self._interrupted = False
+
+    # -- options -----------------------------------------------------------------------
+    @property
+    def lr(self):
+        """Learning rate per named loss; `m.lr[name] = value` changes it between steps."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, values):
+        if not isinstance(values, dict):
+            raise TypeError(f"lr: expected a dict of learning rates by loss name, got {values!r}")
+        self._lr.update(values)
+
+    def _loss_name(self, name):
+        if name is None:
+            return self.tables.losses[0]
+        if name not in self.tables.steps:
+            raise ValueError(f"unknown loss {name!r}; losses: {', '.join(self.tables.losses)}")
+        return name
+
+    def _seed(self, seed):
+        """The seed of a run's draws: `seed`, or the next of a 64-bit LCG seeded from the
+        model's generator (cheap per step, reproducible per model)."""
+        if seed is not None:
+            return seed_value(seed) % 2**63     # an int64 for the kernels, whatever the seed
+        self._lcg = (self._lcg * 6364136223846793005 + 1442695040888963407) % 2**64
+        return self._lcg >> 33
+
+    # -- arrays ------------------------------------------------------------------------
+    def _arrays(self, names, data, what):
+        """(arrays, batch size, free sizes) of the inputs `names` from `data`; `x_lengths=`
+        becomes the step mask of the next run (`_given_masks`)."""
+        t = self.tables
+        lengths = {k: data[k] for k in t.lengths if k in data}
+        if lengths:
+            data = {k: v for k, v in data.items() if k not in t.lengths}
+        fast = ready_arrays(t, names, data)
+        arrays, n_rows, sizes = fast if fast is not None else checked_arrays(t, names, data, what)
+        self._given_masks = {t.lengths[k]: step_mask(t, k, v, n_rows, sizes) for k, v in lengths.items()}
+        return arrays, n_rows, sizes
+
+    def _unseen_finite(self, names, arrays):
+        """Check for NaN/inf the arrays not seen before (by identity; kept alive while
+        remembered so an id is not reused): repeated calls with the same arrays stay O(1).
+        An array changed in place after its first check is not checked again."""
+        for name, a in zip(names, arrays):
+            if a.dtype.kind == "f" and self._finite_seen.get(id(a)) is not a:
+                check_finite(name, a)
+                if len(self._finite_seen) >= 16:
+                    self._finite_seen.clear()
+                self._finite_seen[id(a)] = a
+
+    def _table(self, name, n_rows, sizes):
+        """(table, rows before the gradient, {loss: where its value sits}) of a plan."""
+        t = self.tables
+        fill, n_forward = t.plans[name]
+        args = t.size_args(n_rows, sizes)
+        table = fill(*args)
+        if n_forward is None:                 # a recurrence's plan: its length depends on T
+            table, n_forward = table
+        return table, n_forward, t.value_at(*args)
+
+    def _workspace(self, n_rows, sizes):
+        """The host workspace, grown to what a batch of `n_rows` needs."""
+        need = self.tables.workspace_size(*self.tables.size_args(n_rows, sizes))
+        if self._ws.size < need:
+            self._ws = np.zeros(need, self.tables.dtype)
+            self._workspace_grown()
+        return self._ws
+
+    def _workspace_grown(self):
+        """The workspace was replaced: what a target kept bound to the old one goes."""
+
+    # -- the API -----------------------------------------------------------------------
+    def forward(self, seed=None, outputs=None, **data):
+        """The declared outputs for a batch of the inputs they depend on; noise layers are off
+        (`sample=true` layers still sample).
+
+        `outputs` names any nodes (NODES) to return instead, and any node may be given
+        instead of computed: for a VAE, `forward(outputs="xr", z=Z)` decodes the codes Z."""
+        t = self.tables
+        names = forward_outputs(t, outputs)
+        if outputs is None and set(data) <= set(t.inputs) | set(t.lengths):
+            inputs = list(t.forward_inputs)
+            arrays, n_rows, sizes = self._arrays(inputs, data, "forward")
+            _, ws = self._run("forward", inputs, arrays, n_rows, sizes, seed, False)
+            outs = tuple(v.copy() for v in t.output_views(ws, *t.size_args(n_rows, sizes)))
+            return outs[0] if len(outs) == 1 else outs
+        outs = self._forward_nodes(names, data, seed)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _forward_nodes(self, names, data, seed):
+        """The nodes `names`, computing every node that `data` does not give."""
+        t = self.tables
+        lengths = {k: data[k] for k in t.lengths if k in data}
+        data = {k: v for k, v in data.items() if k not in t.lengths}
+        given = {k: v for k, v in data.items() if k in t.nodes}
+        needed = self._needed_inputs(names, given)
+        provided = [k for k in t.inputs if k in data]
+        arrays, n_rows, sizes = checked_arrays(t, provided, {k: data[k] for k in data if k not in t.nodes},
+                                               "forward")
+        # x_lengths=: the step masks of the run below, as `_arrays` makes them
+        self._given_masks = {t.lengths[k]: step_mask(t, k, v, n_rows, sizes) for k, v in lengths.items()}
+        for k in needed:
+            if k not in data:
+                raise ValueError(f"forward: {', '.join(map(repr, names))} depend on input {k!r}: "
+                                 f"give it, or a node between it and them")
+        by_name = dict(zip(provided, arrays))
+        for k, v in given.items():
+            v = np.asarray(v)
+            expected = (v.shape[0] if v.ndim else 0,) + t.nodes[k][0]
+            if v.shape != expected or v.dtype.kind not in "biuf" or (n_rows is not None and v.shape[0] != n_rows):
+                raise ValueError(f"node {k!r}: expected a numeric array of shape "
+                                 f"({n_rows if n_rows is not None else 'N'}, {', '.join(map(str, t.nodes[k][0]))}), "
+                                 f"got {v.dtype} array of shape {v.shape}")
+            given[k] = np.ascontiguousarray(v, dtype=t.dtype)
+            n_rows = v.shape[0]
+        if not n_rows:
+            raise ValueError("forward: empty batch")
+        for k in t.inputs:                 # inputs no output needs: placeholders of the right shape
+            if k not in by_name:
+                shape = tuple(sizes.setdefault(s, 1) if isinstance(s, str) else s for s in t.data[k][0])
+                by_name[k] = np.zeros((n_rows,) + shape, np.int64 if t.data[k][1] is not None else t.dtype)
+        ws = self._workspace(n_rows, sizes)
+        views = t.node_views(ws, *t.size_args(n_rows, sizes))
+        for k, v in given.items():
+            views[k][...] = v
+        mask = np.array([k in given for k in t.nodes], np.uint8)
+        self._run("nodes", list(t.inputs), [by_name[k] for k in t.inputs], n_rows, sizes, seed, False, mask=mask)
+        return tuple(np.array(views[n], order="C") for n in names)   # copies out of the workspace
+
+    def _needed_inputs(self, names, given):
+        """The inputs that `names` depend on through nodes that are not given."""
+        t = self.tables
+        needed, stack, seen = [], list(names), set()
+        while stack:
+            k = stack.pop()
+            if k in seen or k in given:
+                continue
+            seen.add(k)
+            if k in t.nodes:
+                stack += t.nodes[k][1]
+            elif k in t.inputs:
+                needed.append(k)
+        return needed
+
+    def loss(self, name=None, seed=None, **data):
+        """The mean loss over the batch (float)."""
+        name = self._loss_name(name)
+        step = self.tables.steps[name]
+        arrays, n_rows, sizes = self._arrays(step.data, data, f"loss {name!r}")
+        return float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, seed, True, want_grad=False,
+                               loss=name)[0])
+
+    def grad(self, name=None, seed=None, **data):
+        """(loss, {parameter name: gradient}) for a batch."""
+        t = self.tables
+        name = self._loss_name(name)
+        step = t.steps[name]
+        arrays, n_rows, sizes = self._arrays(step.data, data, f"grad {name!r}")
+        L = float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name)[0])
+        return L, {p: self._grad[o:o + t.parameter_count(p)].reshape(s).copy()
+                   for p, (o, s, *_r) in t.params.items()}
+
+    def step(self, name=None, seed=None, **data):
+        """One optimiser update of the loss's parameters; returns the loss before the update.
+
+        Each array is checked for NaN/inf the first time `step` sees it (by identity)."""
+        return self._step(self._loss_name(name), seed, data, True)
+
+    def fit(self, epochs=None, batch_size=None, shuffle=None, validation=None, verbose=True,
+            d_steps=None, comm=None, checkpoint=None, every=None, resume=None, **data):
+        """Mini-batch training over the arrays given by name; returns a History of per-epoch losses.
+
+        With several losses (a GAN), each batch takes `d_steps` steps of the first
+        loss, then one step of each other loss.
+
+        `comm`: data-parallel training over an MPI communicator (mpi4py's COMM_WORLD, or any
+        object with its Allreduce/Bcast/Get_rank/Get_size). Every rank passes the same arrays
+        and the global `batch_size`; rank 0's parameters, optimiser state and generator are
+        broadcast, each rank computes the gradient of its share of every global batch, one
+        Allreduce per step sums them, and every rank applies the same update. Validation and
+        progress come from rank 0 (docs/scaling.md).
+
+        `checkpoint=PATH, every=K`: write PATH (atomically, from rank 0) every K batches (0:
+        every epoch) and when interrupted: parameters, optimiser state, generators and the place in the data.
+        `resume=PATH` continues from such a checkpoint as if never stopped. SIGINT finishes
+        the batch, writes the checkpoint if asked, and raises KeyboardInterrupt.
+        """
+        return fitting.fit(self, epochs=epochs, batch_size=batch_size, shuffle=shuffle, validation=validation,
+                           verbose=verbose, d_steps=d_steps, comm=comm, checkpoint=checkpoint, every=every,
+                           resume=resume, **data)
+
+    # -- persistence -------------------------------------------------------------------
+    def _sync_host(self):
+        """Bring the host copies of parameters and optimiser state up to date."""
+
+    def _state_changed(self):
+        """The host copies of parameters and optimiser state were replaced."""
+
+    def _state_arrays(self):
+        self._sync_host()
+        return saving.state_arrays(self)
+
+    def save(self, path):
+        """Parameters, optimiser state and step counts by name, written atomically."""
+        write_atomically(str(path), self._state_arrays())
+
+    @classmethod
+    def load(cls, path, seed=0, strict=True):
+        """A model with the weights of `path` (a file `save` wrote), matched by parameter name
+        and shape: comments and formatting changes of the model file do not matter, nor the
+        dtype. `strict=False` loads the parameters that match and keeps the others' initial
+        values (fine-tuning a changed model)."""
+        with saving.open_saved(path) as f:
+            m = cls(seed)
+            saving.restore(m, f, path, strict=strict)
+        m._state_changed()
+        return m
+
+    # -- data-parallel training --------------------------------------------------------
+    def _broadcast_state(self, comm):
+        """Rank 0's parameters, optimiser state, step counts and generators to every rank:
+        the replicas start equal, and shuffle and draw alike from then on."""
+        import json
+        t = self.tables
+        self._sync_host()
+        comm.Bcast(self.theta, root=0)
+        for name in t.losses:
+            comm.Bcast(self._state[name][0], root=0)
+            comm.Bcast(self._state[name][1], root=0)
+        ints = np.array([self._lcg] + [self._t[n] for n in t.losses], np.uint64)
+        comm.Bcast(ints, root=0)
+        self._lcg = int(ints[0])
+        self._t = {n: int(v) for n, v in zip(t.losses, ints[1:])}
+        rng = np.frombuffer(json.dumps(self._rng.bit_generator.state).encode().ljust(1024), np.uint8).copy()
+        comm.Bcast(rng, root=0)
+        self._rng.bit_generator.state = json.loads(rng.tobytes().decode())
+        self._state_changed()
+        self._local, self._summed = self._reduce_buffers()
+
+    def _reduce_buffers(self):
+        """The local and the summed `[gradient ‖ loss·share ‖ stop flag]` (N_PARAMS + 2):
+        one Allreduce carries all three, and the update reads the sum in place (no copy)."""
+        n = self.tables.n_params + 2
+        return np.zeros(n, self.tables.dtype), np.zeros(n, self.tables.dtype)
+
+    def _pack(self, local, share, value, stop):
+        """Weight the local gradient and loss by this rank's share; 0 clears a rank without rows."""
+        n = self.tables.n_params
+        if share:
+            local[:n] *= share
+        else:
+            local[:n] = 0.0                    # not 0·(last gradient): 0·inf would be NaN
+        local[n] = value * share
+        local[n + 1] = stop
+
+    def _allreduce(self, comm, local, summed):
+        """Sum over the ranks; (the global batch's mean loss, whether any rank was interrupted)."""
+        n = self.tables.n_params
+        comm.Allreduce(local, summed)
+        return float(summed[n]), bool(summed[n + 1] > 0)
