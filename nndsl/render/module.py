@@ -9,6 +9,7 @@ module imports from there.
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -72,16 +73,27 @@ def context(spec, source_file: str, source_hash: str, target: str, version: str)
         size_args=", ".join(size_names), masks=spec.masks,
         output_views=[view_text(spec.tensors[o], spec.storage[o]) for o in spec.outputs],
         plans=list(spec.plans.plans.values()), width=spec.plans.width,
+        forward_is_nodes=_same_rows(spec.plans.plans["forward"], spec.plans.plans["nodes"]),
         train=repr(dict(batch=train.batch, epochs=train.epochs, shuffle=train.shuffle,
                         clip_norm=train.clip_norm, seed=train.seed, d_steps=train.d_steps)),
     )
+
+
+def _same_rows(a, b) -> bool:
+    """Whether two plans run the same kernel calls (the node a row computes aside): the plan of
+    the outputs is then the plan of every node, which runs all rows when no node is given."""
+    def key(rows):
+        return [(r.branch, tuple(r.ints)) if not hasattr(r, "items") else ("block", r.count, r.reverse, key(r.items))
+                for r in rows]
+    return a.n_forward == b.n_forward and key(a.rows) == key(b.rows)
 
 
 def render_module(env, spec, renderer, target_context: dict, kernel_names: list[str], kernel_dir: str,
                   runtime: str, source_file: str, source_hash: str, target: str, version: str) -> str:
     ctx = context(spec, source_file, source_hash, target, version)
     block = renderer.module_block(spec, target_context, source_file)
-    kernels = "\n".join(f"    {name!r}," for name in kernel_names)
+    kernels = textwrap.fill(", ".join(repr(n) for n in kernel_names), 96, initial_indent="    ",
+                            subsequent_indent="    ")
     block = (f"\n# The shared files of this module in KERNEL_DIR: its kernels, and the runtime package.\n"
              f"KERNELS = [\n{kernels}\n]\nRUNTIME = {runtime!r}\n" + block)
     return env.get_template("module.py.j2").render(
