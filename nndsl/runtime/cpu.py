@@ -33,11 +33,15 @@ class CpuModel(Model):
         self.threads = threads
         self._lanes, self._pool = [], None
         self._plans = {}
-        self._entry = load_kernel_file(self.kernel_dir, self.entry_name)
+        self._entry = self._load_entry()
         # arrays a plan does not read still take their argument of `run`: an empty one
         self._absent = {k: np.zeros((0,) * (len(shape) + 1), np.int64 if classes is not None else t.dtype)
                         for k, (shape, classes, _) in t.data.items()}
         self._no_mask = np.zeros(max(len(t.nodes), 1), np.uint8)
+
+    def _load_entry(self):
+        """The module of the entry function that runs this model's plans."""
+        return load_kernel_file(self.kernel_dir, self.entry_name)
 
     # -- running a plan ----------------------------------------------------------------
     def _plan(self, name, names, n_rows, sizes, loss):

@@ -1,0 +1,347 @@
+"""The generated module's runtime (`nndsl/runtime/`) as ordinary Python: argument checks, the
+`d_steps` schedule, checkpoint positions, save/load, validation, threads, data-parallel
+steps — on a model whose plans run in numpy (tests/fake_model.py), no numba compile."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fake_model as F
+from nndsl.runtime import fit as fitting
+from nndsl.runtime import saving
+from nndsl.runtime.checks import count, rate, step_mask
+from nndsl.runtime.tables import ModelTables
+
+
+@pytest.fixture
+def m():
+    return F.FakeModel(seed=0)
+
+
+@pytest.fixture
+def d():
+    return F.data()
+
+
+def reference_grad(theta, x, y):
+    """The fake model's gradient, by hand."""
+    e = (x @ theta[:3] + theta[3] - y[:, 0]) / len(x)
+    return np.concatenate([e @ x, [e.sum()]])
+
+
+# -- the API over the fake plans --------------------------------------------------------
+def test_loss_grad_step_and_forward(m, d):
+    L, g = m.grad(**d)
+    assert L == m.loss(**d)
+    np.testing.assert_allclose(np.concatenate([g["o.W"].ravel(), g["o.b"]]), reference_grad(m.theta, d["x"], d["y"]))
+    before = m.theta.copy()
+    assert m.step(**d) == L and m._t["loss"] == 1
+    np.testing.assert_allclose(m.theta, before - 0.1 * reference_grad(before, d["x"], d["y"]))
+    np.testing.assert_allclose(m.forward(x=d["x"])[:, 0], d["x"] @ m.theta[:3] + m.theta[3])
+    np.testing.assert_allclose(m.forward(outputs="o", x=d["x"]), m.forward(x=d["x"]))
+
+
+BAD_CALLS = [  # (call, data changes, error, message)
+    ("loss", {"z": np.zeros((10, 3))}, ValueError, "unknown input 'z'"),
+    ("loss", {"y": None}, ValueError, "missing input 'y'"),
+    ("loss", {"x": np.zeros((10, 4))}, ValueError, r"'x': expected shape \(N, 3\), got \(10, 4\)"),
+    ("loss", {"y": np.zeros(10)}, ValueError, r"use \.reshape\(-1, 1\)"),
+    ("loss", {"x": np.zeros((9, 3))}, ValueError, "batch size 10 differs from 9"),
+    ("loss", {"x": np.array([["a"] * 3] * 10)}, ValueError, "expected a numeric array"),
+    ("loss", {"x": np.zeros((0, 3)), "y": np.zeros((0, 1))}, ValueError, "empty batch"),
+    ("step", {"x": np.full((10, 3), np.nan)}, ValueError, "'x': 10 of 10 rows hold NaN or inf"),
+    ("forward", {"q": np.zeros((2, 3))}, ValueError, "unknown input 'q'"),
+    ("grad", {"name": "other"}, ValueError, "unknown loss 'other'; losses: loss"),
+]
+
+
+@pytest.mark.parametrize("call,change,error,message", BAD_CALLS, ids=[f"{c[0]}:{c[3][:20]}" for c in BAD_CALLS])
+def test_bad_calls_name_the_argument(m, d, call, change, error, message):
+    args = {k: v for k, v in dict(d, **change).items() if v is not None}
+    if call == "forward":
+        args.pop("y")
+    with pytest.raises(error, match=message):
+        getattr(m, call)(**args)
+
+
+OPTION_CHECKS = [  # (check, value, error, message)
+    (lambda v: count(v, "fit: epochs", minimum=0), -1, ValueError, "expected an integer >= 0, got -1"),
+    (lambda v: count(v, "fit: batch_size"), 2.5, TypeError, "expected an integer >= 1, got 2.5"),
+    (lambda v: count(v, "threads"), True, TypeError, "expected an integer >= 1, got True"),
+    (lambda v: rate(v, "lr['loss']"), float("nan"), ValueError, "a finite number >= 0"),
+    (lambda v: rate(v, "lr['loss']"), "fast", TypeError, "expected a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("check,value,error,message", OPTION_CHECKS)
+def test_option_checks(check, value, error, message):
+    with pytest.raises(error, match=message):
+        check(value)
+
+
+def test_learning_rates_are_fixed_names_with_valid_values(m):
+    m.lr["loss"] = 0.5
+    assert m.lr == {"loss": 0.5}
+    with pytest.raises(KeyError, match="no loss 'other'"):
+        m.lr["other"] = 0.1
+    with pytest.raises(TypeError, match="cannot be removed"):
+        del m.lr["loss"]
+    with pytest.raises(ValueError, match="finite number"):
+        m.lr = {"loss": -1}
+
+
+def test_step_masks_from_lengths():
+    t = F.tables()
+    t = ModelTables(**{k: getattr(t, k) for k in t.__dataclass_fields__ if k != "lengths"} | {"masks": {"x_mask": ("T", "x")}})
+    assert t.lengths == {"x_lengths": "x_mask"}
+    np.testing.assert_array_equal(step_mask(t, "x_lengths", np.array([1, 3]), 2, {"T": 3}), [[1, 0, 0], [1, 1, 1]])
+    for lengths, message in (([0, 3], r"in 1\.\.3"), ([1.0, 2.0], "integer lengths"), ([1], r"shape \(2,\)")):
+        with pytest.raises(ValueError, match=message):
+            step_mask(t, "x_lengths", np.array(lengths), 2, {"T": 3})
+    with pytest.raises(ValueError, match="given without the sequence 'x'"):
+        step_mask(t, "x_lengths", np.array([1, 2]), 2, {})
+
+
+# -- fit ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("losses,d_steps,expected", [
+    (("loss",), 3, ["loss"]),
+    (("d", "g"), 1, ["d", "g"]),
+    (("d", "g"), 3, ["d", "d", "d", "g"]),
+    (("d", "g", "e"), 2, ["d", "d", "g", "e"]),
+])
+def test_d_steps_schedule(losses, d_steps, expected):
+    class T:
+        pass
+    t = T()
+    t.losses = losses
+    assert fitting.schedule(t, d_steps) == expected
+
+
+def test_fit_is_its_steps_in_a_seeded_order(d):
+    a, b = F.FakeModel(seed=0), F.FakeModel(seed=0)
+    h = a.fit(epochs=2, batch_size=4, verbose=False, **d)
+    for epoch in range(2):
+        order = b._rng.permutation(10)
+        losses = [b.step(x=d["x"][order[i:i + 4]], y=d["y"][order[i:i + 4]]) for i in range(0, 10, 4)]
+        assert h[epoch] == pytest.approx(sum(L * len(order[i:i + 4]) for L, i in zip(losses, range(0, 10, 4))) / 10)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert len(h.losses["loss"]) == 2 and h.val == []
+
+
+def test_fit_defaults_come_from_the_train_statement(d):
+    model = F.model_class(epochs=3, batch=5)(seed=0)
+    h = model.fit(verbose=False, **d)
+    assert len(h) == 3 and model._t["loss"] == 3 * 2
+
+
+@pytest.mark.parametrize("validation", ["dict", "tuple"])
+def test_validation_as_dict_or_tuple(m, d, validation):
+    held = F.data(n=4, seed=1)
+    given = held if validation == "dict" else (held["x"], held["y"])
+    h = m.fit(epochs=2, batch_size=4, verbose=False, validation=given, **d)
+    assert len(h.val) == 2 and h.val[-1] == m.loss(seed=0, **held)
+
+
+@pytest.mark.parametrize("validation,error,message", [
+    ((np.zeros((2, 3)),), ValueError, r"needs 2 arrays in the order \(x, y\), got 1"),
+    ("held", TypeError, "validation must be a dict"),
+    ({"x": np.zeros((2, 3)), "y": np.full((2, 1), np.inf)}, ValueError, "'validation y': 2 of 2 rows"),
+])
+def test_bad_validation(m, d, validation, error, message):
+    with pytest.raises(error, match=message):
+        m.fit(epochs=1, verbose=False, validation=validation, **d)
+
+
+def test_non_finite_loss_stops_fit_with_epoch_and_step(d):
+    m = F.model_class(optimizer=("sgd", {"lr": 1e200}))(seed=0)
+    with pytest.raises(FloatingPointError, match=r"loss 'loss' became (inf|nan) at epoch \d+, step \d+"):
+        m.fit(epochs=5, batch_size=2, verbose=False, **d)
+    assert np.isfinite(m.theta).all()
+
+
+def test_noise_inputs_must_be_inputs_and_normal(m, d):
+    with pytest.raises(ValueError, match="\"normal\" for fresh noise"):
+        m.fit(epochs=1, verbose=False, x=d["x"], y="normal")
+
+
+@pytest.mark.parametrize("every,batches", [(0, [3, 6]), (2, [2, 4, 6]), (4, [4])])
+def test_checkpoints_every_k_batches(tmp_path, d, monkeypatch, every, batches):
+    seen = []
+    real = fitting.save_checkpoint
+    monkeypatch.setattr(fitting, "save_checkpoint", lambda model, path, at, history: (
+        seen.append((at["epoch"] - 1) * 3 + at["batch"]), real(model, path, at, history)))
+    F.FakeModel(seed=0).fit(epochs=2, batch_size=4, verbose=False, checkpoint=tmp_path / "c.npz", every=every, **d)
+    assert seen == batches
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 4])
+def test_resume_equals_an_uninterrupted_fit(tmp_path, d, monkeypatch, stop_after):
+    whole = F.FakeModel(seed=0)
+    hw = whole.fit(epochs=3, batch_size=4, verbose=False, validation=F.data(4, 1), **d)
+    # interrupted after batch `stop_after` (SIGINT: the batch finishes, a checkpoint is written)
+    part = F.FakeModel(seed=0)
+    real = part._fit_step
+    calls = [0]
+
+    def interrupting(*args):
+        calls[0] += 1
+        part._interrupted = calls[0] >= stop_after
+        return real(*args)
+    part._fit_step = interrupting
+    path = tmp_path / "ck.npz"
+    with pytest.raises(KeyboardInterrupt, match=f"batch {(stop_after - 1) % 3 + 1}"):
+        part.fit(epochs=3, batch_size=4, verbose=False, validation=F.data(4, 1), checkpoint=path, **d)
+    resumed = F.FakeModel(seed=7)
+    hr = resumed.fit(epochs=3, batch_size=4, verbose=False, validation=F.data(4, 1), resume=path, **d)
+    np.testing.assert_array_equal(resumed.theta, whole.theta)
+    assert list(hr) == list(hw) and hr.val == hw.val
+
+
+def test_resume_refuses_a_saved_model_and_another_models_checkpoint(tmp_path, m, d):
+    m.save(tmp_path / "w.npz")
+    with pytest.raises(ValueError, match="a saved model, not a training checkpoint"):
+        m.fit(epochs=1, verbose=False, resume=tmp_path / "w.npz", **d)
+    m.fit(epochs=1, verbose=False, checkpoint=tmp_path / "c.npz", **d)
+    with np.load(tmp_path / "c.npz") as f:
+        other = dict(f)
+    other["__model__"] = np.array("other")
+    np.savez(tmp_path / "o.npz", **other)
+    with pytest.raises(ValueError, match="a checkpoint of model 'other', not of 'fake'"):
+        m.fit(epochs=1, verbose=False, resume=tmp_path / "o.npz", **d)
+
+
+# -- save and load ------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path, m, d):
+    for _ in range(3):
+        m.step(**d)
+    m.save(tmp_path / "w.npz")
+    m2 = F.FakeModel.load(tmp_path / "w.npz")
+    np.testing.assert_array_equal(m2.theta, m.theta)
+    assert m2._t == m._t and m2._lcg == m._lcg
+    assert m.step(seed=1, **d) == m2.step(seed=1, **d)
+
+
+def test_saved_file_holds_every_parameter_by_name(tmp_path, m):
+    m.save(tmp_path / "w.npz")
+    with np.load(tmp_path / "w.npz") as f:
+        assert f["param:o.W"].shape == (1, 3) and f["param:o.b"].shape == (1,)
+        assert int(f["__format__"]) == saving.FORMAT and "theta" not in f
+
+
+def _edited(tmp_path, m, change):
+    """A saved file of `m` with its parameters changed by `change` (a dict of edits)."""
+    m.save(tmp_path / "w.npz")
+    with np.load(tmp_path / "w.npz") as f:
+        arrays = dict(f)
+    for key, value in change.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    np.savez(tmp_path / "e.npz", **arrays)
+    return tmp_path / "e.npz"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"param:o.b": None}, "missing o.b"),
+    ({"param:h.W": np.zeros((2, 2))}, "extra h.W"),
+    ({"param:o.W": np.zeros((1, 4))}, r"reshaped o.W \(1, 4\) -> \(1, 3\)"),
+    ({"__model__": np.array("cls"), "param:o.b": None}, "saved by model 'cls', whose parameters do not match"),
+])
+def test_load_names_what_does_not_match(tmp_path, m, change, message):
+    path = _edited(tmp_path, m, change)
+    with pytest.raises(ValueError, match=message):
+        F.FakeModel.load(path)
+
+
+def test_load_not_strict_keeps_what_does_not_match(tmp_path, m):
+    path = _edited(tmp_path, m, {"param:o.W": np.zeros((1, 4)), "param:o.b": np.array([5.0])})
+    fresh = F.FakeModel(seed=3)
+    m2 = F.FakeModel.load(path, seed=3, strict=False)
+    np.testing.assert_array_equal(m2.params["o.W"], fresh.params["o.W"])
+    assert m2.params["o.b"][0] == 5.0
+
+
+def test_load_converts_the_dtype(tmp_path, m, d):
+    m.step(**d)
+    m.save(tmp_path / "w.npz")
+    m32 = F.model_class(dtype=np.float32).load(tmp_path / "w.npz")
+    assert m32.theta.dtype == np.float32
+    np.testing.assert_allclose(m32.theta, m.theta, rtol=1e-6)
+
+
+def test_files_of_the_first_format_load_into_their_build(tmp_path, m):
+    flat = {"theta": m.theta, "__model__": np.array("fake"), "__hash__": np.array("0" * 64),
+            "__noise__": np.array(str(m._lcg)), "s1:loss": m.theta * 0, "s2:loss": m.theta * 0, "t:loss": np.array(4)}
+    np.savez(tmp_path / "old.npz", **flat)
+    assert F.FakeModel.load(tmp_path / "old.npz")._t["loss"] == 4
+    np.savez(tmp_path / "other.npz", **dict(flat, __hash__=np.array("1" * 64)))
+    with pytest.raises(ValueError, match="not by this build of 'fake'"):
+        F.FakeModel.load(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not a zip", r"not a saved nndsl model \("),
+    ("array", r"a single array"),
+    ("other", r"not a saved nndsl model$"),
+])
+def test_load_refuses_what_is_not_a_saved_model(tmp_path, content, message):
+    path = tmp_path / "w.npz"
+    if content == "array":
+        np.save(path, np.zeros(3))
+        path = tmp_path / "w.npz.npy"
+    elif content == "other":
+        np.savez(path, a=np.zeros(2))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        F.FakeModel.load(path)
+
+
+def test_save_is_atomic_and_names_the_users_path(tmp_path, m):
+    with pytest.raises(OSError, match=r"cannot save to '.*missing/w.npz'"):
+        m.save(tmp_path / "missing" / "w.npz")
+    m.save(tmp_path / "w.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
+
+
+# -- threads and data-parallel steps -----------------------------------------------------
+def test_a_threaded_step_is_the_one_thread_step(d):
+    one, two = F.FakeModel(seed=0), F.FakeModel(seed=0, threads=2)
+    data = F.data(n=20)
+    for _ in range(3):
+        assert two.step(**data) == pytest.approx(one.step(**data), rel=1e-14)
+    np.testing.assert_allclose(two.theta, one.theta, rtol=1e-13)
+    assert len(two._lanes) == 1 and two._pool is not None
+
+
+class OneRank:
+    """An mpi4py-like communicator of one rank."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def Bcast(self, buf, root=0):
+        pass
+
+    def Allreduce(self, send, recv):
+        recv[...] = send
+
+
+def test_data_parallel_fit_over_one_rank_is_fit(d):
+    a, b = F.FakeModel(seed=0), F.FakeModel(seed=0)
+    ha = a.fit(epochs=2, batch_size=4, verbose=False, **d)
+    hb = b.fit(epochs=2, batch_size=4, verbose=False, comm=OneRank(), **d)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=1e-13)
+    assert hb == pytest.approx(ha, rel=1e-13)
+
+
+def test_the_generator_state_survives_a_broadcast(m):
+    state = json.dumps(m._rng.bit_generator.state)
+    m._broadcast_state(OneRank())
+    assert json.dumps(m._rng.bit_generator.state) == state
