@@ -653,6 +653,3 @@ def _ancestors(model: ir.ModelIR, names) -> set[str]:
         seen.add(name)
         todo.extend(by_name[name].inputs)
     return seen
-
-
-from . import recurrent  # noqa: E402,F401  (registers rnn, lstm, gru)
