@@ -10,6 +10,7 @@ import os
 import sys
 
 from .diagnostics import CompileError, UsageError, render_all
+from .render import TARGETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +59,7 @@ def _arg_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="write DIR/NAME.py, a standalone Numba module")
     b.add_argument("file")
     b.add_argument("-o", "--out", default=".", help="output directory (default: .)")
-    b.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--target", choices=list(TARGETS), default="cpu")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     b.add_argument("--ptx", metavar="DIR",
                    help="with --target cuda: compile every kernel for sm_90 and write DIR/KERNEL.FUNC.ptx")

@@ -165,9 +165,10 @@ NUMBA = {
 }
 NUMBA.update({cls.__name__: "({2} if {0} %s {1} else {3})" % op for op, cls in WHERE.items()})
 
-# Plain-text and LaTeX names for `nndsl grad`.
-DISPLAY = {"sigmoid": "σ", "absolute": "abs", "maximum": "max", "minimum": "min",
-           "step": "step", "ge": "ge", "eq": "eq"}
+# Scalar helpers a primitive's NUMBA text calls, that are not in `render/helpers.py`: name ->
+# its definition without a decorator (each target adds its own), the same on every target.
+# A new activation that needs one adds it here, beside its Function and NUMBA text.
+HELPERS: dict[str, str] = {}
 
 # Name in the .nn language -> a callable building the sympy expression.
 BUILTIN = {

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..calculus import functions as fn
+
 CPU_INLINE = '@njit(cache=True, inline="always")'
 CUDA_DEVICE = "@cuda.jit(device=True, inline=True)"
 
@@ -265,9 +267,14 @@ def _gemm(typingctx, a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
 GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
 
 
+def _all() -> dict:
+    """These helpers, and those the calculus's primitives declare (`functions.HELPERS`)."""
+    return {**{name: Helper({"any": text}) for name, text in fn.HELPERS.items()}, **HELPERS}
+
+
 def variant(name: str, target: str, dtype: str) -> str | None:
     """The text of helper `name` for a target and dtype (None: the target has none)."""
-    texts = HELPERS[name].texts
+    texts = _all()[name].texts
     bits = "32" if dtype == "float32" else "64"
     for key in (target + bits, target):
         if key in texts:
@@ -279,20 +286,21 @@ def variant(name: str, target: str, dtype: str) -> str | None:
 
 def used(text: str, target: str, dtype: str) -> list[str]:
     """The helpers `text` calls, with those they call, in definition order."""
-    names = {h for h in HELPERS if f"{h}(" in text}
+    helpers = _all()
+    names = {h for h in helpers if f"{h}(" in text}
     while True:
-        more = names | {d for h in names for d in HELPERS[h].needs}
+        more = names | {d for h in names for d in helpers[h].needs}
         if more == names:
             break
         names = more
-    return [h for h in HELPERS if h in names and variant(h, target, dtype) is not None]
+    return [h for h in helpers if h in names and variant(h, target, dtype) is not None]
 
 
 def helpers_text(target: str, dtype: str, names) -> tuple[list[str], str]:
     """(import lines, definitions) of the helpers `names` (from `used`) for a target."""
-    imports = []
+    helpers, imports = _all(), []
     for h in names:
-        imports += [line for line in HELPERS[h].imports if line not in imports]
+        imports += [line for line in helpers[h].imports if line not in imports]
     parts = [variant(h, target, dtype) for h in names]
     if "_gemm" in names:
         parts.insert(names.index("_gemm"), GEMM_SETUP)

@@ -1,0 +1,87 @@
+"""The renderers are peers over one target-neutral plan: the same kernels, named by the same
+hashes, the helpers written once, the optimiser rules written once."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from nndsl.build import render
+from nndsl.calculus import functions as fn
+from nndsl.frontend import load_source
+from nndsl.plan.module_plan import module_plan
+from nndsl.plan.optimizers import RULES
+from nndsl.render import TARGETS, renderer
+from nndsl.render import helpers as helpers_mod
+
+MODEL = """model r
+input x[1, 6, 5]
+target y: class(3)
+c = conv2d(x, 2, 3, pad=1, act=tanh)
+d = dropout(c, 0.25)
+p = maxpool(d, 2)
+f = flatten(p)
+o = dense(f, 3)
+loss cross_entropy(o, y)
+"""
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return module_plan(load_source(MODEL, "r.nn"), "float32")
+
+
+def test_every_target_names_its_kernels_by_the_plans_hash(plan):
+    cpu = set(render(load_source(MODEL, "r.nn"), "float32", "cpu").kernels)
+    cuda = set(render(load_source(MODEL, "r.nn"), "float32", "cuda").kernels)
+    kernels = set(plan.kernels)
+    assert kernels <= cpu
+    assert {f"cu_{k}" for k in kernels} <= cuda
+    assert {k.split("/")[0] for k in cpu if "/" in k} == {k.split("/")[0] for k in cuda if "/" in k}   # one runtime
+
+
+def test_a_kernels_name_depends_on_its_structure_not_on_the_users_names(plan):
+    renamed = module_plan(load_source(MODEL.replace("c = ", "conv = ").replace("(c,", "(conv,")
+                                      .replace("d = dropout", "drop = dropout").replace("(d,", "(drop,"), "r.nn"),
+                          "float32")
+    draws = lambda p: {k for k in p.kernels if k.startswith("draw_")}    # noqa: E731
+    assert set(renamed.kernels) == set(plan.kernels) and draws(plan)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_gemms_reach_each_renderer_as_structured_items(plan, target):
+    from nndsl.render.module import environment
+    from nndsl.resources import templates_dir
+    files, _, _ = renderer(target).render(plan, environment(templates_dir()), "test")
+    gemms = {n: t for n, t in files.items() if "gemm_" in n}
+    assert gemms
+    for text in gemms.values():
+        assert not re.search(r"np\.dot\(", text)
+        assert ("_gemm(" in text) if target == "cpu" else ("xp.matmul(a_, b_" in text)
+
+
+@pytest.mark.parametrize("kind", sorted(RULES))
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_optimiser_rule_is_printed_by_every_target(kind, target):
+    from nndsl.frontend.ir import Optimizer
+    from nndsl.plan.optimizers import update_kernel
+    args = {"lr": 0.1, "momentum": 0.9 if kind in ("momentum", "nesterov") else 0.0, "nesterov": kind == "nesterov",
+            "eps": 1e-8, "rho": 0.9, "beta1": 0.9, "beta2": 0.999}
+    u = update_kernel(Optimizer("sgd" if kind in ("momentum", "nesterov") else kind, args), "float64")
+    assert u.kind == kind
+    if target == "cpu":
+        from nndsl.render.numba_cpu import update_text
+        text = update_text(u)
+    else:
+        from nndsl.render.numba_cuda import render_update
+        text = render_update(u).text
+    for line in RULES[kind].element:         # each element line, with the target's references
+        assert re.sub(r"\b(p|s1|s2)\b", "X", line).split(" ")[0] in re.sub(r"\w+\[i\]", "X", text)
+
+
+def test_a_primitives_helper_is_written_once_for_every_target(monkeypatch):
+    monkeypatch.setitem(fn.HELPERS, "_softsign", "def _softsign(x):\n    return x / (F(1.0) + abs(x))")
+    for target, decorator in (("cpu", "@njit"), ("cuda", "@cuda.jit(device=True")):
+        names = helpers_mod.used("y = _softsign(a)", target, "float32")
+        _, text = helpers_mod.helpers_text(target, "float32", names)
+        assert names == ["_softsign"] and text.startswith(decorator) and "return x / (F(1.0) + abs(x))" in text
