@@ -43,9 +43,15 @@ def _expected(shape):
     return "(N, " + ", ".join(map(str, shape)) + ")" if shape else "(N,)"
 
 
+def label(what):
+    """A call's name in messages: text, or (verb, loss name) formatted only when needed."""
+    return what if isinstance(what, str) else f"{what[0]} {what[1]!r}"
+
+
 def checked_arrays(tables, names, data, what):
     """The arrays `names` from `data`, converted to the kernels' dtypes and C order and checked
     against the model's declarations: (arrays, batch size, free sizes)."""
+    what = label(what)
     unknown = sorted(set(data) - set(tables.data))
     if unknown:
         raise ValueError(f"{what}: unknown input {unknown[0]!r}; expected {', '.join(names)}")
@@ -88,29 +94,40 @@ def checked_arrays(tables, names, data, what):
     return arrays, n_rows, sizes
 
 
-def ready_arrays(tables, names, data):
+def ready_spec(tables, names):
+    """What `ready_arrays` checks of each array: (name, rank, dtype, fixed sizes, free sizes,
+    classes), made once per list of names."""
+    out = []
+    for name in names:
+        shape, classes, _ = tables.data[name]
+        fixed = tuple((axis + 1, size) for axis, size in enumerate(shape) if not isinstance(size, str))
+        free = tuple((axis + 1, size) for axis, size in enumerate(shape) if isinstance(size, str))
+        out.append((name, len(shape) + 1, np.dtype(np.int64 if classes is not None else tables.dtype), fixed, free,
+                    classes))
+    return tuple(out)
+
+
+def ready_arrays(spec, data):
     """The arrays as given when they already have the kernels' dtype, layout and shape (the
     common case in a training loop): (arrays, batch size, free sizes); None sends the call
-    to `checked_arrays`."""
-    if len(data) != len(names):
+    to `checked_arrays`. `spec`: the names' `ready_spec`."""
+    if len(data) != len(spec):
         return None
     arrays, n_rows, sizes = [], -1, {}
-    for name in names:
+    for name, ndim, dtype, fixed, free, classes in spec:
         a = data.get(name)
-        shape, classes, _ = tables.data[name]
-        if type(a) is not np.ndarray or not a.flags.c_contiguous or a.ndim != len(shape) + 1:
+        if type(a) is not np.ndarray or a.ndim != ndim or a.dtype != dtype or not a.flags.c_contiguous:
             return None
-        if a.dtype != (np.int64 if classes is not None else tables.dtype):
-            return None
+        shape = a.shape
         if n_rows < 0:
-            n_rows = a.shape[0]
-        if a.shape[0] != n_rows or n_rows == 0:
+            n_rows = shape[0]
+        if shape[0] != n_rows or n_rows == 0:
             return None
-        for axis, size in enumerate(shape):
-            if isinstance(size, str):
-                if sizes.setdefault(size, a.shape[axis + 1]) != a.shape[axis + 1]:
-                    return None
-            elif a.shape[axis + 1] != size:
+        for axis, size in fixed:
+            if shape[axis] != size:
+                return None
+        for axis, size in free:
+            if sizes.setdefault(size, shape[axis]) != shape[axis]:
                 return None
         if classes is not None and (a.min() < 0 or a.max() >= classes):
             return None

@@ -48,14 +48,20 @@ class CpuModel(Model):
         """Everything a call of `run` needs that depends only on the plan, the batch size and
         the data given: made once per combination and kept, so a training step pays a dict
         lookup here."""
-        key = (name, tuple(names), n_rows) + tuple(sizes.values())
+        if type(names) is not tuple:
+            names = tuple(names)
+        key = (name, names, n_rows, loss) + tuple(sizes.values())
         plan = self._plans.get(key)
         if plan is None:
+            t = self.tables
             table, n_forward, value_at = self._table(name, n_rows, sizes)
             self._workspace(n_rows, sizes)
-            slots = [names.index(k) if k in names else -1 for k in self.tables.data]
+            # each data argument of `run`: its place in `arrays`, or the empty array it gets
+            slots = [(names.index(k), None) if k in names else (-1, self._absent[k]) for k in t.data]
+            which = loss or t.losses[0]
             # the last item: the kernels' addresses for the entry, by update (see `_call`)
-            plan = self._plans[key] = (table, n_forward, slots, value_at[loss] if loss else 0, self._ws, {})
+            plan = self._plans[key] = (table, n_forward, slots, value_at[loss] if loss else 0, self._ws, which,
+                                       t.steps[which].ranges, {})
         return plan
 
     def _workspace_grown(self):
@@ -63,19 +69,19 @@ class CpuModel(Model):
 
     def _run(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
              update=0, mask=None, first=0, grad=None):
-        t = self.tables
-        table, n_forward, slots, value_at, ws, found = self._plan(name, names, n_rows, sizes, loss)
-        data = [arrays[i] if i >= 0 else self._absent[k] for i, k in zip(slots, t.data)]
-        given_masks, self._given_masks = self._given_masks, {}
-        data += [given_masks[k] if given_masks.get(k) is not None and len(given_masks[k]) == n_rows
-                 else np.ones((n_rows, sizes.get(size, 1)), t.dtype) for k, (size, _) in t.masks.items()]
-        which = loss or t.losses[0]
+        table, n_forward, slots, value_at, ws, which, ranges, found = self._plan(name, names, n_rows, sizes, loss)
+        data = [arrays[i] if i >= 0 else absent for i, absent in slots]
+        if self.tables.masks:
+            given_masks, self._given_masks = self._given_masks, {}
+            data += [given_masks[k] if given_masks.get(k) is not None and len(given_masks[k]) == n_rows
+                     else np.ones((n_rows, sizes.get(size, 1)), self.tables.dtype)
+                     for k, (size, _) in self.tables.masks.items()]
         s1, s2 = self._state[which]
         # data-parallel steps pass their own gradient vector and their rows' place in the
         # global batch (`first`, which keys the draws)
         value = self._call(found, self.theta, self._grad if grad is None else grad, ws, *data, table,
                            len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
-                           self._seed(seed), first, training, update, value_at, s1, s2, t.steps[which].ranges,
+                           self._seed(seed), first, training, update, value_at, s1, s2, ranges,
                            self._t[which], float(self.lr[which]), float(self.clip_norm))
         return value, ws
 
@@ -95,7 +101,7 @@ class CpuModel(Model):
     # -- steps -------------------------------------------------------------------------
     def _step(self, name, seed, data, check_finite):
         step = self.tables.steps[name]
-        arrays, n_rows, sizes = self._arrays(step.data, data, f"step {name!r}")
+        arrays, n_rows, sizes = self._arrays(step.data, data, ("step", name))
         if check_finite:
             self._unseen_finite(step.data, arrays)
         self._t[name] += 1
@@ -115,7 +121,7 @@ class CpuModel(Model):
         data-parallel and the threaded steps end so."""
         t = self.tables
         step = t.steps[name]
-        table, _, _, value_at, ws, found = self._plan(step.train_plan, (), 1, sizes, name)
+        table, _, _, value_at, ws, _, _, found = self._plan(step.train_plan, (), 1, sizes, name)
         ws[value_at] = L
         s1, s2 = self._state[name]
         # every data argument of `run`, empty (step masks too)
@@ -216,7 +222,7 @@ class CpuModel(Model):
         local, summed = self._local, self._summed
         L, share = 0.0, 0.0                    # a rank without rows in this batch adds zeros
         if n_local:
-            arrays, n_rows, sizes = self._arrays(step.data, batch, f"step {name!r}")
+            arrays, n_rows, sizes = self._arrays(step.data, batch, ("step", name))
             L = self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
                           first=first, grad=local)[0]
             share = n_local / n_global         # the global mean: each local mean by its share

@@ -405,7 +405,7 @@ class CudaModel(Model):
         leaves the parameters and the step count unchanged."""
         name = self._loss_name(name)
         names = self.tables.steps[name].data
-        arrays, n_rows, sizes = self._arrays(names, data, f"step {name!r}")
+        arrays, n_rows, sizes = self._arrays(names, data, ("step", name))
         self._unseen_finite(names, arrays)     # host arrays, the first time `step` sees them
         self._workspace(n_rows, sizes)
         self._copy_inputs(names, arrays, n_rows, sizes)
@@ -512,7 +512,7 @@ class CudaModel(Model):
             return None
         name = self._loss_name(name)
         names = self.tables.steps[name].data
-        arrays, n_rows, sizes = self._arrays(names, data, f"capture_step {name!r}")
+        arrays, n_rows, sizes = self._arrays(names, data, ("capture_step", name))
         self._workspace(n_rows, sizes)
         self._copy_inputs(names, arrays, n_rows, sizes)
         self._device_step(name, n_rows, sizes, None, sticky=0)       # compile and load first

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import fit as fitting
 from . import saving
-from .checks import check_finite, checked_arrays, forward_outputs, ready_arrays, seed_value, step_mask
+from .checks import check_finite, checked_arrays, forward_outputs, ready_arrays, ready_spec, seed_value, step_mask
 from .files import write_atomically
 from .params import LearningRates, Params, initial_values
 
@@ -48,6 +48,7 @@ class Model:
         self._lcg = int(self._rng.integers(0, 2**63))
         self._given_masks = {}
         self._interrupted = False
+        self._ready_specs = {}          # names -> what `ready_arrays` checks of them
 
     # -- options -----------------------------------------------------------------------
     @property
@@ -81,12 +82,18 @@ class Model:
         """(arrays, batch size, free sizes) of the inputs `names` from `data`; `x_lengths=`
         becomes the step mask of the next run (`_given_masks`)."""
         t = self.tables
-        lengths = {k: data[k] for k in t.lengths if k in data}
+        if type(names) is not tuple:
+            names = tuple(names)
+        lengths = t.lengths and {k: data[k] for k in t.lengths if k in data}
         if lengths:
             data = {k: v for k, v in data.items() if k not in t.lengths}
-        fast = ready_arrays(t, names, data)
+        spec = self._ready_specs.get(names)
+        if spec is None:
+            spec = self._ready_specs[names] = ready_spec(t, names)
+        fast = ready_arrays(spec, data)
         arrays, n_rows, sizes = fast if fast is not None else checked_arrays(t, names, data, what)
-        self._given_masks = {t.lengths[k]: step_mask(t, k, v, n_rows, sizes) for k, v in lengths.items()}
+        if t.lengths:
+            self._given_masks = {t.lengths[k]: step_mask(t, k, v, n_rows, sizes) for k, v in lengths.items()}
         return arrays, n_rows, sizes
 
     def _unseen_finite(self, names, arrays):
@@ -198,7 +205,7 @@ class Model:
         """The mean loss over the batch (float)."""
         name = self._loss_name(name)
         step = self.tables.steps[name]
-        arrays, n_rows, sizes = self._arrays(step.data, data, f"loss {name!r}")
+        arrays, n_rows, sizes = self._arrays(step.data, data, ("loss", name))
         return float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, seed, True, want_grad=False,
                                loss=name)[0])
 
@@ -207,7 +214,7 @@ class Model:
         t = self.tables
         name = self._loss_name(name)
         step = t.steps[name]
-        arrays, n_rows, sizes = self._arrays(step.data, data, f"grad {name!r}")
+        arrays, n_rows, sizes = self._arrays(step.data, data, ("grad", name))
         L = float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name)[0])
         return L, {p: self._grad[o:o + t.parameter_count(p)].reshape(s).copy()
                    for p, (o, s, *_r) in t.params.items()}
