@@ -41,12 +41,12 @@ TPB = 256            # threads per block; block reductions assume a power of two
 
 
 @dataclass
-class CudaKernel:
+class CudaFile:
+    """One kernel of the plan as a CUDA kernel file's body."""
     name: str                 # cu_ + the plan kernel's name (cu_<kind>_<hash>)
     kind: str
-    text: str                 # the kernel file's body (device kernels + `prepare`)
+    text: str                 # device kernels + `prepare`
     signatures: dict          # device kernel -> numba signature text (for --ptx)
-    helpers: set
 
 
 # ---------------------------------------------------------------- the kernels
@@ -56,7 +56,7 @@ def available() -> bool:
     return importlib.util.find_spec("numba_cuda") is not None
 
 
-def render_kernel(k: KernelDef, dtype: str) -> CudaKernel:
+def render_kernel(k: KernelDef, dtype: str) -> CudaFile:
     if k.kind == "gemm":
         body, sigs = _gemm(k), {}
     elif k.kind == "draw":
@@ -65,7 +65,7 @@ def render_kernel(k: KernelDef, dtype: str) -> CudaKernel:
         body, sigs = _onehot(k, dtype)
     else:
         body, sigs = _LoopKernel(k, dtype).render()
-    return CudaKernel(f"cu_{k.name}", k.kind, body, sigs, set(used(body, NAME, dtype)))
+    return CudaFile(f"cu_{k.name}", k.kind, body, sigs)
 
 
 def _views(k: KernelDef) -> list[str]:
@@ -411,7 +411,7 @@ _BLOCK_REDUCE = (_BLOCK_TREE.format(name="_block_sum", combine="sh[t] + sh[t + s
 
 
 # ------------------------------------------------------------- optimisers
-def render_update(u: UpdateKernel) -> CudaKernel:
+def render_update(u: UpdateKernel) -> CudaFile:
     """Three kernels: the squared norm of the gradient over the loss's ranges (block sums,
     one atomic per block), the update of every element by the rule of `plan/optimizers.py`
     (skipped when the loss or the norm is not finite, or when an earlier step of a `fit`
@@ -488,7 +488,7 @@ def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip
             "_update": f"void({buf}, {buf}, {buf}, {buf}, int64[:, ::1], {buf}, int64, {buf}, int64[::1], "
                        f"float64, float64, int64{', float64' * n_hyper})",
             "_finish": f"void({buf}, int64, {buf}, int64[::1], int64, int64, {buf}, int64)"}
-    return CudaKernel(f"cu_{u.name}", "update", text, sigs, set())
+    return CudaFile(f"cu_{u.name}", "update", text, sigs)
 
 
 # ------------------------------------------------------------- the module
@@ -499,9 +499,9 @@ def render(spec, env, version: str) -> tuple[dict, dict, dict]:
     names, kinds, files, by_kind = {}, {}, {}, {}
     kernel_template = env.get_template("kernel_cuda.py.j2")
 
-    def add(ck: CudaKernel):
+    def add(ck: CudaFile):
         if ck.name not in files:
-            imports, helpers = helpers_text(NAME, dtype, [h for h in used(ck.text, NAME, dtype)])
+            _, helpers = helpers_text(NAME, dtype, used(ck.text, NAME, dtype))
             files[ck.name] = kernel_template.render(version=version, k=ck, dtype=dtype, helpers=helpers)
             by_kind.setdefault(ck.kind, []).append(ck.name)
 
