@@ -47,7 +47,7 @@ def node_views(ws, N):
 
 PLANS = {"forward": (lambda N: _table(FORWARD, N), 1), "nodes": (lambda N: _table(FORWARD, N), 1),
          "value_loss": (lambda N: _table(VALUE, N), 2)}
-STEPS = {"loss": Step("value_loss", "value_loss", ("x", "y"), 1, np.array([[0, N_PARAMS]], np.int64))}
+STEPS = {"loss": Step("value_loss", "value_loss", ("x", "y"), 1, np.array([[0, N_PARAMS, 1]], np.int64))}
 
 
 def tables(dtype=np.float64, optimizer=("sgd", {"lr": 0.1}), **train) -> ModelTables:
@@ -61,7 +61,7 @@ def tables(dtype=np.float64, optimizer=("sgd", {"lr": 0.1}), **train) -> ModelTa
 
 
 def run(addresses, theta, grad, ws, x, y, plan, stop, given_mask, seed, first, training, update, value_at,
-        s1, s2, ranges, t, lr, clip_norm):
+        s1, s2, ranges, t, lr, clip_norm, total):
     """The entry's contract in numpy: the rows plan[:stop], then an SGD update if asked."""
     with np.errstate(over="ignore", invalid="ignore"):        # a diverging run is a test case
         return _run(theta, grad, ws, x, y, plan, stop, given_mask, value_at, ranges, lr, clip_norm, update)
@@ -85,10 +85,10 @@ def _run(theta, grad, ws, x, y, plan, stop, given_mask, value_at, ranges, lr, cl
             grad[K] = ws[N + 1:2 * N + 1].sum()
     value = ws[value_at]
     if update:
-        norm2 = sum(float(np.sum(grad[lo:hi] ** 2)) for lo, hi in ranges)
+        norm2 = sum(float(np.sum(grad[lo:hi] ** 2)) for lo, hi, _ in ranges)
         if math.isfinite(value) and math.isfinite(norm2):
             scale = clip_norm / math.sqrt(norm2) if 0 < clip_norm < math.sqrt(norm2) else 1.0
-            for lo, hi in ranges:
+            for lo, hi, _ in ranges:
                 theta[lo:hi] -= lr * grad[lo:hi] * scale
     return value
 
@@ -99,7 +99,7 @@ class FakeModel(CpuModel):
     def _load_entry(self):
         return None
 
-    def _call(self, found, *args):
+    def _call(self, found, update, *args):
         return run(found, *args)
 
 

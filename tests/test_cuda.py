@@ -106,6 +106,13 @@ EQUAL = [
     ("iris_softmax", _example("iris_softmax"), {}, "float64", 1e-8),
     # every eligible reduction as one block per output (shared-memory tree reductions)
     ("lecture_mlp_blocks", _example("lecture_mlp"), {"NNDSL_CUDA_BLOCK_MIN": "1"}, "float64", 1e-8),
+    # weight decay (weights only), a warm-up and a schedule: the rule's rewrites on the device
+    ("adamw_schedule", _example("lecture_mlp").replace("optimizer sgd(lr=0.01)",
+                                                       "optimizer adamw(lr=0.01, schedule=step(every=2, gamma=0.5), warmup=2)"),
+     {}, "float64", 1e-8),
+    ("sgd_l2_cosine", _example("digits_mlp").replace("optimizer adam(lr=2e-3)",
+                                                     "optimizer sgd(lr=0.05, momentum=0.9, weight_decay=0.01, "
+                                                     "decay=all, schedule=cosine)"), {}, "float64", 1e-8),
     # float32: CPU helpers (rational tanh, Cephes exp) against CUDA's libdevice; Adam
     # divides by sqrt(v), which amplifies the last bits of tiny gradients
     ("digits_mlp_f32", _example("digits_mlp"), {}, "float32", 1e-4),

@@ -32,12 +32,21 @@ def plan():
 
 
 def test_every_target_names_its_kernels_by_the_plans_hash(plan):
+    from nndsl.render import file_name
     cpu = set(render(load_source(MODEL, "r.nn"), "float32", "cpu").kernels)
     cuda = set(render(load_source(MODEL, "r.nn"), "float32", "cuda").kernels)
-    kernels = set(plan.kernels)
-    assert kernels <= cpu
-    assert {f"cu_{k}" for k in kernels} <= cuda
+    assert {file_name("cpu", "", k) for k in plan.kernels.values()} <= cpu
+    assert {file_name("cuda", "cu_", k) for k in plan.kernels.values()} <= cuda
     assert {k.split("/")[0] for k in cpu if "/" in k} == {k.split("/")[0] for k in cuda if "/" in k}   # one runtime
+
+
+def test_a_kernel_file_changes_its_name_with_its_renderer(plan, monkeypatch):
+    """A build folder's file is never served to a renderer that would write it otherwise."""
+    from nndsl import render as render_pkg
+    k = next(iter(plan.kernels.values()))
+    before = render_pkg.file_name("cpu", "", k)
+    monkeypatch.setattr(render_pkg, "fingerprint", lambda target: "another renderer")
+    assert render_pkg.file_name("cpu", "", k) != before
 
 
 def test_a_kernels_name_depends_on_its_structure_not_on_the_users_names(plan):
@@ -71,7 +80,7 @@ def test_every_optimiser_rule_is_printed_by_every_target(kind, target):
     assert u.kind == kind
     if target == "cpu":
         from nndsl.render.numba_cpu import update_text
-        text = update_text(u)
+        text = update_text(u, "update")
     else:
         from nndsl.render.numba_cuda import render_update
         text = render_update(u).text

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 from .shapes import LAYERS, Operand, ShapeError
-from .signature import BOOL, POSITIVE_INT, TENSOR, Arg, IntKind, RealKind, Signature
+from .signature import BOOL, POSITIVE_INT, REQUIRED, TENSOR, Arg, ChoiceKind, FormKind, IntKind, RealKind, Signature
 
 
 # ------------------------------------------------------ expression functions
@@ -154,12 +154,28 @@ _LR = lambda default: Arg("lr", RealKind(lo=0.0, lo_open=True), default)   # noq
 _EPS = lambda default: Arg("eps", RealKind(lo=0.0, lo_open=True), default)  # noqa: E731
 _DECAY = RealKind(lo=0.0, hi=1.0, hi_open=True)
 
+# learning-rate schedules, by optimizer step t = 1, 2, …: the rate is lr·factor(t)
+SCHEDULES: dict[str, Signature] = {
+    "none": Signature(()),
+    "step": Signature((Arg("every", POSITIVE_INT, REQUIRED), Arg("gamma", RealKind(lo=0.0, lo_open=True), 0.1))),
+    "exponential": Signature((Arg("gamma", RealKind(lo=0.0, lo_open=True), REQUIRED),)),
+    "cosine": Signature(()),
+}
+_WEIGHT_DECAY = lambda default: Arg("weight_decay", RealKind(lo=0.0), default)   # noqa: E731
+# every optimiser's weight decay (L2, or decoupled for adamw) and schedule
+_KIT = (Arg("decay", ChoiceKind(("weights", "all")), "weights", shown="weights"),
+        Arg("schedule", FormKind(SCHEDULES, "a schedule"), ("none", ()), shown="none"),
+        Arg("warmup", IntKind(lo=0), 0))
+_ADAM = (Arg("beta1", _DECAY, 0.9), Arg("beta2", _DECAY, 0.999), _EPS(1e-8))
+
 OPTIMIZERS: dict[str, Signature] = {
-    "sgd": Signature((_LR(0.01), Arg("momentum", _DECAY, 0.0), Arg("nesterov", BOOL, False))),
-    "adagrad": Signature((_LR(0.01), _EPS(1e-10))),
-    "rmsprop": Signature((_LR(0.001), Arg("rho", _DECAY, 0.9), _EPS(1e-8))),
-    "adam": Signature((_LR(0.001), Arg("beta1", _DECAY, 0.9), Arg("beta2", _DECAY, 0.999),
-                       _EPS(1e-8))),
+    "sgd": Signature((_LR(0.01), Arg("momentum", _DECAY, 0.0), Arg("nesterov", BOOL, False),
+                      _WEIGHT_DECAY(0.0), *_KIT)),
+    "adagrad": Signature((_LR(0.01), _EPS(1e-10), _WEIGHT_DECAY(0.0), *_KIT)),
+    "rmsprop": Signature((_LR(0.001), Arg("rho", _DECAY, 0.9), _EPS(1e-8), _WEIGHT_DECAY(0.0), *_KIT)),
+    "adam": Signature((_LR(0.001), *_ADAM, _WEIGHT_DECAY(0.0), *_KIT)),
+    # Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's AdamW defaults
+    "adamw": Signature((_LR(0.001), *_ADAM, _WEIGHT_DECAY(0.01), *_KIT)),
 }
 DEFAULT_OPTIMIZER = "adam"
 

@@ -176,8 +176,10 @@ class Loss:
 
 @dataclass(frozen=True)
 class Optimizer:
-    kind: str                          # sgd | adagrad | rmsprop | adam
-    args: Mapping[str, Union[float, bool]]   # every argument, defaults filled
+    kind: str                          # sgd | adagrad | rmsprop | adam | adamw
+    # every argument, defaults filled: numbers, `nesterov` a bool, `decay` "weights" | "all",
+    # `schedule` (name, ((argument, value), ...)) as in builtins.SCHEDULES
+    args: Mapping[str, Union[float, bool, str, tuple]]
 
 
 @dataclass(frozen=True)

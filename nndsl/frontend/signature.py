@@ -92,10 +92,14 @@ def _arith(op: str, a: Number, b: Number, span: Span) -> Number:
 
 
 def fmt_number(v: object) -> str:
+    """An argument's value as it is written in a .nn file."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str):      # a form: step(every=3)
+        name, args = v
+        return f"{name}({', '.join(f'{k}={fmt_number(a)}' for k, a in args)})" if args else name
     return str(v)
 
 
@@ -182,6 +186,32 @@ class ChoiceKind(Kind):
         hint = did_you_mean(got, self.options) if got else None
         raise ArgError(f"{arg} must be {choices}" + (f", got `{got}`" if got else ""),
                        expr.span, hint)
+
+
+@dataclass(frozen=True)
+class FormKind(Kind):
+    """One of a few named forms, bare (`cosine`) or called with its own arguments
+    (`step(every=100, gamma=0.5)`): the value is (name, ((argument, value), ...))."""
+    forms: Mapping[str, "Signature"]
+    what: str                          # "a schedule", in messages
+
+    def convert(self, expr, env, arg):
+        if isinstance(expr, ast.Name):
+            name, args, kwargs, span = expr.id, (), (), expr.span
+        elif isinstance(expr, ast.Call):
+            name, args, kwargs, span = expr.func, expr.args, expr.kwargs, expr.func_span
+        else:
+            raise ArgError(f"{arg} must be {self.what}: {', '.join(self.forms)}", expr.span)
+        if name not in self.forms:
+            raise ArgError(f"{arg}: unknown {self.what.split(' ', 1)[-1]} `{name}`", span,
+                           did_you_mean(name, self.forms) or f"{self.what.split(' ', 1)[-1]}s: "
+                           f"{', '.join(self.forms[f].usage(f) if self.forms[f].args else f for f in self.forms)}")
+        errors: list[Diagnostic] = []
+        bound = bind(self.forms[name], args, kwargs, expr.span, env, name, errors)
+        if not bound.ok:
+            d = errors[0] if errors else None
+            raise ArgError(d.message, d.span, d.hint) if d else ArgError.silent()
+        return (name, tuple(bound.values.items()))
 
 
 class ActivationKind(Kind):

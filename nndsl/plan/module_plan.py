@@ -50,7 +50,7 @@ class LossPlan:
     value: Calls                  # forward + loss (+ full gradient when want_grad)
     train: Calls | None           # forward + loss + gradient of the `wrt` params only; None: same as value
     optimizer: ir.Optimizer
-    ranges: list[tuple[int, int]]       # flat parameter ranges that `step` updates
+    ranges: list[tuple[int, int, int]]  # flat parameter ranges that `step` updates, and whether they decay
     data: list[str]                     # data arrays the kernels take
     loss_offset: object = 0             # where the loss value sits in the workspace (sympy)
     update_kernel: str = ""             # the shared optimiser update
@@ -134,7 +134,8 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
         keep = {ident}
         value = _kernel(f"value_{ident}", loss_stages, full.stages, lib, keep)
         train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, lib, keep)
-        ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"]) for p in spec.wrt])
+        decays = _decays(model.optimizers[spec.name], layout)
+        ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"], decays[p]) for p in spec.wrt])
         data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
         update = update_kernel(model.optimizers[spec.name], dtype)
         lib.kernels.setdefault(update.name, update)
@@ -182,13 +183,22 @@ def _uses(stages: list[Stage], tensor: str) -> bool:
 
 
 def _merge(ranges):
+    """Adjacent ranges of theta that decay alike, as one."""
     out = []
-    for lo, hi in sorted(ranges):
-        if out and out[-1][1] == lo:
-            out[-1] = (out[-1][0], hi)
+    for lo, hi, decays in sorted(ranges):
+        if out and out[-1][1] == lo and out[-1][2] == decays:
+            out[-1] = (out[-1][0], hi, decays)
         else:
-            out.append((lo, hi))
+            out.append((lo, hi, decays))
     return out
+
+
+def _decays(optimizer: ir.Optimizer, layout: dict) -> dict[str, int]:
+    """Which parameters take the optimiser's weight decay: `decay=all` every one, `weights`
+    (the default) those with two or more axes — matrices, embeddings and convolution
+    kernels, not biases, gains or shifts."""
+    every = optimizer.args.get("decay", "weights") == "all"
+    return {name: int(every or len(info["shape"]) >= 2) for name, info in layout.items()}
 
 
 def _param_layout(model: ir.ModelIR, g: Graph) -> dict[str, dict]:

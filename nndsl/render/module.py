@@ -47,7 +47,7 @@ def environment(templates: Path) -> jinja2.Environment:
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["pyshape"] = lambda s: "(" + ", ".join(repr(x) for x in s) + ("," if len(s) == 1 else "") + ")"
     env.filters["dict"] = lambda d: "{" + ", ".join(f"{k!r}: {v!r}" for k, v in d.items()) + "}"
-    env.filters["pylist"] = lambda rs: "[" + ", ".join(f"[{a}, {b}]" for a, b in rs) + "]"
+    env.filters["pylist"] = lambda rows: repr([list(r) for r in rows])
     env.filters["tuple"] = lambda xs: repr(tuple(xs))
     env.filters["ints"] = lambda xs: ", ".join(index_text([x]) for x in xs)
     env.filters["int_text"] = lambda x: index_text([x])

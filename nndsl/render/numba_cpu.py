@@ -18,6 +18,7 @@ import sympy as sp
 
 from ..plan.kernels import BUFFERS, KernelDef
 from ..plan.optimizers import UpdateKernel, element_lines
+from . import file_name
 from .helpers import helpers_text, used
 from .loops import Emitter
 from .printer import index_text
@@ -44,7 +45,7 @@ def available() -> bool:
     return True
 
 
-def kernel_text(k: KernelDef) -> str:
+def kernel_text(k: KernelDef, name: str) -> str:
     """The kernel's function: the three buffers, its data arrays, its plan row and a draw's
     entry arguments; integers from the row, then its views and body."""
     signature = ", ".join([*BUFFERS, *k.data, "row", *k.draw_params])
@@ -59,7 +60,7 @@ def kernel_text(k: KernelDef) -> str:
         emit.taken |= set(k.params) | set(k.tensors)
         item = k.item
         body = views + emit.plan(list(item) if isinstance(item, tuple) else [item])
-    return "\n".join([f"def {k.name}({signature}):"] + ["    " + line for line in head + body])
+    return "\n".join([f"def {name}({signature}):"] + ["    " + line for line in head + body])
 
 
 def _gemm_lines(k: KernelDef) -> list[str]:
@@ -79,17 +80,18 @@ def _gemm_lines(k: KernelDef) -> list[str]:
     return [f"# {g.out} {'+=' if g.accumulate else '='} {g.a} · {g.b}{note}", f"_gemm({', '.join(args)})"]
 
 
-def update_text(u: UpdateKernel) -> str:
+def update_text(u: UpdateKernel, name: str) -> str:
     """The update's function: head, the rule's setup, then per range a loop over slices."""
     refs = {"p": "p[i]", "s1": "m1[i]", "s2": "m2[i]"}
     loop = ["for r in range(ranges.shape[0]):",
-            "    lo, hi = ranges[r, 0], ranges[r, 1]",
+            "    lo, hi, decays = ranges[r, 0], ranges[r, 1], ranges[r, 2]"] + \
+        ["    " + line for line in u.rule.range_setup] + [
             "    p, dp, m1, m2 = theta[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi]",
             "    for i in range(p.size):",
             "        g = dp[i] * scale"] + ["        " + line for line in element_lines(u.rule, refs)]
     lines = _UPDATE_HEAD.splitlines() + list(u.rule.setup) + loop
     # returns nothing: the entry calls it through its address as a function of no result
-    return "\n".join([f"def {u.name}({', '.join(u.params)}):"] + ["    " + line for line in lines])
+    return "\n".join([f"def {name}({', '.join(u.params)}):"] + ["    " + line for line in lines])
 
 
 def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str) -> str:
@@ -110,7 +112,7 @@ def helpers_file(env, version: str, dtype: str) -> str:
                                                    imports=imports, dtype=dtype, helpers=helpers, text="")
 
 
-def entry_file(env, version: str, spec) -> tuple[str, str]:
+def entry_file(env, version: str, spec, names: dict) -> tuple[str, str]:
     """The entry function's file, named by a hash of its text. Data arguments get canonical
     names (d0, d1, …), so models with the same kinds of kernels and data share it."""
     # data tensors may be renamed away from reserved words (input `np` is tensor `np_2`)
@@ -124,9 +126,10 @@ def entry_file(env, version: str, spec) -> tuple[str, str]:
     form_of = [forms.setdefault(b.roles(), len(forms)) for b in branches]
     quoted = lambda roles: "(" + ", ".join(f'"{r}"' for r in roles) + ")"    # noqa: E731
     template = env.get_template("entry.py.j2")
-    context = dict(version=version, updates=spec.updates, data_names=data_names,
+    context = dict(version=version, updates=[(i, names[k], args) for i, k, args in spec.updates],
+                   data_names=data_names,
                    data_args="".join(f"{d}, " for d in data_names),
-                   arms=[(b.kernel, quoted(b.roles())) for b in branches], form_of=form_of,
+                   arms=[(names[b.kernel], quoted(b.roles())) for b in branches], form_of=form_of,
                    form_list=[(f, ["a" if r == "row" else r for r in roles]) for roles, f in forms.items()])
     digest = hashlib.sha256(template.render(name="entry", **context).encode()).hexdigest()[:12]
     name = f"entry_{digest}"
@@ -137,14 +140,16 @@ def render(spec, env, version: str) -> tuple[dict, dict, dict]:
     """(kernel files {name: text}, kernel names by kind, the module's target context)."""
     dtype = spec.dtype
     files, by_kind = {}, {}
-    for name, k in spec.kernels.items():
+    names = {plan_name: file_name(NAME, "", k) for plan_name, k in spec.kernels.items()}
+    for plan_name, k in spec.kernels.items():
+        name = names[plan_name]
         if isinstance(k, UpdateKernel):
-            text, what = update_text(k), f"the {k.kind} update of a loss's parameters"
+            text, what = update_text(k, name), f"the {k.kind} update of a loss's parameters"
         else:
-            text, what = kernel_text(k), f"one {k.kind} of the kernel plan"
+            text, what = kernel_text(k, name), f"one {k.kind} of the kernel plan"
         files[name] = kernel_file(env, version, name, what, text, dtype)
         by_kind.setdefault(k.kind if not isinstance(k, UpdateKernel) else "update", []).append(name)
-    entry, files[entry] = entry_file(env, version, spec)
+    entry, files[entry] = entry_file(env, version, spec, names)
     by_kind["entry"] = [entry]
     return files, by_kind, {"entry_name": entry}
 

@@ -30,6 +30,7 @@ from ..calculus.formulas import Stage
 from ..plan.fuse import Group
 from ..plan.kernels import BUFFERS, KernelDef
 from ..plan.optimizers import UpdateKernel, element_lines
+from . import file_name
 from .helpers import helpers_text, used
 from .loops import Emitter
 from .printer import NumbaPrinter, index_text
@@ -43,7 +44,7 @@ TPB = 256            # threads per block; block reductions assume a power of two
 @dataclass
 class CudaFile:
     """One kernel of the plan as a CUDA kernel file's body."""
-    name: str                 # cu_ + the plan kernel's name (cu_<kind>_<hash>)
+    name: str                 # cu_<kind>_<hash of the plan kernel's name and this renderer>
     kind: str
     text: str                 # device kernels + `prepare`
     signatures: dict          # device kernel -> numba signature text (for --ptx)
@@ -57,6 +58,7 @@ def available() -> bool:
 
 
 def render_kernel(k: KernelDef, dtype: str) -> CudaFile:
+    """The kernel's CUDA file body (its name: `file_name(NAME, "cu_", k)`)."""
     if k.kind == "gemm":
         body, sigs = _gemm(k), {}
     elif k.kind == "draw":
@@ -65,7 +67,7 @@ def render_kernel(k: KernelDef, dtype: str) -> CudaFile:
         body, sigs = _onehot(k, dtype)
     else:
         body, sigs = _LoopKernel(k, dtype).render()
-    return CudaFile(f"cu_{k.name}", k.kind, body, sigs)
+    return CudaFile(file_name(NAME, "cu_", k), k.kind, body, sigs)
 
 
 def _views(k: KernelDef) -> list[str]:
@@ -420,6 +422,7 @@ def render_update(u: UpdateKernel) -> CudaFile:
     dtype = u.dtype
     hyper = "".join(f", {h}" for h in u.rule.hyper)
     setup = "\n".join("    " + ln for ln in ("lr = F(lr)",) + u.rule.setup)
+    per_range = "\n".join("        " + ln for ln in ("decays = ranges[r, 2]",) + u.rule.range_setup)
     body = "\n".join("            " + ln for ln in
                      element_lines(u.rule, {"p": "theta[i]", "s1": "s1[i]", "s2": "s2[i]"}))
     text = _BLOCK_REDUCE + f'''
@@ -437,7 +440,7 @@ def _norm(grad, ranges, red):
 
 
 @cuda.jit(cache=True)
-def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky{hyper}):
+def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total{hyper}):
     value = ws[value_at]
     norm2 = red[0]
     if not (math.isfinite(value) and math.isfinite(norm2)):
@@ -450,6 +453,7 @@ def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm
         scale = F(clip_norm / math.sqrt(norm2))
 {setup}
     for r in range(ranges.shape[0]):
+{per_range}
         for i in range(ranges[r, 0] + cuda.grid(1), ranges[r, 1], cuda.gridsize(1)):
             g = grad[i] * scale
 {body}
@@ -469,12 +473,12 @@ def _finish(ws, value_at, red, state, sticky, step_no, history, slot):
     red[0] = 0.0
 
 
-def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, hyper):
+def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total, hyper):
     blocks = ctx.grid_blocks(1 << 30)
     kn = _norm[blocks, ctx.tpb, ctx.stream]
     ku = _update[blocks, ctx.tpb, ctx.stream]
     kf = _finish[1, 1, ctx.stream]
-    args = (theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky) + tuple(hyper)
+    args = (theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total) + tuple(hyper)
 
     def go(step_no, slot):
         kn(grad, ranges, red)
@@ -486,9 +490,9 @@ def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip
     n_hyper = len(u.rule.hyper)
     sigs = {"_norm": f"void({buf}, int64[:, ::1], {buf})",
             "_update": f"void({buf}, {buf}, {buf}, {buf}, int64[:, ::1], {buf}, int64, {buf}, int64[::1], "
-                       f"float64, float64, int64{', float64' * n_hyper})",
+                       f"float64, float64, int64, int64{', float64' * n_hyper})",
             "_finish": f"void({buf}, int64, {buf}, int64[::1], int64, int64, {buf}, int64)"}
-    return CudaFile(f"cu_{u.name}", "update", text, sigs)
+    return CudaFile(file_name(NAME, "cu_", u), "update", text, sigs)
 
 
 # ------------------------------------------------------------- the module

@@ -79,19 +79,18 @@ class CpuModel(Model):
         s1, s2 = self._state[which]
         # data-parallel steps pass their own gradient vector and their rows' place in the
         # global batch (`first`, which keys the draws)
-        value = self._call(found, self.theta, self._grad if grad is None else grad, ws, *data, table,
+        value = self._call(found, update, self.theta, self._grad if grad is None else grad, ws, *data, table,
                            len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
                            self._seed(seed), first, training, update, value_at, s1, s2, ranges,
-                           self._t[which], float(self.lr[which]), float(self.clip_norm))
+                           self._t[which], float(self.lr[which]), float(self.clip_norm), self._total[which])
         return value, ws
 
-    def _call(self, found, *args):
+    def _call(self, found, update, *args):
         """`run(*args)`, given the addresses of the kernels it calls. They are looked up (numba
         compiles the kernels or loads them from its cache) on a plan's first call with each
         update, and serve every later call: data arrays are always C-ordered and of the
         kernels' dtype, seeds below 2**63, and a read-only array is passed to a kernel
         exactly as a writeable one (numba's flag changes its typing, not its layout)."""
-        update = args[-8]
         at = found.get(update)
         if at is None:
             with _COMPILING:               # a threaded step's parts: one thread loads the kernels
@@ -126,8 +125,9 @@ class CpuModel(Model):
         s1, s2 = self._state[name]
         # every data argument of `run`, empty (step masks too)
         absent = list(self._absent.values()) + [np.zeros((0, 0), t.dtype)] * len(t.masks)
-        self._call(found, self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True, step.update,
-                   value_at, s1, s2, step.ranges, self._t[name], float(self.lr[name]), float(self.clip_norm))
+        self._call(found, step.update, self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True,
+                   step.update, value_at, s1, s2, step.ranges, self._t[name], float(self.lr[name]),
+                   float(self.clip_norm), self._total[name])
 
     # -- threaded steps ----------------------------------------------------------------
     def _threaded_step(self, name, step, arrays, n_rows, sizes, seed, parts):

@@ -387,7 +387,8 @@ class CudaModel(Model):
 
     def _update_launcher(self, name, plan, n_rows, sizes, sticky):
         """The optimiser update of loss `name` bound to this batch shape's workspace."""
-        key = (name, plan, n_rows, tuple(sizes.values()), sticky, float(self.lr[name]), float(self.clip_norm))
+        key = (name, plan, n_rows, tuple(sizes.values()), sticky, float(self.lr[name]), float(self.clip_norm),
+               self._total[name])
         upd = self._update_launch.get(key)
         if upd is None:
             kernel, hyper = self.updates[name]
@@ -396,7 +397,7 @@ class CudaModel(Model):
             upd = self._update_launch[key] = load_kernel(self.kernel_dir, kernel, "prepare")(
                 self._ctx, self._d["theta"], self._d["grad"], s1, s2, self._d_ranges[name], self._d_ws,
                 int(value_at), self._red, self._d_t[name], float(self.lr[name]), float(self.clip_norm),
-                int(sticky), hyper)
+                int(sticky), int(self._total[name]), hyper)
         return upd
 
     def step(self, name=None, seed=None, **data):

@@ -110,6 +110,11 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
     # example's noise does not depend on the number of ranks
     noise_buffers = {k: np.empty((width,) + tables.data[k][0], tables.dtype) for k in noise}
     order_of_steps = schedule(tables, d_steps)
+    # a cosine schedule spans the steps from the model's first to the end of this run
+    n_batches = -(-n_rows // batch_size)
+    remaining = max(0, (epochs - (at["epoch"] if at else 1) + 1) * n_batches - (at["batch"] if at else 0))
+    for name in tables.losses:
+        model._total[name] = model._t[name] + remaining * order_of_steps.count(name)
     model._interrupted = False
     previous = catch_signals(model)
     try:
@@ -135,7 +140,6 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
                 pending.clear()
 
             start = time.perf_counter()
-            n_batches = -(-n_rows // batch_size)
             for b in range(first_batch, n_batches):
                 lo = b * batch_size
                 rows = order[lo:lo + batch_size]

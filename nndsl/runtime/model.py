@@ -44,6 +44,7 @@ class Model:
         self.clip_norm = t.train["clip_norm"] or 0.0
         self._state = {name: (np.zeros(t.n_params, t.dtype), np.zeros(t.n_params, t.dtype)) for name in t.losses}
         self._t = {name: 0 for name in t.losses}
+        self._total = {name: 0 for name in t.losses}     # a cosine schedule's steps (fit sets them)
         self._ws = np.zeros(0, t.dtype)
         self._lcg = int(self._rng.integers(0, 2**63))
         self._given_masks = {}
@@ -61,6 +62,13 @@ class Model:
         if not isinstance(values, dict):
             raise TypeError(f"lr: expected a dict of learning rates by loss name, got {values!r}")
         self._lr.update(values)
+
+    @property
+    def total_steps(self):
+        """Per named loss, the steps a cosine schedule spans: `fit` sets it to the end of its
+        run (counted from the model's first step); set it yourself when you call `step` in a
+        loop of your own. 0: the schedule has not started (the rate stays `lr`)."""
+        return self._total
 
     def _loss_name(self, name):
         if name is None:
