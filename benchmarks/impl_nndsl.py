@@ -84,9 +84,10 @@ def main(argv=None):
         t0 = time.perf_counter()
         mod = load_built(path)
         # NNDSL_BENCH_THREADS=K (step_time.py --nndsl-threads K): Model(threads=K), each batch's
-        # gradient in K threads
-        threads = int(os.environ.get("NNDSL_BENCH_THREADS", "1"))
-        m = mod.Model(seed=0, threads=threads) if threads > 1 else mod.Model(seed=0)
+        # gradient in K threads; unset: the module's default ("auto")
+        threads = os.environ.get("NNDSL_BENCH_THREADS", "auto")
+        threads = threads if threads == "auto" else int(threads)
+        m = mod.Model(seed=0, threads=threads)
         import_s = time.perf_counter() - t0
         kw = {"x": x, spec["target"]: y}
 
@@ -95,7 +96,7 @@ def main(argv=None):
 
         return step, {"compile_s": compile_s, "import_s": round(import_s, 4), "timings": timings,
                       "generated": str(path), "reused": args.reuse,
-                      "version": (version or generator_version(path)) + (f" threads={threads}" if threads > 1 else "")}
+                      "version": (version or generator_version(path)) + (f" threads={threads}" if threads != "auto" else "")}
 
     try:
         run_benchmark(IMPL, args, setup, version=version)

@@ -55,7 +55,7 @@ def child_env(args, cache_root: Path) -> dict:
     if args.jax_sync:
         env["JAX_BENCH_SYNC"] = args.jax_sync
     env["NUMBA_CACHE_DIR"] = str(cache_root / "numba")
-    if args.nndsl_threads > 1:
+    if args.nndsl_threads:
         env["NNDSL_BENCH_THREADS"] = str(args.nndsl_threads)
     if args.cold:
         # every run starts from empty caches: a fresh PyTensor compiledir each time too
@@ -219,8 +219,9 @@ def main(argv=None):
     ap.add_argument("--models", type=csv_list(sorted(MODELS)), default=["lecture", "mnist"])
     ap.add_argument("--impls", type=csv_list(IMPLS), default=IMPLS)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--nndsl-threads", type=int, default=1, metavar="K",
-                    help="nndsl's Model(threads=K): each batch's gradient in K threads (default 1)")
+    ap.add_argument("--nndsl-threads", type=int, default=0, metavar="K",
+                    help="nndsl's Model(threads=K): each batch's gradient in K threads (default: the "
+                         "module's own choice, threads=\"auto\")")
     ap.add_argument("--json", metavar="FILE", help="write every run and the summary as JSON")
     ap.add_argument("--baseline", choices=IMPLS, default="nndsl",
                     help="ratios are impl/baseline (default nndsl; if it did not run, the first "

@@ -20,6 +20,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _threads(text: str):
+    """`auto` or a positive integer."""
+    return "auto" if text == "auto" else _at_least(1)(text)
+
+
 def _at_least(minimum: int):
     """An argparse type: an integer >= minimum, with a one-line message otherwise."""
     def parse(text: str) -> int:
@@ -78,9 +83,10 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=_at_least(0), default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--threads", type=_at_least(1), default=1, metavar="K",
-                   help="compute each batch's gradient in K threads (Model(threads=K)); pays for "
-                        "recurrent models and convolutions; with --workers each process steps in one")
+    t.add_argument("--threads", type=_threads, default="auto", metavar="K|auto",
+                   help="threads of a training step: auto (default: the fastest way on the cores free "
+                        "now, measured on the steps themselves) or K (Model(threads=K); 1: the same bits "
+                        "every run); with --workers the processes share the cores")
     # data-parallel training and checkpoints (docs/scaling.md)
     t.add_argument("--workers", type=_at_least(1), default=1,
                    help="train on K MPI processes (runs mpiexec -n K; needs the mpi extra)")

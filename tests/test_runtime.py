@@ -345,3 +345,64 @@ def test_the_generator_state_survives_a_broadcast(m):
     state = json.dumps(m._rng.bit_generator.state)
     m._broadcast_state(OneRank())
     assert json.dumps(m._rng.bit_generator.state) == state
+
+
+# -- threads="auto": the tuner ---------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_tuner(tuner, clock, speed, steps):
+    """`steps` steps, each taking speed[way] seconds; the ways they ran."""
+    ways = []
+    for _ in range(steps):
+        way = tuner.way()
+        tuner.record(way, speed[way])
+        clock.now += speed[way]
+        ways.append(way)
+    return ways
+
+
+def test_the_tuner_keeps_the_fastest_way_and_moves_when_a_core_gets_busy():
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)
+    speed = {(1, 2): 1.0e-3, (1, 1): 1.6e-3, (2, 1): 0.7e-3}       # seconds per step
+    ways = run_tuner(tuner, clock, speed, 20)
+    assert tuner.choice == (2, 1) and ways[-5:] == [(2, 1)] * 5
+    assert ways.count((1, 1)) <= 1 + Tuner.PROBE_STEPS          # a way twice as slow is dropped early
+    speed[(2, 1)] = 9.0e-3                                        # another program takes a core
+    ways = run_tuner(tuner, clock, speed, 20)
+    assert tuner.choice == (1, 2) and ways[-5:] == [(1, 2)] * 5
+    assert ways.count((2, 1)) <= Tuner.RECENT + 1                 # noticed within a few steps
+
+
+def test_the_tuner_looks_again_after_a_while_and_waits_longer_each_time_it_stands():
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1)], clock)
+    speed = {(1, 2): 0.5, (1, 1): 1.0}                            # slow steps: the waits pass quickly
+    run_tuner(tuner, clock, speed, 12)
+    waits = [tuner.wait]
+    for _ in range(4):
+        run_tuner(tuner, clock, speed, int(tuner.wait / 0.5) + 6)
+        waits.append(tuner.wait)
+    assert waits == sorted(waits) and waits[-1] <= Tuner.LAST_WAIT and waits[-1] > waits[0]
+    speed[(1, 1)] = 0.2                                           # the other way got faster
+    run_tuner(tuner, clock, speed, int(tuner.wait / 0.5) + 10)
+    assert tuner.choice == (1, 1) and tuner.wait < waits[-1]           # a change starts the waits over
+
+
+def test_auto_threads_step_like_one_thread(d):
+    data = F.data(n=32)
+    auto, one = F.FakeModel(seed=0), F.FakeModel(seed=0, threads=1)
+    assert auto.threads == "auto" and one.threads == 1
+    for _ in range(12):
+        assert auto.step(**data) == pytest.approx(one.step(**data), rel=1e-12)
+    np.testing.assert_allclose(auto.theta, one.theta, rtol=1e-12)
+    with pytest.raises(TypeError, match="threads: expected an integer >= 1"):
+        F.FakeModel(threads="many")

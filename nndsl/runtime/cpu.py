@@ -2,6 +2,7 @@
 each row's kernel through its address (docs/architecture.md, "The kernel plan")."""
 import math
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -10,7 +11,7 @@ from .checks import count
 from .compiler import addresses
 from .loader import load_kernel_file
 from .model import Model
-from .threads import MIN_ROWS_PER_THREAD, set_blas_threads
+from .threads import MIN_ROWS_PER_THREAD, Tuner, available_cores, set_blas_threads, use_blas_threads
 
 _COMPILING = threading.Lock()
 
@@ -18,20 +19,24 @@ _COMPILING = threading.Lock()
 class CpuModel(Model):
     """The compiled network on the CPU.
 
-    `threads=K`: `step` and `fit` split each batch into up to K parts of at least
-    MIN_ROWS_PER_THREAD rows, compute their gradients in as many threads (each with a
-    one-threaded BLAS), and apply one update of the summed gradient: the same step as one
-    thread, up to rounding. It pays where a step is a chain of small calls, as in a
-    recurrence (docs/performance.md, "Threads")."""
+    `threads="auto"` (the default): a training step runs in whichever way its own timings
+    say is fastest on the cores this process may use, and says again when they change (a
+    program that takes a core): one thread whose GEMMs use every core's BLAS thread, one
+    thread of one BLAS thread, or the batch split over the cores (see `threads.Tuner`).
+    `threads=K`: exactly K threads — `step` and `fit` split each batch into up to K parts of
+    at least MIN_ROWS_PER_THREAD rows, compute their gradients in as many threads (each with
+    one BLAS thread), and apply one update of the summed gradient; `threads=1` is one thread
+    with one BLAS thread, the same bits on every run. Every way computes the same step up
+    to rounding (docs/performance.md, "Threads")."""
 
     kernel_dir = None        # the generated module's kernel folder
     entry_name = None        # its entry function's file there
 
-    def __init__(self, seed=0, threads=1):
+    def __init__(self, seed=0, threads="auto"):
         super().__init__(seed)
         t = self.tables
         self.threads = threads
-        self._lanes, self._pool = [], None
+        self._lanes, self._pool, self._tuners = [], None, {}
         self._plans = {}
         self._entry = self._load_entry()
         # arrays a plan does not read still take their argument of `run`: an empty one
@@ -104,15 +109,37 @@ class CpuModel(Model):
         if check_finite:
             self._unseen_finite(step.data, arrays)
         self._t[name] += 1
-        parts = min(self.threads, n_rows // MIN_ROWS_PER_THREAD)
-        if parts > 1:
-            L = self._threaded_step(name, step, arrays, n_rows, sizes, seed, parts)
+        if self._threads == "auto":
+            tuner = self._tuner(name, n_rows, sizes)
+            way = tuner.way()
+            start = time.perf_counter()
+            L = self._step_way(name, step, arrays, n_rows, sizes, seed, *way)
+            tuner.record(way, time.perf_counter() - start)
         else:
-            L = float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
-                                update=step.update)[0])
+            L = self._step_way(name, step, arrays, n_rows, sizes, seed,
+                               max(1, min(self._threads, n_rows // MIN_ROWS_PER_THREAD)), 1)
         if not math.isfinite(L):
             self._t[name] -= 1
         return L
+
+    def _step_way(self, name, step, arrays, n_rows, sizes, seed, parts, blas):
+        """A step over `parts` threads of one BLAS thread each, or in this thread with `blas`."""
+        if parts > 1:
+            return self._threaded_step(name, step, arrays, n_rows, sizes, seed, parts)
+        use_blas_threads(blas)
+        return float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
+                               update=step.update)[0])
+
+    def _tuner(self, name, n_rows, sizes):
+        """The tuner of the steps of loss `name` on batches of this shape."""
+        key = (name, n_rows) + tuple(sizes.values())
+        tuner = self._tuners.get(key)
+        if tuner is None:
+            cores = available_cores()
+            parts = min(cores, n_rows // MIN_ROWS_PER_THREAD)
+            ways = [(1, cores)] + ([(1, 1)] if cores > 1 else []) + ([(parts, 1)] if parts > 1 else [])
+            tuner = self._tuners[key] = Tuner(ways, time.perf_counter)
+        return tuner
 
     def _update_only(self, name, sizes, L, grad):
         """One optimiser update of loss `name` with the gradient `grad` of a whole batch whose
@@ -149,7 +176,7 @@ class CpuModel(Model):
 
         previous = set_blas_threads(1)
         try:
-            pool = self._threads_pool()
+            pool = self._threads_pool(parts)
             others = [pool.submit(part, k) for k in range(1, parts)]
             losses = [part(0)] + [f.result() for f in others]
         finally:
@@ -176,24 +203,25 @@ class CpuModel(Model):
         lane.theta = self.theta                # `load` may have replaced the vector
         return lane
 
-    def _threads_pool(self):
-        if self._pool is None or self._pool._max_workers < self.threads - 1:
+    def _threads_pool(self, parts):
+        if self._pool is None or self._pool._max_workers < parts - 1:
             from concurrent.futures import ThreadPoolExecutor
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix=self.tables.name,
+            self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix=self.tables.name,
                                             initializer=set_blas_threads, initargs=(1,))
             weakref.finalize(self, self._pool.shutdown, False)    # its threads end with the model
         return self._pool
 
     @property
     def threads(self):
-        """Threads a step computes its batch's gradient in (`Model(threads=K)`)."""
+        """Threads a step computes its batch's gradient in: "auto", or K (`Model(threads=K)`)."""
         return self._threads
 
     @threads.setter
     def threads(self, value):
-        self._threads = count(value, "threads")
+        self._threads = "auto" if value == "auto" else count(value, "threads")
+        self._tuners = {}
 
     # -- fit's hooks -------------------------------------------------------------------
     def _batches(self, data, width, sizes):
@@ -217,6 +245,8 @@ class CpuModel(Model):
         the ranks by one Allreduce, and the same update on every rank. Returns (the global
         batch's mean loss, whether any rank was interrupted)."""
         step = self.tables.steps[name]
+        if self._threads == "auto":            # the ranks of one machine share its cores
+            use_blas_threads(max(1, available_cores() // comm.Get_size()))
         seed = self._seed(None)                # every rank draws the step's seed, rows or not
         n_local = len(next(iter(batch.values()))) if batch else 0
         local, summed = self._local, self._summed

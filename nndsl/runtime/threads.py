@@ -32,6 +32,15 @@ def _blas_threads_setter():
 
 
 _LOCK = threading.Lock()
+_NOW = threading.local()          # the count this thread last set
+
+
+def use_blas_threads(n):
+    """The calling thread's GEMMs use `n` BLAS threads from now on (a call into OpenBLAS only
+    when that changes)."""
+    if getattr(_NOW, "n", None) != n:
+        set_blas_threads(n)
+        _NOW.n = n
 
 
 def set_blas_threads(n):
@@ -42,4 +51,75 @@ def set_blas_threads(n):
             if not _SETTER:
                 _SETTER.append(_blas_threads_setter())
     setter = _SETTER[0]
+    _NOW.n = n
     return setter(n) if setter is not None and n is not None else None
+
+
+def available_cores():
+    """The cores this process may run on (its affinity), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Tuner:
+    """The fastest way to run the training steps of one shape, found by timing those steps.
+
+    A way is (parts, BLAS threads): the batch's gradient in `parts` threads of one BLAS thread
+    each, or in one thread whose GEMMs use that many BLAS threads. The tuner tries each way
+    on a few steps (a way that is twice as slow as the best so far is dropped after one),
+    keeps the fastest, and tries them all again when the steps become 1.5 times slower than
+    they were (another program took a core: OpenBLAS threads that spin on a busy core make a
+    step 10-70 times slower) or after a while (the core may be free again; the while doubles
+    each time the choice stands, up to a minute). Every way computes the same step up to
+    rounding. `clock` is `time.perf_counter`; tests give a fake one."""
+
+    PROBE_STEPS = 2          # timed steps of each way in a probe
+    RECENT = 5               # steps whose median says the choice got slow
+    SLOWER = 1.5
+    FIRST_WAIT, LAST_WAIT = 2.0, 60.0
+
+    def __init__(self, ways, clock):
+        self.ways, self.clock = list(ways), clock
+        self.warm = set()                # ways that have run once (a first run compiles, builds lanes)
+        self.choice, self.baseline = self.ways[0], None
+        self.wait = self.FIRST_WAIT
+        self._start_probe()
+
+    def _start_probe(self):
+        self.todo = list(self.ways)
+        self.best = {}
+        self.recent = []
+
+    def way(self):
+        """The way to run the next step."""
+        return self.todo[0] if self.todo else self.choice
+
+    def record(self, way, seconds):
+        """The step just run that way took `seconds`."""
+        if way not in self.warm:
+            self.warm.add(way)           # its first run is not its speed
+            return
+        if self.todo:
+            self._probe(way, seconds)
+            return
+        self.recent = (self.recent + [seconds])[-self.RECENT:]
+        slow = len(self.recent) == self.RECENT and sorted(self.recent)[self.RECENT // 2] > self.SLOWER * self.baseline
+        if slow:
+            self.wait = self.FIRST_WAIT
+        if slow or self.clock() >= self.next_probe:
+            self._start_probe()
+
+    def _probe(self, way, seconds):
+        times = self.best.setdefault(way, [])
+        times.append(seconds)
+        fastest = min((min(t) for w, t in self.best.items() if w != way), default=None)
+        if len(times) >= self.PROBE_STEPS or (fastest is not None and seconds > 2 * fastest):
+            self.todo.pop(0)
+        if not self.todo:
+            before = self.choice
+            self.choice = min(self.best, key=lambda w: min(self.best[w]))
+            self.baseline = min(self.best[self.choice])
+            self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
+            self.next_probe = self.clock() + self.wait

@@ -159,7 +159,7 @@ def _train(args, comm) -> int:
                                               compile=comm is not None and rank == 0)
         if comm is not None:
             comm.Barrier()
-    m = module.Model(seed=args.seed, threads=getattr(args, "threads", 1))
+    m = module.Model(seed=args.seed, threads=getattr(args, "threads", "auto"))
     if getattr(args, "lr", None) is not None:
         for name in list(m.lr):
             m.lr[name] = args.lr
