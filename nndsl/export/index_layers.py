@@ -14,8 +14,10 @@ has axes (n, c, i, p)). So
 * an elementwise expression of reads and sums aligns its operands' axes (Transpose,
   Unsqueeze) and is translated from the same sympy tree the module's kernels come from.
 
-What cannot be exported (ExportError naming the layer): a free size (a sequence length) in
-the layer's index ranges, and a read that uses one index for two axes (a diagonal).
+What cannot be exported (ExportError naming the layer): a free size (a sequence length) where
+a constant table needs its extent (a windowed or offset read along it, an index used as a
+number), and a read that uses one index for two axes (a diagonal). A plain index over a free
+size is an Einsum label like any other.
 """
 from __future__ import annotations
 
@@ -40,10 +42,7 @@ class UserLayerExport:
     def __init__(self, ex, node: ir.Node, args: tuple[str, ...]):
         self.ex, self.g, self.node = ex, ex.g, node
         self.spec = ex.model.layers[node.attrs["layer"]]
-        self.sizes = dict(node.attrs["index_sizes"])
-        free = sorted(k for k, v in self.sizes.items() if not isinstance(v, int))
-        if free:
-            self.fail(f"index {free[0]} ranges over the free size {self.sizes[free[0]]}")
+        self.sizes = dict(node.attrs["index_sizes"])      # an int, or a free size's name (T)
         self.env: dict[str, Labelled] = {}
         self.shapes: dict[str, tuple] = {}       # per-example shape of every layer-local tensor
         for (name, _), t, source in zip(self.spec.tensor_args, args, node.inputs):
@@ -57,6 +56,13 @@ class UserLayerExport:
 
     def fail(self, reason: str):
         raise self.ex.cannot(self.node, reason)
+
+    def fixed(self, index: str, what: str) -> int:
+        """The size of an index that must be known when exporting (a Gather table, a range)."""
+        size = self.sizes[index]
+        if not isinstance(size, int):
+            self.fail(f"index {index} {what} ranges over the free size {size}")
+        return size
 
     def run(self) -> str:
         out = None
@@ -77,7 +83,7 @@ class UserLayerExport:
         if isinstance(e, ir.Const):
             return float(e.value)
         if isinstance(e, ir.IVar):
-            size = self.sizes[e.name]
+            size = self.fixed(e.name, "as a value")
             return Labelled(self.g.param(np.arange(size), f"{self.node.name}/{e.name}"), (e.name,))
         if isinstance(e, ir.Access):
             return self.access(e)
@@ -102,10 +108,11 @@ class UserLayerExport:
                 labels[pos] = ix.name
                 continue
             variables = _variables(ix)
-            grids = np.meshgrid(*[np.arange(self.sizes[v]) for v in variables], indexing="ij") if variables else []
+            sizes = [self.fixed(v, f"in the read {e.tensor}[..., {_text(ix)}, ...]") for v in variables]
+            grids = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij") if variables else []
             table = np.asarray(_evaluate(ix, dict(zip(variables, grids))), np.int64)
             if table.ndim == 0 and variables:
-                table = np.broadcast_to(table, tuple(self.sizes[v] for v in variables))
+                table = np.broadcast_to(table, tuple(sizes))
             idx = self.g.initializer(table, f"{self.node.name}/{e.tensor}[{j}]")
             tensor = self.g.op("Gather", [tensor, idx], axis=pos)
             labels[pos:pos + 1] = variables
@@ -191,7 +198,7 @@ class UserLayerExport:
             self.fail(f"index {extra[0]} is left over")
         t = self.broadcastable(v, target)
         if any(a not in v.axes for a in target):
-            shape = [1] + [self.sizes[a] for a in target[1:]]
+            shape = [1] + [self.fixed(a, "to broadcast over") for a in target[1:]]
             t = self.g.op("Expand", [t, self.g.ints(shape)])
         return Labelled(t, target)
 
@@ -216,6 +223,18 @@ def _variables(e) -> list[str]:
                 walk(a)
     walk(e)
     return out
+
+
+def _text(e) -> str:
+    if isinstance(e, ir.Const):
+        return str(int(e.value))
+    if isinstance(e, ir.IVar):
+        return e.name
+    if isinstance(e, ir.Apply) and e.fn == "neg":
+        return f"-{_text(e.args[0])}"
+    if isinstance(e, ir.Apply):
+        return f"{_text(e.args[0])} {e.fn} {_text(e.args[1])}"
+    return "?"
 
 
 def _evaluate(e, env):
