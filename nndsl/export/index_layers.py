@@ -138,6 +138,7 @@ class UserLayerExport:
         if len(letters) > 26:
             self.fail("more than 26 indices in one sum")
         summed = set(e.indices)
+        # (every summed index is read by a factor: the checker infers its range from a read)
         keep = tuple(a for a in self._ordered(letters) if a not in summed)
         equation = ",".join("".join(letters[a] for a in f.axes) for f in factors) + \
             "->" + "".join(letters[a] for a in keep)
