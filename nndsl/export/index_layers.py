@@ -163,8 +163,8 @@ class UserLayerExport:
         labelled = [v for v in values if isinstance(v, Labelled)]
         if not labelled:
             self.fail("an expression of constants only")
-        axes = set().union(*[v.axes for v in labelled])
-        target = tuple(a for a in self._ordered(axes))
+        axes = [a for v in labelled for a in v.axes]          # as met: the same graph every run
+        target = tuple(self._ordered(axes))
         symbols, operands = {}, {}
         for k, v in enumerate(values):
             s = sp.Symbol(f"leaf{k}")
