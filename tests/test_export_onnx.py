@@ -323,12 +323,24 @@ def test_bad_usage_is_one_line(lstm_weights, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.npz"]
 
 
-def test_weights_of_another_source_and_of_other_shapes_are_refused(tmp_path):
+def test_weights_by_name_survive_edits_and_a_flat_theta_needs_its_source(tmp_path):
+    """A file of parameters by name fits a source whose parameters are the same (an edited
+    comment) and names what no longer fits; a flat `theta` (the first format) is laid out by
+    the source that wrote it, so another source is refused."""
     model = load_model(EXAMPLES / "lstm.nn")
     m = randomised(compile_example("lstm"))
     m.save(tmp_path / "w.npz")
+    commented = load_source(model.source + "# trained on digits\n", str(EXAMPLES / "lstm.nn"))
+    onnx_model(commented, tmp_path / "w.npz")
     edited = load_source(model.source.replace("lstm(seq, 32", "lstm(seq, 16"), str(EXAMPLES / "lstm.nn"))
-    with pytest.raises(ExportError, match="from another source"):
+    with pytest.raises(ExportError, match=r"do not fit 'lstm_digits': reshaped h.W_i \(32, 8\)"):
         onnx_model(edited, tmp_path / "w.npz")
-    with pytest.raises(ExportError, match="from another source"):
+    with pytest.raises(ExportError, match="reshaped"):
         onnx_model(edited, m)
+    from nndsl.build import source_hash
+    theta = np.concatenate([m.params[p.name].ravel() for p in model.params])
+    np.savez(tmp_path / "flat.npz", theta=theta, __model__=np.array(model.name),
+             __hash__=np.array(source_hash(model.source, "float64", "cpu")))
+    assert onnx_model(model, tmp_path / "flat.npz").graph.node
+    with pytest.raises(ExportError, match="from another source"):
+        onnx_model(commented, tmp_path / "flat.npz")

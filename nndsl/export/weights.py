@@ -1,14 +1,16 @@
 """Reading a trained model's parameters: `read_params(model_ir, source)`.
 
-`source` is a file written by the generated module's `Model.save`, or a live `Model`.
-A saved file is an .npz holding either
+`source` is a file written by the generated module's `Model.save`, a live `Model`, or a
+dict {name: array}. A saved file is an .npz holding either
 
-* per-parameter arrays `param:NAME` (the format `save` is moving to), or
-* `theta`: the flat parameter vector, the parameters concatenated in `model.params` order,
-  each C-ordered (the format of today),
+* per-parameter arrays `param:NAME` (format 2, `__format__` = 2): matched by name and shape,
+  so weights survive edits of the model file that keep them (a comment, a new output), or
+* `theta` (format 1): the flat parameter vector, the parameters concatenated in
+  `model.params` order, each C-ordered — valid only for the source that wrote it, so its
+  `__hash__` must be a build of this source,
 
-plus `__model__` (the model's name) and, today, `__hash__` (the build's source hash),
-optimiser state and step counts, which are not read here.
+plus `__model__` (the model's name, which must be this model's), and optimiser state and
+step counts, which are not read here.
 """
 from __future__ import annotations
 
@@ -62,11 +64,12 @@ def read_params(model, source) -> dict[str, np.ndarray]:
         by_name = [k for k in f.files if k.startswith(PARAM_PREFIX)]
         if not by_name and "theta" not in files:
             raise ExportError(f"{path}: not a weights file saved by an nndsl model (no `theta`, no `param:` arrays)")
-        _check_origin(model, path, f, files)
+        _check_model_name(model, path, f, files)
         try:
             if by_name:
                 arrays = {k[len(PARAM_PREFIX):]: f[k] for k in by_name}
                 return _checked(model, arrays, path)
+            _check_source(model, path, f, files)
             return _split_theta(model, f["theta"], path)
         except ValueError as exc:          # a damaged member
             if isinstance(exc, ExportError):
@@ -74,11 +77,15 @@ def read_params(model, source) -> dict[str, np.ndarray]:
             raise ExportError(f"{path}: unreadable ({exc})") from None
 
 
-def _check_origin(model, path, f, files) -> None:
+def _check_model_name(model, path, f, files) -> None:
     if "__model__" in files:
         saved = str(f["__model__"])
         if saved != model.name:
             raise ExportError(f"{path}: weights of model {saved!r}, not of {model.name!r} ({model.path})")
+
+
+def _check_source(model, path, f, files) -> None:
+    """A flat theta is laid out by the source that wrote it."""
     if "__hash__" in files:
         saved = str(f["__hash__"])
         if saved not in source_hashes(model):
@@ -129,14 +136,13 @@ def _checked(model, arrays: dict, path) -> dict[str, np.ndarray]:
 
 
 def _from_model_object(model, m) -> dict[str, np.ndarray]:
+    """A live Model: its parameters by name (the module's `tables.name`, or MODEL_NAME of a
+    module of before the runtime package, must be this model's)."""
     import sys
-    module = sys.modules.get(type(m).__module__)
-    name = getattr(module, "MODEL_NAME", None)
+    tables = getattr(m, "tables", None)
+    name = getattr(tables, "name", None) or getattr(sys.modules.get(type(m).__module__), "MODEL_NAME", None)
     what = f"Model of {type(m).__module__}"
     if name is not None and name != model.name:
-        raise ExportError(f"{what}: a model {name!r}, not {model.name!r} ({model.path})")
-    saved = getattr(module, "SOURCE_HASH", None)
-    if saved is not None and saved not in source_hashes(model):
-        raise ExportError(f"{what}: built from another source of {model.name!r} (hash {saved[:12]})")
+        raise ExportError(f"{what}: weights of model {name!r}, not of {model.name!r} ({model.path})")
     arrays = {k: np.asarray(v) for k, v in dict(m.params).items()}
     return _checked(model, arrays, what)
