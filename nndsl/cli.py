@@ -1,4 +1,4 @@
-"""The `nndsl` command line: check, grad, build, train.
+"""The `nndsl` command line: check, grad, build, train, export.
 
 Exit codes: 0 success, 1 a bad model (diagnostics printed), 2 bad usage.
 """
@@ -94,6 +94,17 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--every", type=_at_least(0), default=0, metavar="K",
                    help="checkpoint every K batches (default: every epoch)")
     t.add_argument("--resume", metavar="DIR", help="continue from DIR/checkpoint.npz (same command otherwise)")
+
+    e = sub.add_parser("export", help="write the trained inference graph as ONNX (docs/export.md)")
+    e.add_argument("file")
+    e.add_argument("--weights", metavar="W.npz", help="the parameters: a file written by Model.save")
+    e.add_argument("-o", "--out", metavar="FILE.onnx", help="output file (default: NAME.onnx)")
+    e.add_argument("--opset", default="17", help="ONNX opset, 17..21 (default: 17)")
+    e.add_argument("--dtype", choices=["float32", "float64"],
+                   help="the graph's float type (default: the weights')")
+    e.add_argument("--lengths", action="store_true",
+                   help="an int32 input X_lengths per free sequence length (forward's X_lengths=), "
+                        "given to the recurrences as sequence_lens")
     return p
 
 
@@ -207,4 +218,31 @@ def _cmd_train(args) -> int:
     return train_command(args)
 
 
-_COMMANDS = {"check": _cmd_check, "grad": _cmd_grad, "build": _cmd_build, "train": _cmd_train}
+def _cmd_export(args) -> int:
+    from .export.onnx_export import OPSETS
+    opset = int(args.opset) if args.opset.strip().isdigit() else None
+    if opset not in OPSETS:
+        raise UsageError(f"--opset {args.opset}: nndsl exports ONNX opsets {OPSETS.start}..{OPSETS.stop - 1}")
+    if not args.weights:
+        raise UsageError("export needs --weights W.npz, a file written by the module's Model.save")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UsageError('export needs the onnx package: pip install -e ".[onnx]"') from None
+    from .export import ExportError, export_onnx
+    from .frontend import load_model
+    model = load_model(args.file)
+    out = args.out or f"{model.name}.onnx"
+    try:
+        export_onnx(model, args.weights, out, opset=opset, dtype=args.dtype, lengths=args.lengths)
+    except ExportError as exc:          # a layer with no ONNX form, weights of another model: exit 1
+        print(f"nndsl: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out} (ONNX opset {opset}; outputs {', '.join(model.outputs)})")
+    return 0
+
+
+_COMMANDS = {"check": _cmd_check, "grad": _cmd_grad, "build": _cmd_build, "train": _cmd_train,
+             "export": _cmd_export}

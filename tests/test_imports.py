@@ -76,6 +76,7 @@ ALLOWED = {
     "render": {"frontend", "calculus", "plan", "render"},
     "runtime": {"runtime"},                  # copied beside the kernels: it imports only itself
     "train": {"frontend", "train"},
+    "export": {"frontend", "calculus", "export"},   # from the checked model, never the plan
 }
 
 

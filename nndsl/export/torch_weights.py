@@ -1,0 +1,261 @@
+"""nndsl parameters <-> a PyTorch `state_dict`, through a plain-data table.
+
+Two parts:
+
+* `to_torch(params, table)` and `from_torch(state_dict, table)` (and `TorchWeightsError`)
+  depend on numpy and the table only: no nndsl import, no torch import (a tensor is read
+  with `np.asarray(t.detach().cpu())`, duck-typed), so a generated module can carry them
+  and offer `Model.state_dict()` / `Model.load_torch(sd)` without nndsl installed.
+* `torch_table(model_ir)` makes the table from a checked model (it reads the IR's
+  attributes and imports nothing either). The table is lists, dicts, strings, ints and
+  floats only, so it can be written into a module as a literal or as JSON.
+
+The table (`"format": 1`):
+
+    {"format": 1,
+     "model": "lstm_digits",
+     "entries": [ENTRY, ...],      # one per state_dict key, in state_dict order
+     "modules": [MODULE, ...]}     # the torch.nn modules that hold them (informative)
+
+    ENTRY = {"key":    "h.weight_ih_l0",        # the state_dict key
+             "shape":  [128, 8],                # the torch tensor's shape
+             "mode":   "copy" | "add",
+             "parts":  ["h.W_i", "h.W_f", "h.W_c", "h.W_o"],   # nndsl parameters, in order
+             "part_shapes": [[32, 8], [32, 8], [32, 8], [32, 8]],
+             "perm":   None or [1, 0, ...],     # np.transpose of each part before stacking
+             "axis":   0,                       # the parts are concatenated along this axis
+             "zero":   [[64, 96], ...]}         # "add" only: index ranges along `axis` that
+                                                # must be 0 when read from torch
+
+    "copy": the torch tensor is the concatenation of the (transposed) parts; to_torch
+            builds it, from_torch splits it back.
+    "add":  a tensor nndsl has no separate parameter for, whose slices add to the parts
+            (a recurrence's `bias_hh`: torch adds it to `bias_ih` for every gate but the
+            GRU's candidate): to_torch writes zeros; from_torch adds its slices to the
+            parts after every "copy" entry, and refuses non-zero values in `zero` (the
+            GRU's b_hn sits inside r ⊙ (U_h h + b_hn), which nndsl's GRU does not have).
+
+    MODULE = {"name": "h", "type": "LSTM", "kwargs": {"input_size": 8, "hidden_size": 32,
+              "batch_first": True}, "note": "..."}        # type "Parameter": no torch layer
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TABLE_FORMAT = 1
+
+
+class TorchWeightsError(ValueError):
+    """A state_dict or parameter set that does not fit the table (one line)."""
+
+
+def _array(value) -> np.ndarray:
+    if hasattr(value, "detach"):           # a torch tensor, without importing torch
+        value = value.detach()
+        if hasattr(value, "cpu"):
+            value = value.cpu()
+        if hasattr(value, "numpy"):
+            value = value.numpy()
+    return np.asarray(value)
+
+
+def _inverse(perm):
+    return [int(i) for i in np.argsort(perm)]
+
+
+def _names(names, limit=6) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_keys(given, wanted, what: str) -> None:
+    missing = [k for k in wanted if k not in given]
+    extra = [k for k in given if k not in wanted]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {_names(missing)}")
+        if extra:
+            parts.append(f"unexpected {_names(extra)}")
+        raise TorchWeightsError(f"{what}: {'; '.join(parts)}")
+
+
+def to_torch(params, table) -> dict:
+    """{state_dict key: ndarray} from nndsl parameters {name: array} (any array-likes)."""
+    wanted = [p for e in table["entries"] if e["mode"] == "copy" for p in e["parts"]]
+    _check_keys(params, wanted, f"parameters of model {table['model']!r}")
+    out = {}
+    for e in table["entries"]:
+        shape = tuple(e["shape"])
+        if e["mode"] == "add":
+            dtype = _array(params[e["parts"][0]]).dtype if e["parts"] else np.float64
+            out[e["key"]] = np.zeros(shape, dtype)
+            continue
+        pieces = []
+        for name, pshape in zip(e["parts"], e["part_shapes"]):
+            a = _array(params[name])
+            if a.shape != tuple(pshape):
+                raise TorchWeightsError(f"parameter {name}: expected shape {tuple(pshape)}, got {a.shape}")
+            pieces.append(np.transpose(a, e["perm"]) if e["perm"] is not None else a)
+        value = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=e["axis"])
+        out[e["key"]] = np.ascontiguousarray(value.reshape(shape))
+    return out
+
+
+def from_torch(state_dict, table) -> dict:
+    """{nndsl parameter: ndarray} from a state_dict (torch tensors or arrays); every key of
+    the table must be there, no other, each of the table's shape."""
+    _check_keys(state_dict, [e["key"] for e in table["entries"]], f"state_dict for model {table['model']!r}")
+    values = {}
+    for e in table["entries"]:
+        a = _array(state_dict[e["key"]])
+        if a.shape != tuple(e["shape"]):
+            raise TorchWeightsError(f"state_dict[{e['key']!r}]: expected shape {tuple(e['shape'])}, got {a.shape}")
+        if a.dtype.kind not in "fiu":
+            raise TorchWeightsError(f"state_dict[{e['key']!r}]: expected real numbers, got {a.dtype}")
+        values[e["key"]] = a
+    out = {}
+    for e in sorted(table["entries"], key=lambda e: e["mode"] != "copy"):   # copies first
+        a = values[e["key"]]
+        axis = e["axis"]
+        for lo, hi in e.get("zero") or ():
+            block = np.take(a, range(lo, hi), axis=axis)
+            if np.any(block != 0):
+                raise TorchWeightsError(
+                    f"state_dict[{e['key']!r}]: entries {lo}:{hi} must be 0 ({e.get('why', 'no nndsl counterpart')})")
+        start = 0
+        for name, pshape in zip(e["parts"], e["part_shapes"]):
+            shown = tuple(pshape[i] for i in e["perm"]) if e["perm"] is not None else tuple(pshape)
+            size = shown[axis] if shown else 1
+            piece = np.take(a, range(start, start + size), axis=axis) if len(e["parts"]) > 1 else a
+            start += size
+            piece = piece.reshape(shown)
+            if e["perm"] is not None:
+                piece = np.transpose(piece, _inverse(e["perm"]))
+            if e["mode"] == "copy":
+                out[name] = np.array(piece, order="C")
+            else:
+                out[name] = out[name] + piece
+    return out
+
+
+# ------------------------------------------------------------------ the table
+# op -> function(node, param_shapes) -> (entries, modules). One function per kind of layer
+# PyTorch has; a layer kind that is not here keeps its parameters under their nndsl names
+# (type "Parameter"). Batchnorm (`weight`, `bias`, `running_mean`, `running_var`,
+# `num_batches_tracked`) and embedding (`weight`) get one function each when they exist.
+TORCH_LAYOUTS: dict = {}
+
+
+def torch_layout(*ops):
+    def register(f):
+        for op in ops:
+            TORCH_LAYOUTS[op] = f
+        return f
+    return register
+
+
+def _entry(key, parts, shapes, mode="copy", axis=0, perm=None, zero=None, why=None):
+    shown = [[s[i] for i in perm] if perm is not None else list(s) for s in shapes]
+    shape = list(shown[0])
+    if len(parts) > 1:
+        shape[axis] = sum(s[axis] for s in shown)
+    e = {"key": key, "shape": [int(s) for s in shape], "mode": mode, "parts": list(parts),
+         "part_shapes": [[int(d) for d in s] for s in shapes], "perm": perm, "axis": axis}
+    if zero:
+        e["zero"] = [[int(lo), int(hi)] for lo, hi in zero]
+        e["why"] = why
+    return e
+
+
+def _prefix(node) -> str:
+    """The torch module path of a node: its parameters' names without the last part
+    (a network's shared layer `generator.h.W` -> `generator.h`, whichever call it is)."""
+    first = next(iter(node.params.values()))
+    return first.rsplit(".", 1)[0]
+
+
+@torch_layout("dense")
+def _linear(node, shapes):
+    p = _prefix(node)
+    W = node.params["W"]
+    entries = [_entry(f"{p}.weight", [W], [shapes[W]])]
+    if "b" in node.params:
+        entries.append(_entry(f"{p}.bias", [node.params["b"]], [shapes[node.params["b"]]]))
+    units, d = shapes[W]
+    module = {"name": p, "type": "Linear",
+              "kwargs": {"in_features": int(d), "out_features": int(units), "bias": "b" in node.params},
+              "note": f"then act={node.attrs.get('act', 'identity')}"}
+    return entries, [module]
+
+
+@torch_layout("conv2d")
+def _conv2d(node, shapes):
+    p = _prefix(node)
+    W = node.params["W"]
+    entries = [_entry(f"{p}.weight", [W], [shapes[W]])]
+    if "b" in node.params:
+        entries.append(_entry(f"{p}.bias", [node.params["b"]], [shapes[node.params["b"]]]))
+    f, c, k, _ = shapes[W]
+    module = {"name": p, "type": "Conv2d",
+              "kwargs": {"in_channels": int(c), "out_channels": int(f), "kernel_size": int(k),
+                         "stride": int(node.attrs["stride"]), "padding": int(node.attrs["pad"]),
+                         "bias": "b" in node.params},
+              "note": f"then act={node.attrs.get('act', 'identity')}"}
+    return entries, [module]
+
+
+# torch's gate order of the stacked tensors, in our gate names (docs/architecture.md,
+# "Parity with PyTorch"): LSTM i, f, g (= our c), o; GRU r, z, n (= our h)
+TORCH_GATES = {"rnn": ("",), "lstm": ("_i", "_f", "_c", "_o"), "gru": ("_r", "_z", "_h")}
+
+
+@torch_layout("rnn", "lstm", "gru")
+def _recurrent(node, shapes):
+    p = _prefix(node)
+    gates = TORCH_GATES[node.op]
+    H = int(node.attrs["hidden"])
+    names = {k: [node.params[k + g] for g in gates] for k in ("W", "U", "b")}
+    zero = why = None
+    if node.op == "gru":       # b_hn: inside r ⊙ (U_h h + b_hn); ours has no such bias
+        zero, why = [(2 * H, 3 * H)], "nndsl's GRU has no bias inside r ⊙ (U_h h), torch's b_hn"
+    entries = [
+        _entry(f"{p}.weight_ih_l0", names["W"], [shapes[n] for n in names["W"]]),
+        _entry(f"{p}.weight_hh_l0", names["U"], [shapes[n] for n in names["U"]]),
+        _entry(f"{p}.bias_ih_l0", names["b"], [shapes[n] for n in names["b"]]),
+        _entry(f"{p}.bias_hh_l0", names["b"], [shapes[n] for n in names["b"]], mode="add",
+               zero=zero, why=why),
+    ]
+    kwargs = {"input_size": int(shapes[names["W"][0]][1]), "hidden_size": H, "batch_first": True}
+    note = f"return={node.attrs.get('return', 'all')}" + ("" if node.attrs.get("return") == "all"
+                                                          else ": the output's last step")
+    if node.op == "rnn":
+        act = node.attrs.get("act", "tanh")
+        if act in ("tanh", "relu"):
+            kwargs["nonlinearity"] = act
+        else:
+            note += f"; act={act}: torch.nn.RNN has tanh and relu only"
+    return entries, [{"name": p, "type": {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[node.op],
+                      "kwargs": kwargs, "note": note}]
+
+
+def torch_table(model_ir) -> dict:
+    """The table of `to_torch`/`from_torch` for a checked model (format above)."""
+    shapes = {p.name: tuple(int(s) for s in p.shape) for p in model_ir.params}
+    entries, modules, covered = [], [], set()
+    for node in model_ir.nodes:
+        if not node.params or set(node.params.values()) <= covered:   # a network's second call
+            continue
+        layout = TORCH_LAYOUTS.get(node.op)
+        if layout is not None:
+            es, ms = layout(node, shapes)
+            entries += es
+            modules += ms
+            covered |= set(node.params.values())
+    for p in model_ir.params:          # user layers: under their own names, as nn.Parameters
+        if p.name not in covered:
+            entries.append(_entry(p.name, [p.name], [shapes[p.name]]))
+            modules.append({"name": p.name, "type": "Parameter", "kwargs": {"shape": list(shapes[p.name])},
+                            "note": "no torch layer: the nndsl parameter as it is"})
+    return {"format": TABLE_FORMAT, "model": model_ir.name, "entries": entries, "modules": modules}
