@@ -110,6 +110,26 @@ def test_torch_weights_run_in_the_nndsl_model(name):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["digits_mlp", "cnn", "lstm", "gru"])
+def test_the_module_itself_moves_weights_both_ways(name):
+    """`m.state_dict()` is what torch loads strictly; `m.load_torch(sd)` the other way."""
+    import torch
+    net = torch_net(name)
+    if name == "gru":
+        with torch.no_grad():
+            net.h.bias_hh_l0[64:].zero_()
+    m = compile_example(name).Model(seed=0)
+    m.load_torch(net.state_dict())
+    ours, theirs = forward_both(name, m, net)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    m2 = randomised(compile_example(name))
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})      # strict
+    ours, theirs = forward_both(name, m2, net)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="missing"):      # the runtime copy's TorchWeightsError
+        m.load_torch({})
+
+
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_the_table_of_every_example_round_trips(name):
     """to_torch then from_torch gives the parameters back bit for bit; the table is JSON."""
@@ -147,8 +167,8 @@ def test_table_names_and_gate_order():
 
 
 def test_to_and_from_torch_need_numpy_only():
-    """The lead copies this file into the generated module's runtime: numpy, nothing else."""
-    tree = ast.parse((ROOT / "nndsl" / "export" / "torch_weights.py").read_text())
+    """The conversion is the generated module's runtime's: numpy, nothing else."""
+    tree = ast.parse((ROOT / "nndsl" / "runtime" / "torch_weights.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
     assert imported <= {"numpy", "__future__"} and not any(

@@ -79,6 +79,12 @@ def context(spec, source_file: str, source_hash: str, target: str, version: str)
     )
 
 
+def _torch_table_text(table: dict) -> str:
+    """The table's entries, one per line (its list of torch modules is documentation: left out)."""
+    entries = "".join(f"\n    {e!r}," for e in table["entries"])
+    return f"{{'format': {table['format']!r}, 'model': {table['model']!r}, 'entries': [{entries}\n]}}"
+
+
 def _same_rows(a, b) -> bool:
     """Whether two plans run the same kernel calls (the node a row computes aside): the plan of
     the outputs is then the plan of every node, which runs all rows when no node is given."""
@@ -89,8 +95,10 @@ def _same_rows(a, b) -> bool:
 
 
 def render_module(env, spec, renderer, target_context: dict, kernel_names: list[str], kernel_dir: str,
-                  runtime: str, source_file: str, source_hash: str, target: str, version: str) -> str:
+                  runtime: str, source_file: str, source_hash: str, target: str, version: str,
+                  torch_table: dict) -> str:
     ctx = context(spec, source_file, source_hash, target, version)
+    ctx["torch_table"] = _torch_table_text(torch_table)
     block = renderer.module_block(spec, target_context, source_file)
     kernels = textwrap.fill(", ".join(repr(n) for n in kernel_names), 96, initial_indent="    ",
                             subsequent_indent="    ")

@@ -20,6 +20,7 @@ from . import saving
 from .checks import check_finite, checked_arrays, forward_outputs, ready_arrays, ready_spec, seed_value, step_mask
 from .files import write_atomically
 from .params import LearningRates, Params, initial_values
+from .torch_weights import from_torch, to_torch
 
 
 class Model:
@@ -282,6 +283,21 @@ class Model:
             saving.restore(m, f, path, strict=strict)
         m._state_changed()
         return m
+
+    # -- PyTorch ------------------------------------------------------------------------
+    def state_dict(self):
+        """The parameters under PyTorch's names and layouts ({key: ndarray}; `torch.nn`'s
+        Linear, Conv2d, RNN/LSTM/GRU, Embedding — docs/export.md): load it into the
+        equivalent torch model with `net.load_state_dict({k: torch.from_numpy(v) ...})`."""
+        self._sync_host()
+        return to_torch(dict(self.params), self.tables.torch_table)
+
+    def load_torch(self, state_dict):
+        """The parameters from a PyTorch `state_dict` of the equivalent torch model (tensors or
+        arrays); a missing, extra or reshaped key is a one-line error naming it."""
+        for name, value in from_torch(state_dict, self.tables.torch_table).items():
+            self.params[name] = value
+        self._state_changed()
 
     # -- data-parallel training --------------------------------------------------------
     def _broadcast_state(self, comm):

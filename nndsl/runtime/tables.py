@@ -40,6 +40,7 @@ class ModelTables:
     output_views: Callable           # (ws, N, *sizes) -> the declared outputs' views
     node_views: Callable             # (ws, N, *sizes) -> {node: its view}
     masks: dict = field(default_factory=dict)    # step mask -> (free size, the input whose lengths make it)
+    torch_table: dict = None                     # PyTorch names and layouts (runtime/torch_weights.py)
     lengths: dict = field(init=False)             # "x_lengths" -> its step mask
 
     def __post_init__(self):
