@@ -48,6 +48,7 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
            timings: dict | None = None, kernel_dir: str = KERNEL_DIR) -> Rendered:
     """check → plan → render: the module for `target` and the files it loads."""
     from .export.torch_weights import torch_table
+    from .frontend.roles import metrics, sequence_model
     from .plan.module_plan import module_plan
     from .render import TARGETS, renderer
     from .render.module import environment, render_module, runtime_files
@@ -66,7 +67,8 @@ def render(model, dtype: str = "float32", target: str = "cpu", source_file: str 
     runtime, runtime_texts = runtime_files()
     text = render_module(env, plan, target_renderer, target_context, list(files), kernel_dir, runtime,
                          display_text(source_file or model.path), source_hash(model.source, dtype, target),
-                         target, __version__, torch_table(model))
+                         target, __version__, dict(torch_table=torch_table(model), metrics=tuple(metrics(model)),
+                                                   sequence=sequence_model(model)))
     files.update({f"{runtime}/{name}": t for name, t in runtime_texts.items()})
     timings["render"] = time.perf_counter() - t0
     return Rendered(text, files, names)

@@ -170,8 +170,8 @@ def test_noise_inputs_must_be_inputs_and_normal(m, d):
 def test_checkpoints_every_k_batches(tmp_path, d, monkeypatch, every, batches):
     seen = []
     real = fitting.save_checkpoint
-    monkeypatch.setattr(fitting, "save_checkpoint", lambda model, path, at, history: (
-        seen.append((at["epoch"] - 1) * 3 + at["batch"]), real(model, path, at, history)))
+    monkeypatch.setattr(fitting, "save_checkpoint", lambda model, path, at, history, stopping: (
+        seen.append((at["epoch"] - 1) * 3 + at["batch"]), real(model, path, at, history, stopping)))
     F.FakeModel(seed=0).fit(epochs=2, batch_size=4, verbose=False, checkpoint=tmp_path / "c.npz", every=every, **d)
     assert seen == batches
 
@@ -406,3 +406,39 @@ def test_auto_threads_step_like_one_thread(d):
     np.testing.assert_allclose(auto.theta, one.theta, rtol=1e-12)
     with pytest.raises(TypeError, match="threads: expected an integer >= 1"):
         F.FakeModel(threads="many")
+
+
+# -- early stopping -------------------------------------------------------------------
+def against(d):
+    """A validation set that training makes worse: the targets turned around."""
+    return {"x": d["x"], "y": -d["y"]}
+
+
+def test_patience_stops_and_keeps_the_best_epochs_parameters(d):
+    m = F.FakeModel(seed=0)
+    h = m.fit(epochs=20, batch_size=4, verbose=False, validation=against(d), patience=2, **d)
+    best = int(np.argmin(h.val)) + 1
+    assert h.best_epoch == best and h.stopped_epoch == best + 2 and len(h) == best + 2
+    again = F.FakeModel(seed=0)
+    again.fit(epochs=best, batch_size=4, verbose=False, **d)
+    np.testing.assert_array_equal(m.theta, again.theta)
+
+
+def test_patience_needs_validation(m, d):
+    with pytest.raises(ValueError, match="patience needs validation="):
+        m.fit(epochs=2, verbose=False, patience=3, **d)
+    with pytest.raises(ValueError, match="expected an integer >= 1"):
+        m.fit(epochs=2, verbose=False, patience=0, validation=d, **d)
+
+
+def test_early_stopping_resumes_from_a_checkpoint(tmp_path, d):
+    whole = F.FakeModel(seed=0)
+    hw = whole.fit(epochs=20, batch_size=4, verbose=False, validation=against(d), patience=3, **d)
+    part = F.FakeModel(seed=0)
+    part.fit(epochs=hw.best_epoch + 1, batch_size=4, verbose=False, validation=against(d), patience=3,
+             checkpoint=tmp_path / "c.npz", **d)
+    resumed = F.FakeModel(seed=0)
+    hr = resumed.fit(epochs=20, batch_size=4, verbose=False, validation=against(d), patience=3,
+                     resume=tmp_path / "c.npz", **d)
+    assert (hr.best_epoch, hr.stopped_epoch, hr.val) == (hw.best_epoch, hw.stopped_epoch, hw.val)
+    np.testing.assert_array_equal(resumed.theta, whole.theta)

@@ -96,9 +96,12 @@ def _same_rows(a, b) -> bool:
 
 def render_module(env, spec, renderer, target_context: dict, kernel_names: list[str], kernel_dir: str,
                   runtime: str, source_file: str, source_hash: str, target: str, version: str,
-                  torch_table: dict) -> str:
+                  roles: dict) -> str:
+    """NAME.py; `roles`: what the build knows of the data beyond the plan (the PyTorch table,
+    the metrics, a language model's parts: frontend/roles.py, export/torch_weights.py)."""
     ctx = context(spec, source_file, source_hash, target, version)
-    ctx["torch_table"] = _torch_table_text(torch_table)
+    ctx.update(torch_table=_torch_table_text(roles["torch_table"]), metrics=roles["metrics"],
+               sequence=roles["sequence"])
     block = renderer.module_block(spec, target_context, source_file)
     kernels = textwrap.fill(", ".join(repr(n) for n in kernel_names), 96, initial_indent="    ",
                             subsequent_indent="    ")

@@ -26,12 +26,50 @@ from .progress import catch_signals, progress, progress_done, restore_signals
 
 class History(list):
     """Per-epoch mean training loss (of the first loss); `.losses` holds every named loss,
-    `.val` the validation loss."""
+    `.val` the validation loss; with `patience`, `.best_epoch` the epoch whose parameters
+    the model kept and `.stopped_epoch` the epoch early stopping ended (None: it did not)."""
 
     def __init__(self, losses):
         super().__init__()
         self.losses = {name: [] for name in losses}
         self.val = []
+        self.best_epoch = None
+        self.stopped_epoch = None
+
+
+class EarlyStopping:
+    """`fit(patience=K)`: stop when the validation loss has not improved for K epochs, and
+    keep the parameters of the best epoch."""
+
+    def __init__(self, patience):
+        self.patience = patience
+        self.best, self.best_epoch, self.theta, self.wait = math.inf, None, None, 0
+
+    def epoch(self, model, epoch, val):
+        """After an epoch with validation loss `val`: whether to stop now."""
+        if val < self.best:
+            model._sync_host()
+            self.best, self.best_epoch, self.theta, self.wait = val, epoch, model.theta.copy(), 0
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def restore(self, model):
+        """The best epoch's parameters back into the model."""
+        if self.theta is not None:
+            model._sync_host()
+            model.theta[...] = self.theta
+            model._state_changed()
+
+    def state(self):
+        return {"__best__": np.array([self.best, -1 if self.best_epoch is None else self.best_epoch, self.wait]),
+                **({"__best_theta__": self.theta} if self.theta is not None else {})}
+
+    def load(self, f):
+        if "__best__" in f.files:
+            best, epoch, wait = (float(v) for v in f["__best__"])
+            self.best, self.best_epoch, self.wait = best, None if epoch < 0 else int(epoch), int(wait)
+            self.theta = np.array(f["__best_theta__"]) if "__best_theta__" in f.files else None
 
 
 def options(tables, epochs, batch_size, shuffle, d_steps, data):
@@ -85,12 +123,17 @@ def steps_done(epoch, b, n_batches):
 
 
 def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verbose=True, d_steps=None,
-        comm=None, checkpoint=None, every=None, resume=None, **data):
+        comm=None, checkpoint=None, every=None, resume=None, patience=None, **data):
     tables = model.tables
     epochs, batch_size, shuffle, d_steps, noise, given = options(tables, epochs, batch_size, shuffle,
                                                                  d_steps, data)
     every = count(every, "fit: every", minimum=0) if every else 0
     validation = validation_arrays(tables, validation)
+    stopping = None
+    if patience is not None:
+        if validation is None:
+            raise ValueError("fit: patience needs validation= (the loss it watches)")
+        stopping = EarlyStopping(count(patience, "fit: patience"))
     arrays, n_rows, sizes = model._arrays(given, {k: v for k, v in data.items() if k not in noise}, "fit")
     for k, a in zip(given, arrays):
         check_finite(k, a)               # once here, not per step
@@ -101,7 +144,7 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
     verbose = verbose and rank == 0
     history, at = History(tables.losses), None
     if resume is not None:
-        at = load_checkpoint(model, resume, history)
+        at = load_checkpoint(model, resume, history, stopping)
     if comm is not None:
         model._broadcast_state(comm)
     width = min(batch_size, n_rows)
@@ -169,7 +212,7 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
                                  (done - first_batch * batch_size) / (time.perf_counter() - start + 1e-12))
                 if saving_now:
                     position = dict(epoch=epoch, batch=b + 1, order=order, sums=sums, counts=counts)
-                    save_checkpoint(model, checkpoint, position, history)
+                    save_checkpoint(model, checkpoint, position, history, stopping)
                 if stop:
                     exc = KeyboardInterrupt(f"interrupted at epoch {epoch}, batch {b + 1}"
                                             + (f"; checkpoint {checkpoint}" if checkpoint is not None else ""))
@@ -179,20 +222,43 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
                 history.losses[name].append(sums[name] / max(counts[name], 1))
             history.append(history.losses[tables.losses[0]][-1])
             line = " ".join(f"{n} {history.losses[n][-1]:.4f}" for n in tables.losses)
+            stop = False
             if validation is not None and rank == 0:
-                history.val.append(float(model.loss(seed=0, **validation)))
+                # as `forward` computes it: noise off
+                history.val.append(model._eval_loss(tables.losses[0], validation))
                 line += f" val {history.val[-1]:.4f}"
+                stop = stopping is not None and stopping.epoch(model, epoch, history.val[-1])
+            if stopping is not None and comm is not None:     # rank 0 decides for every rank
+                flag = np.array([stop], np.int64)
+                comm.Bcast(flag, root=0)
+                stop = bool(flag[0])
             if verbose:
                 progress_done(f"epoch {epoch}/{epochs}: {line}")
+            if stop:
+                history.stopped_epoch = epoch
+                if verbose:
+                    progress_done(f"early stop: no better validation loss for {stopping.patience} epochs; "
+                                  f"keeping epoch {stopping.best_epoch}'s parameters (val {stopping.best:.4f})")
+                break
+        if stopping is not None:
+            if rank == 0:
+                stopping.restore(model)
+            if comm is not None:                               # every replica keeps rank 0's best
+                model._sync_host()
+                comm.Bcast(model.theta, root=0)
+                model._state_changed()
+            history.best_epoch = stopping.best_epoch
     finally:
         restore_signals(previous)
     return history
 
 
 # -- checkpoints: a saved model plus where training stands -------------------------------
-def save_checkpoint(model, path, at, history):
+def save_checkpoint(model, path, at, history, stopping=None):
     tables = model.tables
     state = model._state_arrays()
+    if stopping is not None:
+        state.update(stopping.state())
     state["__rng__"] = np.array(json.dumps(model._rng.bit_generator.state))
     state["__position__"] = np.array([at["epoch"], at["batch"]], np.int64)
     state["__order__"] = at["order"]
@@ -206,9 +272,9 @@ def save_checkpoint(model, path, at, history):
     write_atomically(str(path), state, make_folder=True)
 
 
-def load_checkpoint(model, path, history):
-    """Restores the model from a checkpoint and fills `history` with its finished epochs;
-    returns the place to continue from."""
+def load_checkpoint(model, path, history, stopping=None):
+    """Restores the model (and early stopping's best so far) from a checkpoint and fills
+    `history` with its finished epochs; returns the place to continue from."""
     tables = model.tables
     with saving.open_saved(path) as f:
         if "__position__" not in f:
@@ -223,6 +289,8 @@ def load_checkpoint(model, path, history):
             history.losses[name][:] = [float(v) for v in f[f"history:{name}"]]
         history[:] = history.losses[tables.losses[0]]
         history.val[:] = [float(v) for v in f["__val__"]]
+        if stopping is not None:
+            stopping.load(f)
         epoch, batch = (int(v) for v in f["__position__"])
         at = dict(epoch=epoch, batch=batch, order=np.array(f["__order__"]),
                   sums={n: float(f[f"sum:{n}"]) for n in tables.losses},

@@ -17,7 +17,8 @@ import numpy as np
 
 from . import fit as fitting
 from . import saving
-from .checks import check_finite, checked_arrays, forward_outputs, ready_arrays, ready_spec, seed_value, step_mask
+from .checks import (check_finite, checked_arrays, count, forward_outputs, ready_arrays, ready_spec, seed_value,
+                     step_mask)
 from .files import write_atomically
 from .params import LearningRates, Params, initial_values
 from .torch_weights import from_torch, to_torch
@@ -235,7 +236,7 @@ class Model:
         return self._step(self._loss_name(name), seed, data, True)
 
     def fit(self, epochs=None, batch_size=None, shuffle=None, validation=None, verbose=True,
-            d_steps=None, comm=None, checkpoint=None, every=None, resume=None, **data):
+            d_steps=None, comm=None, checkpoint=None, every=None, resume=None, patience=None, **data):
         """Mini-batch training over the arrays given by name; returns a History of per-epoch losses.
 
         With several losses (a GAN), each batch takes `d_steps` steps of the first
@@ -252,10 +253,99 @@ class Model:
         every epoch) and when interrupted: parameters, optimiser state, generators and the place in the data.
         `resume=PATH` continues from such a checkpoint as if never stopped. SIGINT finishes
         the batch, writes the checkpoint if asked, and raises KeyboardInterrupt.
+
+        `validation`: a dict by name or a tuple in the order of the first loss's data; its loss
+        is computed as `forward` computes (noise off) after every epoch. `patience=K`: stop when
+        it has not improved for K epochs and keep the best epoch's parameters.
         """
         return fitting.fit(self, epochs=epochs, batch_size=batch_size, shuffle=shuffle, validation=validation,
                            verbose=verbose, d_steps=d_steps, comm=comm, checkpoint=checkpoint, every=every,
-                           resume=resume, **data)
+                           resume=resume, patience=patience, **data)
+
+    def evaluate(self, batch_size=256, **data):
+        """The losses and metrics of a data set, computed as `forward` computes them (noise
+        off): {loss name: its mean, then per target "accuracy" (a class target: the arg-max of
+        its logits; a `bce_logits` target: logits above 0 against targets above ½) or "rmse"
+        (a real target)}. In batches of `batch_size` examples; an input may be "normal"."""
+        t = self.tables
+        batch_size = count(batch_size, "evaluate: batch_size")
+        noise = [k for k, v in data.items() if isinstance(v, str)]
+        for k in noise:
+            if data[k] != "normal" or k not in t.data or t.data[k][2]:
+                raise ValueError(f"{k!r}: expected an array, or \"normal\" for fresh noise in an input")
+        names = [k for k in t.data if k in data and k not in noise]
+        arrays, n_rows, sizes = checked_arrays(t, names, {k: data[k] for k in names}, "evaluate")
+        arrays = dict(zip(names, arrays))
+        lengths = {k: np.asarray(data[k]) for k in t.lengths if k in data}
+        sums: dict = {}
+        for lo in range(0, n_rows, batch_size):
+            rows, n = slice(lo, lo + batch_size), min(batch_size, n_rows - lo)
+            part = {k: a[rows] for k, a in arrays.items()} | {k: v[rows] for k, v in lengths.items()}
+            part.update({k: self._rng.standard_normal((n,) + t.data[k][0]).astype(t.dtype) for k in noise})
+            for name, step in t.steps.items():
+                if all(k in part for k in step.data):
+                    given = {k: part[k] for k in step.data} | {k: part[k] for k in lengths}
+                    sums[name] = sums.get(name, 0.0) + self._eval_loss(name, given) * n
+            for metric, prediction, target in t.metrics:
+                if target in part:
+                    inputs = {k: part[k] for k in t.inputs if k in part} | {k: part[k] for k in lengths}
+                    value, weight = _metric(metric, self.forward(outputs=prediction, **inputs), part[target],
+                                            _valid_steps(t, part, lengths, target))
+                    total, seen = sums.get(metric, (0.0, 0))
+                    sums[metric] = (total + value, seen + weight)
+        out = {k: v / n_rows for k, v in sums.items() if not isinstance(v, tuple)}
+        for metric, (total, seen) in ((k, v) for k, v in sums.items() if isinstance(v, tuple)):
+            out[metric] = total / max(seen, 1) if metric.startswith("accuracy") else float(np.sqrt(total / max(seen, 1)))
+        return out
+
+    def _eval_loss(self, name, data):
+        """Loss `name` as `forward` computes: noise off."""
+        step = self.tables.steps[name]
+        arrays, n_rows, sizes = self._arrays(step.data, data, ("evaluate", name))
+        return float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, 0, False, want_grad=False,
+                               loss=name)[0])
+
+    def generate(self, steps, start=None, n=1, temperature=1.0, seed=None, stop=None, min_length=0):
+        """Continue sequences of a language model (an input of symbols whose per-step class
+        target is the next symbol): each step runs `forward` on the sequences so far and
+        draws the next symbol from the last step's softmax at `temperature` (0: the most
+        likely one). `start`: symbols to begin with — (L,) for `n` copies of one sequence,
+        or (n, L) — by default one symbol 0 each; `stop`: a symbol that ends a sequence (it is
+        not drawn before `min_length` symbols); `seed`: the draws' generator (default: the
+        model's). Returns the symbols, (n, L + steps) int64 (fewer steps when every sequence
+        stopped; a stopped sequence repeats `stop`)."""
+        seq = self.tables.sequence
+        if seq is None:
+            raise TypeError(f"{self.tables.name} is not a sequence model to generate from: it needs an "
+                            "input of symbols and a per-step class target of the same symbols")
+        steps, V = count(steps, "generate: steps", minimum=0), seq["classes"]
+        rng = self._rng if seed is None else np.random.default_rng(seed_value(seed, "generate: seed"))
+        if temperature is None or not float(temperature) >= 0:
+            raise ValueError(f"generate: temperature must be a number >= 0, got {temperature!r}")
+        symbols = np.zeros((count(n, "generate: n"), 1), np.int64) if start is None else np.array(start, np.int64)
+        if symbols.ndim == 1:
+            symbols = np.tile(symbols, (count(n, "generate: n"), 1))
+        if symbols.ndim != 2 or symbols.shape[1] == 0 or symbols.min() < 0 or symbols.max() >= V:
+            raise ValueError(f"generate: start must be symbols in 0..{V - 1}, shaped (L,) or (n, L) with L >= 1")
+        done = np.zeros(len(symbols), bool)           # (a start may hold `stop`: names start and end with '.')
+        for _ in range(steps):
+            x = np.eye(V, dtype=self.tables.dtype)[symbols] if seq["onehot"] else symbols
+            logits = self.forward(outputs=seq["logits"], **{seq["input"]: x})[:, -1].astype(np.float64)
+            if stop is not None and symbols.shape[1] < min_length + 1:
+                logits[:, stop] = -np.inf
+            if temperature == 0:
+                nxt = np.argmax(logits, axis=1)
+            else:
+                p = np.exp((logits - logits.max(axis=1, keepdims=True)) / float(temperature))
+                p /= p.sum(axis=1, keepdims=True)
+                nxt = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+            if stop is not None:
+                nxt[done] = stop
+                done |= nxt == stop
+            symbols = np.concatenate([symbols, nxt[:, None]], axis=1)
+            if stop is not None and done.all():
+                break
+        return symbols
 
     # -- persistence -------------------------------------------------------------------
     def _sync_host(self):
@@ -341,3 +431,29 @@ class Model:
         n = self.tables.n_params
         comm.Allreduce(local, summed)
         return float(summed[n]), bool(summed[n + 1] > 0)
+
+
+def _valid_steps(tables, part, lengths, target):
+    """A per-step target's (N, T) mask of the steps within each example's length, or None."""
+    shape = tables.data[target][0]
+    if not lengths or not shape or not isinstance(shape[0], str):
+        return None
+    for key, lens in lengths.items():
+        size, _ = tables.masks[tables.lengths[key]]
+        if size == shape[0]:
+            return np.arange(part[target].shape[1])[None, :] < lens[:, None]
+    return None
+
+
+def _metric(kind, prediction, target, valid):
+    """(sum, count) of a batch's metric: correct predictions, or squared errors."""
+    if kind.startswith("accuracy"):
+        if np.issubdtype(np.asarray(target).dtype, np.integer):
+            hits = np.argmax(prediction, axis=-1) == target
+        else:
+            hits = (prediction > 0) == (target > 0.5)
+        hits = hits if valid is None else hits[valid]
+        return float(np.sum(hits)), int(np.size(hits))
+    errors = (prediction - target) ** 2
+    errors = errors if valid is None else errors[valid]
+    return float(np.sum(errors)), int(np.size(errors))

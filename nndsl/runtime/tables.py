@@ -41,6 +41,8 @@ class ModelTables:
     node_views: Callable             # (ws, N, *sizes) -> {node: its view}
     masks: dict = field(default_factory=dict)    # step mask -> (free size, the input whose lengths make it)
     torch_table: dict = None                     # PyTorch names and layouts (runtime/torch_weights.py)
+    metrics: tuple = ()                          # (metric, prediction node, target): what `evaluate` reports
+    sequence: dict = None                        # a language model's input, logits and classes (`generate`)
     lengths: dict = field(init=False)             # "x_lengths" -> its step mask
 
     def __post_init__(self):
