@@ -2,16 +2,18 @@
 and JAX jit (issue 12).
 
     python benchmarks/gpu_step.py [--models mnist128,mnist4096,wide1024] [--rounds 3]
-                                  [--impls nndsl,nndsl_graph,torch,torch_compile,jax] [--out DIR]
+                                  [--impls nndsl,nndsl_launches,nndsl_tf32,torch,torch_compile,jax] [--out DIR]
 
 The MLPs use Adam and cross-entropy; `cnn64` and `lstm32` are the CPU benchmarks' CNN
 (batch 64) and LSTM (T 32, hidden 64, batch 32), float32, built from benchmarks/models/ and
 the same peer code (impl_torch.py, impl_jax.py) on the GPU. Each (model, implementation)
 runs in its own process (`--child`), implementations alternate within a round (the order
 rotates), and a peer's ratio is the median over rounds of peer/nndsl (above 1: nndsl is
-faster). `nndsl` launches kernel by kernel from the plan tables; `nndsl_graph` replays the
-step captured as one CUDA graph (skipped where capture is not available). A missing library
-is a note, not a failure. Writes DIR/gpu_step.json and DIR/gpu_step.md.
+faster). `nndsl` is the default: each step after the first two replays one captured CUDA
+graph (cuBLAS through nvmath-python; launch by launch where capture is not available, and
+the record says which); `nndsl_launches` launches kernel by kernel from the plan tables;
+`nndsl_tf32` is the default with `tf32=True`. A missing library is a note, not a failure.
+Writes DIR/gpu_step.json and DIR/gpu_step.md.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def source_and_feed(model):
         return CPU[spec]["nn"].read_text(), {"x": x, CPU[spec]["target"]: y}
     x, y = data(*spec)
     return nn_source(spec[0]), {"x": x, "label": y}
-IMPLS = ["nndsl", "nndsl_graph", "torch", "torch_compile", "jax"]
+IMPLS = ["nndsl", "nndsl_launches", "nndsl_tf32", "torch", "torch_compile", "jax"]
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
 
@@ -108,21 +110,17 @@ def child_nndsl(model, graph):
     src.write_text(text)
     r = build_file(src, folder, dtype="float32", target="cuda")
     mod = import_module(r.path, "bench_cuda_" + model)
-    m = mod.Model(seed=0)
-    if graph:
-        import contextlib
-        import io
-        why = io.StringIO()
-        with contextlib.redirect_stderr(why):          # capture_step says why it fell back
-            replay = m.capture_step(**feed)
-        if replay is None:
-            return {"skip": "CUDA graph capture not available: " + why.getvalue().strip()[-300:]}
-        return {"ms": timed(replay, m.synchronize)}
+    m = mod.Model(seed=0, tf32=graph == "tf32")
+    m.graphs = bool(graph)                           # graph replay (the default) or launch by launch
     m.step(**feed)
     _, n_rows, sizes = m._arrays(list(feed), feed, "bench")
     bufs = m._input_buffers(n_rows, sizes)           # data already on the device: time the step
     on_device = {k: bufs[k] for k in feed}
-    return {"ms": timed(lambda: m.step(**on_device), m.synchronize)}
+    m.step(**on_device)                              # the second step of a shape is captured
+    result = {"ms": timed(lambda: m.step(**on_device), m.synchronize), "gemm": m._gemm.name}
+    if graph and not m._graphs:
+        result["note"] = "no graph: capture not available with this GEMM provider"
+    return result
 
 
 def child_torch(model, compiled):
@@ -205,8 +203,8 @@ def child_jax(model):
 
 def child(impl, model):
     try:
-        if impl in ("nndsl", "nndsl_graph"):
-            return child_nndsl(model, impl == "nndsl_graph")
+        if impl in ("nndsl", "nndsl_launches", "nndsl_tf32"):
+            return child_nndsl(model, {"nndsl": "graph", "nndsl_launches": None, "nndsl_tf32": "tf32"}[impl])
         if impl in ("torch", "torch_compile"):
             return child_torch(model, impl == "torch_compile")
         if impl == "jax":

@@ -13,9 +13,9 @@ How a loop nest is parallelised, without atomics:
   every store is either a reduction over exactly S or an element of the full index
   space, split over a block's threads with a shared-memory reduction at the end
   (*block mode*, one block per P element). `prepare` picks block mode when S is large.
-A GEMM is a call of the GEMM provider (`xp.matmul`, CuPy on the device, numpy only under
-the simulator) on views of the same buffers, from the plan's `BlasGemm` (operands in
-storage and their transposes); draws are the CPU's counter-based draws, one thread per
+A GEMM is a call of the model's GEMM provider (`runtime/cuda_gemm.py`: cuBLAS through
+nvmath-python, which works under stream capture; CuPy; numpy under the simulator) on the
+same buffers, from the plan's `BlasGemm` (operands in storage and their transposes); draws are the CPU's counter-based draws, one thread per
 element, so one seed gives the same noise on both targets; the optimiser update (the rule
 of `plan/optimizers.py`) is a norm kernel, an update kernel and a one-thread finish kernel,
 all reading the step count from device memory.
@@ -91,25 +91,19 @@ def _signature(k: KernelDef, params: list[str], dtype: str, extra: list[str] = (
 
 
 def _gemm(k: KernelDef) -> str:
-    """Views of the provider's arrays made once, from the plan's BLAS form; `go` is the
-    cuBLAS call. A transposed output is computed as outᵀ = bᵀ·aᵀ, so every output view is
-    row-major."""
-    g = k.gemm.row_major()
+    """The plan's BLAS form bound to this row by the model's GEMM provider (`ctx.gemm`:
+    cuBLAS through nvmath, CuPy, or numpy under the simulator; runtime/cuda_gemm.py)."""
+    g = k.gemm.row_major()          # a transposed output is computed as outᵀ = bᵀ·aᵀ
     size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
 
-    def view(name, t, rows, cols, transposed):
+    def where(t):
         st = k.storage[t]
-        base = t if st.offset is None else f"{st.base}[{st.offset}:{st.offset} + ({size(rows)}) * ({size(cols)})]"
-        if transposed:
-            return f"{name} = {base}.reshape(({size(cols)}, {size(rows)})).T"
-        return f"{name} = {base}.reshape(({size(rows)}, {size(cols)}))"
+        return f"{st.base}, {st.offset}" if st.offset is not None else f"{t}, 0"
 
-    views = [view("a_", g.a, g.m, g.k, g.a_t), view("b_", g.b, g.k, g.n, g.b_t), view("c_", g.out, g.m, g.n, False)]
-    call = "xp.add(c_, xp.matmul(a_, b_), out=c_)" if g.accumulate else "xp.matmul(a_, b_, out=c_)"
-    lines = [f"# {k.gemm.out} {'+=' if g.accumulate else '='} {k.gemm.a} · {k.gemm.b}",
-             f"def prepare(ctx, {', '.join(k.params)}):",
-             "    xp = ctx.xp"] + ["    " + v for v in views] + \
-        ["", "    def go():", "        " + call, "", "    return go"]
+    call = (f"ctx.gemm({int(g.a_t)}, {int(g.b_t)}, {size(g.m)}, {size(g.n)}, {size(g.k)}, "
+            f"{where(g.a)}, {where(g.b)}, {where(g.out)}, {1 if g.accumulate else 0})")
+    lines = [f"# {k.gemm.out} {'+=' if k.gemm.accumulate else '='} {k.gemm.a} · {k.gemm.b}",
+             f"def prepare(ctx, {', '.join(k.params)}):", f"    return {call}"]
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +434,9 @@ def _norm(grad, ranges, red):
 
 
 @cuda.jit(cache=True)
-def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total{hyper}):
+def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky, total{hyper}):
+    # knobs: the learning rate and clip_norm, on the device (a captured step reads them there)
+    lr, clip_norm = knobs[0], knobs[1]
     value = ws[value_at]
     norm2 = red[0]
     if not (math.isfinite(value) and math.isfinite(norm2)):
@@ -460,38 +456,40 @@ def _update(theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm
 
 
 @cuda.jit(cache=True)
-def _finish(ws, value_at, red, state, sticky, step_no, history, slot):
+def _finish(ws, value_at, red, state, sticky, counter, history):
+    # counter: the model's steps so far; its loss goes to slot counter % len(history)
     value = ws[value_at]
-    history[slot] = value
+    history[counter[0] % history.shape[0]] = value
+    counter[0] += 1
     ok = math.isfinite(value) and math.isfinite(red[0])
     if sticky != 0 and state[1] != 0:
         ok = False
     if ok:
         state[0] += 1                   # the step count Adam's bias correction reads
     elif sticky != 0 and state[1] == 0:
-        state[1] = step_no              # the first non-finite step of a fit
+        state[1] = counter[0]           # the first non-finite step of a fit
     red[0] = 0.0
 
 
-def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total, hyper):
+def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky, total, hyper):
     blocks = ctx.grid_blocks(1 << 30)
     kn = _norm[blocks, ctx.tpb, ctx.stream]
     ku = _update[blocks, ctx.tpb, ctx.stream]
     kf = _finish[1, 1, ctx.stream]
-    args = (theta, grad, s1, s2, ranges, ws, value_at, red, state, lr, clip_norm, sticky, total) + tuple(hyper)
+    args = (theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky, total) + tuple(hyper)
 
-    def go(step_no, slot):
+    def go():
         kn(grad, ranges, red)
         ku(*args)
-        kf(ws, value_at, red, state, sticky, step_no, ctx.history, slot)
+        kf(ws, value_at, red, state, sticky, ctx.counter, ctx.history)
     return go
 '''
     buf = f"{dtype}[::1]"
     n_hyper = len(u.rule.hyper)
     sigs = {"_norm": f"void({buf}, int64[:, ::1], {buf})",
             "_update": f"void({buf}, {buf}, {buf}, {buf}, int64[:, ::1], {buf}, int64, {buf}, int64[::1], "
-                       f"float64, float64, int64, int64{', float64' * n_hyper})",
-            "_finish": f"void({buf}, int64, {buf}, int64[::1], int64, int64, {buf}, int64)"}
+                       f"float64[::1], int64, int64{', float64' * n_hyper})",
+            "_finish": f"void({buf}, int64, {buf}, int64[::1], int64, int64[::1], {buf})"}
     return CudaFile(file_name(NAME, "cu_", u), "update", text, sigs)
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 from numba import cuda
 
-from .checks import count
+from . import cuda_gemm
 from .loader import load_kernel
 from .model import Model
 
@@ -42,16 +42,18 @@ def cuda_aware_mpi():
 
 
 class Context:
-    """What the kernels' `prepare` functions bind to: the GEMM provider, the stream, the
-    draws' key (step seed and first example, written before each run), the loss history,
+    """What the kernels' `prepare` functions bind to: the GEMM provider's `prepare`, the
+    stream, the draws' key (step seed and first example, written before each run), the loss history,
     and launch sizes."""
 
-    def __init__(self, xp, stream, dtype):
-        self.xp, self.stream = xp, stream
+    def __init__(self, stream, dtype, gemm):
+        self.stream = stream
+        self.gemm = gemm.prepare          # (a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta) -> launcher
         self.tpb = TPB
         self.block_min = BLOCK_MIN
         self.draw_key = cuda.to_device(np.zeros(2, np.int64), stream=stream)
         self.history = cuda.device_array(HISTORY, dtype, stream=stream)
+        self.counter = cuda.to_device(np.zeros(1, np.int64), stream=stream)    # steps whose loss is in history
 
     def set_draw_key(self, seed, first):
         self.draw_key.copy_to_device(np.array([seed, first], np.int64), stream=self.stream)
@@ -147,20 +149,21 @@ class DeviceLoss:
 
 class CudaModel(Model):
     """The compiled network on a CUDA GPU; arrays may be numpy arrays (copied to the device)
-    or device arrays."""
+    or device arrays. `tf32=True`: float32 GEMMs on TF32 tensor cores (cuBLAS through
+    nvmath-python; about 3 decimal digits less in each product, as JAX's default)."""
 
     kernel_dir = None        # the generated module's kernel folder
     branches = None          # plan branch -> (kernel file, kind, arrays it takes, integers, takes `training`)
     updates = None           # loss -> (update kernel file, its hyperparameters)
     FIT_READ_EVERY = 32      # `fit` reads the losses of this many batches in one copy
 
-    def __init__(self, seed=0, threads=1):
-        if threads != 1:
+    def __init__(self, seed=0, threads=1, tf32=False):
+        if threads not in (1, "auto"):
             raise ValueError(f"threads={threads!r}: a CUDA module steps on the GPU; threads=K is "
                              "the CPU module's (nndsl build --target cpu)")
         t = self.tables
         if SIMULATED:
-            self._xp, self._cp_stream = np, None
+            self._cp_stream = None
         else:
             if not cuda.is_available():
                 raise RuntimeError(f"{t.name}: no CUDA GPU is available to numba.cuda (and "
@@ -171,35 +174,36 @@ class CudaModel(Model):
             except ImportError:
                 raise RuntimeError(f"{t.name}: the CUDA module needs CuPy for its GEMMs: "
                                    "pip install -e \".[cuda]\"") from None
-            self._xp = cupy
             self._cp_stream = cupy.cuda.Stream(non_blocking=True)
         self._ready_dev = False
         super().__init__(seed)               # host initialisation: the CPU module's values
         self._stream = cuda.external_stream(self._cp_stream.ptr) if self._cp_stream is not None else cuda.stream()
-        self._ctx = Context(self._xp, self._stream, t.dtype)
+        self._gemm = cuda_gemm.provider(SIMULATED, self._stream, t.dtype, tf32)
+        self._ctx = Context(self._stream, t.dtype, self._gemm)
         s = self._stream
         self._d = {"theta": cuda.to_device(self.theta, stream=s), "grad": cuda.to_device(self._grad, stream=s)}
         self._d_state = {name: tuple(cuda.to_device(a, stream=s) for a in self._state[name]) for name in t.losses}
         self._d_t = {name: cuda.to_device(np.array([self._t[name], 0], np.int64), stream=s) for name in t.losses}
         self._d_ranges = {name: cuda.to_device(t.steps[name].ranges, stream=s) for name in t.losses}
+        # each loss's learning rate and clip_norm on the device: a captured step reads them there
+        self._d_knobs = {name: cuda.to_device(np.zeros(2), stream=s) for name in t.losses}
+        self._knobs = {}
+        self._programs, self._graphs = {}, {}    # a step shape's launches; its captured graph
+        self.graphs = not SIMULATED              # replay steps as CUDA graphs where capture works
         self._red = cuda.to_device(np.zeros(1, t.dtype), stream=s)
         self._d_ws = cuda.device_array(1, t.dtype, stream=s)
         self._inputs = {}                    # (rows, sizes) -> device input buffers
         self._masked = set()                 # ids of step-mask buffers not all ones
         self._launches = {}                  # (plan, rows, sizes, training) -> [(node, launcher)]
         self._update_launch = {}
-        self._slot = -1
+        self._slot = -1                      # the last step's slot (the device's counter, less one)
         self._host_params_stale = False      # the device moved on since the host copy
         self._host_params_dirty = False      # the host copy may have been written
-        self._steps_launched = 0             # steps since the model was made (a fit's stop reports one)
         self.streamed = None                 # did the last fit stream its batches from the host?
         self.comm_path = None                # the last data-parallel fit's Allreduce: "device" or "host"
         self._ready_dev = True
 
     # -- host <-> device ---------------------------------------------------------------
-    def _xp_view(self, dev):
-        return dev._ary if self._xp is np else self._xp.asarray(dev)
-
     @property
     def params(self):
         """Named views of the parameters, copied from the device now; writes through
@@ -256,12 +260,12 @@ class CudaModel(Model):
     # -- buffers and launches ----------------------------------------------------------
     def _workspace(self, n_rows, sizes):
         """The host mirror of the workspace (forward from any node writes given nodes into it);
-        the device workspace grows with it, and launches bound to the old one are dropped."""
+        the device workspace grows with it, and launches and graphs bound to the old one go."""
         ws = super()._workspace(n_rows, sizes)
         if getattr(self, "_ready_dev", False) and self._d_ws.size < ws.size:
             self._d_ws = cuda.to_device(np.zeros(ws.size, self.tables.dtype), stream=self._stream)
-            self._launches.clear()
-            self._update_launch.clear()
+            for kept in (self._launches, self._update_launch, self._programs, self._graphs):
+                kept.clear()
         return ws
 
     def _input_buffers(self, n_rows, sizes):
@@ -306,12 +310,10 @@ class CudaModel(Model):
         self._workspace(n_rows, sizes)
         inputs = self._input_buffers(n_rows, sizes)
         dev = dict(self._d, ws=self._d_ws, **inputs)
-        xp = {k: self._xp_view(v) for k, v in dev.items()}
         out = []
         for row in table:
             kernel, kind, arrays, n_ints, takes_training = self.branches[int(row[0])]
-            source = xp if kind == "gemm" else dev
-            args = [source[a] for a in arrays] + [int(v) for v in row[2:2 + n_ints]]
+            args = [dev[a] for a in arrays] + [int(v) for v in row[2:2 + n_ints]]
             if takes_training:
                 args.append(bool(training))
             out.append((int(row[1]), load_kernel(self.kernel_dir, kernel, "prepare")(self._ctx, *args)))
@@ -369,26 +371,57 @@ class CudaModel(Model):
         return super()._arrays(names, data, what)
 
     def _device_step(self, name, n_rows, sizes, seed, sticky, first=0):
-        """Launch one step of loss `name` on inputs already in the device buffers: forward,
-        loss, gradient, the update; returns the history slot of its loss. No synchronisation."""
+        """One step of loss `name` on inputs already in the device buffers: forward, loss,
+        gradient, the update; returns the history slot of its loss. No synchronisation.
+
+        What changes from step to step lives on the device (the batch in the input buffers,
+        the draws' key, the learning rate, the step count, the history slot), so the step's
+        launches are the same every time: the first step of a shape runs them, the second is
+        captured as a CUDA graph and every later one replays it (one launch; `self.graphs`,
+        off under the simulator, which cannot capture)."""
         self._push_params()
-        plan = self.tables.steps[name].train_plan
-        launches = self._plan_launches(plan, n_rows, sizes, True)
+        self._sync_knobs(name)
+        program = self._program(name, n_rows, sizes, sticky)
         self._ctx.set_draw_key(self._seed(seed), first)
-        upd = self._update_launcher(name, plan, n_rows, sizes, sticky)
         self._slot += 1
-        self._steps_launched += 1
-        with self._stream_scope():
-            for _, go in launches:
-                go()
-            upd(self._steps_launched, self._slot % HISTORY)
+        graph = self._graphs.get(program.key)
+        if graph is not None:
+            graph.launch(self._cp_stream)
+        elif self.graphs and program.runs >= 1 and self._cp_stream is not None:
+            graph = self._graphs[program.key] = program.capture(self._cp_stream, self._gemm)
+            if graph is None:
+                self.graphs = False          # capture is not available here: launches from now on
+                with self._stream_scope():
+                    program.run()
+            else:
+                graph.launch(self._cp_stream)
+        else:
+            with self._stream_scope():
+                program.run()
         self._host_params_stale = True
         return self._slot
 
+    def _program(self, name, n_rows, sizes, sticky):
+        """The launches of one step of loss `name` on batches of this shape, made once."""
+        key = (name, n_rows, tuple(sizes.values()), sticky, self._total[name], float(self.clip_norm) > 0)
+        program = self._programs.get(key)
+        if program is None:
+            plan = self.tables.steps[name].train_plan
+            launches = [go for _, go in self._plan_launches(plan, n_rows, sizes, True)]
+            launches.append(self._update_launcher(name, plan, n_rows, sizes, sticky))
+            program = self._programs[key] = StepProgram(key, launches)
+        return program
+
+    def _sync_knobs(self, name):
+        """The loss's learning rate and clip_norm to the device when they changed."""
+        knobs = (float(self.lr[name]), float(self.clip_norm))
+        if self._knobs.get(name) != knobs:
+            self._d_knobs[name].copy_to_device(np.array(knobs), stream=self._stream)
+            self._knobs[name] = knobs
+
     def _update_launcher(self, name, plan, n_rows, sizes, sticky):
         """The optimiser update of loss `name` bound to this batch shape's workspace."""
-        key = (name, plan, n_rows, tuple(sizes.values()), sticky, float(self.lr[name]), float(self.clip_norm),
-               self._total[name])
+        key = (name, plan, n_rows, tuple(sizes.values()), sticky, self._total[name])
         upd = self._update_launch.get(key)
         if upd is None:
             kernel, hyper = self.updates[name]
@@ -396,8 +429,8 @@ class CudaModel(Model):
             value_at = self._table(plan, n_rows, sizes)[2][name]
             upd = self._update_launch[key] = load_kernel(self.kernel_dir, kernel, "prepare")(
                 self._ctx, self._d["theta"], self._d["grad"], s1, s2, self._d_ranges[name], self._d_ws,
-                int(value_at), self._red, self._d_t[name], float(self.lr[name]), float(self.clip_norm),
-                int(sticky), int(self._total[name]), hyper)
+                int(value_at), self._red, self._d_t[name], self._d_knobs[name], int(sticky),
+                int(self._total[name]), hyper)
         return upd
 
     def step(self, name=None, seed=None, **data):
@@ -492,54 +525,54 @@ class CudaModel(Model):
             comm.Allreduce(self._local, self._summed)
             summed.copy_to_device(self._summed, stream=s)
             stop = bool(self._summed[t.n_params + 1] > 0)
+        self._sync_knobs(name)
         upd = self._update_launcher(name, plan, rows, sizes, 1)
         self._slot += 1
-        self._steps_launched += 1
         with self._stream_scope():
             _unpack[blocks, TPB, s](summed, self._d["grad"], self._d_ws, value_at)
-            upd(self._steps_launched, self._slot % HISTORY)
+            upd()
         self._host_params_stale = True
         return self._slot, stop
 
-    # -- a captured step (experimental) ------------------------------------------------
-    def capture_step(self, name=None, **data):
-        """Experimental: the training step of loss `name` on this batch shape captured as a
-        CUDA graph (numba kernels and cuBLAS on one CuPy stream); returns `replay()`, which
-        runs one step as one graph launch on the data last copied into the input buffers
-        (`load_batch(**data)`), or None where capture is not available (the simulator, or
-        a numba-cuda/CuPy that refuses it). Its steps record their loss in one slot."""
-        import sys
-        if self._cp_stream is None:
-            return None
-        name = self._loss_name(name)
-        names = self.tables.steps[name].data
-        arrays, n_rows, sizes = self._arrays(names, data, ("capture_step", name))
-        self._workspace(n_rows, sizes)
-        self._copy_inputs(names, arrays, n_rows, sizes)
-        self._device_step(name, n_rows, sizes, None, sticky=0)       # compile and load first
-        self._stream.synchronize()
-        stream = self._cp_stream
-        try:
-            stream.begin_capture()
-            try:
-                self._device_step(name, n_rows, sizes, None, sticky=0)
-            finally:
-                graph = stream.end_capture()
-        except Exception as exc:                                       # noqa: BLE001
-            print(f"capture_step: CUDA graph capture not available ({exc}); launching kernel by kernel",
-                  file=sys.stderr)
-            return None
-
-        def replay():
-            graph.launch(stream)
-            self._host_params_stale = True
-        return replay
-
     def load_batch(self, **data):
-        """Copy a batch into the device input buffers (for a captured step)."""
+        """Copy a batch into the device input buffers (what a step on device arrays reads)."""
         names = [k for k in self.tables.data if k in data]
         arrays, n_rows, sizes = self._arrays(names, data, "load_batch")
         self._copy_inputs(names, arrays, n_rows, sizes)
+
+
+class StepProgram:
+    """One training step's launches on one batch shape, in order: the plan's rows, then the
+    update. The same list runs eagerly or is captured as a graph."""
+
+    def __init__(self, key, launches):
+        self.key, self.launches, self.runs = key, launches, 0
+
+    def run(self):
+        for go in self.launches:
+            go()
+        self.runs += 1
+
+    def capture(self, stream, gemm):
+        """The launches captured on `stream` (CuPy's) as an executable graph, or None where
+        capture fails (a GEMM provider that refuses to run while a stream captures). Nothing
+        runs while capturing: the caller launches the graph."""
+        import sys
+        bind = getattr(gemm, "bind", None)
+        try:
+            stream.begin_capture()
+            try:
+                if bind:
+                    bind(stream)             # cuBLAS on the capturing stream, its workspace set again
+                for go in self.launches:
+                    go()
+            finally:
+                graph = stream.end_capture()
+        except Exception as exc:                                       # noqa: BLE001
+            print(f"CUDA graph capture not available ({type(exc).__name__}: {exc}); launching kernel "
+                  "by kernel", file=sys.stderr)
+            return None
+        return graph
 
 
 def _step_masks(tables, key, lengths, sizes):
@@ -614,4 +647,3 @@ class _StreamedBatches:
         return _Batch(count)
 
 
-__all__ = ["CudaModel", "DeviceLoss", "count"]
