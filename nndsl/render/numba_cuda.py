@@ -142,9 +142,7 @@ def _draw(k: KernelDef, dtype: str):
               "        else:",
               f"            {out}[at] = {a['neutral']!r}"]
     prep = [f"def prepare(ctx, {', '.join(params)}, training):",
-            f"    k = _draw[ctx.blocks({size}), ctx.tpb, ctx.stream]",
-            f"    args = ({', '.join(params)}, int(training), ctx.draw_key)",
-            "    return lambda: k(*args)"]
+            f"    return ctx.launch(_draw, ctx.blocks({size}), ({', '.join(params)}, int(training), ctx.draw_key))"]
     sig = _signature(k, params, dtype, ["int64", "int64[::1]"])
     return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_draw": sig}
 
@@ -171,9 +169,7 @@ def _onehot(k: KernelDef, dtype: str):
               f"        c = t - n * {cols}",
               f"        {target} = F(1.0) if {label} == c else F(0.0)"]
     prep = [f"def prepare(ctx, {', '.join(k.params)}):",
-            f"    k = _onehot[ctx.blocks(({rows}) * {cols}), ctx.tpb, ctx.stream]",
-            f"    args = ({', '.join(k.params)},)",
-            "    return lambda: k(*args)"]
+            f"    return ctx.launch(_onehot, ctx.blocks(({rows}) * {cols}), ({', '.join(k.params)},))"]
     return "\n".join(kernel) + "\n\n\n" + "\n".join(prep) + "\n", {"_onehot": _signature(k, k.params, dtype)}
 
 
@@ -367,14 +363,11 @@ class _LoopKernel:
             prep.append(f"    launches.append(ctx.zero({st.base}, {st.offset}, {_flat_size(k, t)}))")
         if self.block_ok:
             prep += [f"    if {ser} >= ctx.block_min:        # a long reduction: one block per output",
-                     f"        kb = _block[ctx.grid_blocks({par}), ctx.tpb, ctx.stream]",
-                     "        launches.append(lambda: kb(*args))",
+                     f"        launches.append(ctx.launch(_block, ctx.grid_blocks({par}), args))",
                      "    else:",
-                     f"        kt = _thread[ctx.blocks({par}), ctx.tpb, ctx.stream]",
-                     "        launches.append(lambda: kt(*args))"]
+                     f"        launches.append(ctx.launch(_thread, ctx.blocks({par}), args))"]
         else:
-            prep += [f"    kt = _thread[ctx.blocks({par}), ctx.tpb, ctx.stream]",
-                     "    launches.append(lambda: kt(*args))"]
+            prep += [f"    launches.append(ctx.launch(_thread, ctx.blocks({par}), args))"]
         prep += ["    if len(launches) == 1:",
                  "        return launches[0]",
                  "    return lambda: [f() for f in launches]"]
@@ -473,15 +466,15 @@ def _finish(ws, value_at, red, state, sticky, counter, history):
 
 def prepare(ctx, theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky, total, hyper):
     blocks = ctx.grid_blocks(1 << 30)
-    kn = _norm[blocks, ctx.tpb, ctx.stream]
-    ku = _update[blocks, ctx.tpb, ctx.stream]
-    kf = _finish[1, 1, ctx.stream]
-    args = (theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky, total) + tuple(hyper)
+    norm = ctx.launch(_norm, blocks, (grad, ranges, red))
+    update = ctx.launch(_update, blocks, (theta, grad, s1, s2, ranges, ws, value_at, red, state, knobs, sticky,
+                                          total) + tuple(hyper))
+    finish = ctx.launch(_finish, 1, (ws, value_at, red, state, sticky, ctx.counter, ctx.history), threads=1)
 
     def go():
-        kn(grad, ranges, red)
-        ku(*args)
-        kf(ws, value_at, red, state, sticky, ctx.counter, ctx.history)
+        norm()
+        update()
+        finish()
     return go
 '''
     buf = f"{dtype}[::1]"

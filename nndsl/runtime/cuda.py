@@ -69,9 +69,15 @@ class Context:
         return max(1, min(int(n), MAX_BLOCKS))
 
     def zero(self, buf, offset, size):
-        view = buf[int(offset):int(offset) + int(size)]
-        k = _fill[self.blocks(size), TPB, self.stream]
-        return lambda: k(view, 0.0)
+        return self.launch(_fill, self.blocks(size), (buf[int(offset):int(offset) + int(size)], 0.0))
+
+    def launch(self, kernel, blocks, args, threads=TPB):
+        """A launcher of `kernel[blocks, threads]` on these arguments, bound once: on a device
+        the kernel is specialised to their types (no type dispatch per launch)."""
+        if not SIMULATED:
+            kernel = kernel.specialize(*args)
+        configured = kernel[blocks, threads, self.stream]
+        return lambda: configured(*args)
 
 
 @cuda.jit(cache=True)
