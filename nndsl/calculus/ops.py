@@ -613,7 +613,7 @@ def user_loss(g: Graph, term: ir.LossTerm, label: str, *operands):
 # ------------------------------------------------------------------- driver
 def expand_nodes(g: Graph, names=None) -> None:
     """Stages for every node (in topological order), or for the given ones and their inputs."""
-    wanted = _ancestors(g.model, names) if names is not None else None
+    wanted = g.model.ancestors(names) if names is not None else None
     for node in g.model.nodes:
         if node.name in g.values or (wanted is not None and node.name not in wanted):
             continue
@@ -641,15 +641,3 @@ def expand_loss(g: Graph, spec: ir.Loss) -> Handle:
     g.b.assign(L, (sp.Integer(0),), total / N, over=(n,), reduce="sum", sizes={n: N},
                note=f"{spec.name} = mean over the batch")
     return L
-
-
-def _ancestors(model: ir.ModelIR, names) -> set[str]:
-    by_name = {nd.name: nd for nd in model.nodes}
-    seen, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in by_name:
-            continue
-        seen.add(name)
-        todo.extend(by_name[name].inputs)
-    return seen

@@ -101,7 +101,7 @@ class Exporter:
 
     # -- the graph ----------------------------------------------------------------
     def build(self):
-        needed = _ancestors(self.model, self.model.outputs)
+        needed = self.model.ancestors(self.model.outputs)
         self.model_inputs = set()
         for d in self.model.inputs:
             if d.name in needed:
@@ -128,18 +128,6 @@ class Exporter:
                     raise ExportError(f"output {name!r}: its name is taken in the graph")
             self.g.add_output(name, ["N", *self.shape(name)])
         return self.g
-
-
-def _ancestors(model: ir.ModelIR, names) -> set[str]:
-    by_name = {nd.name: nd for nd in model.nodes}
-    seen, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in by_name:
-            continue
-        seen.add(name)
-        todo.extend(by_name[name].inputs)
-    return seen
 
 
 # ------------------------------------------------------------------ exporters

@@ -216,6 +216,18 @@ class ModelIR:
                 return n
         raise KeyError(name)
 
+    def ancestors(self, names) -> set[str]:
+        """The nodes `names` are computed from, themselves included."""
+        by_name = {nd.name: nd for nd in self.nodes}
+        seen, todo = set(), list(names)
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in by_name:
+                continue
+            seen.add(name)
+            todo.extend(by_name[name].inputs)
+        return seen
+
     @property
     def inputs(self) -> tuple[DataDecl, ...]:
         return tuple(d for d in self.data if not d.is_target)

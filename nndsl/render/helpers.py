@@ -5,11 +5,12 @@ for sympy's functions, `render/printer.py`) and a draw calls `_normal(key, c)`; 
 kernel on the CPU calls `_gemm`. A renderer asks `helpers_text(target, dtype, used)` for
 the definitions a kernel's text uses, with those they call, in order.
 
-A helper has one text per variant: `cpu32`/`cpu64` (numba on the CPU: float32 helpers are
-vectorisable approximations, about 1–4 ulp, because libm's expf and tanhf are a call per
-element), `cuda` (numba.cuda device functions over the GPU's own math), or `any` (the same
-function on every target: the counter-based draws, so that one seed gives the same noise on
-the CPU and on the GPU). `any` texts have no decorator: each target adds its own.
+A helper has one text per variant: `cpu32` (numba on the CPU in float32: vectorisable
+approximations, about 1–4 ulp, because libm's expf and tanhf are a call per element),
+`exact` (the plain math, for the CPU in float64 and for CUDA), `any` (the same function on
+every target, without fast-math: the counter-based draws, so that one seed gives the same
+noise on the CPU and on the GPU) or `cpu` (the CPU's BLAS call). `exact` and `any` texts
+have no decorator: each target adds its own.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from ..calculus import functions as fn
 
 CPU_INLINE = '@njit(cache=True, inline="always")'
+CPU_MATH = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")'
 CUDA_DEVICE = "@cuda.jit(device=True, inline=True)"
 
 
@@ -50,16 +52,10 @@ def _tanh(x):
     q = x2 * q + F(4.89352518554385e-03)
     return x * p / q
 """,
-            "cpu64": """\
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+            "exact": """\
 def _tanh(x):
     return math.tanh(x)
-""",
-            "cuda": """\
-@cuda.jit(device=True, inline=True)
-def _tanh(x):
-    return math.tanh(x)
-""",
+"""
         },
         needs=()),
     "_sigmoid": Helper(
@@ -70,23 +66,14 @@ def _sigmoid(x):
     # σ(x) = (1 + tanh(x/2)) / 2: stable for any x, and vectorisable
     return F(0.5) + F(0.5) * _tanh(F(0.5) * x)
 """,
-            "cpu64": """\
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+            "exact": """\
 def _sigmoid(x):
     # never exponentiates a large positive number
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-""",
-            "cuda": """\
-@cuda.jit(device=True, inline=True)
-def _sigmoid(x):
     if x >= 0:
         return F(1.0) / (F(1.0) + math.exp(-x))
     e = math.exp(x)
     return e / (F(1.0) + e)
-""",
+"""
         },
         needs=('_tanh',)),
     "_pow2": Helper(
@@ -122,16 +109,10 @@ def _exp(x):
     p = p * r + F(5.0000001201e-1)
     return (p * r * r + r + F(1.0)) * _pow2(k)
 """,
-            "cpu64": """\
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+            "exact": """\
 def _exp(x):
     return math.exp(x)
-""",
-            "cuda": """\
-@cuda.jit(device=True, inline=True)
-def _exp(x):
-    return math.exp(x)
-""",
+"""
         },
         needs=('_pow2',)),
     "_softplus": Helper(
@@ -153,17 +134,11 @@ def _softplus(x):
     p = p * s2 + F(1.0 / 3.0)
     return max(x, F(0.0)) + F(2.0) * s * (p * s2 + F(1.0))
 """,
-            "cpu64": """\
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+            "exact": """\
 def _softplus(x):
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): finite for any x
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-""",
-            "cuda": """\
-@cuda.jit(device=True, inline=True)
-def _softplus(x):
     return max(x, F(0.0)) + math.log1p(math.exp(-abs(x)))
-""",
+"""
         },
         needs=('_exp',)),
     "_mix": Helper(
@@ -279,8 +254,9 @@ def variant(name: str, target: str, dtype: str) -> str | None:
     for key in (target + bits, target):
         if key in texts:
             return texts[key].rstrip()
-    if "any" in texts:
-        return (CPU_INLINE if target == "cpu" else CUDA_DEVICE) + "\n" + texts["any"].rstrip()
+    for key, cpu in (("exact", CPU_MATH), ("any", CPU_INLINE)):
+        if key in texts:
+            return (cpu if target == "cpu" else CUDA_DEVICE) + "\n" + texts[key].rstrip()
     return None
 
 
