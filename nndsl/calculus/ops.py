@@ -15,7 +15,7 @@ import sympy as sp
 from ..diagnostics import CompileError, Diagnostic
 from ..frontend import ir
 from . import functions as fn
-from .formulas import Builder, Handle, N, idx
+from .formulas import Builder, Handle, N, idx, make_stage
 
 LAYERS: dict[str, Callable] = {}
 LOSSES: dict[str, Callable] = {}
@@ -54,6 +54,11 @@ class Graph:
         self.mask_info: dict[str, tuple[str, str]] = {}     # mask tensor -> (size, input)
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
+        # running statistics (model state in theta, never differentiated): a batchnorm's
+        # forward reads them, and `step` runs `stat_updates` after the gradient
+        for p in model.stats:
+            self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
+        self.stat_updates: dict[str, list] = {}     # node -> its running statistics' update stages
 
     def size(self, d):
         if isinstance(d, str):
@@ -94,6 +99,9 @@ class Graph:
 
     def param(self, node: ir.Node, local: str) -> Handle:
         return self.params[node.params[local]]
+
+    def stat(self, node: ir.Node, local: str) -> Handle:
+        return self.params[node.attrs["stats"][local]]
 
     def unsupported(self, node: ir.Node, what: str):
         raise CompileError(Diagnostic(
@@ -202,6 +210,8 @@ def to_sympy(g: Graph, e: ir.Expr, env: dict) -> sp.Expr:
 # -------------------------------------------------------------------- layers
 @layer("input")
 def _input(g: Graph, node: ir.Node):
+    if node.attrs.get("classes"):          # class indices: (N,), or (N, T) per step
+        return g.b.tensor(node.name, g.full_shape(node.shape), "input", dtype="int")
     return g.b.tensor(node.name, g.full_shape(node.shape), "input")
 
 
@@ -399,6 +409,80 @@ def _avgpool(g: Graph, node: ir.Node, x: Handle):
                reduce="sum", sizes={p: sp.Integer(size), q: sp.Integer(size)},
                note=f"{node.name} = mean over each window")
     return out
+
+
+# ----------------------------------------------------- embeddings, normalisation
+@layer("embed")
+def _embed(g: Graph, node: ir.Node, x: Handle):
+    """out[n,(t,)k] = E[x[n,(t)], k]: row x of E, a gather through the class index. Its adjoint
+    comes out of derive as the scatter-add ΔE[x[n,(t)], k] += Δout[n,(t,)k] (rows of E that no
+    example reads get no gradient), like the adjoint of any affine read."""
+    E = g.param(node, "E")
+    rows = loop_indices(len(x.shape) - 1)
+    k = idx("k")[0]
+    out = g.b.tensor(node.name, x.shape + (E.shape[1],), "value")
+    g.b.assign(out, rows + (k,), E[x[rows], k], note=f"{node.name} = row {x.tensor.label} of E")
+    return out
+
+
+def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind: tuple, count,
+               what: str, batch: bool):
+    """mean[keep] = Σ_over x / count;  xc = x − mean;  var[keep] = Σ_over xc² / count (biased);
+    r = rsqrt(var + eps);  out = g·xc·r + b  (g, b indexed by the kept feature/channel).
+    `keep` indexes the statistics, `over` is summed; both are taken from `ind`, x's index."""
+    eps = sp.Float(node.attrs["eps"])
+    gain, shift = g.param(node, "g"), g.param(node, "b")
+    sizes = dict(zip(ind, x.shape))
+    stat_shape = tuple(sizes[v] for v in keep)
+    attrs = lambda local: {"batchstat": g.stat(node, local).name} if batch else None   # noqa: E731
+    mean = g.b.tensor(node.name + ".mean", stat_shape, "value")
+    g.b.assign(mean, keep, x[ind] / count, over=over, reduce="sum", sizes=sizes,
+               attrs=attrs("running_mean"), note=f"{node.name}: mean over {what}")
+    xc = g.b.tensor(node.name + ".xc", x.shape, "value")
+    g.b.assign(xc, ind, x[ind] - mean[keep], note=f"{node.name}: x − mean")
+    var = g.b.tensor(node.name + ".var", stat_shape, "value")
+    g.b.assign(var, keep, xc[ind] ** 2 / count, over=over, reduce="sum", sizes=sizes,
+               attrs=attrs("running_var"), note=f"{node.name}: variance over {what}")
+    r = g.b.tensor(node.name + ".rstd", stat_shape, "value")
+    g.b.assign(r, keep, fn.rsqrt(var[keep] + eps), note=f"{node.name}: 1/sqrt(var + eps)")
+    c = ind[-1] if not batch or len(ind) != 4 else ind[1]        # the feature, or an image's channel
+    out = g.b.tensor(node.name, x.shape, "value")
+    g.b.assign(out, ind, gain[c] * xc[ind] * r[keep] + shift[c], note=f"{node.name} = g·(x − mean)/σ + b")
+    if batch:
+        # the running statistics, updated by `step` after its gradient (PyTorch's rule: the
+        # unbiased variance, count/(count − 1)·var, with weight `momentum`)
+        m = sp.Float(node.attrs["momentum"])
+        rm, rv = g.stat(node, "running_mean"), g.stat(node, "running_var")
+        unbiased = count / fn.maximum(count - 1, 1)
+        g.stat_updates[node.name] = [
+            make_stage(rm.name, keep, (1 - m) * rm[keep] + m * mean[keep], g.b.tensors,
+                       note=f"{node.name}: running mean"),
+            make_stage(rv.name, keep, (1 - m) * rv[keep] + m * unbiased * var[keep], g.b.tensors,
+                       note=f"{node.name}: running variance (unbiased)")]
+    return out
+
+
+@layer("layernorm")
+def _layernorm(g: Graph, node: ir.Node, x: Handle):
+    """Per example (and per step of a sequence) over the last axis, gain g and shift b per feature."""
+    ind = loop_indices(len(x.shape) - 1)
+    return _normalise(g, node, x, ind[:-1], ind[-1:], ind, x.shape[-1], "the features", batch=False)
+
+
+@layer("batchnorm")
+def _batchnorm(g: Graph, node: ir.Node, x: Handle):
+    """Over the batch per feature: (N, K) over n; a sequence (N, T, K) over n and t; an image
+    (N, C, H, W) over n, h and w per channel. Training normalises with the batch's mean and
+    biased variance (its gradient couples the examples, and derive finds that coupling like
+    any other); `forward` with the running statistics (`plan/codegen.py: inference`)."""
+    ind = loop_indices(len(x.shape) - 1)
+    if len(x.shape) == 4:
+        keep, what = (ind[1],), "the batch and the positions"
+    else:
+        keep, what = (ind[-1],), "the batch" if len(x.shape) == 2 else "the batch and the steps"
+    over = tuple(v for v in ind if v not in keep)
+    count = sp.prod([dict(zip(ind, x.shape))[v] for v in over])
+    return _normalise(g, node, x, keep, over, ind, count, what, batch=True)
 
 
 def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:

@@ -128,7 +128,11 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     for s in stages:                     # a lone stage's reduced indices, in its own order
         for v, _ in s.ranges:
             loop_vars.setdefault(v, sp.Symbol(f"i{len(loop_vars)}", integer=True))
-    pattern = lambda index: str(tuple(sp.sympify(e).xreplace(loop_vars) for e in index))    # noqa: E731
+    # an index that reads a tensor (an embedding's `E[x[n, t], k]`) shows as `@[…]` in the
+    # pattern: the order must not depend on the user's names
+    read_labels = lambda e: {a.base.label: sp.Symbol("@") for a in e.atoms(sp.Indexed)}  # noqa: E731
+    pattern = lambda index: str(tuple(sp.sympify(e).xreplace({**loop_vars, **read_labels(sp.sympify(e))})  # noqa: E731
+                                      for e in index))
     first: dict[str, tuple] = {}
     for si, s in enumerate(stages):
         seen = [(s.out, s.index, 0)] + [(a.tensor, a.index, 1) for a in s.accesses]
@@ -164,10 +168,16 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     for s in stages:
         for _, n in s.ranges:
             size_symbol(n)
+        # a size only a formula names (a running variance's N/(N − 1))
+        for v in sorted(sp.sympify(s.expr).free_symbols, key=str):
+            if v.is_integer and v.is_positive:
+                size_symbol(v)
     symbolic = {e: sym for e, sym in sizes.items() if e.free_symbols}   # N, T: also in formulas
 
+    labels = {sp.Symbol(t): sp.Symbol(v) for t, v in rename.items()}     # indirect reads' tensors
+
     def canon_stage(s: Stage) -> Stage:
-        ix = lambda exprs: tuple(sp.sympify(e).xreplace(loop_vars) for e in exprs)    # noqa: E731
+        ix = lambda exprs: tuple(sp.sympify(e).xreplace({**loop_vars, **labels}) for e in exprs)    # noqa: E731
         attrs = dict(s.attrs)
         for key in ("labels", "argmax"):          # tensors a stage names in its attributes
             if key in attrs and attrs[key] in rename:

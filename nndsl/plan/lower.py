@@ -16,7 +16,7 @@ from typing import Optional
 
 import sympy as sp
 
-from ..calculus.formulas import N, Stage, Tensor
+from ..calculus.formulas import N, Stage, Tensor, index_vars
 from ..render.printer import NumbaPrinter, index_text
 from .fuse import Group
 
@@ -202,7 +202,7 @@ class Emitter:
         return index_text(self._renamed(exprs))
 
     def _renamed(self, exprs) -> list:
-        subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in sp.sympify(e).free_symbols
+        subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in index_vars(e)
                 if str(v) in self.taken}
         return [sp.sympify(e).xreplace(subs) for e in exprs]
 
