@@ -140,6 +140,10 @@ def declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tup
         return ()
     if node.op == "conv2d":
         return {"W": ("f", "c", "p", "q"), "b": ("f",)}.get(local, ())
+    if node.op == "embed":
+        return {"E": ("v", "k")}.get(local, ())           # row v of the vocabulary, feature k
+    if node.op == "batchnorm" and len(node.shape) == 3:
+        return ("c",)                                     # an image's channel
     if node.op == "layer":
         spec = model.layers[node.attrs["layer"]]
         p = next((p for p in spec.params if p.name == local), None)

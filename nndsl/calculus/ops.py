@@ -434,17 +434,18 @@ def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind
     gain, shift = g.param(node, "g"), g.param(node, "b")
     sizes = dict(zip(ind, x.shape))
     stat_shape = tuple(sizes[v] for v in keep)
-    attrs = lambda local: {"batchstat": g.stat(node, local).name} if batch else None   # noqa: E731
+    # the statistics are named in `nndsl grad` (mean_h, var_h, rstd_h, xc_h), not inlined
+    attrs = lambda local: {"named": True, **({"batchstat": g.stat(node, local).name} if batch else {})}   # noqa: E731
     mean = g.b.tensor(node.name + ".mean", stat_shape, "value")
     g.b.assign(mean, keep, x[ind] / count, over=over, reduce="sum", sizes=sizes,
                attrs=attrs("running_mean"), note=f"{node.name}: mean over {what}")
     xc = g.b.tensor(node.name + ".xc", x.shape, "value")
-    g.b.assign(xc, ind, x[ind] - mean[keep], note=f"{node.name}: x − mean")
+    g.b.assign(xc, ind, x[ind] - mean[keep], note=f"{node.name}: x − mean", attrs={"named": True})
     var = g.b.tensor(node.name + ".var", stat_shape, "value")
     g.b.assign(var, keep, xc[ind] ** 2 / count, over=over, reduce="sum", sizes=sizes,
                attrs=attrs("running_var"), note=f"{node.name}: variance over {what}")
     r = g.b.tensor(node.name + ".rstd", stat_shape, "value")
-    g.b.assign(r, keep, fn.rsqrt(var[keep] + eps), note=f"{node.name}: 1/sqrt(var + eps)")
+    g.b.assign(r, keep, fn.rsqrt(var[keep] + eps), note=f"{node.name}: 1/sqrt(var + eps)", attrs={"named": True})
     c = ind[-1] if not batch or len(ind) != 4 else ind[1]        # the feature, or an image's channel
     out = g.b.tensor(node.name, x.shape, "value")
     g.b.assign(out, ind, gain[c] * xc[ind] * r[keep] + shift[c], note=f"{node.name} = g·(x − mean)/σ + b")
@@ -465,8 +466,13 @@ def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind
 @layer("layernorm")
 def _layernorm(g: Graph, node: ir.Node, x: Handle):
     """Per example (and per step of a sequence) over the last axis, gain g and shift b per feature."""
-    ind = loop_indices(len(x.shape) - 1)
+    ind = _norm_indices(len(x.shape))
     return _normalise(g, node, x, ind[:-1], ind[-1:], ind, x.shape[-1], "the features", batch=False)
+
+
+def _norm_indices(rank: int) -> tuple:
+    """The lecture's letters (they are the summation indices `nndsl grad` prints)."""
+    return idx({2: "n k", 3: "n t k", 4: "n c i j"}[rank])
 
 
 @layer("batchnorm")
@@ -475,7 +481,7 @@ def _batchnorm(g: Graph, node: ir.Node, x: Handle):
     (N, C, H, W) over n, h and w per channel. Training normalises with the batch's mean and
     biased variance (its gradient couples the examples, and derive finds that coupling like
     any other); `forward` with the running statistics (`plan/codegen.py: inference`)."""
-    ind = loop_indices(len(x.shape) - 1)
+    ind = _norm_indices(len(x.shape))
     if len(x.shape) == 4:
         keep, what = (ind[1],), "the batch and the positions"
     else:

@@ -34,8 +34,11 @@ def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
     """
     inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
     targets = [n for n, (_, _, is_target) in module.DATA.items() if is_target]
-    first_shape = module.DATA[inputs[0]][0]
-    data = {inputs[0]: _reshape(x, first_shape, inputs[0])}
+    first_shape, first_classes, _ = module.DATA[inputs[0]]
+    if first_classes is not None:                 # class indices (an embedding's input)
+        data = {inputs[0]: class_indices(x, first_shape, first_classes, inputs[0])}
+    else:
+        data = {inputs[0]: _reshape(x, first_shape, inputs[0])}
     for name in inputs[1:]:
         data[name] = "normal"
     if targets:
@@ -53,6 +56,28 @@ def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
     return data
 
 
+def class_indices(x: np.ndarray, shape, classes: int, name: str) -> np.ndarray:
+    """The data set's features as the class indices a `class(V)` input takes: integers as
+    they are, or one-hot rows (the `names` set's letters) as the index of their 1."""
+    decl = f"`{name}` is class({classes})"
+    if np.issubdtype(x.dtype, np.integer):
+        a = _reshape(x, shape, name)
+    else:
+        per_example = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+        fixed = int(np.prod([s for s in shape if not isinstance(s, str)]))
+        if per_example % (fixed * classes) or per_example < fixed * classes:
+            raise UsageError(f"input {decl}, but the data set's features are real numbers ({per_example} per "
+                             f"example): give integer class indices, or one-hot rows of {classes}")
+        onehot = x.reshape((x.shape[0], -1, classes))
+        if not (np.isin(onehot, (0, 1)).all() and (onehot.sum(axis=2) == 1).all()):
+            raise UsageError(f"input {decl}, but the data set's features are real numbers, not one-hot "
+                             f"rows of {classes}: give integer class indices 0..{classes - 1}")
+        a = _reshape(onehot.argmax(axis=2), shape, name)
+    if a.size and (a.min() < 0 or a.max() >= classes):
+        raise UsageError(f"input {decl}, but the data set has indices {a.min()}..{a.max()}")
+    return a.astype(np.int64)
+
+
 def reshape_note(module, ds, bound) -> str | None:
     """`digits: 64 features per example reshaped to img[1, 8, 8]` when the first input's
     shape (as `bound` to the data: a free T takes its length) is not the data set's own
@@ -61,6 +86,9 @@ def reshape_note(module, ds, bound) -> str | None:
     shape = tuple(bound[inputs[0]].shape[1:])
     if shape == tuple(ds.x_train.shape[1:]):
         return None
+    if module.DATA[inputs[0]][1] is not None and bound[inputs[0]].dtype.kind == "i" \
+            and ds.x_train.dtype.kind == "f":
+        return f"{ds.name}: one-hot rows read as the class indices {inputs[0]}[{', '.join(map(str, shape))}]"
     have = ds.x_train.shape[1:]
     what = f"{have[0]} features" if len(have) == 1 else "examples of shape " + "×".join(map(str, have))
     # (N, H, W) arrays of an .npz and the flat features of digits/mnist alike
