@@ -96,6 +96,19 @@ CASES = {
         "layer lecture_hidden(x[d], units K) -> h[k:K] {\n"
         "    param W[k, d] init=normal(0.1)\n    h[k] = tanh(sum(d: W[k, d] * x[d]))\n}\n"
         "h = lecture_hidden(x, 72)\ng = h * h + 0.5 * h\no = dense(g, 3)\nloss squared(o, y)"),
+    # -- the training kit: embeddings (a gather; its adjoint a scatter-add into the rows
+    #    of E), layer and batch normalisation (batch statistics couple the examples)
+    "embed-layernorm": model(      # per step (N, T) and per example (N,) class indices
+        "e = embed(chars, 4)\nh = layernorm(e, eps=0.01)\no = dense(h, 6)\n"
+        "f = embed(c, 3)\ng = layernorm(concat(f, x))\np = dense(g, 3)\n"
+        "loss cross_entropy(o, next) + squared(p, y)",
+        "input chars[T]: class(6)\ninput c: class(5)\ninput x[4]\ntarget next[T]: class(6)\ntarget y[3]"),
+    "batchnorm-vector-image-sequence": model(
+        "b = batchnorm(x, momentum=0.2)\nc = batchnorm(img, eps=0.01)\nf = concat(dense(b, 2, act=tanh), flatten(c))\n"
+        "o = dense(f, 3)\ns = batchnorm(seq)\nq = dense(s, 2)\nloss squared(o, y) + squared(q, ys)",
+        "input x[4]\ninput img[2, 3, 2]\ninput seq[T, 3]\ntarget y[3]\ntarget ys[T, 2]"),
+    "batchnorm-layernorm-batch-last": model(   # 40-wide values are stored (K, N)
+        "h = dense(x, 40)\nb = batchnorm(h)\nl = layernorm(relu(b))\no = dense(l, 3)\nloss squared(o, y)"),
 }
 
 
