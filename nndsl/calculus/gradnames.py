@@ -132,18 +132,18 @@ def unused(base: str, used) -> str:
 
 def declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tuple[str, ...]:
     """The index names a parameter was declared with: `W[f, c, p]` of a user layer, `W[k, d]`."""
-    if role != "param":
-        return ()
     node_name, _, local = label.rpartition(".")
     node = next((n for n in model.nodes if n.name == node_name), None)
     if node is None:
+        return ()
+    if node.op == "batchnorm" and len(node.shape) == 3 and rank == 1:
+        return ("c",)                           # an image's channel: g, b and the statistics
+    if role != "param":
         return ()
     if node.op == "conv2d":
         return {"W": ("f", "c", "p", "q"), "b": ("f",)}.get(local, ())
     if node.op == "embed":
         return {"E": ("v", "k")}.get(local, ())           # row v of the vocabulary, feature k
-    if node.op == "batchnorm" and len(node.shape) == 3:
-        return ("c",)                                     # an image's channel
     if node.op == "layer":
         spec = model.layers[node.attrs["layer"]]
         p = next((p for p in spec.params if p.name == local), None)

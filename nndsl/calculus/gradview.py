@@ -372,9 +372,22 @@ class _View:
         expr = self._named_patterns(expr)
         expr = self._restore_names(expr, taken)
         expr = sums.merge_where(expr)
+        expr = sums.drop_zero_sums(expr, self._forward_value)
+        expr = sums.merge_equal_sums(expr)
         expr = sums.simplify(expr)
         expr = self._relabel(expr)
         return expr
+
+    def _forward_value(self, ind: sp.Indexed):
+        """A forward tensor's formula at `ind` (internal names), or None for a leaf (an input,
+        a parameter, a Δ): what `sums.is_zero_sum` writes out."""
+        s = self.forward.get(str(ind.base.label))
+        if s is None or not s.plain or s.reduce not in (None, "sum") or self.tensors[s.out].role != "value":
+            return None
+        subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
+        body = sums.as_forward(s)
+        renames = {v: next(self.fresh) for v in sums.sum_vars(body)}
+        return body.xreplace(renames).xreplace(subst)
 
     def _named_patterns(self, expr: sp.Expr) -> sp.Expr:
         # one-hot of class labels -> 𝟙[k = label[n]], and Σ_k 𝟙[k = label[n]] -> 1
@@ -398,7 +411,8 @@ class _View:
                 expr = expr.xreplace({ind: self._noise(ind)})
         # step(pre-activation) of a relu-type layer is step(the layer's value); F -> value
         expr = self._through_values(expr)
-        for ind in list(expr.atoms(sp.Indexed)):
+        # (defined in the order they are computed: mean, xc, var, rstd of a normalisation)
+        for ind in sorted(expr.atoms(sp.Indexed), key=lambda i: (self.order.get(str(i.base.label), 1 << 30), str(i))):
             name = str(ind.base.label)
             if name in self.tensors and name not in self.defs and not name.startswith("d_") \
                     and self.names.label(name) is None and name not in self.aux:

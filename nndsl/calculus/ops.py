@@ -564,7 +564,7 @@ def _user_layer(g: Graph, node: ir.Node, *args: Handle):
         target = env[st.target]
         value = _split_sums(g, node, st.value, env, (n,) + lhs, sizes, k)
         g.b.assign(target.handle, (n,) + lhs, value, note=f"{node.name}: {st.target}[{', '.join(st.indices)}]",
-                   sizes=sizes)
+                   sizes=sizes, attrs=None if is_out else {"named": True})    # a temporary the user named
     return env[spec.out_name].handle
 
 
