@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import compile_source, random_data
+from conftest import BATCHNORM, EMBED_LN, compile_source, random_data
 
 torch = pytest.importorskip("torch")
 
@@ -82,15 +82,6 @@ def test_three_steps_equal_pytorch(optimizer, make):
 
 
 # ------------------------------------------------------------ the training kit
-EMBED_LN = """model parity_embed
-input chars[T]: class(7)
-target next[T]: class(7)
-e = embed(chars, 5)
-h = layernorm(e, eps=1e-3)
-o = dense(h, 7)
-loss cross_entropy(o, next)
-optimizer adam(lr=0.01)
-"""
 
 
 def test_embedding_and_layernorm_equal_pytorch():
@@ -134,23 +125,6 @@ def test_embedding_and_layernorm_equal_pytorch():
         np.testing.assert_allclose(m.params[name], p.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-BATCHNORM = """model parity_bn
-input x[6]
-input img[2, 5, 4]
-input seq[T, 3]
-target y[2]
-target ys[T, 2]
-h = dense(x, 5)
-b = batchnorm(h, momentum=0.2)
-c = conv2d(img, 3, 3, pad=1)
-d = batchnorm(c, eps=1e-3)
-f = concat(tanh(b), flatten(d))
-o = dense(f, 2)
-s = batchnorm(seq)
-q = dense(s, 2)
-loss squared(o, y) + squared(q, ys)
-optimizer sgd(lr=0.1)
-"""
 
 
 class _TorchBN(torch.nn.Module if torch is not None else object):
