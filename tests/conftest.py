@@ -99,15 +99,16 @@ input img[2, 5, 4]
 input seq[T, 3]
 target y[2]
 target ys[T, 2]
-h = dense(x, 5)
+h = dense(x, 5, bias=false)           # a bias before batchnorm has no gradient (zero up to rounding)
 b = batchnorm(h, momentum=0.2)
-c = conv2d(img, 3, 3, pad=1)
+c = conv2d(img, 3, 3, pad=1, bias=false)
 d = batchnorm(c, eps=1e-3)
 f = concat(tanh(b), flatten(d))
 o = dense(f, 2)
 s = batchnorm(seq)
 q = dense(s, 2)
 loss squared(o, y) + squared(q, ys)
+output o, q
 optimizer sgd(lr=0.1)
 """
 

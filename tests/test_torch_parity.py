@@ -133,8 +133,9 @@ class _TorchBN(torch.nn.Module if torch is not None else object):
 
     def __init__(self, m):
         super().__init__()
-        self.h, self.o, self.q = (torch.nn.Linear(*m.params[f"{k}.W"].shape[::-1]).double() for k in "hoq")
-        self.c = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+        self.h, self.o, self.q = (torch.nn.Linear(*m.params[f"{k}.W"].shape[::-1], bias=k != "h").double()
+                                  for k in "hoq")
+        self.c = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
         self.b = torch.nn.BatchNorm1d(5, momentum=0.2).double()
         self.d = torch.nn.BatchNorm2d(3, eps=1e-3).double()
         self.s = torch.nn.BatchNorm1d(3).double()
