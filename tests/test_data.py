@@ -33,8 +33,8 @@ def test_sequence_sets():
     pytest.importorskip("names")
     d = load_dataset("names")
     T = d.y_train.shape[1]
-    assert d.x_train.shape[1] == T * 27 and d.n_classes == 27 and d.y_train.dtype == np.int64
-    x = d.x_train.reshape(len(d.x_train), T, 27)
+    assert d.x_train.shape[1:] == (T, 27) and d.n_classes == 27 and d.y_train.dtype == np.int64
+    x = d.x_train
     assert np.all(x.sum(axis=2) == 1) and np.all(x[:, 0, 0] == 1)        # one-hot, '.' first
     assert np.all(np.argmax(x[:, 1:], axis=2) == d.y_train[:, :-1])       # the next symbol
     s = load_dataset("sine")

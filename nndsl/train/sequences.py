@@ -56,7 +56,7 @@ def _names_sequences():
     ids = np.zeros((len(words), T + 1), np.int64)           # '.' = 0 pads
     for i, w in enumerate(words):
         ids[i, 1:len(w) + 1] = [SYMBOLS.index(c) for c in w]
-    x = np.eye(len(SYMBOLS))[ids[:, :T]].reshape(len(words), -1)   # flat; bound as (T, 27)
+    x = np.eye(len(SYMBOLS))[ids[:, :T]]                            # (N, T, 27); bound as x[T, 27]
     return x, ids[:, 1:]
 
 
