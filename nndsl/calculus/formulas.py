@@ -24,6 +24,26 @@ import sympy as sp
 N = sp.Symbol("N", integer=True, positive=True)     # the batch size
 
 
+# A fixed size that a formula uses as a number (a layer norm's 1/K, a batchnorm's count
+# N·H·W): a symbol, so that the kernel plan makes it a size argument like the sizes of the
+# shapes, and the 64- and the 128-wide layer norm share their kernels. Its value is FIXED[it]:
+# the plan's integers and `nndsl grad` write the number.
+FIXED: dict = {}
+
+
+def fixed_size(value) -> sp.Symbol:
+    v = int(value)
+    sym = sp.Symbol(f"§{v}", integer=True, positive=True)
+    FIXED[sym] = sp.Integer(v)
+    return sym
+
+
+def fixed_values(expr):
+    """`expr` with every fixed-size symbol written as its number."""
+    expr = sp.sympify(expr)
+    return expr.xreplace(FIXED) if FIXED and expr.free_symbols & FIXED.keys() else expr
+
+
 def idx(names: str) -> tuple[sp.Symbol, ...]:
     """Integer index symbols: `n, k, d = idx("n k d")`."""
     return tuple(sp.Symbol(s, integer=True) for s in names.split())

@@ -9,7 +9,7 @@ from dataclasses import replace
 import sympy as sp
 
 from ..frontend import ir
-from .formulas import Access, N, Stage
+from .formulas import Access, N, Stage, fixed_values
 from .ops import Graph
 
 
@@ -68,7 +68,8 @@ class Lecture:
         tensors = self.tensors
         if s.attrs and s.attrs.get("scan") is not None:
             return s                                  # a recurrence's cell: gradrecur reads it
-        expr = s.expr.xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
+        # (a fixed size a formula uses as a number, `§64`, is the number 64 to a reader)
+        expr = fixed_values(s.expr).xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
         accesses = [a for a in s.accesses if a.tensor not in self.masks]
         ranges = dict(s.ranges)
         used = {str(v) for v in ranges}

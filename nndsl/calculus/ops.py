@@ -8,6 +8,7 @@ Each entry turns a checked IR node (or loss term) into `Stage`s through the
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import sympy as sp
@@ -15,7 +16,7 @@ import sympy as sp
 from ..diagnostics import CompileError, Diagnostic
 from ..frontend import ir
 from . import functions as fn
-from .formulas import Builder, Handle, N, idx, make_stage
+from .formulas import Builder, Handle, N, fixed_size, idx, make_stage
 
 LAYERS: dict[str, Callable] = {}
 LOSSES: dict[str, Callable] = {}
@@ -455,11 +456,12 @@ def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind
         m = sp.Float(node.attrs["momentum"])
         rm, rv = g.stat(node, "running_mean"), g.stat(node, "running_var")
         unbiased = count / fn.maximum(count - 1, 1)
+        nest = {"nest": node.name}          # one loop nest per layer (plan/fuse.py)
         g.stat_updates[node.name] = [
-            make_stage(rm.name, keep, (1 - m) * rm[keep] + m * mean[keep], g.b.tensors,
-                       note=f"{node.name}: running mean"),
-            make_stage(rv.name, keep, (1 - m) * rv[keep] + m * unbiased * var[keep], g.b.tensors,
-                       note=f"{node.name}: running variance (unbiased)")]
+            replace(make_stage(rm.name, keep, (1 - m) * rm[keep] + m * mean[keep], g.b.tensors,
+                               note=f"{node.name}: running mean"), attrs=nest),
+            replace(make_stage(rv.name, keep, (1 - m) * rv[keep] + m * unbiased * var[keep], g.b.tensors,
+                               note=f"{node.name}: running variance (unbiased)"), attrs=nest)]
     return out
 
 
@@ -467,7 +469,7 @@ def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind
 def _layernorm(g: Graph, node: ir.Node, x: Handle):
     """Per example (and per step of a sequence) over the last axis, gain g and shift b per feature."""
     ind = _norm_indices(len(x.shape))
-    return _normalise(g, node, x, ind[:-1], ind[-1:], ind, x.shape[-1], "the features", batch=False)
+    return _normalise(g, node, x, ind[:-1], ind[-1:], ind, fixed_size(x.shape[-1]), "the features", batch=False)
 
 
 def _norm_indices(rank: int) -> tuple:
@@ -487,7 +489,9 @@ def _batchnorm(g: Graph, node: ir.Node, x: Handle):
     else:
         keep, what = (ind[-1],), "the batch" if len(x.shape) == 2 else "the batch and the steps"
     over = tuple(v for v in ind if v not in keep)
-    count = sp.prod([dict(zip(ind, x.shape))[v] for v in over])
+    sizes = [dict(zip(ind, x.shape))[v] for v in over]
+    fixed = sp.prod([d for d in sizes if d.is_Integer])
+    count = sp.prod([d for d in sizes if not d.is_Integer]) * (fixed_size(fixed) if fixed != 1 else 1)
     return _normalise(g, node, x, keep, over, ind, count, what, batch=True)
 
 

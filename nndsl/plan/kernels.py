@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from ..calculus.formulas import Stage, Tensor
+from ..calculus.formulas import Stage, Tensor, fixed_values
 from ..render.printer import index_text
 from .fuse import Group
 from .lower import Emitter, as_gemm, blas_gemm
@@ -286,7 +286,7 @@ def _kind(item, tensors) -> str:
 
 
 def _int_arg(e) -> str:
-    return index_text([sp.sympify(e)])
+    return index_text([fixed_values(e)])
 
 
 def _view_line(name: str, base: str, offset: str, shape: tuple, batch_last: bool) -> str:
