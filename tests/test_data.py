@@ -181,8 +181,12 @@ def test_npz_missing_or_corrupt(tmp_path):
         load_dataset(str(tmp_path / "nope.npz"))
     bad = tmp_path / "junk.npz"
     bad.write_bytes(b"this is not a zip file")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(UsageError, match="is not an .npz archive"):
         load_dataset(str(bad))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 and then nothing a zip holds")
+    with pytest.raises(UsageError, match="cannot read as an .npz archive"):
+        load_dataset(str(broken))
 
 
 # ------------------------------------------------------------------- errors
