@@ -73,7 +73,9 @@ def _arg_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="build and train on a bundled data set or an .npz file")
     t.add_argument("file")
-    t.add_argument("--data", required=True, help="digits|iris|breast_cancer|diabetes|wine|mnist or FILE.npz")
+    t.add_argument("--data", required=True,
+                   help="digits|iris|breast_cancer|diabetes|wine|mnist (nndsl[data]), names (first names "
+                        "letter by letter, nndsl[text]), sine (noisy sines), or FILE.npz (docs/data.md)")
     t.add_argument("--epochs", type=_at_least(1))
     t.add_argument("--batch-size", type=_at_least(1))
     t.add_argument("--lr", type=_positive_float, help="learning rate of every optimiser (default: the model's)")

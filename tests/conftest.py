@@ -81,6 +81,38 @@ train batch=4 epochs=3
 """
 
 
+# The training kit's layers, shared by the PyTorch parity and the training-kit tests: an
+# embedding of per-step class indices with a layer norm, and batchnorm of a vector, an image
+# and a sequence.
+EMBED_LN = """model parity_embed
+input chars[T]: class(7)
+target next[T]: class(7)
+e = embed(chars, 5)
+h = layernorm(e, eps=1e-3)
+o = dense(h, 7)
+loss cross_entropy(o, next)
+optimizer adam(lr=0.01)
+"""
+BATCHNORM = """model parity_bn
+input x[6]
+input img[2, 5, 4]
+input seq[T, 3]
+target y[2]
+target ys[T, 2]
+h = dense(x, 5, bias=false)           # a bias before batchnorm has no gradient (zero up to rounding)
+b = batchnorm(h, momentum=0.2)
+c = conv2d(img, 3, 3, pad=1, bias=false)
+d = batchnorm(c, eps=1e-3)
+f = concat(tanh(b), flatten(d))
+o = dense(f, 2)
+s = batchnorm(seq)
+q = dense(s, 2)
+loss squared(o, y) + squared(q, ys)
+output o, q
+optimizer sgd(lr=0.1)
+"""
+
+
 def compile_source(source: str, dtype: str = "float64"):
     """Check, render and import a model given as text (memoised per session)."""
     key = hashlib.sha256(f"{dtype}\0{source}".encode()).hexdigest()[:16]

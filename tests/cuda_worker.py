@@ -77,7 +77,8 @@ def equal(cpu, gpu) -> dict:
         wrt = set()
         for lo, hi, _ in cpu.STEPS[name].ranges:
             wrt |= {p for p, (o, s, *_r) in cpu.PARAMS.items() if lo <= o < hi}
-        out["untouched"] &= all(np.array_equal(before[p], b.params[p]) for p in before if p not in wrt)
+        stats = set(getattr(cpu, "STATS", ()))      # running statistics: every step updates them
+        out["untouched"] &= all(np.array_equal(before[p], b.params[p]) for p in before if p not in wrt | stats)
     # a padded batch (x_lengths=): loss, gradient and the nodes of examples of their own lengths
     lengths = {k: np.arange(len(data[cpu.MASKS[m][1]])) % 3 + 1 for k, m in getattr(cpu, "LENGTHS", {}).items()}
     if lengths:

@@ -309,7 +309,7 @@ class Evaluator:
 
 _NUMERIC = {
     "exp": lambda x: math.exp(min(x, 50)), "log": lambda x: math.log(abs(x) + 1e-300), "tanh": math.tanh,
-    "sqrt": lambda x: math.sqrt(abs(x)), "sigmoid": lambda x: 1 / (1 + math.exp(-x)),
+    "sqrt": lambda x: math.sqrt(abs(x)), "rsqrt": lambda x: 1 / math.sqrt(abs(x)), "sigmoid": lambda x: 1 / (1 + math.exp(-x)),
     "step": lambda x: 1.0 if x > 0 else 0.0, "sign": lambda x: (x > 0) - (x < 0), "absolute": abs,
     "maximum": max, "minimum": min, "relu": lambda x: max(x, 0.0),
     "elu": lambda x: x if x > 0 else math.expm1(x), "softplus": lambda x: math.log1p(math.exp(x)),

@@ -30,7 +30,7 @@ EXAMPLES = ROOT / "examples"
 WORKER = ROOT / "tests" / "cuda_worker.py"
 BUILD = ROOT / "tests" / ".build" / "cuda"
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import GAN, VAE_DIGITS  # noqa: E402
+from conftest import BATCHNORM, EMBED_LN, GAN, VAE_DIGITS  # noqa: E402
 from cuda_worker import MARK  # noqa: E402
 
 
@@ -113,6 +113,11 @@ EQUAL = [
     ("sgd_l2_cosine", _example("digits_mlp").replace("optimizer adam(lr=2e-3)",
                                                      "optimizer sgd(lr=0.05, momentum=0.9, weight_decay=0.01, "
                                                      "decay=all, schedule=cosine)"), {}, "float64", 1e-8),
+    # the training kit: a gather and its scatter-add into E (a thread per feature, the
+    # examples in a loop: no two threads add into one element), a layer norm; batchnorm of a
+    # vector, an image and a sequence (running statistics updated by the step plan)
+    ("embed_layernorm", EMBED_LN, {}, "float64", 1e-8),
+    ("batchnorm", BATCHNORM, {}, "float64", 1e-8),
     # float32: CPU helpers (rational tanh, Cephes exp) against CUDA's libdevice; Adam
     # divides by sqrt(v), which amplifies the last bits of tiny gradients
     ("digits_mlp_f32", _example("digits_mlp"), {}, "float32", 1e-4),
@@ -180,6 +185,7 @@ def test_cuda_fit_over_two_mpi_ranks(path):
 
 
 PTX_SHARDS = 4        # the kernels split over several tests, so test workers share them
+PTX_SOURCES = {"embed_layernorm": EMBED_LN, "batchnorm": BATCHNORM}
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +194,17 @@ def every_cuda_kernel(tmp_path_factory):
     from nndsl.build import KERNEL_DIR, build_file
     folder = tmp_path_factory.mktemp("ptx_build")
     built = []
-    for path in sorted(EXAMPLES.glob("*.nn")):
+    # the examples, and models of layers no example has yet (batchnorm, layernorm)
+    extra = folder / "sources"
+    extra.mkdir()
+    for name, source in PTX_SOURCES.items():
+        (extra / f"{name}.nn").write_text(source)
+    paths = sorted(EXAMPLES.glob("*.nn")) + sorted(extra.glob("*.nn"))
+    for path in paths:
         for dtype in ("float32", "float64"):
             build_file(path, folder, dtype=dtype, target="cuda")
             built.append(f"{path.stem}:{dtype}")
-    assert len(built) == 2 * len(list(EXAMPLES.glob("*.nn")))
+    assert len(built) == 2 * len(paths)
     kernels = {p.stem: p.read_text() for p in sorted((folder / KERNEL_DIR).glob("cu_*.py"))}
     single = {_as_float32(t) for t in kernels.values() if "F = np.float32" in t}
     # a float64 kernel whose text is a float32 kernel's but for the dtype (186 of 198) is the

@@ -33,8 +33,8 @@ def test_sequence_sets():
     pytest.importorskip("names")
     d = load_dataset("names")
     T = d.y_train.shape[1]
-    assert d.x_train.shape[1] == T * 27 and d.n_classes == 27 and d.y_train.dtype == np.int64
-    x = d.x_train.reshape(len(d.x_train), T, 27)
+    assert d.x_train.shape[1:] == (T, 27) and d.n_classes == 27 and d.y_train.dtype == np.int64
+    x = d.x_train
     assert np.all(x.sum(axis=2) == 1) and np.all(x[:, 0, 0] == 1)        # one-hot, '.' first
     assert np.all(np.argmax(x[:, 1:], axis=2) == d.y_train[:, :-1])       # the next symbol
     s = load_dataset("sine")
@@ -181,8 +181,12 @@ def test_npz_missing_or_corrupt(tmp_path):
         load_dataset(str(tmp_path / "nope.npz"))
     bad = tmp_path / "junk.npz"
     bad.write_bytes(b"this is not a zip file")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(UsageError, match="is not an .npz archive"):
         load_dataset(str(bad))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 and then nothing a zip holds")
+    with pytest.raises(UsageError, match="cannot read as an .npz archive"):
+        load_dataset(str(broken))
 
 
 # ------------------------------------------------------------------- errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import GAN, compile_source, random_data
+from conftest import BATCHNORM, GAN, compile_source, random_data
 from gradcheck import check_gradients
 
 
@@ -96,6 +96,16 @@ CASES = {
         "layer lecture_hidden(x[d], units K) -> h[k:K] {\n"
         "    param W[k, d] init=normal(0.1)\n    h[k] = tanh(sum(d: W[k, d] * x[d]))\n}\n"
         "h = lecture_hidden(x, 72)\ng = h * h + 0.5 * h\no = dense(g, 3)\nloss squared(o, y)"),
+    # -- the training kit: embeddings (a gather; its adjoint a scatter-add into the rows
+    #    of E), layer and batch normalisation (batch statistics couple the examples)
+    "embed-layernorm": model(      # per step (N, T) and per example (N,) class indices
+        "e = embed(chars, 4)\nh = layernorm(e, eps=0.01)\no = dense(h, 6)\n"
+        "f = embed(c, 3)\ng = layernorm(concat(f, x))\np = dense(g, 3)\n"
+        "loss cross_entropy(o, next) + squared(p, y)",
+        "input chars[T]: class(6)\ninput c: class(5)\ninput x[4]\ntarget next[T]: class(6)\ntarget y[3]"),
+    "batchnorm-vector-image-sequence": BATCHNORM,     # (the parity and CUDA tests' model)
+    "batchnorm-layernorm-batch-last": model(   # 40-wide values are stored (K, N)
+        "h = dense(x, 40)\nb = batchnorm(h)\nl = layernorm(relu(b))\no = dense(l, 3)\nloss squared(o, y)"),
 }
 
 

@@ -43,6 +43,23 @@ def test_models_with_the_same_kinds_of_layers_name_the_same_kernels(other):
     assert kernels(other) == kernels(deep_mlp(3))
 
 
+def normalised(depth: int, width: int, name: str = "norm") -> str:
+    """A stack of dense → layernorm → batchnorm blocks (an embedding in front)."""
+    lines = [f"model {name}", "input chars: class(12)", "target label: class(10)", f"x = embed(chars, {width})"]
+    prev = "x"
+    for i in range(depth):
+        lines += [f"h{i} = layernorm(dense({prev}, {width}, bias=false))", f"b{i} = batchnorm(h{i}, momentum=0.05)"]
+        prev = f"b{i}"
+    lines += [f"o = dense({prev}, 10)", "loss cross_entropy(o, label)"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("depth,width", [(5, 64), (2, 128), (3, 40)])
+def test_normalisations_share_their_kernels_across_depth_and_width(depth, width):
+    # a normalisation's count (1/K, N) is a size argument, not a number in the kernel's text
+    assert kernels(normalised(depth, width)) == kernels(normalised(2, 64))
+
+
 def test_a_new_kind_of_layer_adds_kernels_and_keeps_the_others():
     relu = deep_mlp(3).replace("act=tanh", "act=relu")
     mixed = deep_mlp(3).replace("h1 = dense(h0, 64, act=tanh)", "h1 = dense(h0, 64, act=relu)")

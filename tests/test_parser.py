@@ -127,7 +127,9 @@ def sx(node) -> str:
     if isinstance(node, tuple):
         return "[" + ", ".join(map(sx, node)) + "]"
     if dataclasses.is_dataclass(node):
-        values = [getattr(node, f.name) for f in dataclasses.fields(node) if not f.name.endswith("span")]
+        # an optional field left at its default None (an input's `class(V)`) is not shown
+        values = [getattr(node, f.name) for f in dataclasses.fields(node) if not f.name.endswith("span")
+                  and not (f.default is None and getattr(node, f.name) is None)]
         # optional per-index sizes (`param W[f, c, p:K]`) are shown only where one is given
         fields = [sx(v) for v in values if not (isinstance(v, tuple) and v and all(x is None for x in v))]
         return f"{type(node).__name__}({', '.join(fields)})"

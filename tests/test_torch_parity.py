@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import compile_source, random_data
+from conftest import BATCHNORM, EMBED_LN, compile_source, random_data
 
 torch = pytest.importorskip("torch")
 
@@ -148,3 +148,123 @@ def test_schedules_equal_pytorch(schedule, make):
     net, names = torch_net(m, [torch.nn.Sigmoid, None])
     opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.5)
     _steps(m, net, names, data, opt, 10, make(opt))
+
+
+# ------------------------------------------------------------ the training kit
+
+
+def test_embedding_and_layernorm_equal_pytorch():
+    """nn.Embedding (weight = e.E, rows by class index) and nn.LayerNorm (weight = h.g,
+    bias = h.b): loss, gradients and three Adam steps; a per-step cross-entropy is summed
+    over the steps and averaged over the examples."""
+    module = compile_source(EMBED_LN)
+    m = module.Model(seed=0)
+    rng = np.random.default_rng(5)
+    m.params["h.g"][...] = rng.uniform(0.5, 1.5, 5)          # not the initial ones and zeros
+    m.params["h.b"][...] = rng.normal(0, 0.3, 5)
+    chars, nxt = rng.integers(0, 7, (6, 4)), rng.integers(0, 7, (6, 4))
+    emb = torch.nn.Embedding(7, 5).double()
+    ln = torch.nn.LayerNorm(5, eps=1e-3).double()
+    lin = torch.nn.Linear(5, 7).double()
+    with torch.no_grad():
+        for mod, names in ((emb, {"weight": "e.E"}), (ln, {"weight": "h.g", "bias": "h.b"}),
+                           (lin, {"weight": "o.W", "bias": "o.b"})):
+            for attr, p in names.items():
+                getattr(mod, attr).copy_(torch.from_numpy(m.params[p].copy()))
+    params = {"e.E": emb.weight, "h.g": ln.weight, "h.b": ln.bias, "o.W": lin.weight, "o.b": lin.bias}
+    opt = torch.optim.Adam(params.values(), lr=0.01)
+    c, t = torch.from_numpy(chars), torch.from_numpy(nxt)
+
+    def torch_loss():
+        logits = lin(ln(emb(c)))
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 7), t.reshape(-1), reduction="sum") / len(c)
+
+    loss = torch_loss()
+    loss.backward()
+    L, g = m.grad(chars=chars, next=nxt)
+    assert L == pytest.approx(loss.item(), rel=1e-12)
+    for name, p in params.items():
+        np.testing.assert_allclose(g[name], p.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for _ in range(3):
+        opt.zero_grad()
+        torch_loss().backward()
+        opt.step()
+        m.step(chars=chars, next=nxt)
+    for name, p in params.items():
+        np.testing.assert_allclose(m.params[name], p.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+
+
+class _TorchBN(torch.nn.Module if torch is not None else object):
+    """BATCHNORM in PyTorch: BatchNorm1d on (N, K), BatchNorm2d per channel, and BatchNorm1d
+    over a sequence's (N, K, T) transpose (normalised over the examples and the steps)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.h, self.o, self.q = (torch.nn.Linear(*m.params[f"{k}.W"].shape[::-1], bias=k != "h").double()
+                                  for k in "hoq")
+        self.c = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
+        self.b = torch.nn.BatchNorm1d(5, momentum=0.2).double()
+        self.d = torch.nn.BatchNorm2d(3, eps=1e-3).double()
+        self.s = torch.nn.BatchNorm1d(3).double()
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(torch.from_numpy(m.params[_NAMES[name]].copy()))
+
+    def forward(self, x, img, seq):
+        f = torch.cat([torch.tanh(self.b(self.h(x))), self.d(self.c(img)).flatten(1)], dim=1)
+        return self.o(f), self.q(self.s(seq.transpose(1, 2)).transpose(1, 2))
+
+
+_NAMES = {f"{k}.{a}": f"{k}.{b}" for k in "hoqc" for a, b in (("weight", "W"), ("bias", "b"))}
+_NAMES.update({f"{k}.{a}": f"{k}.{b}" for k in "bds" for a, b in (("weight", "g"), ("bias", "b"))})
+
+
+def test_batchnorm_equals_pytorch_in_training_and_forward():
+    """Training mode: the loss and every gradient (the batch statistics couple the examples);
+    two SGD steps, after which the running statistics (momentum, unbiased variance) equal
+    PyTorch's; `forward` then normalises with them, as PyTorch in eval mode. `loss` and
+    `grad` leave them unchanged."""
+    module = compile_source(BATCHNORM)
+    m = module.Model(seed=0)
+    rng = np.random.default_rng(7)
+    for k in "bds":
+        m.params[f"{k}.g"][...] = rng.uniform(0.5, 1.5, m.params[f"{k}.g"].shape)
+        m.params[f"{k}.b"][...] = rng.normal(0, 0.3, m.params[f"{k}.b"].shape)
+    data = {"x": rng.normal(1, 2, (8, 6)), "img": rng.normal(0, 1, (8, 2, 5, 4)), "seq": rng.normal(0, 1, (8, 4, 3)),
+            "y": rng.normal(0, 1, (8, 2)), "ys": rng.normal(0, 1, (8, 4, 2))}
+    net = _TorchBN(m)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    t = {k: torch.from_numpy(v) for k, v in data.items()}
+
+    def torch_loss():
+        o, q = net(t["x"], t["img"], t["seq"])
+        return (0.5 * ((o - t["y"]) ** 2).sum() + 0.5 * ((q - t["ys"]) ** 2).sum()) / 8
+
+    loss = torch_loss()
+    loss.backward()
+    stats = {k: v.copy() for k, v in m.params.items() if k in module.STATS}
+    L, g = m.grad(**data)
+    m.loss(**data)
+    m.forward(outputs=["o", "q"], x=data["x"], img=data["img"], seq=data["seq"])
+    assert all(np.array_equal(stats[k], m.params[k]) for k in stats)     # only step/fit update them
+    assert L == pytest.approx(loss.item(), rel=1e-12)
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(g[_NAMES[name]], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    for k in "bds":                         # PyTorch updated them in the forward above
+        getattr(net, k).reset_running_stats()
+    for _ in range(2):
+        opt.zero_grad()
+        torch_loss().backward()
+        opt.step()
+        m.step(**data)
+    for k in "bds":
+        bn = getattr(net, k)
+        np.testing.assert_allclose(m.params[f"{k}.running_mean"], bn.running_mean.numpy(), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(m.params[f"{k}.running_var"], bn.running_var.numpy(), rtol=1e-10, atol=1e-14)
+    net.eval()
+    o, q = net(t["x"][:3], t["img"][:3], t["seq"][:3])
+    np.testing.assert_allclose(m.forward(outputs="o", x=data["x"][:3], img=data["img"][:3]),
+                               o.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(m.forward(outputs="q", seq=data["seq"][:3]), q.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -43,7 +43,7 @@ def test_example_trains(example, data, figure, bound, capsys, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--data", "digitz"], "did you mean `digits`?"),
-    (["--data", "diabetes"], "input `x` has 64 values per example (64,), the data set has 10"),
+    (["--data", "diabetes"], "`x[64]` takes 64 values per example, the data set has 10"),
 ])
 def test_train_usage_errors(argv, message, capsys):
     assert main(["train", str(EXAMPLES / "digits_mlp.nn")] + argv) == 2

@@ -313,3 +313,90 @@ def test_load_refuses_what_is_not_a_saved_model(api, tmp_path, content, kind, me
         np.savez(path, theta=np.zeros(3))
     with pytest.raises(kind, match=message.replace("(", r"\(").replace(")", r"\)")):
         api.Model.load(path)
+
+
+# ------------------------------------------------------------ the road of issue 23
+BN_CLASSIFIER = ("model bn_road\ninput x[3]\ntarget label: class(2)\nh = dense(x, 4, bias=false)\n"
+                 "b = batchnorm(h)\no = dense(b, 2)\nloss cross_entropy(o, label)\ntrain epochs=1 batch=8\n")
+
+
+def test_train_help_names_the_sequence_sets(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "names (first names" in out and "sine (noisy sines)" in out
+
+
+@pytest.mark.parametrize("labels,note", [
+    (lambda y: y.reshape(-1, 1), "labels of shape (N, 1) read as the class labels of target `label`, shape (N)"),
+    (lambda y: np.eye(2)[y], "one-hot rows of 2 read as the class indices of target `label`"),
+    (lambda y: y.reshape(-1, 1).astype(np.float64), "labels of shape (N, 1) read as the class labels"),
+])
+def test_class_labels_of_shape_n_1_or_one_hot_are_read_and_said(labels, note, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((40, 3)), y=labels(y))
+    (tmp_path / "bn.nn").write_text(BN_CLASSIFIER)
+    assert main(["train", str(tmp_path / "bn.nn"), "--data", str(tmp_path / "d.npz"), "--quiet",
+                 "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert note in out and "test accuracy" in out
+    # its batch statistics couple the examples of a step: one thread, and it says so
+    assert "--threads 2 ignored: bn_road has batchnorm running statistics" in out
+
+
+@pytest.mark.parametrize("y,message", [
+    (np.linspace(0, 1, 40), "target `label` is class(2), but the data set's labels are real numbers (such as "),
+    (np.tile([0, 1, 1], (40, 1)), "target `label` is class(2), but the data set has 3 values per example (shape 3)"),
+    (np.arange(40) % 3, "target `label` is class(2), but the data set has labels 0..2"),
+])
+def test_labels_a_class_target_cannot_take(y, message, tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((40, 3)), y=y)
+    (tmp_path / "bn.nn").write_text(BN_CLASSIFIER)
+    code, err = run(["train", str(tmp_path / "bn.nn"), "--data", str(tmp_path / "d.npz"), "--quiet"], capsys)
+    assert code == 2 and message in err and "give integer class labels 0..1 of shape (N,)" in err
+
+
+@pytest.mark.parametrize("write,message", [
+    (lambda p: p.write_text("1,2,3\n4,5,6\n"), "is not an .npz archive (the zip of arrays np.savez writes); "
+                                               "make one with np.savez('data.npz', x=X, y=Y)"),
+    (lambda p: np.save(open(p, "wb"), np.zeros((4, 3))), "is an .npy file (one array); --data takes an .npz "
+                                                         "archive of named arrays: np.savez('data.npz', x=X, y=Y)"),
+])
+def test_files_that_are_not_npz_archives(write, message, tmp_path, capsys):
+    path = tmp_path / "x.npz"
+    write(path)
+    tiny = tmp_path / "tiny.nn"
+    tiny.write_text(TINY)
+    code, err = run(["train", str(tiny), "--data", str(path), "--quiet"], capsys)
+    assert code == 2 and message in err and "pickle" not in err
+
+
+def test_a_vocabulary_mismatch_names_both_shapes(tmp_path, capsys):
+    src = tmp_path / "lm.nn"
+    src.write_text("model lm\ninput x[T, 30]\ntarget next[T]: class(30)\nh = rnn(x, 4)\no = dense(h, 30)\n"
+                   "loss cross_entropy(o, next)\n")
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 12, 27)), y=np.zeros((10, 12), np.int64))
+    code, err = run(["train", str(src), "--data", str(tmp_path / "d.npz"), "--quiet"], capsys)
+    assert code == 2 and ("`x[T, 30]` takes 30 values per step, but the data set has 324 (12 × 27) per example, "
+                          "not a whole number of steps of 30: is the last axis 27?") in err
+
+
+def test_a_gan_without_its_generator_as_an_output_says_why_there_is_no_picture(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from nndsl.frontend import load_source
+    from nndsl.train import pictures
+    from nndsl.train.splits import Dataset
+    model = load_source("model g\ninput x[4, 4]\ninput z[2]\nnetwork gen(z) { return dense(z, 16, act=sigmoid) }\n"
+                        "network dis(v) { return dense(flatten(v), 1) }\nfake = gen(z)\nimg = fake + 0\n"
+                        "loss d = bce_logits(dis(x), 1) + bce_logits(dis(fake), 0) wrt dis\n"
+                        "loss g = bce_logits(dis(fake), 1) wrt gen\n", "g.nn")
+    module = SimpleNamespace(DATA={"x": ((4, 4), None, False), "z": ((2,), None, False)}, OUTPUTS=["x"])
+    x = np.zeros((5, 4, 4))
+    ds = Dataset("d", x, None, x, None, "regression", None, (4, 4))
+    ctx = pictures._Context(model, module, None, ds, {"x": x, "z": np.zeros((5, 2))})
+    assert pictures._samples(ctx, tmp_path) is None
+    err = capsys.readouterr().err
+    assert "no samples picture: no output of g is an image computed from the noise z alone" in err
+    assert "declare the generator's images as one: `output img`" in err

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from . import functions as fn
-from .formulas import N, Builder, Handle, Stage, make_stage
+from .formulas import N, Builder, Handle, Stage, indirect, make_stage
 
 _DIFFERENTIABLE_ROLES = {"param", "value", "loss"}
 
@@ -198,7 +198,7 @@ def _tiles(stage: Stage, target: Handle) -> bool:
     `s·i + p` with p over [0, s) and i over axis/s, and nothing is summed, so each element is
     written exactly once (the max-pool adjoint for stride = size dividing the image): the
     scatter-add is a plain write and needs no zeroing first."""
-    if stage.plain or stage.reduce_vars:
+    if stage.plain or stage.reduce_vars or any(indirect(e) for e in stage.index):
         return False
     sizes = dict(stage.ranges)
     used: list = []

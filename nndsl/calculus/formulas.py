@@ -24,6 +24,26 @@ import sympy as sp
 N = sp.Symbol("N", integer=True, positive=True)     # the batch size
 
 
+# A fixed size that a formula uses as a number (a layer norm's 1/K, a batchnorm's count
+# N·H·W): a symbol, so that the kernel plan makes it a size argument like the sizes of the
+# shapes, and the 64- and the 128-wide layer norm share their kernels. Its value is FIXED[it]:
+# the plan's integers and `nndsl grad` write the number.
+FIXED: dict = {}
+
+
+def fixed_size(value) -> sp.Symbol:
+    v = int(value)
+    sym = sp.Symbol(f"§{v}", integer=True, positive=True)
+    FIXED[sym] = sp.Integer(v)
+    return sym
+
+
+def fixed_values(expr):
+    """`expr` with every fixed-size symbol written as its number."""
+    expr = sp.sympify(expr)
+    return expr.xreplace(FIXED) if FIXED and expr.free_symbols & FIXED.keys() else expr
+
+
 def idx(names: str) -> tuple[sp.Symbol, ...]:
     """Integer index symbols: `n, k, d = idx("n k d")`."""
     return tuple(sp.Symbol(s, integer=True) for s in names.split())
@@ -79,7 +99,7 @@ class Stage:
     @property
     def out_vars(self) -> tuple[sp.Symbol, ...]:
         """Loop indices that appear in `out`'s index (outer loops)."""
-        free = set().union(*[sp.sympify(i).free_symbols for i in self.index])
+        free = set().union(*[index_vars(i) for i in self.index])
         return tuple(v for v, _ in self.ranges if v in free)
 
     @property
@@ -179,11 +199,29 @@ _RESERVED = {"np", "nb", "math", "N", "F", "L", "theta", "grad", "ws", "seed", "
              "acc", "top", "i", "value", "t_"}
 
 
+def index_vars(e) -> list[sp.Symbol]:
+    """The loop indices in an index expression, those of an indirect read too (`n, t` of
+    `x[n, t]` in `E[x[n, t], k]`), never a tensor's name."""
+    e = sp.sympify(e)
+    labels = {a.base.label for a in e.atoms(sp.Indexed)}
+    return sorted((v for v in e.free_symbols if isinstance(v, sp.Symbol) and v not in labels), key=str)
+
+
+def indirect(e) -> bool:
+    """An index that reads a tensor: an embedding's row `x[n, t]` (integer class indices)."""
+    return bool(sp.sympify(e).atoms(sp.Indexed))
+
+
 def make_stage(out: str, index: tuple, expr: sp.Expr, tensors: Mapping[str, Tensor], over=(),
                reduce=None, accumulate=False, note="", sizes: Mapping | None = None) -> Stage:
-    """Turn an expression over `sp.Indexed` accesses into a Stage with scalar access symbols."""
+    """Turn an expression over `sp.Indexed` accesses into a Stage with scalar access symbols.
+
+    An index may itself read a tensor of integers (a gather `E[x[n, t], k]`, or the scatter
+    `ΔE[x[n, t], k] += …` of its adjoint): that read is an access too (its symbol does not
+    occur in the body; the index keeps the `x[n, t]` it reads, and renderers print it)."""
     accesses, subs = [], {}
-    for k, ind in enumerate(sorted(expr.atoms(sp.Indexed), key=sp.default_sort_key)):
+    found = expr.atoms(sp.Indexed).union(*[sp.sympify(i).atoms(sp.Indexed) for i in index])
+    for k, ind in enumerate(sorted(found, key=sp.default_sort_key)):
         sym = sp.Symbol(f"{ind.base.label}_{k}")
         accesses.append(Access(sym, str(ind.base.label), tuple(ind.indices)))
         subs[ind] = sym
@@ -201,7 +239,7 @@ def make_stage(out: str, index: tuple, expr: sp.Expr, tensors: Mapping[str, Tens
             known.setdefault(e, size)
     out_vars = []
     for e in index:
-        out_vars += [v for v in sorted(e.free_symbols, key=str) if v not in out_vars]
+        out_vars += [v for v in index_vars(e) if v not in out_vars]
     loop_vars = out_vars + [v for v in over if v not in out_vars]
     missing = [v for v in loop_vars if v not in known]
     if missing:

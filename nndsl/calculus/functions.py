@@ -84,6 +84,19 @@ class softplus(sp.Function):
         return sigmoid(self.args[0])
 
 
+class rsqrt(sp.Function):
+    """1/sqrt(x), the scale of a normalisation: d/dx = −rsqrt(x)³/2, written through the
+    output so that the backward pass reads the stored 1/σ and never takes a root again."""
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return -rsqrt(self.args[0]) ** 3 / 2
+
+    @staticmethod
+    def derivative_from_output(out, x):
+        return -out ** 3 / 2
+
+
 class maximum(sp.Function):
     """max(a, b) with the subgradient going to `a` on ties."""
     nargs = 2
@@ -156,6 +169,7 @@ NUMBA = {
     "leaky_relu": "({0} if {0} > 0 else {1} * {0})",
     "elu": "({0} if {0} > 0 else math.expm1({0}))",
     "softplus": "_softplus({0})",
+    "rsqrt": "(F(1.0) / math.sqrt({0}))",
     "maximum": "({0} if {0} >= {1} else {1})",
     "minimum": "({0} if {0} <= {1} else {1})",
     "ge": "(F(1.0) if {0} >= {1} else F(0.0))",

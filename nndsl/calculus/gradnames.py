@@ -9,7 +9,7 @@ from dataclasses import replace
 import sympy as sp
 
 from ..frontend import ir
-from .formulas import Access, N, Stage
+from .formulas import Access, N, Stage, fixed_values
 from .ops import Graph
 
 
@@ -68,7 +68,8 @@ class Lecture:
         tensors = self.tensors
         if s.attrs and s.attrs.get("scan") is not None:
             return s                                  # a recurrence's cell: gradrecur reads it
-        expr = s.expr.xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
+        # (a fixed size a formula uses as a number, `§64`, is the number 64 to a reader)
+        expr = fixed_values(s.expr).xreplace({a.symbol: sp.Integer(1) for a in s.accesses if a.tensor in self.masks})
         accesses = [a for a in s.accesses if a.tensor not in self.masks]
         ranges = dict(s.ranges)
         used = {str(v) for v in ranges}
@@ -132,14 +133,18 @@ def unused(base: str, used) -> str:
 
 def declared_letters(model: ir.ModelIR, label: str, role: str, rank: int) -> tuple[str, ...]:
     """The index names a parameter was declared with: `W[f, c, p]` of a user layer, `W[k, d]`."""
-    if role != "param":
-        return ()
     node_name, _, local = label.rpartition(".")
     node = next((n for n in model.nodes if n.name == node_name), None)
     if node is None:
         return ()
+    if node.op == "batchnorm" and len(node.shape) == 3 and rank == 1:
+        return ("c",)                           # an image's channel: g, b and the statistics
+    if role != "param":
+        return ()
     if node.op == "conv2d":
         return {"W": ("f", "c", "p", "q"), "b": ("f",)}.get(local, ())
+    if node.op == "embed":
+        return {"E": ("v", "k")}.get(local, ())           # row v of the vocabulary, feature k
     if node.op == "layer":
         spec = model.layers[node.attrs["layer"]]
         p = next((p for p in spec.params if p.name == local), None)

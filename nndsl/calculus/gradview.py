@@ -32,7 +32,7 @@ from ..frontend import ir
 from . import functions as fn
 from . import sums
 from .derive import differentiate, relevant_stages
-from .formulas import N, Stage
+from .formulas import N, Stage, index_vars, indirect
 from .gradnames import Lecture, Names, declared_letters, is_steps
 from .notation import exact_numbers, indicator
 from .ops import Graph, expand_loss, expand_nodes
@@ -132,6 +132,15 @@ class _View:
         self.gathered = False
         self.gathered_noted: set[str] = set()
         self.adjoint_of = adjoint.adjoint_of
+        self.raw_mode = False
+        # Δ of a recurrent layer's step-major input copy -> the layer (its input has a Δ when
+        # it is computed: an embedding, a normalisation before the recurrence)
+        self.recurrent_inputs = {}
+        for node in model.nodes:
+            if node.op in ("rnn", "lstm", "gru"):
+                copy = next((t for t in self.tensors.values() if t.label == f"{node.name}.x_steps"), None)
+                if copy is not None and copy.name in self.adjoint_of:
+                    self.recurrent_inputs[self.adjoint_of[copy.name]] = node
         self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
         # names the output defines must not be the user's: an autoencoder's layer may be `e`
         self.taken = {n.name for n in model.nodes} | {d.name for d in model.data} | \
@@ -173,7 +182,8 @@ class _View:
             changed = False
             for ind in sorted(expr.atoms(sp.Indexed), key=str):
                 name = str(ind.base.label)
-                if name not in self.defs or name in self.signals or name in keep:
+                known = name in self.defs or (name in self.recurrent_inputs and not self.raw_mode)
+                if not known or name in self.signals or name in keep:
                     continue
                 if stop_at_values and self._is_node_value(name):
                     continue
@@ -191,6 +201,10 @@ class _View:
         return t.role == "grad" and t.label[1:] in self.g.values
 
     def _definition(self, name: str, indices) -> sp.Expr:
+        if not self.raw_mode:
+            into = self._recurrent_input(name, indices)
+            if into is not None:
+                return into
         total = sp.Integer(0)
         for (index, body), sizes in zip(self.defs[name], self.def_ranges[name]):
             if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
@@ -225,6 +239,13 @@ class _View:
         for pos, e in enumerate(index):
             e = sp.sympify(e)
             if isinstance(e, sp.Symbol) or e.is_Integer:
+                continue
+            if indirect(e):        # an embedding's row x[n,t]: 𝟙[x[n,t] = v], n and t summed
+                vs = index_vars(e)
+                if any(v in used for v in vs):
+                    return None
+                plan.append((pos, e, None, vs))
+                used += vs
                 continue
             vs = [v for v in e.free_symbols if v in sizes]
             grads = {r: sp.Dummy() for r in body.atoms(sp.Indexed)
@@ -274,7 +295,8 @@ class _View:
         grads = sorted({str(r.base.label) for r in body.atoms(sp.Indexed)
                         if self.tensors.get(str(r.base.label)) is not None
                         and self.tensors[str(r.base.label)].role == "grad"})
-        if grads and not self.gathered_noted:
+        windows = any(not indirect(e) for _, e, _, _ in plan)
+        if grads and windows and not self.gathered_noted:
             self.gathered_noted.add(name)
             self.pending.append(Formula("note", sp.Symbol("Δ"), None,
                                         note="(a delta read outside its map is zero: no window output is there)"))
@@ -350,9 +372,22 @@ class _View:
         expr = self._named_patterns(expr)
         expr = self._restore_names(expr, taken)
         expr = sums.merge_where(expr)
+        expr = sums.drop_zero_sums(expr, self._forward_value)
+        expr = sums.merge_equal_sums(expr)
         expr = sums.simplify(expr)
         expr = self._relabel(expr)
         return expr
+
+    def _forward_value(self, ind: sp.Indexed):
+        """A forward tensor's formula at `ind` (internal names), or None for a leaf (an input,
+        a parameter, a Δ): what `sums.is_zero_sum` writes out."""
+        s = self.forward.get(str(ind.base.label))
+        if s is None or not s.plain or s.reduce not in (None, "sum") or self.tensors[s.out].role != "value":
+            return None
+        subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
+        body = sums.as_forward(s)
+        renames = {v: next(self.fresh) for v in sums.sum_vars(body)}
+        return body.xreplace(renames).xreplace(subst)
 
     def _named_patterns(self, expr: sp.Expr) -> sp.Expr:
         # one-hot of class labels -> 𝟙[k = label[n]], and Σ_k 𝟙[k = label[n]] -> 1
@@ -376,7 +411,8 @@ class _View:
                 expr = expr.xreplace({ind: self._noise(ind)})
         # step(pre-activation) of a relu-type layer is step(the layer's value); F -> value
         expr = self._through_values(expr)
-        for ind in list(expr.atoms(sp.Indexed)):
+        # (defined in the order they are computed: mean, xc, var, rstd of a normalisation)
+        for ind in sorted(expr.atoms(sp.Indexed), key=lambda i: (self.order.get(str(i.base.label), 1 << 30), str(i))):
             name = str(ind.base.label)
             if name in self.tensors and name not in self.defs and not name.startswith("d_") \
                     and self.names.label(name) is None and name not in self.aux:
@@ -481,6 +517,7 @@ class _View:
             return
         subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
         body = self._inline_internal(sums.as_forward(s).xreplace(subst))
+        body = body.replace(lambda e: isinstance(e, fn.rsqrt), lambda e: 1 / sp.sqrt(e.args[0]))
         rhs = self._named_patterns(body)
         self.pending.append(Formula("define", sp.IndexedBase(name)[index], rhs))
 
@@ -489,7 +526,8 @@ class _View:
         for _ in range(16):
             internal = [i for i in expr.atoms(sp.Indexed) if str(i.base.label) in self.forward
                         and self.names.label(str(i.base.label)) is None
-                        and self.forward[str(i.base.label)].plain]
+                        and self.forward[str(i.base.label)].plain
+                        and not self.forward[str(i.base.label)].attrs.get("named")]
             if not internal:
                 return expr
             for ind in internal:
@@ -589,7 +627,7 @@ class _View:
         if only is not None:
             lines = _needed(lines)
         defined = {str(_label_of(f.lhs)) for f in lines if f.kind in ("define", "signal", "delta", "note")}
-        ints = {self.names.label(t.name) or t.label for t in self.tensors.values() if t.role == "labels"}
+        ints = {self.names.label(t.name) or t.label for t in self.tensors.values() if t.dtype == "int"}
         updates = [p.name for p in self.model.params if p.name in self.loss.wrt]
         order = sorted(self.order, key=self.order.get)
         order = [self.tensor_label(t) if t in self.tensors else t for t in order]
@@ -602,11 +640,31 @@ class _View:
         return LossFormulas(self.loss.name, updates, lines, defined, ints, order, tensor_of, forward)
 
     def _inline_everything(self, grad: str, index) -> sp.Expr:
-        saved, self.signals = self.signals, {}
+        saved, self.signals, self.raw_mode = self.signals, {}, True
         try:
             return self._inline(self._definition(grad, index), False)
         finally:
-            self.signals = saved
+            self.signals, self.raw_mode = saved, False
+
+    def _recurrent_input(self, name: str, indices):
+        """Δ of the sequence a recurrent layer reads (through its step-major copy, index
+        [t, n, d]) as the lecture writes it: Σ_g Σ_j W_g[j,d]·Δa_g[n,t,j] over the gates,
+        with the labels of the recursion's lines (sympy's ∂a_g/∂(W·x) as the coefficient).
+        None for any other tensor."""
+        from .gradrecur import T_, Recurrence, k_, n_
+        node = self.recurrent_inputs.get(name)
+        if node is None:
+            return None
+        r = Recurrence(self, node)
+        t, n, d = indices
+        total = sp.Integer(0)
+        for g, (a, _) in sorted(r.pre.items()):
+            j = next(self.fresh)
+            self.original[j] = sp.Symbol("j", integer=True)
+            c = r.coefficient(g, "W").xreplace({k_: j, n_: n, T_: t})
+            delta = sp.IndexedBase(self.fresh_once("Δ" + str(a.base.label)))[n, t, j]
+            total += sp.Sum(sp.IndexedBase(r.param("W", g))[j, d] * c * delta, (j, 0, r.H - 1))
+        return total
 
     def _finish(self, f: Formula) -> Formula:
         """Definitions were collected over internal names: relabel their two sides."""

@@ -8,6 +8,7 @@ Each entry turns a checked IR node (or loss term) into `Stage`s through the
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import sympy as sp
@@ -15,7 +16,7 @@ import sympy as sp
 from ..diagnostics import CompileError, Diagnostic
 from ..frontend import ir
 from . import functions as fn
-from .formulas import Builder, Handle, N, idx
+from .formulas import Builder, Handle, N, fixed_size, idx, make_stage
 
 LAYERS: dict[str, Callable] = {}
 LOSSES: dict[str, Callable] = {}
@@ -54,6 +55,11 @@ class Graph:
         self.mask_info: dict[str, tuple[str, str]] = {}     # mask tensor -> (size, input)
         for p in model.params:
             self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
+        # running statistics (model state in theta, never differentiated): a batchnorm's
+        # forward reads them, and `step` runs `stat_updates` after the gradient
+        for p in model.stats:
+            self.params[p.name] = self.b.tensor(p.name, p.shape, "param")
+        self.stat_updates: dict[str, list] = {}     # node -> its running statistics' update stages
 
     def size(self, d):
         if isinstance(d, str):
@@ -94,6 +100,9 @@ class Graph:
 
     def param(self, node: ir.Node, local: str) -> Handle:
         return self.params[node.params[local]]
+
+    def stat(self, node: ir.Node, local: str) -> Handle:
+        return self.params[node.attrs["stats"][local]]
 
     def unsupported(self, node: ir.Node, what: str):
         raise CompileError(Diagnostic(
@@ -202,6 +211,8 @@ def to_sympy(g: Graph, e: ir.Expr, env: dict) -> sp.Expr:
 # -------------------------------------------------------------------- layers
 @layer("input")
 def _input(g: Graph, node: ir.Node):
+    if node.attrs.get("classes"):          # class indices: (N,), or (N, T) per step
+        return g.b.tensor(node.name, g.full_shape(node.shape), "input", dtype="int")
     return g.b.tensor(node.name, g.full_shape(node.shape), "input")
 
 
@@ -401,6 +412,89 @@ def _avgpool(g: Graph, node: ir.Node, x: Handle):
     return out
 
 
+# ----------------------------------------------------- embeddings, normalisation
+@layer("embed")
+def _embed(g: Graph, node: ir.Node, x: Handle):
+    """out[n,(t,)k] = E[x[n,(t)], k]: row x of E, a gather through the class index. Its adjoint
+    comes out of derive as the scatter-add ΔE[x[n,(t)], k] += Δout[n,(t,)k] (rows of E that no
+    example reads get no gradient), like the adjoint of any affine read."""
+    E = g.param(node, "E")
+    rows = loop_indices(len(x.shape) - 1)
+    k = idx("k")[0]
+    out = g.b.tensor(node.name, x.shape + (E.shape[1],), "value")
+    g.b.assign(out, rows + (k,), E[x[rows], k], note=f"{node.name} = row {x.tensor.label} of E")
+    return out
+
+
+def _normalise(g: Graph, node: ir.Node, x: Handle, keep: tuple, over: tuple, ind: tuple, count,
+               what: str, batch: bool):
+    """mean[keep] = Σ_over x / count;  xc = x − mean;  var[keep] = Σ_over xc² / count (biased);
+    r = rsqrt(var + eps);  out = g·xc·r + b  (g, b indexed by the kept feature/channel).
+    `keep` indexes the statistics, `over` is summed; both are taken from `ind`, x's index."""
+    eps = sp.Float(node.attrs["eps"])
+    gain, shift = g.param(node, "g"), g.param(node, "b")
+    sizes = dict(zip(ind, x.shape))
+    stat_shape = tuple(sizes[v] for v in keep)
+    # the statistics are named in `nndsl grad` (mean_h, var_h, rstd_h, xc_h), not inlined
+    attrs = lambda local: {"named": True, **({"batchstat": g.stat(node, local).name} if batch else {})}   # noqa: E731
+    mean = g.b.tensor(node.name + ".mean", stat_shape, "value")
+    g.b.assign(mean, keep, x[ind] / count, over=over, reduce="sum", sizes=sizes,
+               attrs=attrs("running_mean"), note=f"{node.name}: mean over {what}")
+    xc = g.b.tensor(node.name + ".xc", x.shape, "value")
+    g.b.assign(xc, ind, x[ind] - mean[keep], note=f"{node.name}: x − mean", attrs={"named": True})
+    var = g.b.tensor(node.name + ".var", stat_shape, "value")
+    g.b.assign(var, keep, xc[ind] ** 2 / count, over=over, reduce="sum", sizes=sizes,
+               attrs=attrs("running_var"), note=f"{node.name}: variance over {what}")
+    r = g.b.tensor(node.name + ".rstd", stat_shape, "value")
+    g.b.assign(r, keep, fn.rsqrt(var[keep] + eps), note=f"{node.name}: 1/sqrt(var + eps)", attrs={"named": True})
+    c = ind[-1] if not batch or len(ind) != 4 else ind[1]        # the feature, or an image's channel
+    out = g.b.tensor(node.name, x.shape, "value")
+    g.b.assign(out, ind, gain[c] * xc[ind] * r[keep] + shift[c], note=f"{node.name} = g·(x − mean)/σ + b")
+    if batch:
+        # the running statistics, updated by `step` after its gradient (PyTorch's rule: the
+        # unbiased variance, count/(count − 1)·var, with weight `momentum`)
+        m = sp.Float(node.attrs["momentum"])
+        rm, rv = g.stat(node, "running_mean"), g.stat(node, "running_var")
+        unbiased = count / fn.maximum(count - 1, 1)
+        nest = {"nest": node.name}          # one loop nest per layer (plan/fuse.py)
+        g.stat_updates[node.name] = [
+            replace(make_stage(rm.name, keep, (1 - m) * rm[keep] + m * mean[keep], g.b.tensors,
+                               note=f"{node.name}: running mean"), attrs=nest),
+            replace(make_stage(rv.name, keep, (1 - m) * rv[keep] + m * unbiased * var[keep], g.b.tensors,
+                               note=f"{node.name}: running variance (unbiased)"), attrs=nest)]
+    return out
+
+
+@layer("layernorm")
+def _layernorm(g: Graph, node: ir.Node, x: Handle):
+    """Per example (and per step of a sequence) over the last axis, gain g and shift b per feature."""
+    ind = _norm_indices(len(x.shape))
+    return _normalise(g, node, x, ind[:-1], ind[-1:], ind, fixed_size(x.shape[-1]), "the features", batch=False)
+
+
+def _norm_indices(rank: int) -> tuple:
+    """The lecture's letters (they are the summation indices `nndsl grad` prints)."""
+    return idx({2: "n k", 3: "n t k", 4: "n c i j"}[rank])
+
+
+@layer("batchnorm")
+def _batchnorm(g: Graph, node: ir.Node, x: Handle):
+    """Over the batch per feature: (N, K) over n; a sequence (N, T, K) over n and t; an image
+    (N, C, H, W) over n, h and w per channel. Training normalises with the batch's mean and
+    biased variance (its gradient couples the examples, and derive finds that coupling like
+    any other); `forward` with the running statistics (`plan/codegen.py: inference`)."""
+    ind = _norm_indices(len(x.shape))
+    if len(x.shape) == 4:
+        keep, what = (ind[1],), "the batch and the positions"
+    else:
+        keep, what = (ind[-1],), "the batch" if len(x.shape) == 2 else "the batch and the steps"
+    over = tuple(v for v in ind if v not in keep)
+    sizes = [dict(zip(ind, x.shape))[v] for v in over]
+    fixed = sp.prod([d for d in sizes if d.is_Integer])
+    count = sp.prod([d for d in sizes if not d.is_Integer]) * (fixed_size(fixed) if fixed != 1 else 1)
+    return _normalise(g, node, x, keep, over, ind, count, what, batch=True)
+
+
 def _noise(g: Graph, node: ir.Node, dist: str, **attrs) -> Handle:
     eps = g.b.tensor(node.name + ".noise", g.full_shape(node.shape), "noise")
     return g.b.special("draw", eps, note=f"{node.name}: {dist} noise", dist=dist, **attrs)
@@ -474,7 +568,7 @@ def _user_layer(g: Graph, node: ir.Node, *args: Handle):
         target = env[st.target]
         value = _split_sums(g, node, st.value, env, (n,) + lhs, sizes, k)
         g.b.assign(target.handle, (n,) + lhs, value, note=f"{node.name}: {st.target}[{', '.join(st.indices)}]",
-                   sizes=sizes)
+                   sizes=sizes, attrs=None if is_out else {"named": True})    # a temporary the user named
     return env[spec.out_name].handle
 
 

@@ -81,9 +81,25 @@ def simplify(expr: sp.Expr) -> sp.Expr:
 
     def protect(s: sp.Sum):
         d = sp.Dummy()
-        sums[d] = sp.Sum(simplify(s.function), *s.limits)
+        body = simplify(s.function)
+        bound = {lim[0] for lim in s.limits}
+        # numbers and divisors that do not depend on the Σ's indices in front of it:
+        # −(Σ_k a[k]) / 3, (Σ_n x[n,k]) / (9·N), not (Σ_k −a[k]) / 3, (Σ_n x[n,k] / N) / 9
+        front = [f for f in sp.Mul.make_args(body) if f.is_number or
+                 (f.is_Pow and f.exp.is_negative and not f.free_symbols & bound)]
+        if not front or len(front) == len(sp.Mul.make_args(body)):
+            sums[d] = sp.Sum(body, *s.limits)
+            return d
+        sums[d] = sp.Sum(sp.Mul(*[f for f in sp.Mul.make_args(body) if not any(f is g for g in front)]),
+                         *s.limits)
+        return sp.Mul(*front) * d
+
+    def radical(p: sp.Pow):              # a root keeps its argument as written
+        d = sp.Dummy()
+        sums[d] = p
         return d
-    body = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), protect))
+    body = expr.replace(lambda e: isinstance(e, sp.Sum), protect)
+    body = sp.factor_terms(body.replace(lambda e: e.is_Pow and not e.exp.is_Integer, radical))
     while body.has(*sums):
         body = body.xreplace(sums)
     return body.replace(lambda e: e.is_Mul, into_sum).replace(lambda e: isinstance(e, sp.Sum), batch_outermost)
@@ -133,3 +149,120 @@ def bound_around(expr, s: sp.Sum, name: str) -> bool:
 def factor_count(expr) -> int:
     return len(sp.Mul.make_args(expr.function if isinstance(expr, sp.Sum) else expr)) + \
         sum(factor_count(s.function) for s in expr.atoms(sp.Sum) if s is not expr)
+
+
+# ---------------------------------------------------------------- simplifications
+# Three rewrites a derivation needs before a lecture would print it, each applied only where
+# it changes something (a formula without such a term prints as before):
+# - a Σ that is identically zero is dropped: Σ_k xc[n,k] = 0 for xc = x − mean over k (the
+#   normalisations' gradients carry Σ_k Δvar·xc[n,k]·… through the mean);
+# - equal sums under different summation indices merge: Σ_k' a[k'] + Σ_j a[j] = 2·Σ_k' a[k'];
+# - constants stay where the formula wrote them: a square root keeps its argument
+#   (1/sqrt(s/3 + 1e-05), not sqrt(3)/sqrt(3.0000000000000004e-05 + s)).
+
+def alpha(expr):
+    """`expr` with every summation index renamed by its nesting depth and position, so that
+    sums equal up to the names of their indices are equal expressions."""
+    def walk(e, depth):
+        if isinstance(e, sp.Sum):
+            ren, limits = {}, []
+            for j, (v, lo, hi) in enumerate(e.limits):
+                w = sp.Symbol(f"_σ{depth}_{j}", integer=True)
+                ren[v] = w
+                limits.append((w, lo, hi))
+            return sp.Sum(walk(e.function.xreplace(ren), depth + 1), *limits)
+        if not e.args or isinstance(e, (sp.Indexed, sp.Symbol)):
+            return e
+        return e.func(*[walk(a, depth) for a in e.args])
+    return walk(sp.sympify(expr), 0)
+
+
+def pull_out(expr):
+    """Every factor of a Σ's body that does not depend on its index moved in front of it
+    (the reverse of `into_sum`), everywhere: `Σ_j a[j]·b[k]` → `b[k]·Σ_j a[j]`."""
+    def out(s):
+        v = s.limits[0][0]
+        inner = pull_out(s.function)
+        coeff, rest = inner.as_independent(v, as_Add=False) if inner.is_Mul else (sp.Integer(1), inner)
+        if v not in inner.free_symbols:
+            return inner * (s.limits[0][2] - s.limits[0][1] + 1)
+        return coeff * sp.Sum(rest, s.limits[0])
+    return expr.replace(lambda e: isinstance(e, sp.Sum) and len(e.limits) == 1, out)
+
+
+def linear(expr):
+    """Σ distributed over sums and with constant factors pulled out, bottom-up: a normal
+    form in which a Σ over an expression independent of its index is (count)·expression."""
+    expr = sp.sympify(expr)
+    if isinstance(expr, sp.Sum):
+        body = linear(expr.function)
+        for (v, lo, hi) in expr.limits:
+            terms = []
+            for t in sp.Add.make_args(sp.expand(body)):
+                coeff, rest = t.as_independent(v, as_Add=False) if t.is_Mul else \
+                    ((t, sp.Integer(1)) if v not in t.free_symbols else (sp.Integer(1), t))
+                terms.append(coeff * (hi - lo + 1) if rest == 1 else coeff * sp.Sum(rest, (v, lo, hi)))
+            body = sp.Add(*terms)
+        return body
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Symbol)):
+        return expr
+    return expr.func(*[linear(a) for a in expr.args])
+
+
+def is_zero_sum(s: sp.Sum, define) -> bool:
+    """Σ over an index of a body that, its tensors written out by `define(indexed)` (their
+    formula, or None for a leaf), is identically zero: Σ_k (x[k] − Σ_j x[j]/K) = 0."""
+    if len(s.limits) != 1:
+        return False
+    v = s.limits[0][0]
+    body = pull_out(s.function)
+    coeff, rest = body.as_independent(v, as_Add=False) if body.is_Mul else (1, body)
+    if v not in rest.free_symbols or not rest.atoms(sp.Indexed):
+        return False
+    expanded = rest
+    for _ in range(4):                 # a definition may name another (xc through mean)
+        subs = {}
+        for ind in expanded.atoms(sp.Indexed):
+            d = define(ind)
+            if d is not None:
+                subs[ind] = d
+        if not subs:
+            break
+        expanded = expanded.xreplace(subs)
+    if expanded == rest:
+        return False
+    return sp.expand(alpha(linear(sp.Sum(expanded, s.limits[0])))) == 0
+
+
+def drop_zero_sums(expr, define):
+    """Terms of a Σ's body whose own Σ is identically zero (see `is_zero_sum`) dropped; a Σ
+    with no such term is left as it is."""
+    def visit(s):
+        if len(s.limits) != 1:
+            return s
+        body = s.function                       # (inner sums: `replace` went there first)
+        terms = sp.Add.make_args(sp.expand(body, deep=False, power_base=False, power_exp=False,
+                                           log=False, multinomial=False))
+        kept = [t for t in terms if not is_zero_sum(sp.Sum(t, s.limits[0]), define)]
+        if len(kept) == len(terms):
+            return s
+        return sp.Sum(sp.Add(*kept), s.limits[0]) if kept else sp.Integer(0)
+    return expr.replace(lambda e: isinstance(e, sp.Sum), visit)
+
+
+def merge_equal_sums(expr):
+    """Terms equal up to the names of their summation indices (`alpha`) merge into one, the
+    first one's names kept: Σ_k' a[k'] − Σ_j a[j]/3 → (2/3)·Σ_k' a[k']."""
+    def merge(add):
+        groups: dict = {}
+        for t in add.args:
+            coeff, rest = t.as_coeff_Mul()
+            key = alpha(rest)
+            if key in groups:
+                groups[key][0] += coeff
+            else:
+                groups[key] = [coeff, rest]
+        if len(groups) == len(add.args):
+            return add
+        return sp.Add(*[c * r for c, r in groups.values()])
+    return expr.replace(lambda e: e.is_Add and e.has(sp.Sum), merge)

@@ -93,11 +93,13 @@ class ModelDecl:
 
 @dataclass(frozen=True)
 class InputDecl:
-    """`input x[784]`, `input seq[T, 16]`: dims are Num or Name (const or free size)."""
+    """`input x[784]`, `input seq[T, 16]`: dims are Num or Name (const or free size);
+    `input chars[T]: class(V)`, `input c: class(V)`: class indices (classes set)."""
     name: str
     dims: tuple[Expr, ...]
     span: Span
     name_span: Span
+    classes: Optional[Expr] = None
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,7 @@ INITS: dict[str, Signature] = {
     "xavier": Signature(()),
     "he": Signature(()),
     "zeros": Signature(()),
+    "ones": Signature(()),
     "normal": Signature((Arg("std", _POSITIVE),)),
     "uniform": Signature((Arg("a", _POSITIVE),)),
 }

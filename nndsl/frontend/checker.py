@@ -66,7 +66,8 @@ def check(program: ast.Program) -> ir.ModelIR:
     return ir.ModelIR(
         name=model.name if model else "model", path=program.path, source=program.source,
         data=tuple(graph.data), nodes=tuple(graph.nodes.values()),
-        params=tuple(graph.params.values()), losses=tuple(losses), optimizers=opts,
+        params=tuple(graph.params.values()), stats=tuple(graph.stats.values()),
+        losses=tuple(losses), optimizers=opts,
         outputs=outs, activations=dict(ctx.activations), user_losses=dict(ctx.user_losses),
         layers={name: info.layer for name, info in ctx.layers.items()},
         consts=dict(ctx.consts), default_init=ctx.default_init, train=ctx.train)

@@ -189,7 +189,7 @@ class Context:
         elif isinstance(expr, ast.Call):
             kind, args, kwargs, span = expr.func, expr.args, expr.kwargs, expr.func_span
         else:
-            raise ArgError("expected an initialiser: xavier, he, zeros, normal(std) or "
+            raise ArgError("expected an initialiser: xavier, he, zeros, ones, normal(std) or "
                            "uniform(a)", expr.span)
         if kind not in INITS:
             raise ArgError(f"unknown initialiser `{kind}`", span,

@@ -82,6 +82,7 @@ class GraphBuilder:
         self.ctx = ctx
         self.nodes: dict[str, ir.Node] = {}         # in topological (creation) order
         self.params: dict[str, ir.Param] = {}
+        self.stats: dict[str, ir.Param] = {}        # batchnorm running statistics (state)
         self.data: list[ir.DataDecl] = []
         self.top_frame = Frame({})
         self.call_counts: dict[str, int] = {}       # successful calls per network
@@ -92,9 +93,13 @@ class GraphBuilder:
     def data_decl(self, st: Union[ast.InputDecl, ast.TargetDecl]) -> None:
         is_target = isinstance(st, ast.TargetDecl)
         try:
-            if is_target and st.classes is not None:
+            if st.classes is not None:
                 classes = self.ctx.size(st.classes, "the class count")
                 shape = self.dims(st.dims) if st.dims else ()      # per-step labels: (T,)
+                if not is_target and len(shape) > 1:
+                    raise ArgError(f"a class input holds one class index per example or per step, "
+                                   f"but `{st.name}` declares {len(shape)} axes", st.span,
+                                   f"declare `input {st.name}[T]: class(...)` or `input {st.name}: class(...)`")
             else:
                 classes, shape = None, self.dims(st.dims)
         except ArgError as exc:
@@ -102,7 +107,7 @@ class GraphBuilder:
             self.top_frame.values[st.name] = POISON
             return
         op = "target" if is_target else "input"
-        attrs = {"classes": classes} if is_target else {}
+        attrs = {"classes": classes} if is_target or classes is not None else {}
         self.add_node(ir.Node(st.name, op, (), shape, attrs, {}, st.span))
         self.data.append(ir.DataDecl(st.name, shape, classes, is_target, st.span))
         self.top_frame.values[st.name] = NodeRef(st.name, shape, classes)
@@ -153,11 +158,19 @@ class GraphBuilder:
                                 node.span, "rename it")
         self.nodes[node.name] = node
 
-    def add_param(self, p: ir.Param, frame: Frame) -> None:
+    def no_class_operands(self, ops, names, bound: Bound, e: ast.Call, what: str) -> None:
+        """Class indices are numbers to `embed` (and labels to `cross_entropy`) only."""
+        for op, name in zip(ops, names):
+            if op.classes is not None:
+                raise self.ctx.fail(f"{op.described()} and is not a number", bound.spans.get(name, e.span),
+                                    f"embed class indices first: `{what}(embed({op.name}, DIM), ...)`")
+
+    def add_param(self, p: ir.Param, frame: Frame, table: Optional[dict] = None) -> None:
         """A new parameter, or the one an earlier call of the same network made."""
-        old = self.params.get(p.name)
+        table = self.params if table is None else table
+        old = table.get(p.name)
         if old is None:
-            self.params[p.name] = p
+            table[p.name] = p
         elif old.shape != p.shape:
             raise self.ctx.fail(
                 f"network `{frame.network}` is called with operands of another shape: its "
@@ -245,21 +258,35 @@ class GraphBuilder:
         if not bound.ok or refs is None:
             raise Failed()
         ops = [r.operand() for r in refs]
+        if spec.name != "embed":
+            self.no_class_operands(ops, [name for name, _ in bound.tensors], bound, e, spec.name)
         try:
             shape = spec.shape(ops, bound.values)
             params = spec.params(ops, bound.values)
         except ShapeError as exc:
             raise ctx.fail(exc.message, bound.spans.get(exc.arg, e.span), exc.hint)
-        node_params = {}
+        node_params, stats = {}, {}
         weight_init = bound.values.get("init") or ctx.default_init
         for ps in params:
-            init = ir.Init("zeros") if ps.bias else weight_init
+            if ps.bias:
+                init = ir.Init("zeros")
+            elif ps.init is not None:        # its own start (gains: ones; an embedding: normal(1))
+                init = bound.values.get("init") or ir.Init(*ps.init)
+            else:
+                init = weight_init
             qualified = f"{naming.param}.{ps.name}"
-            self.add_param(ir.Param(qualified, ps.shape, init, ps.fan_in, ps.fan_out, e.span),
-                           frame)
-            node_params[ps.name] = qualified
+            p = ir.Param(qualified, ps.shape, init, ps.fan_in, ps.fan_out, e.span)
+            if ps.trainable:
+                self.add_param(p, frame)
+                node_params[ps.name] = qualified
+            else:                            # model state: no gradient, no optimiser, no `wrt`
+                self.add_param(p, frame, self.stats)
+                stats[ps.name] = qualified
+        attrs = spec.attrs(bound.values)
+        if stats:
+            attrs["stats"] = stats
         self.add_node(ir.Node(naming.node, spec.name, tuple(r.name for r in refs), shape,
-                              spec.attrs(bound.values), node_params, e.span))
+                              attrs, node_params, e.span))
         return NodeRef(naming.node, shape)
 
     # ------------------------------------------------------------ user layers
@@ -275,6 +302,7 @@ class GraphBuilder:
         if not bound.ok or refs is None:
             raise Failed()
         operands = {name: r.operand() for (name, _), r in zip(bound.tensors, refs)}
+        self.no_class_operands(list(operands.values()), list(operands), bound, e, e.func)
         sizes = {n: bound.values[n] for n in info.layer.size_args}
         try:
             inst = instantiate(info, operands, sizes, ctx.consts)
@@ -349,17 +377,17 @@ class GraphBuilder:
     def dry_run_uncalled_networks(self) -> None:
         """Check the body of every network that no call instantiated, with unknown
         operands, so that its name and argument mistakes are still reported."""
-        saved = (self.nodes, self.params, dict(self.call_counts))
+        saved = (self.nodes, self.params, self.stats, dict(self.call_counts))
         for name, net in self.ctx.network_defs.items():
             if self.call_counts.get(name) or name in self.ctx.broken_networks:
                 continue
-            self.nodes, self.params = {}, {}
+            self.nodes, self.params, self.stats = {}, {}, {}
             frame = Frame({p.id: POISON for p in net.params}, f"{name}.", f"{name}.", name)
             try:
                 self.network_body(net, frame, Naming(f"{name}.out", f"{name}.out"))
             except Failed:
                 pass
-        self.nodes, self.params, self.call_counts = saved
+        self.nodes, self.params, self.stats, self.call_counts = saved
 
     # ----------------------------------------------------------------- queries
     def param_dependencies(self, node_names: list[str]) -> set[str]:
@@ -394,7 +422,8 @@ class _NodeExpr(ExprLowering):
         if isinstance(v, NodeRef):
             if v.classes is not None:
                 self.error(f"`{v.name}` holds class labels (class({v.classes})) and is not "
-                           "a number", e.span, "class labels are used by cross_entropy only")
+                           "a number", e.span, "class labels are used by cross_entropy only; "
+                           f"to use class indices as numbers, embed them: embed({v.name}, DIM)")
                 return None
             return Lowered(ir.Ref(v.name), Operand(v.name, v.shape))
         return None

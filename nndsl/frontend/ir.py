@@ -23,6 +23,13 @@ Node ops and their `attrs` (all defaults filled in by the checker):
 | concat         | (a, b, ...)     | {}                                                |
 | expr           | referenced nodes| {"expr": Expr over Ref(node)}                     |
 | layer          | tensor args     | {"layer": name, "sizes": {size arg: int}}         |
+| embed          | (x,)            | {"dim"}; x holds class indices                    |
+| layernorm      | (x,)            | {"eps"}                                           |
+| batchnorm      | (x,)            | {"momentum", "eps", "stats": {"running_mean": qualified, "running_var": qualified}} |
+
+An `input` with `attrs["classes"]` holds class indices (`input chars[T]: class(V)`).
+A batchnorm's running statistics are `ModelIR.stats`: state, not parameters (no gradient,
+no optimiser; `step`/`fit` update them, `forward` reads them).
 
 `act` is a built-in activation name (identity sigmoid tanh relu leaky_relu elu
 softplus swish softmax) or the name of a user activation.
@@ -85,7 +92,7 @@ Expr = Union[Ref, Const, Apply, IVar, Access, SumOver]
 # ---------------------------------------------------------------------- graph
 @dataclass(frozen=True)
 class Init:
-    kind: str                      # xavier | he | normal | uniform | zeros
+    kind: str                      # xavier | he | normal | uniform | zeros | ones
     arg: Optional[float] = None    # std for normal, a for uniform
 
 
@@ -114,7 +121,7 @@ class Node:
 class DataDecl:
     name: str
     shape: Shape                   # per example; () for class labels
-    classes: Optional[int] = None  # targets declared `class(K)`
+    classes: Optional[int] = None  # targets (and inputs) declared `class(K)`
     is_target: bool = False
     span: Optional[Span] = None
 
@@ -209,6 +216,9 @@ class ModelIR:
     consts: Mapping[str, float] = field(default_factory=dict)
     default_init: Init = Init("xavier")
     train: TrainConfig = TrainConfig()
+    # running statistics of batchnorm layers (`NODE.running_mean`, `NODE.running_var`):
+    # model state beside the parameters, never differentiated nor updated by an optimiser
+    stats: tuple[Param, ...] = ()
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

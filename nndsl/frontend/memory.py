@@ -39,8 +39,9 @@ class MemoryEstimate:
 
 
 def estimate(model: ir.ModelIR) -> MemoryEstimate:
-    n_params = sum(prod(p.shape) for p in model.params)
-    state = n_params * (1 + 2 * max(len(model.losses), 1))
+    trainable = sum(prod(p.shape) for p in model.params)
+    n_params = trainable + sum(prod(p.shape) for p in model.stats)     # running statistics too
+    state = trainable * (1 + 2 * max(len(model.losses), 1))
     sizes = [(n.name, tuple(n.shape), _size(n.shape)) for n in model.nodes]
     per_example = (2 + 2 * max(len(model.losses), 1)) * sum(s for _, _, s in sizes)
     tensors = [(p.name, tuple(p.shape), prod(p.shape)) for p in model.params]

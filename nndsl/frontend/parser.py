@@ -194,6 +194,14 @@ class _ToAst(Transformer_NonRecursive):
     def input_decl(self, meta, c):
         return ast.InputDecl(str(c[0]), tuple(c[1:]), _span(meta), _token_span(c[0]))
 
+    def input_class(self, meta, c):
+        """`input c: class(V)`: one class index per example (an embedding's input)."""
+        return ast.InputDecl(str(c[0]), (), _span(meta), _token_span(c[0]), c[1])
+
+    def input_class_seq(self, meta, c):
+        """`input chars[T]: class(V)`: one class index per step."""
+        return ast.InputDecl(str(c[0]), tuple(c[1:-1]), _span(meta), _token_span(c[0]), c[-1])
+
     def target_decl(self, meta, c):
         return ast.TargetDecl(str(c[0]), tuple(c[1:]), None, _span(meta), _token_span(c[0]))
 

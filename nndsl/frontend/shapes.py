@@ -107,6 +107,8 @@ class ParamShape:
     fan_in: int
     fan_out: int
     bias: bool = False              # biases start at zero
+    init: Optional[tuple] = None    # (kind, arg): the parameter's own start, not the model's default
+    trainable: bool = True          # False: model state (a batchnorm's running statistics)
 
 
 ShapeRule = Callable[[Sequence[Operand], Mapping[str, object]], Shape]
@@ -364,3 +366,88 @@ def _concat_shape(ops, a):
 
 _layer(LayerSpec("concat", Signature((), variadic="inputs"), _concat_shape,
                  doc="join along the last per-example axis"))
+
+
+# -------------------------------------------------------------- embeddings
+def _embed_shape(ops, a):
+    x = ops[0]
+    if x.classes is None:
+        raise ShapeError(f"`embed` expects class indices, but {x.described()}", "x",
+                         "declare them as `input chars[T]: class(V)` (or `input c: class(V)`)")
+    return tuple(x.shape) + (a["dim"],)
+
+
+def _embed_params(ops, a):
+    v, d = ops[0].classes, a["dim"]
+    # PyTorch's nn.Embedding: weight (V, dim), drawn from N(0, 1)
+    return (ParamShape("E", (v, d), v, d, init=("normal", 1.0)),)
+
+
+_layer(LayerSpec(
+    "embed",
+    Signature((Arg("x", TENSOR), Arg("dim", POSITIVE_INT), Arg("init", INIT, None, "normal(1)"))),
+    _embed_shape, _embed_params,
+    "out[..., k] = E[x[...], k]: row x of E (a gather)"))
+
+
+# ----------------------------------------------------------- normalisation
+def _features(op: Operand, layer: str, ranks: tuple[int, ...], hint: str) -> Shape:
+    if op.classes is not None:
+        raise ShapeError(f"`{layer}` expects numbers, but {op.described()}", "x",
+                         f"embed class indices first: embed({op.name or 'x'}, dim)")
+    if len(op.shape) not in ranks:
+        raise ShapeError(f"`{layer}` expects {hint}, but {op.label} is {_kind_of(op.shape)} of "
+                         f"shape {fmt_shape(op.shape)}", "x")
+    return op.shape
+
+
+def _layernorm_width(op: Operand) -> int:
+    shape = _features(op, "layernorm", (1, 2), "a vector (K) or a sequence (T, K)")
+    if isinstance(shape[-1], str):
+        raise ShapeError(f"`layernorm` needs a fixed feature size, but {op.label} has shape "
+                         f"{fmt_shape(shape)}", "x")
+    return int(shape[-1])
+
+
+def _layernorm_params(ops, a):
+    k = _layernorm_width(ops[0])
+    return (ParamShape("g", (k,), k, k, init=("ones", None)),
+            ParamShape("b", (k,), k, k, bias=True))
+
+
+_layer(LayerSpec(
+    "layernorm",
+    Signature((Arg("x", TENSOR), Arg("eps", RealKind(lo=0.0, lo_open=True), 1e-5))),
+    lambda ops, a: (_layernorm_width(ops[0]), ops[0].shape)[1], _layernorm_params,
+    "out[k] = g[k]·(x[k] − mean_k x)/sqrt(var_k x + eps) + b[k], per example over the last axis"))
+
+
+def batchnorm_channels(shape: Shape) -> int:
+    """The axis a batchnorm keeps: the channel of an image (C, H, W), the feature (last axis)
+    of a vector (K) or a sequence (T, K)."""
+    return int(shape[0] if len(shape) == 3 else shape[-1])
+
+
+def _batchnorm_width(op: Operand) -> int:
+    shape = _features(op, "batchnorm", (1, 2, 3), "a vector (K), a sequence (T, K) or an image (C, H, W)")
+    axis = 0 if len(shape) == 3 else len(shape) - 1
+    if isinstance(shape[axis], str) or (len(shape) == 3 and any(isinstance(d, str) for d in shape)):
+        raise ShapeError(f"`batchnorm` needs fixed sizes, but {op.label} has shape {fmt_shape(shape)}", "x")
+    return batchnorm_channels(shape)
+
+
+def _batchnorm_params(ops, a):
+    c = _batchnorm_width(ops[0])
+    return (ParamShape("g", (c,), c, c, init=("ones", None)),
+            ParamShape("b", (c,), c, c, bias=True),
+            ParamShape("running_mean", (c,), c, c, init=("zeros", None), trainable=False),
+            ParamShape("running_var", (c,), c, c, init=("ones", None), trainable=False))
+
+
+_layer(LayerSpec(
+    "batchnorm",
+    Signature((Arg("x", TENSOR), Arg("momentum", RealKind(lo=0.0, hi=1.0), 0.1),
+               Arg("eps", RealKind(lo=0.0, lo_open=True), 1e-5))),
+    lambda ops, a: (_batchnorm_width(ops[0]), ops[0].shape)[1], _batchnorm_params,
+    "out = g·(x − mean)/sqrt(var + eps) + b, mean and var over the batch (and steps, positions) "
+    "per feature or channel; running statistics in `forward`"))

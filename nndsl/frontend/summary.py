@@ -17,6 +17,9 @@ def summarize(model: ir.ModelIR) -> str:
         _section("nodes", _node_rows(model)),
         _section(f"parameters: {len(model.params)} tensors, {_count(model.params):,} values",
                  _param_rows(model)),
+        _section(f"running statistics: {len(model.stats)} tensors, {_count(model.stats):,} values "
+                 "(updated by step and fit, read by forward)", _param_rows(model, model.stats))
+        if model.stats else "",
         _section("losses", [], _loss_lines(model)),
         _section("memory", [], memory.summary_lines(model)),
         _settings(model),
@@ -62,13 +65,13 @@ def _describe(n: ir.Node) -> str:
     if n.op == "layer":
         sizes = ", ".join(f"{k}={v}" for k, v in n.attrs["sizes"].items())
         return f"{n.attrs['layer']}({', '.join([*n.inputs, sizes] if sizes else n.inputs)})"
-    attrs = [f"{k}={fmt_number(v)}" for k, v in n.attrs.items()]
+    attrs = [f"{k}={fmt_number(v)}" for k, v in n.attrs.items() if k != "stats"]
     return f"{n.op}({', '.join([*n.inputs, *attrs])})"
 
 
-def _param_rows(model: ir.ModelIR) -> list[list[str]]:
+def _param_rows(model: ir.ModelIR, params=None) -> list[list[str]]:
     rows = []
-    for p in model.params:
+    for p in model.params if params is None else params:
         init = p.init.kind + (f"({fmt_number(p.init.arg)})" if p.init.arg is not None else "")
         rows.append([p.name, fmt_shape(p.shape), f"{prod(p.shape):,}", init])
     return rows

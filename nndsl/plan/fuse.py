@@ -166,6 +166,12 @@ def _onto(s: Stage, space, ranges) -> Stage:
 def _can_join(group: Group, s: Stage, space) -> bool:
     """Values produced in the group may be read only element-locally (same index), and a
     reduction's target is never read inside its group."""
+    # stages of one `nest` only (a batchnorm's running-statistics updates, which follow one
+    # another for every layer at the end of a step: a nest per layer keeps the kernel the same
+    # at any depth)
+    nest = lambda st: st.attrs.get("nest") if st.attrs else None     # noqa: E731
+    if any(nest(g) != nest(s) for g in group.stages):
+        return False
     s2 = _onto(s, space, group.ranges)
     produced = {g.out: g for g in group.stages}
     for a in s2.accesses:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from ..calculus.formulas import Stage, Tensor
+from ..calculus.formulas import Stage, Tensor, fixed_values
 from .fuse import Group
 from .gemm import BlasGemm, blas_gemm, is_gemm
 from .scan import Block
@@ -134,7 +134,11 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     for s in stages:                     # a lone stage's reduced indices, in its own order
         for v, _ in s.ranges:
             loop_vars.setdefault(v, sp.Symbol(f"i{len(loop_vars)}", integer=True))
-    pattern = lambda index: str(tuple(sp.sympify(e).xreplace(loop_vars) for e in index))    # noqa: E731
+    # an index that reads a tensor (an embedding's `E[x[n, t], k]`) shows as `@[…]` in the
+    # pattern: the order must not depend on the user's names
+    read_labels = lambda e: {a.base.label: sp.Symbol("@") for a in e.atoms(sp.Indexed)}  # noqa: E731
+    pattern = lambda index: str(tuple(sp.sympify(e).xreplace({**loop_vars, **read_labels(sp.sympify(e))})  # noqa: E731
+                                      for e in index))
     first: dict[str, tuple] = {}
     for si, s in enumerate(stages):
         seen = [(s.out, s.index, 0)] + [(a.tensor, a.index, 1) for a in s.accesses]
@@ -170,10 +174,16 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
     for s in stages:
         for _, n in s.ranges:
             size_symbol(n)
+        # a size only a formula names (a running variance's N/(N − 1))
+        for v in sorted(sp.sympify(s.expr).free_symbols, key=str):
+            if v.is_integer and v.is_positive:
+                size_symbol(v)
     symbolic = {e: sym for e, sym in sizes.items() if e.free_symbols}   # N, T: also in formulas
 
+    labels = {sp.Symbol(t): sp.Symbol(v) for t, v in rename.items()}     # indirect reads' tensors
+
     def canon_stage(s: Stage) -> Stage:
-        ix = lambda exprs: tuple(sp.sympify(e).xreplace(loop_vars) for e in exprs)    # noqa: E731
+        ix = lambda exprs: tuple(sp.sympify(e).xreplace({**loop_vars, **labels}) for e in exprs)    # noqa: E731
         attrs = dict(s.attrs)
         for key in ("labels", "argmax"):          # tensors a stage names in its attributes
             if key in attrs and attrs[key] in rename:
@@ -226,11 +236,11 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
         st = storage[t]
         o = f"o{i}"
         params.append(o)
-        ints.append(sp.sympify(st.offset))
+        ints.append(fixed_values(st.offset))
         c_storage[rename[t]] = Storage(st.base, sp.Symbol(o, integer=True), st.batch_last)
     for e, sym in sizes.items():
         params.append(str(sym))
-        ints.append(e)
+        ints.append(fixed_values(e))
     has_draws = any(s.kind == "draw" for s in stages)
     if has_draws:
         # A draw's noise is a function of (step seed, draw, example's place in the global

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..calculus.derive import differentiate, relevant_stages
-from ..calculus.formulas import N, Stage, Tensor
+from ..calculus.formulas import N, Stage, Tensor, make_stage
 from ..calculus.ops import Graph, expand_loss, expand_nodes
 from ..frontend import ir
 from .fuse import fuse, propagate_copies
@@ -49,6 +49,8 @@ class LossPlan:
     ident: str
     value: Calls                  # forward + loss (+ full gradient when want_grad)
     train: Calls | None           # forward + loss + gradient of the `wrt` params only; None: same as value
+    # (the running statistics' updates after it); the loss as `forward` computes it: None, the value plan
+    evaluate: Calls | None = None
     optimizer: ir.Optimizer
     ranges: list[tuple[int, int, int]]  # flat parameter ranges that `step` updates, and whether they decay
     data: list[str]                     # data arrays the kernels take
@@ -122,24 +124,30 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
     lib = KernelLibrary(tensors, storage, dtype)
 
     fwd_stages = relevant_stages_multi(forward_stages, outputs, tensors)
-    forward = _kernel("forward", fwd_stages, [], lib, keep=set(outputs))
+    forward = _kernel("forward", inference(fwd_stages, tensors), [], lib, keep=set(outputs))
     forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
     nodes, node_info = _nodes_kernel(model, g, lib)
 
-    losses = []
+    losses, evals = [], {}
     for spec in model.losses:
         _, full, partial, wrt = adjoints[spec.name]
         loss_stages = planned[spec.name]
         ident = g.b.tensors[loss_handles[spec.name].name].name
         keep = {ident}
         value = _kernel(f"value_{ident}", loss_stages, full.stages, lib, keep)
-        train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, lib, keep)
+        # `step` alone updates the running statistics: after its gradient, in its own plan
+        updates = running_updates(g, loss_stages)
+        train = None if partial is full and not updates else \
+            _kernel(f"train_{ident}", loss_stages, partial.stages + updates, lib, keep | {u.out for u in updates})
+        if model.stats:      # the loss as `forward` computes (running statistics): validation
+            evals[ident] = _kernel(f"eval_{ident}", inference(loss_stages, tensors), [], lib, keep)
         decays = _decays(model.optimizers[spec.name], layout)
         ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"], decays[p]) for p in spec.wrt])
         data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
         update = update_kernel(model.optimizers[spec.name], dtype)
         lib.kernels.setdefault(update.name, update)
-        losses.append(LossPlan(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data,
+        losses.append(LossPlan(spec.name, ident, value, train, evals.get(ident), model.optimizers[spec.name],
+                               ranges, data,
                                loss_offset=ws_offsets[ident],
                                update_kernel=update.name, update_args=update.args))
 
@@ -151,13 +159,15 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
         for k in (l.value, l.train):
             if k is not None:
                 plans.add(k.name, k.calls, k.backward)
+        if l.evaluate is not None:
+            plans.add(l.evaluate.name, l.evaluate.calls)
         key = (l.update_kernel, tuple(l.update_args))
         l.update_id = updates.setdefault(key, len(updates) + 1)
     has_draws = forward.has_draws or nodes.has_draws or any(l.value.has_draws for l in losses)
 
     return ModulePlan(
         model=model, dtype=dtype,
-        params=[layout[p.name] for p in model.params],
+        params=[layout[p.name] for p in model.params + model.stats],
         n_params=sum(v["size"] for v in layout.values()),
         data=[_data_info(d) for d in model.data],
         masks={h.name: g.mask_info[h.name] for h in g.masks.values()},
@@ -168,6 +178,26 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
         plans=plans, updates=[(i, k, list(args)) for (k, args), i in updates.items()], has_draws=has_draws,
         tensors=tensors, graph=g,
         adjoints=adjoints)
+
+
+def inference(stages: list[Stage], tensors: dict[str, Tensor]) -> list[Stage]:
+    """The stages as `forward` runs them: a batch statistic (a batchnorm's mean or variance,
+    `attrs["batchstat"]`) is read from its running statistic instead of computed."""
+    out = []
+    for s in stages:
+        running = s.attrs.get("batchstat") if s.attrs else None
+        if running is None:
+            out.append(s)
+            continue
+        stat = sp.IndexedBase(running)[s.index]
+        out.append(make_stage(s.out, s.index, stat, tensors, note=f"{s.note} (running)"))
+    return out
+
+
+def running_updates(g: Graph, stages: list[Stage]) -> list[Stage]:
+    """The running-statistics updates of the batchnorm layers a loss's stages compute."""
+    outs = {s.out for s in stages}
+    return [u for node, updates in g.stat_updates.items() if g.values[node].name in outs for u in updates]
 
 
 def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None) -> list[Stage]:
@@ -203,7 +233,7 @@ def _decays(optimizer: ir.Optimizer, layout: dict) -> dict[str, int]:
 
 def _param_layout(model: ir.ModelIR, g: Graph) -> dict[str, dict]:
     layout, offset = {}, 0
-    for p in model.params:
+    for p in model.params + model.stats:       # running statistics after every parameter
         size = 1
         for s in p.shape:
             size *= s
@@ -309,7 +339,7 @@ def _nodes_kernel(model: ir.ModelIR, g: Graph, lib: KernelLibrary) -> tuple[Call
     calls, draws, info = [], False, []
     for i, n in enumerate(nodes):
         a, b = g.node_stages[n.name]
-        k = _kernel("node", g.b.stages[a:b], [], lib, keep)
+        k = _kernel("node", inference(g.b.stages[a:b], lib.tensors), [], lib, keep)
         draws = draws or k.has_draws
         calls.append((i, k.calls))
         t = tensors[n.name]

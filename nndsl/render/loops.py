@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..calculus.formulas import Stage, Tensor
+from ..calculus.formulas import Stage, Tensor, index_vars
 from ..plan.fuse import Group
 from ..plan.gemm import argmax_then_max
 from .printer import NumbaPrinter, index_text
@@ -45,7 +45,7 @@ class Emitter:
         return index_text(self._renamed(exprs))
 
     def _renamed(self, exprs) -> list:
-        subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in sp.sympify(e).free_symbols
+        subs = {v: sp.Symbol(self.var(v), integer=True) for e in exprs for v in index_vars(e)
                 if str(v) in self.taken}
         return [sp.sympify(e).xreplace(subs) for e in exprs]
 

@@ -116,8 +116,7 @@ class CpuModel(Model):
             L = self._step_way(name, step, arrays, n_rows, sizes, seed, *way)
             tuner.record(way, time.perf_counter() - start)
         else:
-            L = self._step_way(name, step, arrays, n_rows, sizes, seed,
-                               max(1, min(self._threads, n_rows // MIN_ROWS_PER_THREAD)), 1)
+            L = self._step_way(name, step, arrays, n_rows, sizes, seed, self._parts(self._threads, n_rows), 1)
         if not math.isfinite(L):
             self._t[name] -= 1
         return L
@@ -130,13 +129,21 @@ class CpuModel(Model):
         return float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
                                update=step.update)[0])
 
+    def _parts(self, threads, n_rows):
+        """The parts a batch of `n_rows` splits into for `threads` threads: at least
+        MIN_ROWS_PER_THREAD rows each, and one for a model with running statistics (each part
+        would normalise with its own part's statistics)."""
+        if self.tables.stats:
+            return 1
+        return max(1, min(threads, n_rows // MIN_ROWS_PER_THREAD))
+
     def _tuner(self, name, n_rows, sizes):
         """The tuner of the steps of loss `name` on batches of this shape."""
         key = (name, n_rows) + tuple(sizes.values())
         tuner = self._tuners.get(key)
         if tuner is None:
             cores = available_cores()
-            parts = min(cores, n_rows // MIN_ROWS_PER_THREAD)
+            parts = self._parts(cores, n_rows)
             ways = [(1, cores)] + ([(1, 1)] if cores > 1 else []) + ([(parts, 1)] if parts > 1 else [])
             tuner = self._tuners[key] = Tuner(ways, time.perf_counter)
         return tuner
@@ -260,6 +267,7 @@ class CpuModel(Model):
         L, stop = self._allreduce(comm, local, summed)
         self._t[name] += 1
         self._update_only(name, sizes, L, summed)
+        self._average_stats(comm)
         if not math.isfinite(L):
             self._t[name] -= 1
         return L, stop

@@ -538,6 +538,10 @@ class CudaModel(Model):
             _unpack[blocks, TPB, s](summed, self._d["grad"], self._d_ws, value_at)
             upd()
         self._host_params_stale = True
+        if t.stats:                          # each rank's running statistics, averaged
+            self._sync_host()
+            self._average_stats(comm)
+            self._state_changed()
         return self._slot, stop
 
     def load_batch(self, **data):

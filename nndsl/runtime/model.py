@@ -35,11 +35,11 @@ class Model:
         self.dtype = t.dtype
         self._rng = np.random.default_rng(seed_value(seed))
         self.theta = np.empty(t.n_params, t.dtype)
-        self.params = Params()
+        self.params, self.stats = Params(), Params()
         for name, (offset, shape, *_rest) in t.params.items():
             view = self.theta[offset:offset + t.parameter_count(name)].reshape(shape)
             view[...] = initial_values(t, name, self._rng)
-            self.params._set_view(name, view)
+            (self.stats if name in t.stats else self.params)._set_view(name, view)
         self._grad = np.zeros(t.n_params, t.dtype)
         self._lr = LearningRates({name: float(args["lr"]) for name, (_, args) in t.optimizers.items()}, t.losses)
         self._finite_seen = {}          # id -> array: arrays `step` has checked for NaN/inf
@@ -227,7 +227,7 @@ class Model:
         arrays, n_rows, sizes = self._arrays(step.data, data, ("grad", name))
         L = float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name)[0])
         return L, {p: self._grad[o:o + t.parameter_count(p)].reshape(s).copy()
-                   for p, (o, s, *_r) in t.params.items()}
+                   for p, (o, s, *_r) in t.params.items() if p not in t.stats}
 
     def step(self, name=None, seed=None, **data):
         """One optimiser update of the loss's parameters; returns the loss before the update.
@@ -299,11 +299,11 @@ class Model:
         return out
 
     def _eval_loss(self, name, data):
-        """Loss `name` as `forward` computes: noise off."""
+        """Loss `name` as `forward` computes: noise off, running statistics."""
         step = self.tables.steps[name]
         arrays, n_rows, sizes = self._arrays(step.data, data, ("evaluate", name))
-        return float(self._run(step.value_plan, step.data, arrays, n_rows, sizes, 0, False, want_grad=False,
-                               loss=name)[0])
+        return float(self._run(step.eval_plan or step.value_plan, step.data, arrays, n_rows, sizes, 0, False,
+                               want_grad=False, loss=name)[0])
 
     def generate(self, steps, start=None, n=1, temperature=1.0, seed=None, stop=None, min_length=0):
         """Continue sequences of a language model (an input of symbols whose per-step class
@@ -425,6 +425,17 @@ class Model:
             local[:n] = 0.0                    # not 0·(last gradient): 0·inf would be NaN
         local[n] = value * share
         local[n + 1] = stop
+
+    def _average_stats(self, comm):
+        """Running statistics averaged over the ranks after a data-parallel step (each rank
+        updated them with its own share of the batch): the replicas stay equal."""
+        t = self.tables
+        if not t.stats:
+            return
+        lo = min(t.params[name][0] for name in t.stats)
+        mine = self.theta[lo:].copy()
+        comm.Allreduce(mine, self.theta[lo:])
+        self.theta[lo:] /= comm.Get_size()
 
     def _allreduce(self, comm, local, summed):
         """Sum over the ranks; (the global batch's mean loss, whether any rank was interrupted)."""

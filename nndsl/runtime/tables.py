@@ -10,7 +10,8 @@ class Step:
     train_plan: str          # the plan of `step` (the gradient of the loss's `wrt` parameters only)
     data: tuple              # the inputs and targets the loss reads, in DATA order
     update: int              # the entry's optimiser-update arm (1, 2, ...)
-    ranges: object           # (R, 2) int64 array: flat ranges of theta that `step` updates
+    ranges: object           # (R, 3) int64 array: flat ranges of theta that `step` updates, whether they decay
+    eval_plan: str = None    # the loss as `forward` computes it (running statistics); None: value_plan
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ModelTables:
     torch_table: dict = None                     # PyTorch names and layouts (runtime/torch_weights.py)
     metrics: tuple = ()                          # (metric, prediction node, target): what `evaluate` reports
     sequence: dict = None                        # a language model's input, logits and classes (`generate`)
+    stats: tuple = ()                            # running statistics: entries of `params` that are model state
     lengths: dict = field(init=False)             # "x_lengths" -> its step mask
 
     def __post_init__(self):

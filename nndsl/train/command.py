@@ -25,17 +25,23 @@ def build_and_import(path, out_dir=None, dtype="float32", compile=False):
     return import_module(result.path, result.module_name), result
 
 
-def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
+def bind(module, x: np.ndarray, y: np.ndarray | None, notes: list | None = None) -> dict:
     """The data set's arrays under the model's input names.
 
-    The first input takes the features (reshaped to its per-example shape), the
-    first target the labels; any other input without data gets fresh
-    standard-normal noise per batch (`"normal"`, e.g. a GAN's z).
+    The first input takes the features (reshaped to its per-example shape; class indices for
+    a `class(V)` input), the first target the labels; any other input without data gets fresh
+    standard-normal noise per batch (`"normal"`, e.g. a GAN's z). What was read differently
+    from how the data came (one-hot rows as class indices, labels of shape (N, 1)) is said in
+    `notes`.
     """
+    notes = [] if notes is None else notes
     inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
     targets = [n for n, (_, _, is_target) in module.DATA.items() if is_target]
-    first_shape = module.DATA[inputs[0]][0]
-    data = {inputs[0]: _reshape(x, first_shape, inputs[0])}
+    first_shape, first_classes, _ = module.DATA[inputs[0]]
+    if first_classes is not None:                 # class indices (an embedding's input)
+        data = {inputs[0]: class_indices(x, first_shape, first_classes, inputs[0], "input", notes)}
+    else:
+        data = {inputs[0]: _reshape(x, first_shape, inputs[0])}
     for name in inputs[1:]:
         data[name] = "normal"
     if targets:
@@ -43,14 +49,52 @@ def bind(module, x: np.ndarray, y: np.ndarray | None) -> dict:
             raise UsageError(f"the model needs target `{targets[0]}`, but the data set has no labels")
         shape, classes, _ = module.DATA[targets[0]]
         if classes is not None:
-            if not np.issubdtype(y.dtype, np.integer):
-                raise UsageError(f"target `{targets[0]}` is class({classes}), but the data set's labels are real numbers")
-            if y.max() >= classes:
-                raise UsageError(f"target `{targets[0]}` is class({classes}), but the data set has labels up to {y.max()}")
-            data[targets[0]] = y
+            data[targets[0]] = class_indices(y, shape, classes, targets[0], "target", notes)
         else:
             data[targets[0]] = _reshape(y.astype(np.float64), shape, targets[0])
     return data
+
+
+def class_indices(a: np.ndarray, shape, classes: int, name: str, what: str, notes: list) -> np.ndarray:
+    """The data as the class indices a `class(V)` input or target takes, `(N,)` or `(N, T)`:
+    integers (or whole numbers stored as reals) as they are, with a trailing axis of 1
+    dropped (labels of shape (N, 1)); one-hot rows (the `names` set's letters) as the index
+    of their 1. Anything else is a usage error saying what the model needs."""
+    decl = f"{what} `{name}` is class({classes})"
+    need = (f"give integer class labels 0..{classes - 1} of shape (N,)" if not shape else
+            f"give integer class indices 0..{classes - 1} of shape (N, {', '.join(map(str, shape))})")
+    per_example = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    fixed = int(np.prod([d for d in shape if not isinstance(d, str)]))
+    free = any(isinstance(d, str) for d in shape)
+    whole = a.dtype.kind in "iub" or bool(np.all(a == np.round(a)))
+    binary = a.size > 0 and bool(np.isin(a, (0, 1)).all())
+    rows = a.reshape((a.shape[0], -1, classes)) if a.ndim > 1 and per_example % classes == 0 else None
+    onehot = binary and rows is not None and bool((rows.sum(axis=2) == 1).all())
+    fits = per_example == fixed or (free and per_example % fixed == 0)
+    if onehot and (not fits or classes > 2):
+        a = rows.argmax(axis=2)
+        notes.append(f"one-hot rows of {classes} read as the class indices of {what} `{name}`")
+    elif not whole:
+        sample = a.reshape(-1)[np.flatnonzero(a.reshape(-1) != np.round(a.reshape(-1)))[0]]
+        raise UsageError(f"{decl}, but the data set's {'labels' if what == 'target' else 'features'} "
+                         f"are real numbers (such as {sample:g}): {need}, or one-hot rows of {classes}")
+    elif not fits:
+        raise UsageError(f"{decl}, but the data set has {per_example} values per example "
+                         f"(shape {_dims(a.shape[1:])}): {need}, or one-hot rows of {classes}")
+    elif a.ndim == len(shape) + 2 and a.shape[-1] == 1:
+        notes.append(f"labels of shape (N, {', '.join(map(str, a.shape[1:]))}) read as the class "
+                     f"labels of {what} `{name}`, shape (N{''.join(', ' + str(d) for d in a.shape[1:-1])})")
+    a = _reshape(a, shape, name) if shape or a.ndim > 1 else a
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() >= classes):
+        raise UsageError(f"{decl}, but the data set has {'labels' if what == 'target' else 'indices'} "
+                         f"{a.min()}..{a.max()}: {need}")
+    return a
+
+
+def _dims(shape) -> str:
+    """`12 × 27`, `(T, 30)` as a user reads a shape: `[T, 30]`."""
+    return " × ".join(map(str, shape)) if shape else "scalar"
 
 
 def reshape_note(module, ds, bound) -> str | None:
@@ -59,8 +103,8 @@ def reshape_note(module, ds, bound) -> str | None:
     (images fed to a CNN, rows read as a sequence), else None."""
     inputs = [n for n, (_, _, is_target) in module.DATA.items() if not is_target]
     shape = tuple(bound[inputs[0]].shape[1:])
-    if shape == tuple(ds.x_train.shape[1:]):
-        return None
+    if shape == tuple(ds.x_train.shape[1:]) or module.DATA[inputs[0]][1] is not None:
+        return None                # (class indices: `bind` says how it read them)
     have = ds.x_train.shape[1:]
     what = f"{have[0]} features" if len(have) == 1 else "examples of shape " + "×".join(map(str, have))
     # (N, H, W) arrays of an .npz and the flat features of digits/mnist alike
@@ -72,12 +116,17 @@ def _reshape(a: np.ndarray, shape, name: str) -> np.ndarray:
     per_example = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
     if all(not isinstance(s, str) for s in shape):
         if int(np.prod(shape)) != per_example:
-            raise UsageError(f"input `{name}` has {int(np.prod(shape))} values per example "
-                             f"{tuple(shape)}, the data set has {per_example}")
+            have = f" ({_dims(a.shape[1:])})" if a.ndim > 2 else ""
+            raise UsageError(f"`{name}[{', '.join(map(str, shape))}]` takes {int(np.prod(shape))} values per "
+                             f"example, the data set has {per_example}{have}")
         return a.reshape((a.shape[0],) + tuple(shape))
-    free = per_example // max(int(np.prod(fixed)), 1)
-    if free * int(np.prod(fixed)) != per_example:
-        raise UsageError(f"input `{name}` {tuple(shape)} does not divide the data set's {per_example} values per example")
+    step = max(int(np.prod(fixed)), 1)
+    free = per_example // step
+    if free * step != per_example:
+        have = f" ({_dims(a.shape[1:])})" if a.ndim > 2 else ""
+        raise UsageError(f"`{name}[{', '.join(map(str, shape))}]` takes {step} values per step, but the data "
+                         f"set has {per_example}{have} per example, not a whole number of steps of {step}"
+                         + (f": is the last axis {a.shape[-1]}?" if a.ndim > 2 else ""))
     return a.reshape((a.shape[0],) + tuple(free if isinstance(s, str) else s for s in shape))
 
 
@@ -97,9 +146,10 @@ def evaluate(model_ir, module, m, ds, test: dict) -> str:
     if ds.y_test is not None and first.fn == "cross_entropy":
         out = m.forward(**inputs)
         logits = out[0] if isinstance(out, tuple) else out
+        labels = test.get(first.args[1], ds.y_test)      # as bound: (N, 1) or one-hot labels read
         if logits.ndim == 3:                      # per-step labels: how often the next step is right
-            return f"test next-step accuracy {np.mean(np.argmax(logits, axis=2) == ds.y_test):.2%}"
-        return f"test accuracy {np.mean(np.argmax(logits, axis=1) == ds.y_test):.2%}"
+            return f"test next-step accuracy {np.mean(np.argmax(logits, axis=2) == labels):.2%}"
+        return f"test accuracy {np.mean(np.argmax(logits, axis=1) == labels):.2%}"
     if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
         out = m.forward(**inputs)
         pred = out[0] if isinstance(out, tuple) else out
@@ -164,15 +214,16 @@ def _train(args, comm) -> int:
         for name in list(m.lr):
             m.lr[name] = args.lr
     rng = np.random.default_rng(args.seed)
-    train = bind(module, ds.x_train, ds.y_train)
+    notes: list = []
+    train = bind(module, ds.x_train, ds.y_train, notes)
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
     workers = f" on {comm.Get_size()} workers" if comm is not None else ""
     say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
         f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
         + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else "") + workers)
     note = reshape_note(module, ds, train)
-    if note:
-        say(note)
+    for line in notes + ([note] if note else []):
+        say(f"{ds.name}: {line}" if not line.startswith(ds.name + ":") else line)
     needs_val = all(k in test for k in module.STEPS[module.LOSSES[0]].data)
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None

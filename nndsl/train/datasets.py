@@ -11,7 +11,7 @@ mlxtend's bundled copies (the optional ``nndsl[data]`` extra).
 | `wine`          | sklearn `load_wine`             |      178 |       13 | classification (3)   |
 | `breast_cancer` | sklearn `load_breast_cancer`    |      569 |       30 | classification (2)   |
 | `diabetes`      | sklearn `load_diabetes`         |      442 |       10 | regression           |
-| `names`         | US Census first names (`names` package, `nndsl[text]`) | 5,163 | (12, 27) one-hot | next letter per step |
+| `names`         | US Census first names (`names` package, `nndsl[text]`) | 5,163 | (12, 27) one-hot (or 12 letter indices for a `class(27)` input) | next letter per step |
 | `sine`          | generated noisy sines (`train/sequences.py`) | 2,000 | (32, 1) | regression (next value) |
 
 Every set is split once into train and test parts with a fixed seed (stratified
@@ -184,13 +184,21 @@ def _load_npz(path: Path, seed: int, test_fraction: float, x_name: Optional[str]
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; --data takes an .npz file or one of "
                          f"{', '.join(dataset_names())}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise UsageError(f"{path}: is an .npy file (one array); --data takes an .npz archive of named "
+                         f"arrays: np.savez('data.npz', x=X, y=Y) (or x_train, y_train, x_test, y_test)")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise UsageError(f"{path}: is not an .npz archive (the zip of arrays np.savez writes); "
+                         f"make one with np.savez('data.npz', x=X, y=Y)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: np.asarray(f[k]) for k in f.files}
     except (OSError, ValueError, EOFError) as exc:
         raise UsageError(f"{path}: cannot read as .npz: {exc}") from None
     except Exception as exc:  # zipfile.BadZipFile and friends
-        raise UsageError(f"{path}: cannot read as .npz ({type(exc).__name__})") from None
+        raise UsageError(f"{path}: cannot read as an .npz archive ({type(exc).__name__}: {exc})") from None
 
     found = ", ".join(sorted(arrays)) or "none"
     arrays = _canonical_keys(path, arrays, x_name, y_name)

@@ -151,6 +151,18 @@ class _Context:
     def latent(self):
         return next((n for n in self.ir.nodes if n.op == "sample_normal"), None)
 
+    def generator_hint(self) -> str:
+        """What to declare for a samples picture: the last image-sized node computed from the
+        noise alone (a GAN's generator output), as an `output`."""
+        want = self.size(self.first)
+        found = [n.name for n in self.ir.nodes if n.op not in ("input", "target") and want is not None
+                 and self.size(n.name) == want and self.first not in (a := self.ancestors(n.name))
+                 and any(z in a for z in self.noise_inputs)]
+        found = [n for n in found if "." not in n] or found     # a top-level name: `fake = generator(z)`
+        if found:
+            return f"declare the generator's images as one: `output {found[-1]}`"
+        return f"declare an output of {want} values computed from them (the generator's images)"
+
     def generated(self) -> list:
         """Image-sized outputs computed from noise inputs alone (a GAN's generator)."""
         want = self.size(self.first)
@@ -229,6 +241,9 @@ def _samples(ctx: _Context, out: Path):
     else:
         generated = ctx.generated()
         if not generated:
+            if ctx.noise_inputs:
+                _note(f"no samples picture: no output of {ctx.name} is an image computed from the noise "
+                      f"{', '.join(ctx.noise_inputs)} alone; " + ctx.generator_hint())
             return None
         batch = ctx.rows(N_SAMPLES)
         for z in ctx.noise_inputs:

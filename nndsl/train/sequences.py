@@ -4,8 +4,9 @@ character-level language model. Nothing is downloaded at run time.
 `names`: the US Census 1990 first names (public domain) that the `names` package ships
 (`pip install 'nndsl[text]'`), lower-cased, male and female lists merged without repeats.
 Each name becomes a sequence over the 27 symbols `.abc…z` ('.' starts and ends a name and
-pads it): input `x[T, 27]` is the one-hot of `.name..`, target `next[T]: class(27)` the
-symbol that follows each step (`name...`), T = the longest name + 1.
+pads it): input `x[T, 27]` is the one-hot of `.name..` (a model whose input is class-valued,
+`input chars[T]: class(27)`, gets the letters' indices instead), target `next[T]: class(27)`
+the symbol that follows each step (`name...`), T = the longest name + 1.
 
 `sine`: a noisy sine forecast, generated from a fixed seed by
     s_t = sin(ω·t + φ) + 0.1·ε_t,  ω ~ U(0.5, 1.5), φ ~ U(0, 2π), ε_t ~ N(0, 1),  t = 0..32:
@@ -55,7 +56,7 @@ def _names_sequences():
     ids = np.zeros((len(words), T + 1), np.int64)           # '.' = 0 pads
     for i, w in enumerate(words):
         ids[i, 1:len(w) + 1] = [SYMBOLS.index(c) for c in w]
-    x = np.eye(len(SYMBOLS))[ids[:, :T]].reshape(len(words), -1)   # flat; bound as (T, 27)
+    x = np.eye(len(SYMBOLS))[ids[:, :T]]                            # (N, T, 27); bound as x[T, 27]
     return x, ids[:, 1:]
 
 
@@ -73,11 +74,12 @@ def sample_names(m, module, n: int = 12, seed: int = 0, max_len: int = 16) -> li
     `forward` on the sequence so far (one module, a different T per call)."""
     rng = np.random.default_rng(seed)
     x_name = next(k for k, (_, _, is_target) in module.DATA.items() if not is_target)
-    V = module.DATA[x_name][0][-1]
+    shape, classes, _ = module.DATA[x_name]
+    V = classes if classes is not None else shape[-1]     # letter indices, or one-hot rows
     seqs = np.zeros((n, 1), np.int64)
     done = np.zeros(n, bool)
     for _ in range(max_len):
-        out = m.forward(**{x_name: np.eye(V, dtype=module.DTYPE)[seqs]})
+        out = m.forward(**{x_name: seqs if classes is not None else np.eye(V, dtype=module.DTYPE)[seqs]})
         logits = (out[0] if isinstance(out, tuple) else out)[:, -1].astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         if seqs.shape[1] == 1:
