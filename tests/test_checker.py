@@ -285,9 +285,9 @@ def test_gan_losses_wrt_and_optimizers():
                      "discriminator.out.b")
     assert g.wrt == ("generator.h.W", "generator.h.b", "generator.out.W", "generator.out.b")
     assert m.optimizers["d_loss"] == ir.Optimizer("adam", {"lr": 2e-4, "beta1": 0.5,
-                                                           "beta2": 0.999, "eps": 1e-8})
+                                                           "beta2": 0.999, "eps": 1e-8, **KIT})
     assert m.optimizers["g_loss"] == ir.Optimizer("adam", {"lr": 1e-3, "beta1": 0.9,
-                                                           "beta2": 0.999, "eps": 1e-8})
+                                                           "beta2": 0.999, "eps": 1e-8, **KIT})
     assert m.outputs == ("discriminator.out",)
 
 
@@ -377,6 +377,9 @@ def test_wrt_a_top_level_layer():
 
 
 # ------------------------------------------------------------ optimizers, train
+KIT = {"weight_decay": 0.0, "decay": "weights", "schedule": ("none", ()), "warmup": 0}   # every optimiser's
+
+
 @pytest.mark.parametrize("stmt, kind, args", [
     ("", "adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
     ("optimizer adam", "adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
@@ -386,17 +389,25 @@ def test_wrt_a_top_level_layer():
      {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
     ("optimizer adagrad(0.5)", "adagrad", {"lr": 0.5, "eps": 1e-10}),
     ("optimizer rmsprop(rho=0.5)", "rmsprop", {"lr": 0.001, "rho": 0.5, "eps": 1e-8}),
+    ("optimizer adamw", "adamw", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}),
+    ("optimizer sgd(weight_decay=0.1, decay=all, schedule=step(every=5), warmup=3)", "sgd",
+     {"lr": 0.01, "momentum": 0.0, "nesterov": False, "weight_decay": 0.1, "decay": "all",
+      "schedule": ("step", (("every", 5), ("gamma", 0.1))), "warmup": 3}),
+    ("optimizer adam(schedule=exponential(0.9))", "adam",
+     {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "schedule": ("exponential", (("gamma", 0.9),))}),
+    ("optimizer adam(schedule=cosine)", "adam",
+     {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "schedule": ("cosine", ())}),
 ])
 def test_optimizer_defaults(stmt, kind, args):
     m = check(f"input x[3]\no = dense(x, 2)\n{stmt}")
-    assert m.optimizers == {"loss": ir.Optimizer(kind, args)}
+    assert m.optimizers == {"loss": ir.Optimizer(kind, {**KIT, **args})}
 
 
 def test_per_loss_optimizer_and_global_default():
     m = check("input x[3]\no = dense(x, 2)\noptimizer sgd\noptimizer b: rmsprop(lr=0.1)",
               loss="loss a = squared(o, 0)\nloss b = squared(o, 1)")
     assert m.optimizers["a"].kind == "sgd"
-    assert m.optimizers["b"] == ir.Optimizer("rmsprop", {"lr": 0.1, "rho": 0.9, "eps": 1e-8})
+    assert m.optimizers["b"] == ir.Optimizer("rmsprop", {"lr": 0.1, "rho": 0.9, "eps": 1e-8, **KIT})
 
 
 @pytest.mark.parametrize("stmt, config", [

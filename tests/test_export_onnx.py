@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, compile_example, compile_source
+from conftest import BATCHNORM, EMBED_LN, EXAMPLES, compile_example, compile_source
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -64,7 +64,8 @@ def check_against_forward(m, sess, dtype: str, lengths_of=None, seq_lengths=(Non
                 if i.type == "tensor(int32)":
                     continue
                 shape = [n] + [T if isinstance(d, str) else d for d in i.shape[1:]]
-                feeds[i.name] = rng.standard_normal(shape)
+                classes = m.tables.data[i.name][1]
+                feeds[i.name] = rng.standard_normal(shape) if classes is None else rng.integers(0, classes, shape)
                 ours_kw[i.name] = feeds[i.name]
             for i in inputs:
                 if i.type == "tensor(int32)":            # X_lengths, when exported with lengths=True
@@ -196,17 +197,21 @@ output a, b, c, k
 """
 
 
-@pytest.mark.parametrize("source", [ELEMENTWISE, USER_LAYERS, IMAGES, RECURRENCES],
-                         ids=["elementwise", "user_layers", "images", "recurrences"])
+@pytest.mark.parametrize("source", [ELEMENTWISE, USER_LAYERS, IMAGES, RECURRENCES, EMBED_LN, BATCHNORM],
+                         ids=["elementwise", "user_layers", "images", "recurrences", "embed_layernorm", "batchnorm"])
 def test_constructs_the_examples_miss(source):
     """Every function of expressions and activations (Elu and Softplus natively in float32,
     as Where/Exp/Log in float64), user layers with prefix and strided reads, a temporary and
     a non-product sum, strided/padded/bias-free convolutions and overlapping pools on a
     non-square image, rnn with ONNX's Relu, Affine (identity) and LeakyRelu (the examples
     have Tanh), stacked, and a (K,) value against a (T, K) one over a free T, with and
-    without lengths."""
+    without lengths; Gather, LayerNormalization, and BatchNormalization with the running
+    statistics (made non-trivial) of a vector, an image and a sequence."""
     module = compile_source(source)
     m = randomised(module, seed=5)
+    rng = np.random.default_rng(3)
+    for name, v in m.stats.items():
+        v[...] = rng.uniform(0.5, 1.5, v.shape) if name.endswith("var") else rng.normal(0, 0.5, v.shape)
     model = load_source(source, "m.nn")
     sequences = free_lengths(model)
     proto = onnx_model(model, m)
@@ -242,6 +247,17 @@ def test_opsets_18_to_21(opset, ir_version):
     proto = onnx_model(model, m, opset=opset, dtype="float32")
     assert (proto.opset_import[0].version, proto.ir_version) == (opset, ir_version)
     check_against_forward(m, session(proto), "float32", seq_lengths=(4,), batches=(7,))
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_normalisation_in_later_opsets(opset):
+    """float64 layer norm is primitives, float32 LayerNormalization; both run at any opset."""
+    model = load_source(EMBED_LN, "m.nn")
+    m = randomised(compile_source(EMBED_LN), seed=2)
+    for dtype in ("float64", "float32"):
+        proto = onnx_model(model, m, opset=opset, dtype=dtype)
+        onnx.checker.check_model(proto, full_check=True)
+        check_against_forward(m, session(proto), dtype, seq_lengths=(4,), batches=(3,))
 
 
 # ------------------------------------------------------------------- bad input

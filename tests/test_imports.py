@@ -76,7 +76,8 @@ ALLOWED = {
     "render": {"frontend", "calculus", "plan", "render"},
     "runtime": {"runtime"},                  # copied beside the kernels: it imports only itself
     "train": {"frontend", "train"},
-    "export": {"frontend", "calculus", "export"},   # from the checked model, never the plan
+    "export": {"frontend", "calculus", "export", "runtime"},   # the checked model, never the plan; the
+    # PyTorch conversion is the runtime's (generated modules carry it)
 }
 
 

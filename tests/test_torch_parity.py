@@ -192,6 +192,8 @@ def test_embedding_and_layernorm_equal_pytorch():
         m.step(chars=chars, next=nxt)
     for name, p in params.items():
         np.testing.assert_allclose(m.params[name], p.detach().numpy(), rtol=1e-10, atol=1e-12)
+    net = torch.nn.ModuleDict({"e": emb, "h": ln, "o": lin})      # the module's names: e.weight, ...
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
 
 
 
@@ -244,11 +246,11 @@ def test_batchnorm_equals_pytorch_in_training_and_forward():
 
     loss = torch_loss()
     loss.backward()
-    stats = {k: v.copy() for k, v in m.params.items() if k in module.STATS}
+    stats = {k: v.copy() for k, v in m.stats.items()}
     L, g = m.grad(**data)
     m.loss(**data)
     m.forward(outputs=["o", "q"], x=data["x"], img=data["img"], seq=data["seq"])
-    assert all(np.array_equal(stats[k], m.params[k]) for k in stats)     # only step/fit update them
+    assert all(np.array_equal(stats[k], m.stats[k]) for k in stats)      # only step/fit update them
     assert L == pytest.approx(loss.item(), rel=1e-12)
     for name, p in net.named_parameters():
         np.testing.assert_allclose(g[_NAMES[name]], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
@@ -261,10 +263,20 @@ def test_batchnorm_equals_pytorch_in_training_and_forward():
         m.step(**data)
     for k in "bds":
         bn = getattr(net, k)
-        np.testing.assert_allclose(m.params[f"{k}.running_mean"], bn.running_mean.numpy(), rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(m.params[f"{k}.running_var"], bn.running_var.numpy(), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(m.stats[f"{k}.running_mean"], bn.running_mean.numpy(), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(m.stats[f"{k}.running_var"], bn.running_var.numpy(), rtol=1e-10, atol=1e-14)
     net.eval()
     o, q = net(t["x"][:3], t["img"][:3], t["seq"][:3])
     np.testing.assert_allclose(m.forward(outputs="o", x=data["x"][:3], img=data["img"][:3]),
                                o.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(m.forward(outputs="q", seq=data["seq"][:3]), q.detach().numpy(), rtol=1e-10, atol=1e-12)
+    # the module's state_dict is the torch model's (strictly), running statistics included;
+    # and back: torch's trained state into a fresh model gives the same forward
+    sd = m.state_dict()
+    assert sd["b.num_batches_tracked"].dtype == np.int64
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    fresh = module.Model(seed=1)
+    fresh.load_torch(net.state_dict())
+    for name in (*m.params, *m.stats):
+        store = m.stats if name in m.stats else m.params
+        np.testing.assert_array_equal((fresh.stats if name in m.stats else fresh.params)[name], store[name])

@@ -49,38 +49,36 @@ def test_running_statistics_change_only_in_step_and_fit(bn, tmp_path):
     m = bn.Model(seed=0)
     assert bn.STATS == ["b.running_mean", "b.running_var", "d.running_mean", "d.running_var",
                         "s.running_mean", "s.running_var"]
-    assert np.array_equal(m.params["b.running_mean"], np.zeros(5))
-    assert np.array_equal(m.params["d.running_var"], np.ones(3))
+    assert set(m.stats) == set(bn.STATS) and not set(m.params) & set(bn.STATS)    # state, not parameters
+    assert np.array_equal(m.stats["b.running_mean"], np.zeros(5))
+    assert np.array_equal(m.stats["d.running_var"], np.ones(3))
     data = random_data(bn, n=6)
-    start = {k: m.params[k].copy() for k in bn.STATS}
+    start = {k: m.stats[k].copy() for k in bn.STATS}
     m.loss(**data)
     _, g = m.grad(**data)
     m.forward(outputs=["o", "q"], **{k: data[k] for k in bn.INPUTS})
-    assert all(np.array_equal(start[k], m.params[k]) for k in bn.STATS)
-    assert not any(g[k].any() for k in bn.STATS)                      # state, not parameters
+    assert all(np.array_equal(start[k], m.stats[k]) for k in bn.STATS)
+    assert not set(g) & set(bn.STATS)                                 # no gradient
     o_before = m.forward(outputs="o", x=data["x"], img=data["img"])
     m.step(**data)
-    assert all(not np.array_equal(start[k], m.params[k]) for k in bn.STATS)
-    after = {k: m.params[k].copy() for k in bn.STATS}
+    assert all(not np.array_equal(start[k], m.stats[k]) for k in bn.STATS)
+    after = {k: m.stats[k].copy() for k in bn.STATS}
     m.fit(epochs=1, batch_size=3, verbose=False, **data)
-    assert all(not np.array_equal(after[k], m.params[k]) for k in bn.STATS)
+    assert all(not np.array_equal(after[k], m.stats[k]) for k in bn.STATS)
     # forward normalises with them: the same batch gives another output after training
     assert not np.allclose(o_before, m.forward(outputs="o", x=data["x"], img=data["img"]))
     m.save(tmp_path / "bn.npz")
     m2 = bn.Model.load(tmp_path / "bn.npz")
-    assert all(np.array_equal(m.params[k], m2.params[k]) for k in bn.STATS)
+    assert all(np.array_equal(m.stats[k], m2.stats[k]) for k in bn.STATS)
 
 
 def test_the_eval_plan_computes_the_loss_as_forward_does(bn):
-    """`EVAL_PLANS[loss]`: the loss with the running statistics (a validation loss, an
-    evaluation), a plan for the runtime to run; here run through the CPU module's `_run`."""
+    """`STEPS[loss].eval_plan`: the loss with the running statistics, which `evaluate` and
+    fit's validation loss report."""
     m = bn.Model(seed=0)
     data = random_data(bn, n=6)
     m.step(**data)
-    names = bn.STEPS["loss"].data
-    arrays, n_rows, sizes = m._arrays(names, {k: data[k] for k in names}, "eval")
-    L = float(m._run(bn.EVAL_PLANS["loss"], names, arrays, n_rows, sizes, 0, False, want_grad=False,
-                     loss="loss")[0])
+    L = m.evaluate(**data)["loss"]
     o, q = m.forward(outputs=["o", "q"], **{k: data[k] for k in bn.INPUTS})
     want = (0.5 * ((o - data["y"]) ** 2).sum() + 0.5 * ((q - data["ys"]) ** 2).sum()) / 6
     assert L == pytest.approx(want, rel=1e-12)

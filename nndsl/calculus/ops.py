@@ -79,8 +79,7 @@ class Graph:
         if not isinstance(size, sp.Symbol) or size == N:
             return None
         if size not in self.masks:
-            source = next((d.name for d in self.model.inputs if d.shape and d.shape[0] == str(size)
-                           and len(d.shape) >= 2), None)
+            source = self.model.sequence_input(str(size))
             if source is None:
                 return None
             h = self.b.tensor(f"{source}_mask", (N, size), "input")

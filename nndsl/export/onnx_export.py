@@ -92,8 +92,7 @@ class Exporter:
         if not self.lengths or not isinstance(size, str):
             return None
         if size not in self.length_inputs:
-            source = next((d.name for d in self.model.inputs if d.shape and d.shape[0] == size
-                           and len(d.shape) >= 2), None)
+            source = self.model.sequence_input(size)
             if source is None:
                 return None
             self.length_inputs[size] = self.g.add_input(f"{source}_lengths", ["N"], self.g.TensorProto.INT32)
@@ -104,8 +103,9 @@ class Exporter:
         needed = self.model.ancestors(self.model.outputs)
         self.model_inputs = set()
         for d in self.model.inputs:
-            if d.name in needed:
-                self.values[d.name] = self.g.add_input(d.name, ["N", *d.shape])
+            if d.name in needed:           # class indices are int64, as the module takes them
+                elem = self.g.TensorProto.INT64 if d.classes is not None else None
+                self.values[d.name] = self.g.add_input(d.name, ["N", *d.shape], elem)
                 self.model_inputs.add(d.name)
         for node in self.model.nodes:
             if node.name not in needed or node.name in self.values:
@@ -222,6 +222,50 @@ def _expr(ex, node, *operands):
 def _user_layer(ex, node, *args):
     from .index_layers import UserLayerExport
     return UserLayerExport(ex, node, args).run()
+
+
+@onnx_exporter("embed")
+def _embed(ex, node, x):
+    """Gather: row x of E for every class index."""
+    return ex.g.op("Gather", [ex.param(node.params["E"]), x], axis=0)
+
+
+# ONNX's `epsilon` attributes are float32: 1e-3 is 1.00000005e-3 there, an error of 1e-9
+# relative in a float64 graph. So a float64 layer norm is its primitives, and a batchnorm's
+# eps is added to its running variance at export (in the graph's dtype) with epsilon=0.
+@onnx_exporter("layernorm")
+def _layernorm(ex, node, x):
+    """LayerNormalization over the last axis (opset 17), gain g and shift b; in float64,
+    (x − mean)/sqrt(var + eps)·g + b, the means a MatMul by a column of 1/K (ReduceMean's
+    axes moved from attribute to input at opset 18; MatMul is the same in every opset)."""
+    g, eps = ex.g, float(node.attrs["eps"])
+    gain, shift = ex.param(node.params["g"]), ex.param(node.params["b"])
+    if g.dtype != np.float64:
+        return g.op("LayerNormalization", [x, gain, shift], axis=-1, epsilon=eps)
+    k = ex.shape(node.inputs[0])[-1]
+    mean_of = g.initializer(np.full((k, 1), 1.0 / k, g.dtype), f"const/mean{k}")
+    xc = g.op("Sub", [x, g.op("MatMul", [x, mean_of])])
+    var = g.op("MatMul", [g.op("Mul", [xc, xc]), mean_of])
+    y = g.op("Div", [xc, g.op("Sqrt", [g.op("Add", [var, g.scalar(eps)])])])
+    return g.op("Add", [g.op("Mul", [y, gain]), shift])
+
+
+@onnx_exporter("batchnorm")
+def _batchnorm(ex, node, x):
+    """BatchNormalization with the running statistics (inference, as `forward`): over the
+    channel axis of an image, the feature axis of a vector; a sequence's (N, T, K) is
+    transposed to (N, K, T) and back. Its variance input is `NAME.running_var+eps`."""
+    g = ex.g
+    stats = node.attrs["stats"]
+    var = ex.params[stats["running_var"]]
+    var_eps = g.initializer(np.asarray(var, g.dtype) + np.asarray(node.attrs["eps"], g.dtype),
+                            f"{stats['running_var']}+eps")
+    inputs = [ex.param(node.params["g"]), ex.param(node.params["b"]), ex.param(stats["running_mean"]), var_eps]
+    rank = len(ex.shape(node.inputs[0]))
+    if rank == 2:
+        x = g.transpose(x, [0, 2, 1])
+    y = g.op("BatchNormalization", [x] + inputs, epsilon=0.0, momentum=float(1.0 - node.attrs["momentum"]))
+    return g.transpose(y, [0, 2, 1]) if rank == 2 else y
 
 
 # ONNX's gate order, in our gate names: LSTM iofc (ours i f o c), GRU zrh (ours z r h)

@@ -29,6 +29,8 @@ The table (`"format": 1`):
 
     "copy": the torch tensor is the concatenation of the (transposed) parts; to_torch
             builds it, from_torch splits it back.
+    "skip": a torch buffer nndsl does not keep (a batchnorm's `num_batches_tracked`):
+            to_torch writes zeros of the entry's "dtype", from_torch reads and drops it.
     "add":  a tensor nndsl has no separate parameter for, whose slices add to the parts
             (a recurrence's `bias_hh`: torch adds it to `bias_ih` for every gate but the
             GRU's candidate): to_torch writes zeros; from_torch adds its slices to the
@@ -48,8 +50,8 @@ from ..runtime.torch_weights import TABLE_FORMAT, TorchWeightsError, from_torch,
 # ------------------------------------------------------------------ the table
 # op -> function(node, param_shapes) -> (entries, modules). One function per kind of layer
 # PyTorch has; a layer kind that is not here keeps its parameters under their nndsl names
-# (type "Parameter"). Batchnorm (`weight`, `bias`, `running_mean`, `running_var`,
-# `num_batches_tracked`) and embedding (`weight`) get one function each when they exist.
+# (type "Parameter"). A part may also name a running statistic (`ModelIR.stats`): the
+# runtime passes parameters and statistics together.
 TORCH_LAYOUTS: dict = {}
 
 
@@ -61,7 +63,7 @@ def torch_layout(*ops):
     return register
 
 
-def _entry(key, parts, shapes, mode="copy", axis=0, perm=None, zero=None, why=None):
+def _entry(key, parts, shapes, mode="copy", axis=0, perm=None, zero=None, why=None, dtype=None):
     shown = [[s[i] for i in perm] if perm is not None else list(s) for s in shapes]
     shape = list(shown[0])
     if len(parts) > 1:
@@ -71,6 +73,8 @@ def _entry(key, parts, shapes, mode="copy", axis=0, perm=None, zero=None, why=No
     if zero:
         e["zero"] = [[int(lo), int(hi)] for lo, hi in zero]
         e["why"] = why
+    if dtype:
+        e["dtype"] = dtype
     return e
 
 
@@ -111,6 +115,45 @@ def _conv2d(node, shapes):
     return entries, [module]
 
 
+@torch_layout("embed")
+def _embedding(node, shapes):
+    p = _prefix(node)
+    E = node.params["E"]
+    rows, dim = shapes[E]
+    return ([_entry(f"{p}.weight", [E], [shapes[E]])],
+            [{"name": p, "type": "Embedding", "kwargs": {"num_embeddings": int(rows), "embedding_dim": int(dim)},
+              "note": "the input holds class indices (int64)"}])
+
+
+def _gain_shift(node, shapes):
+    p = _prefix(node)
+    g, b = node.params["g"], node.params["b"]
+    return p, [_entry(f"{p}.weight", [g], [shapes[g]]), _entry(f"{p}.bias", [b], [shapes[b]])], int(shapes[g][0])
+
+
+@torch_layout("layernorm")
+def _layernorm(node, shapes):
+    p, entries, k = _gain_shift(node, shapes)
+    return entries, [{"name": p, "type": "LayerNorm",
+                      "kwargs": {"normalized_shape": k, "eps": float(node.attrs["eps"])},
+                      "note": "over the last axis"}]
+
+
+@torch_layout("batchnorm")
+def _batchnorm(node, shapes):
+    p, entries, k = _gain_shift(node, shapes)
+    stats = node.attrs["stats"]
+    for local in ("running_mean", "running_var"):
+        entries.append(_entry(f"{p}.{local}", [stats[local]], [shapes[stats[local]]]))
+    entries.append(_entry(f"{p}.num_batches_tracked", [], [[]], mode="skip", dtype="int64"))
+    rank = len(node.shape)
+    note = {1: "", 2: "a sequence (N, T, K): torch's BatchNorm1d wants (N, K, T), transpose around it",
+            3: ""}[rank]
+    return entries, [{"name": p, "type": "BatchNorm2d" if rank == 3 else "BatchNorm1d",
+                      "kwargs": {"num_features": k, "eps": float(node.attrs["eps"]),
+                                 "momentum": float(node.attrs["momentum"])}, "note": note}]
+
+
 # torch's gate order of the stacked tensors, in our gate names (docs/architecture.md,
 # "Parity with PyTorch"): LSTM i, f, g (= our c), o; GRU r, z, n (= our h)
 TORCH_GATES = {"rnn": ("",), "lstm": ("_i", "_f", "_c", "_o"), "gru": ("_r", "_z", "_h")}
@@ -147,7 +190,7 @@ def _recurrent(node, shapes):
 
 def torch_table(model_ir) -> dict:
     """The table of `to_torch`/`from_torch` for a checked model (format above)."""
-    shapes = {p.name: tuple(int(s) for s in p.shape) for p in model_ir.params}
+    shapes = {p.name: tuple(int(s) for s in p.shape) for p in (*model_ir.params, *model_ir.stats)}
     entries, modules, covered = [], [], set()
     for node in model_ir.nodes:
         if not node.params or set(node.params.values()) <= covered:   # a network's second call

@@ -40,7 +40,8 @@ def source_hashes(model) -> set[str]:
 
 
 def read_params(model, source) -> dict[str, np.ndarray]:
-    """{parameter name: array of its shape} in `model.params` order, from a saved file (a
+    """{parameter name: array of its shape} in `model.params` order (then the running
+    statistics, `model.stats`), from a saved file (a
     path), a generated module's `Model` (anything with `.params`) or a dict {name: array}.
     A file of another model, or one whose names or shapes differ from the model's:
     `ExportError`, one line."""
@@ -93,15 +94,20 @@ def _check_source(model, path, f, files) -> None:
                               f"(hash {saved[:12]}): {model.path} changed since, or another nndsl version built it")
 
 
+def _state(model):
+    """The parameters and the running statistics (model state, after them in theta)."""
+    return tuple(model.params) + tuple(getattr(model, "stats", ()))
+
+
 def _split_theta(model, theta, path) -> dict[str, np.ndarray]:
     theta = np.asarray(theta)
-    sizes = [prod(p.shape) for p in model.params]
+    sizes = [prod(p.shape) for p in _state(model)]
     if theta.ndim != 1 or theta.size != sum(sizes):
         raise ExportError(f"{path}: `theta` holds {theta.size} numbers, the parameters of "
                           f"{model.name!r} are {sum(sizes)}")
     _check_real(theta, "theta", path)
     out, offset = {}, 0
-    for p, size in zip(model.params, sizes):
+    for p, size in zip(_state(model), sizes):
         out[p.name] = np.array(theta[offset:offset + size].reshape(p.shape), order="C")
         offset += size
     return out
@@ -113,7 +119,7 @@ def _check_real(a, name, path) -> None:
 
 
 def _checked(model, arrays: dict, path) -> dict[str, np.ndarray]:
-    wanted = {p.name: tuple(p.shape) for p in model.params}
+    wanted = {p.name: tuple(p.shape) for p in _state(model)}
     missing = [n for n in wanted if n not in arrays]
     extra = [n for n in arrays if n not in wanted]
     reshaped = [f"{n} {tuple(np.shape(arrays[n]))} (the model's is {wanted[n]})" for n in wanted
@@ -144,5 +150,5 @@ def _from_model_object(model, m) -> dict[str, np.ndarray]:
     what = f"Model of {type(m).__module__}"
     if name is not None and name != model.name:
         raise ExportError(f"{what}: weights of model {name!r}, not of {model.name!r} ({model.path})")
-    arrays = {k: np.asarray(v) for k, v in dict(m.params).items()}
+    arrays = {k: np.asarray(v) for k, v in {**dict(m.params), **dict(getattr(m, "stats", {}))}.items()}
     return _checked(model, arrays, what)

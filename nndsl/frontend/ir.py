@@ -226,6 +226,13 @@ class ModelIR:
                 return n
         raise KeyError(name)
 
+    def sequence_input(self, size: str) -> Optional[str]:
+        """The input whose steps a free size counts (its `NAME_lengths=` gives each example's
+        length): the first input with that size first, over steps of features (x[T, K]) or
+        of class indices (chars[T]: class(V)); None when no input is a sequence over it."""
+        return next((d.name for d in self.inputs if d.shape and d.shape[0] == size
+                     and (len(d.shape) >= 2 or d.classes is not None)), None)
+
     def ancestors(self, names) -> set[str]:
         """The nodes `names` are computed from, themselves included."""
         by_name = {nd.name: nd for nd in self.nodes}

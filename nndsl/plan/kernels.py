@@ -39,6 +39,9 @@ SMALL = 4                                  # see `size_symbol`
 DRAW_PARAMS = ("training", "seed", "first")    # a draw's arguments from the entry function
 _INT_PARAM = re.compile(r"[os]\d+|salt")   # a kernel's integers: offsets, sizes, a draw's key
 _ROLE_ORDER = {"param": 0, "pgrad": 1}     # then values, adjoints and data, by index pattern
+# the stage attributes a renderer reads (a draw's distribution, a one-hot's labels): the rest
+# (the recurrence a stage belongs to, a statistic's running tensor) belong to the plan
+RENDERED_ATTRS = ("labels", "argmax", "dist", "scale", "p", "neutral", "always")
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ def structure(item, tensors: dict[str, Tensor], storage: dict[str, Storage], par
     elif isinstance(item, tuple):
         lines.append("one pass")
     for s in stages:
-        attrs = {k: v for k, v in (s.attrs or {}).items() if k != "scan"}
+        attrs = {k: v for k, v in (s.attrs or {}).items() if k in RENDERED_ATTRS}
         lines.append(f"{s.kind} {s.out}{tuple(map(str, s.index))} {'+=' if s.accumulate else '='} "
                      f"{s.reduce} {[(str(v), str(n)) for v, n in s.ranges]} {sp.srepr(s.expr)} "
                      f"{[(str(a.symbol), a.tensor, tuple(map(str, a.index))) for a in s.accesses]} "

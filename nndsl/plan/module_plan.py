@@ -48,9 +48,9 @@ class LossPlan:
     name: str
     ident: str
     value: Calls                  # forward + loss (+ full gradient when want_grad)
-    train: Calls | None           # forward + loss + gradient of the `wrt` params only; None: same as value
-    # (the running statistics' updates after it); the loss as `forward` computes it: None, the value plan
-    evaluate: Calls | None = None
+    train: Calls | None           # forward + loss + gradient of the `wrt` params only (and the running
+    # statistics' updates after it); None: same as value
+    evaluate: Calls | None        # the loss as `forward` computes it; None: the value plan
     optimizer: ir.Optimizer
     ranges: list[tuple[int, int, int]]  # flat parameter ranges that `step` updates, and whether they decay
     data: list[str]                     # data arrays the kernels take

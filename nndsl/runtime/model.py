@@ -377,16 +377,17 @@ class Model:
     # -- PyTorch ------------------------------------------------------------------------
     def state_dict(self):
         """The parameters under PyTorch's names and layouts ({key: ndarray}; `torch.nn`'s
-        Linear, Conv2d, RNN/LSTM/GRU, Embedding — docs/export.md): load it into the
-        equivalent torch model with `net.load_state_dict({k: torch.from_numpy(v) ...})`."""
+        Linear, Conv2d, RNN/LSTM/GRU, Embedding, LayerNorm, BatchNorm with its running
+        statistics — docs/export.md): load it into the equivalent torch model with
+        `net.load_state_dict({k: torch.from_numpy(v) ...})`."""
         self._sync_host()
-        return to_torch(dict(self.params), self.tables.torch_table)
+        return to_torch({**self.params, **self.stats}, self.tables.torch_table)
 
     def load_torch(self, state_dict):
         """The parameters from a PyTorch `state_dict` of the equivalent torch model (tensors or
         arrays); a missing, extra or reshaped key is a one-line error naming it."""
         for name, value in from_torch(state_dict, self.tables.torch_table).items():
-            self.params[name] = value
+            (self.stats if name in self.tables.stats else self.params)[name] = value
         self._state_changed()
 
     # -- data-parallel training --------------------------------------------------------

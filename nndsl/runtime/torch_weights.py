@@ -53,6 +53,9 @@ def to_torch(params, table) -> dict:
     out = {}
     for e in table["entries"]:
         shape = tuple(e["shape"])
+        if e["mode"] == "skip":
+            out[e["key"]] = np.zeros(shape, e.get("dtype", "float64"))
+            continue
         if e["mode"] == "add":
             dtype = _array(params[e["parts"][0]]).dtype if e["parts"] else np.float64
             out[e["key"]] = np.zeros(shape, dtype)
@@ -82,6 +85,8 @@ def from_torch(state_dict, table) -> dict:
         values[e["key"]] = a
     out = {}
     for e in sorted(table["entries"], key=lambda e: e["mode"] != "copy"):   # copies first
+        if e["mode"] == "skip":
+            continue
         a = values[e["key"]]
         axis = e["axis"]
         for lo, hi in e.get("zero") or ():
