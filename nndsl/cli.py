@@ -38,6 +38,17 @@ def _at_least(minimum: int):
     return parse
 
 
+def _fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -81,6 +92,13 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, help="learning rate of every optimiser (default: the model's)")
     t.add_argument("--standardize", action="store_true",
                    help="standardise an .npz file's features (and real targets) with the training mean and std")
+    t.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                   help="hold out F of the training split for validation (default 0.1, seeded, stratified "
+                        "by class): the per-epoch `val` loss and --patience watch it; 0: none. The test "
+                        "split is evaluated once, at the end")
+    t.add_argument("--patience", type=_at_least(1), metavar="K",
+                   help="stop when the validation loss has not improved for K epochs, keeping the best "
+                        "epoch's parameters")
     t.add_argument("--out", help="directory for the module, weights and pictures")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=_at_least(0), default=0)

@@ -92,3 +92,46 @@ def test_npz_images_of_rank_3_feed_an_image_input(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "rows: examples of shape 8×8 per example reshaped to img[1, 8, 8]" in out
     assert "test accuracy" in out
+
+
+TINY = """model tiny
+input x[64]
+target label: class(10)
+h = dense(x, 16, act=relu)
+o = dense(h, 10)
+loss cross_entropy(o, label)
+optimizer adam(lr=3e-3)
+train batch=64 epochs=3 seed=0
+"""
+
+
+def test_validation_comes_from_the_training_split_and_patience_stops(tmp_path, capsys):
+    """--val-fraction carves the validation rows out of the training split (the test split
+    is evaluated once, at the end, with Model.evaluate's metrics); --patience needs them."""
+    source = tmp_path / "tiny.nn"
+    source.write_text(TINY)
+    assert main(["train", str(source), "--data", "digits", "--quiet", "--val-fraction", "0.2",
+                 "--patience", "1", "--epochs", "30", "--lr", "0.5"]) == 0
+    out = capsys.readouterr().out
+    train, val, test = (int(v) for v in re.search(r"(\d+) train / (\d+) validation / (\d+) test", out).groups())
+    assert abs(val - 0.2 * (train + val)) <= 10 and train + val + test == 1797   # rounded per class
+    assert re.search(r"test accuracy [\d.]+%, loss [\d.]+", out), out
+    assert "stopped early: kept epoch" in out, out               # lr 0.5 overshoots soon
+    assert main(["train", str(source), "--data", "digits", "--val-fraction", "0", "--patience", "2"]) == 2
+    assert "--patience 2 watches the validation loss: it needs --val-fraction above 0" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_which_epochs_ran(tmp_path, capsys):
+    source = tmp_path / "tiny.nn"
+    source.write_text(TINY)
+    ck = tmp_path / "ck"
+    assert main(["train", str(source), "--data", "digits", "--quiet", "--epochs", "2", "--checkpoint", str(ck)]) == 0
+    assert "trained 2 epochs in" in capsys.readouterr().out
+    assert main(["train", str(source), "--data", "digits", "--quiet", "--epochs", "4", "--resume", str(ck)]) == 0
+    assert "trained epochs 3–4 (4 in all, resumed) in" in capsys.readouterr().out
+    other = tmp_path / "other.nn"
+    other.write_text(TINY.replace("model tiny", "model other"))
+    assert main(["train", str(other), "--data", "digits", "--quiet", "--resume", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert f"{ck / 'checkpoint.npz'}: a checkpoint of model 'tiny', not of 'other'" in err, err
+    assert "digits:" not in err                                  # not the data set's fault

@@ -27,7 +27,9 @@ from .progress import catch_signals, progress, progress_done, restore_signals
 class History(list):
     """Per-epoch mean training loss (of the first loss); `.losses` holds every named loss,
     `.val` the validation loss; with `patience`, `.best_epoch` the epoch whose parameters
-    the model kept and `.stopped_epoch` the epoch early stopping ended (None: it did not)."""
+    the model kept and `.stopped_epoch` the epoch early stopping ended (None: it did not);
+    `.first_epoch` the epoch this call began with (after `resume`, the checkpoint's: the
+    entries before it are the checkpoint's history)."""
 
     def __init__(self, losses):
         super().__init__()
@@ -35,6 +37,7 @@ class History(list):
         self.val = []
         self.best_epoch = None
         self.stopped_epoch = None
+        self.first_epoch = 1
 
 
 class EarlyStopping:
@@ -155,6 +158,8 @@ def fit(model, epochs=None, batch_size=None, shuffle=None, validation=None, verb
     order_of_steps = schedule(tables, d_steps)
     # a cosine schedule spans the steps from the model's first to the end of this run
     n_batches = -(-n_rows // batch_size)
+    if at:                   # a checkpoint at an epoch's last batch: the next epoch is the first to run
+        history.first_epoch = at["epoch"] + (at["batch"] >= n_batches)
     remaining = max(0, (epochs - (at["epoch"] if at else 1) + 1) * n_batches - (at["batch"] if at else 0))
     for name in tables.losses:
         model._total[name] = model._t[name] + remaining * order_of_steps.count(name)
@@ -278,9 +283,9 @@ def load_checkpoint(model, path, history, stopping=None):
     tables = model.tables
     with saving.open_saved(path) as f:
         if "__position__" not in f:
-            raise ValueError(f"{path}: a saved model, not a training checkpoint")
+            raise saving.SavedFileError(f"{path}: a saved model, not a training checkpoint")
         if str(f["__model__"]) != tables.name:
-            raise ValueError(f"{path}: a checkpoint of model {str(f['__model__'])!r}, not of {tables.name!r}")
+            raise saving.SavedFileError(f"{path}: a checkpoint of model {str(f['__model__'])!r}, not of {tables.name!r}")
         saving.restore(model, f, path, strict=True)
         model._rng.bit_generator.state = json.loads(str(f["__rng__"]))
         model.clip_norm = float(f["__clip_norm__"])

@@ -29,6 +29,11 @@ def state_arrays(model):
     return out
 
 
+class SavedFileError(ValueError):
+    """A file that is not this model's saved state or checkpoint (one line, naming the file).
+    A ValueError, so `except ValueError` keeps working."""
+
+
 def open_saved(path):
     """The saved .npz at `path`, open (close it after use); ValueError if it is not one."""
     try:
@@ -36,12 +41,12 @@ def open_saved(path):
     except OSError:
         raise
     except Exception as exc:           # a zip that is not .npz, a pickle, ...
-        raise ValueError(f"{path}: not a saved nndsl model ({type(exc).__name__})") from None
+        raise SavedFileError(f"{path}: not a saved nndsl model ({type(exc).__name__})") from None
     if not hasattr(f, "files"):
-        raise ValueError(f"{path}: not a saved nndsl model (a single array)")
+        raise SavedFileError(f"{path}: not a saved nndsl model (a single array)")
     if "__model__" not in f or ("theta" not in f and "__format__" not in f):
         f.close()
-        raise ValueError(f"{path}: not a saved nndsl model")
+        raise SavedFileError(f"{path}: not a saved nndsl model")
     return f
 
 
@@ -70,7 +75,7 @@ def restore(model, f, path, strict=True):
     if problems and strict:
         other = str(f["__model__"])
         whose = f"saved by model {other!r}, whose parameters" if other != tables.name else "its parameters"
-        raise ValueError(f"{path}: {whose} do not match this build of {tables.name!r}: {problems} "
+        raise SavedFileError(f"{path}: {whose} do not match this build of {tables.name!r}: {problems} "
                          f"(load(..., strict=False) loads those that match)")
     loaded = [name for name in tables.params if name in saved and not _reshaped(tables, saved, name)]
     for name, view in named_views(tables, model.theta).items():
@@ -98,7 +103,7 @@ def _restore_flat(model, f, path):
     """Format 1: one flat theta, laid out by the source it was built from."""
     tables = model.tables
     if str(f["__model__"]) != tables.name or str(f["__hash__"]) != tables.source_hash:
-        raise ValueError(f"{path}: saved by model {str(f['__model__'])!r} "
+        raise SavedFileError(f"{path}: saved by model {str(f['__model__'])!r} "
                          f"(hash {str(f['__hash__'])[:12]}), not by this build of "
                          f"{tables.name!r} (hash {tables.source_hash[:12]}); save it again "
                          "with the build that wrote it to keep its weights by name")

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..diagnostics import UsageError
 from ..loader import import_module
+from .splits import split
 
 
 def build_and_import(path, out_dir=None, dtype="float32", compile=False):
@@ -137,41 +138,43 @@ def noise_filled(module, data: dict, rng) -> dict:
             for k, v in data.items()}
 
 
-def evaluate(model_ir, module, m, ds, test: dict) -> str:
-    """Accuracy for classifiers, RMSE (original units) for regression, else the test loss."""
-    first = model_ir.losses[0].terms[0]
-    inputs = {k: v for k, v in test.items() if not module.DATA[k][2]}
-    if not model_ir.targets:                      # unsupervised: the held-out loss is the figure
-        ds = _without_labels(ds)
-    if ds.y_test is not None and first.fn == "cross_entropy":
-        out = m.forward(**inputs)
-        logits = out[0] if isinstance(out, tuple) else out
-        labels = test.get(first.args[1], ds.y_test)      # as bound: (N, 1) or one-hot labels read
-        if logits.ndim == 3:                      # per-step labels: how often the next step is right
-            return f"test next-step accuracy {np.mean(np.argmax(logits, axis=2) == labels):.2%}"
-        return f"test accuracy {np.mean(np.argmax(logits, axis=1) == labels):.2%}"
-    if ds.y_test is not None and first.fn == "bce_logits" and ds.task == "classification":
-        out = m.forward(**inputs)
-        pred = out[0] if isinstance(out, tuple) else out
-        # the first output is either the loss's logits or a probability computed from them
-        threshold = 0.0 if model_ir.outputs[0] == first.args[0] else 0.5
-        return f"test accuracy {np.mean((pred.reshape(-1) > threshold) == (ds.y_test.reshape(-1) > 0.5)):.2%}"
-    if ds.y_test is not None and (first.fn in ("squared", "gaussian_nll") or
-                                  (ds.task == "regression" and first.fn in model_ir.user_losses)):
-        out = m.forward(**inputs)
-        pred = out[0] if isinstance(out, tuple) else out
-        rmse = float(np.sqrt(np.mean((pred.reshape(len(pred), -1)[:, :1] - ds.y_test.reshape(len(pred), -1)) ** 2)))
-        if "targets" not in ds.standardised:      # say "standardised" only when it was
-            return f"test RMSE {rmse:.4g}"
-        return f"test RMSE {rmse * ds.y_std:.4g} (standardised {rmse:.4f})"
-    losses = {l.name: m.loss(name=l.name, seed=0, **{k: test[k] for k in module.STEPS[l.name].data})
-              for l in model_ir.losses}
-    return "test " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+def report(m, ds, data: dict, split: str = "test") -> str:
+    """One line of `Model.evaluate` on a split: each metric (accuracy in %, RMSE in the
+    targets' units when `train` standardised them), then each loss."""
+    values = m.evaluate(**data)
+    metrics, losses = [], []
+    for name, v in values.items():
+        if name.startswith("accuracy"):
+            metrics.append(f"{name} {v:.2%}")
+        elif name.startswith("rmse"):
+            shown = name.replace("rmse", "RMSE", 1)
+            metrics.append(f"{shown} {v * ds.y_std:.4g} (standardised {v:.4f})" if "targets" in ds.standardised
+                           else f"{shown} {v:.4g}")
+        else:
+            losses.append(f"loss {name} {v:.4f}" if len(m.tables.losses) > 1 else f"loss {v:.4f}")
+    return f"{split} " + ", ".join(metrics + losses)
 
 
-def _without_labels(ds):
-    from dataclasses import replace
-    return replace(ds, y_test=None, y_train=None)
+def validation_split(data: dict, fraction: float, seed: int, labels) -> tuple[dict, dict | None]:
+    """(train, validation): `fraction` of the training rows held out, seeded (stratified by
+    class labels when there are some); fraction 0: no validation."""
+    if fraction == 0:
+        return data, None
+    n = next(len(v) for v in data.values() if not isinstance(v, str))
+    if n < 2:
+        raise UsageError(f"--val-fraction {fraction}: {n} training example(s) cannot spare a validation split")
+    keep, val = split(n, seed, fraction, labels=labels)
+    part = lambda rows: {k: v if isinstance(v, str) else v[rows] for k, v in data.items()}   # noqa: E731
+    return part(keep), part(val)
+
+
+def _class_labels(module, data: dict):
+    """The first target's labels when it is a class(K) target of one label per example."""
+    targets = [k for k, (shape, classes, is_target) in module.DATA.items() if is_target]
+    if not targets or module.DATA[targets[0]][1] is None or targets[0] not in data:
+        return None
+    labels = data[targets[0]]
+    return labels if labels.ndim == 1 else None
 
 
 def train_command(args) -> int:
@@ -216,24 +219,36 @@ def _train(args, comm) -> int:
     rng = np.random.default_rng(args.seed)
     notes: list = []
     train = bind(module, ds.x_train, ds.y_train, notes)
+    # the validation rows come out of the training split (early stopping and the per-epoch
+    # `val` watch them); the test split is evaluated once, at the end
+    train, val = validation_split(train, args.val_fraction, args.seed, _class_labels(module, train))
     test = noise_filled(module, bind(module, ds.x_test, ds.y_test), rng)
+    first = module.STEPS[module.LOSSES[0]].data
+    val = noise_filled(module, val, rng) if val is not None and all(k in val for k in first) else None
+    if args.patience is not None and val is None:
+        raise UsageError(f"--patience {args.patience} watches the validation loss: it needs --val-fraction above 0")
+    n_train = next(len(v) for v in train.values() if not isinstance(v, str))
     workers = f" on {comm.Get_size()} workers" if comm is not None else ""
     say(f"{model_ir.name}: {sum(p.size for p in m.params.values()):,} parameters; "
-        f"{ds.name}: {ds.n_train} train / {ds.n_test} test examples"
+        f"{ds.name}: {n_train} train / {ds.n_train - n_train} validation / {ds.n_test} test examples"
         + (f" ({' and '.join(ds.standardised)} standardised)" if ds.standardised else "") + workers)
     note = reshape_note(module, ds, train)
     for line in notes + ([note] if note else []):
         say(f"{ds.name}: {line}" if not line.startswith(ds.name + ":") else line)
-    needs_val = all(k in test for k in module.STEPS[module.LOSSES[0]].data)
     checkpoint = Path(args.checkpoint or args.resume) / "checkpoint.npz" if (args.checkpoint or args.resume) else None
     resume = Path(args.resume) / "checkpoint.npz" if args.resume else None
     if resume is not None:
         say(f"resuming from {resume}")
     try:
         history = m.fit(epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet,
-                        validation={k: test[k] for k in module.STEPS[module.LOSSES[0]].data} if needs_val else None,
-                        comm=comm, checkpoint=checkpoint, every=args.every, resume=resume, **train)
-    except ValueError as exc:          # the module's message for data it cannot take
+                        validation={k: val[k] for k in first} if val is not None else None,
+                        patience=args.patience, comm=comm, checkpoint=checkpoint, every=args.every,
+                        resume=resume, **train)
+    except ValueError as exc:
+        # a checkpoint that is not this model's names its file; the rest is about the data
+        # (the class is the module's runtime copy's: matched by name)
+        if type(exc).__name__ == "SavedFileError":
+            raise UsageError(str(exc)) from None
         raise UsageError(f"{ds.name}: {exc}") from None
     except KeyboardInterrupt:
         if rank != 0:
@@ -244,11 +259,11 @@ def _train(args, comm) -> int:
     seconds = time.perf_counter() - t0
     if rank != 0:
         return 0
-    print(f"trained {len(history)} epochs in {seconds:.1f} s (build and compile included)")
-    print(evaluate(model_ir, module, m, ds, test))
-    if ds.name == "names":                        # a character-level language model: show it
+    print(_trained(history, seconds))
+    print(report(m, ds, test))
+    if ds.name == "names" and m.tables.sequence is not None:    # a language model: show it
         from .sequences import sample_names
-        print("samples: " + ", ".join(sample_names(m, module, seed=args.seed)))
+        print("samples: " + ", ".join(sample_names(m, seed=args.seed)))
     if out_dir is not None:
         weights = out_dir / f"{model_ir.name}.npz"
         m.save(weights)
@@ -260,3 +275,15 @@ def _train(args, comm) -> int:
         for png in save_pictures(model_ir, module, m, ds, test, history, out_dir):
             print(f"wrote {png}")
     return 0
+
+
+def _trained(history, seconds: float) -> str:
+    last = len(history)                 # the history holds every epoch, a checkpoint's included
+    ran = last - history.first_epoch + 1
+    what = (f"trained epochs {history.first_epoch}–{last} ({last} in all, resumed)" if history.first_epoch > 1
+            else f"trained {ran} epoch{'s' if ran != 1 else ''}")
+    if history.stopped_epoch is not None:
+        what += f", stopped early: kept epoch {history.best_epoch}'s parameters"
+    elif history.best_epoch is not None and history.best_epoch != last:
+        what += f", kept epoch {history.best_epoch}'s parameters (the best validation loss)"
+    return f"{what} in {seconds:.1f} s (build and compile included)"

@@ -69,26 +69,8 @@ def _sine(seed: int, n: int = 2000, T: int = 32):
     return s[:, :T].copy(), s[:, T:].copy()
 
 
-def sample_names(m, module, n: int = 12, seed: int = 0, max_len: int = 16) -> list[str]:
-    """Names drawn symbol by symbol from the model's per-step softmax; each draw runs
-    `forward` on the sequence so far (one module, a different T per call)."""
-    rng = np.random.default_rng(seed)
-    x_name = next(k for k, (_, _, is_target) in module.DATA.items() if not is_target)
-    shape, classes, _ = module.DATA[x_name]
-    V = classes if classes is not None else shape[-1]     # letter indices, or one-hot rows
-    seqs = np.zeros((n, 1), np.int64)
-    done = np.zeros(n, bool)
-    for _ in range(max_len):
-        out = m.forward(**{x_name: seqs if classes is not None else np.eye(V, dtype=module.DTYPE)[seqs]})
-        logits = (out[0] if isinstance(out, tuple) else out)[:, -1].astype(np.float64)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        if seqs.shape[1] == 1:
-            p[:, 0] = 0.0                              # a name has at least one letter
-        p /= p.sum(axis=1, keepdims=True)
-        nxt = np.array([rng.choice(V, p=row) for row in p])
-        nxt[done] = 0                                   # an ended name stays ended
-        done |= nxt == 0
-        seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
-        if done.all():
-            break
-    return ["".join(SYMBOLS[i] for i in row[1:]).split(".")[0].capitalize() for row in seqs]
+def sample_names(m, n: int = 12, seed: int = 0, max_len: int = 16) -> list[str]:
+    """Names drawn letter by letter by the module's `generate`, from '.' to the next '.'
+    (at least one letter)."""
+    symbols = m.generate(max_len, n=n, seed=seed, stop=0, min_length=1)
+    return ["".join(SYMBOLS[i] for i in row[1:]).split(".")[0].capitalize() for row in symbols]
