@@ -19,7 +19,7 @@ DATA = {
     "autoencoder": "digits", "denoising_autoencoder": "digits",
     "linear_autoencoder": "digits", "vae": "mnist", "vae2d": "mnist", "gan": "digits",
     "user_defined": "diabetes", "user_layer": "diabetes", "dropout_mlp": "digits",
-    "user_conv": "digits", "lenet_mnist": "mnist", "strided_cnn": "digits",
+    "user_conv": "digits", "lenet_mnist": "mnist", "lenet_mnist_bn": "mnist", "strided_cnn": "digits",
     "mnist_lstm": "mnist", "names_lm": "names", "sine_forecast": "sine",
 }
 

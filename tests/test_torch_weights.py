@@ -132,14 +132,15 @@ def test_the_module_itself_moves_weights_both_ways(name):
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_the_table_of_every_example_round_trips(name):
-    """to_torch then from_torch gives the parameters back bit for bit; the table is JSON."""
+    """to_torch then from_torch gives the parameters (and running statistics) back bit for
+    bit; the table is JSON."""
     model = load_model(EXAMPLES / f"{name}.nn")
     table = torch_table(model)
     assert json.loads(json.dumps(table)) == table
     keys = [e["key"] for e in table["entries"]]
     assert len(set(keys)) == len(keys)
     rng = np.random.default_rng(0)
-    params = {p.name: rng.standard_normal(p.shape) for p in model.params}
+    params = {p.name: rng.standard_normal(p.shape) for p in (*model.params, *model.stats)}
     sd = to_torch(params, table)
     assert list(sd) == keys and all(sd[e["key"]].shape == tuple(e["shape"]) for e in table["entries"])
     back = from_torch(sd, table)

@@ -384,6 +384,8 @@ class _View:
         s = self.forward.get(str(ind.base.label))
         if s is None or not s.plain or s.reduce not in (None, "sum") or self.tensors[s.out].role != "value":
             return None
+        if not all(isinstance(i, sp.Symbol) for i in s.index):
+            return None                 # a stage of some positions only (a scan's first state)
         subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
         body = sums.as_forward(s)
         renames = {v: next(self.fresh) for v in sums.sum_vars(body)}

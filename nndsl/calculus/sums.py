@@ -162,19 +162,40 @@ def factor_count(expr) -> int:
 
 def alpha(expr):
     """`expr` with every summation index renamed by its nesting depth and position, so that
-    sums equal up to the names of their indices are equal expressions."""
+    sums equal up to the names of their indices are equal expressions. A chain of sums
+    (Σ_n Σ_i Σ_j, in any order) becomes one Σ whose indices are ordered by where they first
+    index a tensor of the body, so the order a derivation nested them in does not matter."""
     def walk(e, depth):
         if isinstance(e, sp.Sum):
-            ren, limits = {}, []
-            for j, (v, lo, hi) in enumerate(e.limits):
+            limits, body = sum_chain(e)
+            ren, renamed = {}, []
+            for j, (v, lo, hi) in enumerate(sorted(limits, key=lambda lim: _first_use(body, lim[0]))):
                 w = sp.Symbol(f"_σ{depth}_{j}", integer=True)
                 ren[v] = w
-                limits.append((w, lo, hi))
-            return sp.Sum(walk(e.function.xreplace(ren), depth + 1), *limits)
+                renamed.append((w, lo, hi))
+            return sp.Sum(walk(body.xreplace(ren), depth + 1), *renamed)
         if not e.args or isinstance(e, (sp.Indexed, sp.Symbol)):
             return e
         return e.func(*[walk(a, depth) for a in e.args])
     return walk(sp.sympify(expr), 0)
+
+
+def sum_chain(s: sp.Sum):
+    """(limits, body) of Σ_a Σ_b … body: the limits of directly nested sums, outermost first."""
+    limits, body = list(s.limits), s.function
+    while isinstance(body, sp.Sum):
+        limits += list(body.limits)
+        body = body.function
+    return limits, body
+
+
+def _first_use(body, v):
+    """Where index `v` first indexes a tensor of `body`: (tensor, axis), tensors by name."""
+    for ind in sorted(body.atoms(sp.Indexed), key=lambda i: str(i.base.label)):
+        for axis, i in enumerate(ind.indices):
+            if v in getattr(i, "free_symbols", ()):
+                return (str(ind.base.label), axis)
+    return ("~", 0)
 
 
 def pull_out(expr):
@@ -210,14 +231,15 @@ def linear(expr):
 
 
 def is_zero_sum(s: sp.Sum, define) -> bool:
-    """Σ over an index of a body that, its tensors written out by `define(indexed)` (their
-    formula, or None for a leaf), is identically zero: Σ_k (x[k] − Σ_j x[j]/K) = 0."""
-    if len(s.limits) != 1:
-        return False
-    v = s.limits[0][0]
-    body = pull_out(s.function)
-    coeff, rest = body.as_independent(v, as_Add=False) if body.is_Mul else (1, body)
-    if v not in rest.free_symbols or not rest.atoms(sp.Indexed):
+    """Σ over one index or a chain of them (Σ_n Σ_i Σ_j) of a body that, its tensors written
+    out by `define(indexed)` (their formula, or None for a leaf), is identically zero:
+    Σ_k (x[k] − Σ_j x[j]/K) = 0, or an image's centred values summed over the batch and the
+    positions."""
+    limits, body = sum_chain(s)
+    vs = [lim[0] for lim in limits]
+    body = pull_out(body)
+    coeff, rest = body.as_independent(*vs, as_Add=False) if body.is_Mul else (1, body)
+    if not rest.free_symbols & set(vs) or not rest.atoms(sp.Indexed):
         return False
     expanded = rest
     for _ in range(4):                 # a definition may name another (xc through mean)
@@ -229,24 +251,27 @@ def is_zero_sum(s: sp.Sum, define) -> bool:
         if not subs:
             break
         expanded = expanded.xreplace(subs)
-    if expanded == rest:
-        return False
-    return sp.expand(alpha(linear(sp.Sum(expanded, s.limits[0])))) == 0
+    if expanded == rest or sp.expand(expanded) == 0:
+        return False                   # zero by cancelling over the sum, not term by term
+    return sp.expand(alpha(linear(sp.Sum(expanded, *limits)))) == 0
 
 
 def drop_zero_sums(expr, define):
-    """Terms of a Σ's body whose own Σ is identically zero (see `is_zero_sum`) dropped; a Σ
-    with no such term is left as it is."""
+    """Terms of a Σ's body (under a chain of sums, its innermost body) whose own Σ is
+    identically zero (see `is_zero_sum`) dropped; a Σ with no such term is left as it is."""
     def visit(s):
-        if len(s.limits) != 1:
-            return s
-        body = s.function                       # (inner sums: `replace` went there first)
+        limits, body = sum_chain(s)       # (inner sums: `replace` went there first)
         terms = sp.Add.make_args(sp.expand(body, deep=False, power_base=False, power_exp=False,
                                            log=False, multinomial=False))
-        kept = [t for t in terms if not is_zero_sum(sp.Sum(t, s.limits[0]), define)]
+        kept = [t for t in terms if not is_zero_sum(sp.Sum(t, *limits), define)]
         if len(kept) == len(terms):
             return s
-        return sp.Sum(sp.Add(*kept), s.limits[0]) if kept else sp.Integer(0)
+        if not kept:
+            return sp.Integer(0)
+        out = sp.Add(*kept)
+        for lim in reversed(limits):
+            out = sp.Sum(out, lim)
+        return out
     return expr.replace(lambda e: isinstance(e, sp.Sum), visit)
 
 
