@@ -85,14 +85,18 @@ def _prefix(node) -> str:
     return first.rsplit(".", 1)[0]
 
 
+def _copies(node, shapes, keys) -> list:
+    """One "copy" entry per torch key {torch name: our local name} the node has."""
+    p = _prefix(node)
+    return [_entry(f"{p}.{key}", [node.params[local]], [shapes[node.params[local]]])
+            for key, local in keys.items() if local in node.params]
+
+
 @torch_layout("dense")
 def _linear(node, shapes):
     p = _prefix(node)
-    W = node.params["W"]
-    entries = [_entry(f"{p}.weight", [W], [shapes[W]])]
-    if "b" in node.params:
-        entries.append(_entry(f"{p}.bias", [node.params["b"]], [shapes[node.params["b"]]]))
-    units, d = shapes[W]
+    entries = _copies(node, shapes, {"weight": "W", "bias": "b"})
+    units, d = shapes[node.params["W"]]
     module = {"name": p, "type": "Linear",
               "kwargs": {"in_features": int(d), "out_features": int(units), "bias": "b" in node.params},
               "note": f"then act={node.attrs.get('act', 'identity')}"}
@@ -102,11 +106,8 @@ def _linear(node, shapes):
 @torch_layout("conv2d")
 def _conv2d(node, shapes):
     p = _prefix(node)
-    W = node.params["W"]
-    entries = [_entry(f"{p}.weight", [W], [shapes[W]])]
-    if "b" in node.params:
-        entries.append(_entry(f"{p}.bias", [node.params["b"]], [shapes[node.params["b"]]]))
-    f, c, k, _ = shapes[W]
+    entries = _copies(node, shapes, {"weight": "W", "bias": "b"})
+    f, c, k, _ = shapes[node.params["W"]]
     module = {"name": p, "type": "Conv2d",
               "kwargs": {"in_channels": int(c), "out_channels": int(f), "kernel_size": int(k),
                          "stride": int(node.attrs["stride"]), "padding": int(node.attrs["pad"]),
@@ -118,17 +119,15 @@ def _conv2d(node, shapes):
 @torch_layout("embed")
 def _embedding(node, shapes):
     p = _prefix(node)
-    E = node.params["E"]
-    rows, dim = shapes[E]
-    return ([_entry(f"{p}.weight", [E], [shapes[E]])],
+    rows, dim = shapes[node.params["E"]]
+    return (_copies(node, shapes, {"weight": "E"}),
             [{"name": p, "type": "Embedding", "kwargs": {"num_embeddings": int(rows), "embedding_dim": int(dim)},
               "note": "the input holds class indices (int64)"}])
 
 
 def _gain_shift(node, shapes):
-    p = _prefix(node)
-    g, b = node.params["g"], node.params["b"]
-    return p, [_entry(f"{p}.weight", [g], [shapes[g]]), _entry(f"{p}.bias", [b], [shapes[b]])], int(shapes[g][0])
+    return (_prefix(node), _copies(node, shapes, {"weight": "g", "bias": "b"}),
+            int(shapes[node.params["g"]][0]))
 
 
 @torch_layout("layernorm")
