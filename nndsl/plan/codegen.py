@@ -272,6 +272,9 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
     # a sequence is only ever seen through one view (a gate's gradient Δo_t, written and read
     # within each step): that view is then an ordinary value of the step
     keep = keep | aliased_views(forward + backward, lib.tensors)
+    # parameter gradients are results of the entry even where no stage reads them (the
+    # zeroing of an unused parameter's gradient): never a register
+    keep |= {t for t, x in lib.tensors.items() if x.role == "pgrad"}
     kept, renames = propagate_copies(forward + backward, lib.tensors, keep)
     in_backward = {id(s) for s in backward}
     stages_f = [s for original, s in kept if id(original) not in in_backward]
