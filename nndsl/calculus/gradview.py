@@ -173,6 +173,10 @@ class _View:
             changed = False
             for ind in sorted(expr.atoms(sp.Indexed), key=str):
                 name = str(ind.base.label)
+                if name in self.step_copies and name not in keep:    # into a recurrence: W·Δa
+                    expr = expr.xreplace({ind: self._into_recurrence(name, ind.indices)})
+                    changed = True
+                    continue
                 if name not in self.defs or name in self.signals or name in keep:
                     continue
                 if stop_at_values and self._is_node_value(name):
@@ -185,6 +189,42 @@ class _View:
             if not changed:
                 break
         return expr
+
+    @property
+    def step_copies(self) -> dict:
+        """Δ of a recurrent node's step-major copy of its input -> the node."""
+        if not hasattr(self, "_step_copies"):
+            nodes = {n.name for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")}
+            self._step_copies = {self.adjoint_of[t.name]: t.label[:-len(".x_steps")]
+                                 for t in self.tensors.values() if t.label.endswith(".x_steps")
+                                 and t.label[:-len(".x_steps")] in nodes and t.name in self.adjoint_of}
+        return self._step_copies
+
+    def recurrences(self) -> dict:
+        """Every recurrent node's cell read back in the lecture's indices (`gradrecur`)."""
+        if not hasattr(self, "_recurrences"):
+            from .gradrecur import Recurrence
+            self._recurrences = {n.name: Recurrence(self, n) for n in self.model.nodes
+                                 if n.op in ("rnn", "lstm", "gru")}
+        return self._recurrences
+
+    def _into_recurrence(self, name: str, indices) -> sp.Expr:
+        """Δx_steps[t,n,d] of a recurrent node reading x: Σ_g Σ_j W_g[j,d]·Δa_g[n,t,j], whose
+        lines the recursion prints (emitted here if no line printed them yet)."""
+        from .gradrecur import j_, k_
+        if not self.recurrences_done:
+            self.recurrences_done = True
+            self.pending += self._recurrence_lines(self._shown)
+        up = self.recurrences()[self.step_copies[name]]
+        t, n, d = indices
+        j = next(self.fresh)
+        self.original[j] = j_
+        total = sp.Integer(0)
+        for g, (a, _) in sorted(up.pre.items()):
+            c = up.coefficient(g, "W").xreplace({k_: j})
+            delta = sp.IndexedBase(self.fresh_once("Δ" + str(a.base.label)))[n, t, j]
+            total += sp.Sum(sp.IndexedBase(up.param("W", g))[j, d] * c * delta, (j, 0, up.H - 1))
+        return total
 
     def _is_node_value(self, grad_name: str) -> bool:
         t = self.tensors[grad_name]
@@ -395,17 +435,28 @@ class _View:
             if not isinstance(logits, sp.Indexed):
                 continue
             name = str(logits.base.label)
+            value = self._softmax_node(name, str(lse.base.label))
+            if value is not None:                  # `act=softmax`: the node itself is p
+                return sp.IndexedBase(value)[logits.indices]
             if name not in self.softmax:
                 self._define_softmax(name, s)
             return sp.IndexedBase(self.softmax[name])[logits.indices]
+        return None
+
+    def _softmax_node(self, logits: str, lse: str) -> str | None:
+        """The node whose value is exp(logits − lse) (a layer with `act=softmax`), if any."""
+        for s in self.forward.values():
+            if s.reduce is None and isinstance(s.expr, sp.exp) and self.names.label(s.out) and \
+                    sorted(a.tensor for a in s.accesses) == sorted((logits, lse)):
+                return s.out
         return None
 
     def _define_softmax(self, logits: str, lse_stage: Stage):
         label = self.fresh_label("p")
         self.softmax[logits] = label
         index = self.index_of(logits)            # [n,k], or [n,t,k] per step
-        k = index[-1]
-        j = sp.Symbol(k.name + "'", integer=True)
+        k = index[-1]                            # 0 for a softmax over one unit (axis not shown)
+        j = sp.Symbol((k.name if isinstance(k, sp.Symbol) else "k") + "'", integer=True)
         size = self.tensors[logits].shape[-1]
         base = sp.IndexedBase(logits)
         rhs = sp.exp(base[index]) / sp.Sum(sp.exp(base[index[:-1] + (j,)]), (j, 0, size - 1))
@@ -479,8 +530,8 @@ class _View:
                 f"the position {text(s.reduced_position)} of the first maximum of {text(window)} "
                 f"over {what} (ties: the first)")))
             return
-        subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
-        body = self._inline_internal(sums.as_forward(s).xreplace(subst))
+        # a read of a zero-padded copy is the input at the offset (not a tensor of its own)
+        body = self._unpad(self._inline_internal(_forward_at(s, index)))
         rhs = self._named_patterns(body)
         self.pending.append(Formula("define", sp.IndexedBase(name)[index], rhs))
 
@@ -493,9 +544,7 @@ class _View:
             if not internal:
                 return expr
             for ind in internal:
-                s = self.forward[str(ind.base.label)]
-                subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
-                expr = expr.xreplace({ind: sums.as_forward(s).xreplace(subst)})
+                expr = expr.xreplace({ind: _forward_at(self.forward[str(ind.base.label)], ind.indices)})
         return expr
 
     def _relabel(self, expr: sp.Expr) -> sp.Expr:
@@ -533,6 +582,7 @@ class _View:
     def formulas(self, only: str | None) -> LossFormulas:
         lines: list[Formula] = []
         shown: set[str] = set()
+        self._shown = shown
 
         def emit(f: Formula):
             lines.extend(self.pending)
@@ -623,10 +673,10 @@ class _View:
     def _recurrence_lines(self, shown: set) -> list[Formula]:
         """Every recurrent node's BPTT recursion (top layer first: a layer's Δh reads the
         Δa of the layer above) and its parameters' lines into `self.bptt`."""
-        from .gradrecur import T_, Recurrence, d_, j_, k_, n_
+        from .gradrecur import T_, d_, j_, k_, n_
         from .notation import text
         nodes = [n for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")]
-        recs = {n.name: Recurrence(self, n) for n in nodes}
+        recs = self.recurrences()
         named = {}
         for r in recs.values():
             for lhs, _ in r.exprs:
@@ -650,10 +700,16 @@ class _View:
                                         sp.IndexedBase(named[str(a.base.label)])[n_, T_, j_], (j_, 0, up.H - 1))
             value = self.g.values[node.name].name
             grad = self.adjoint_of.get(value)
-            if grad in self.defs and any(m.name not in recs for m in consumers):
+            operands = {a for t in self.loss.terms for a in t.args if isinstance(a, str)}
+            if grad in self.defs and (any(m.name not in recs for m in consumers) or node.name in operands):
                 last = node.attrs.get("return", "all") != "all"
                 index = (n_, k_) if last else (n_, T_, k_)
-                expr = self._inline(self._definition(grad, index), True)
+                # a recurrent consumer's part is its Σ_j W·Δa above, not its step-major copy's Δ
+                copies = {self.adjoint_of.get(t.name) for t in self.tensors.values()
+                          if t.label in {f"{m.name}.x_steps" for m in consumers if m.name in recs}}
+                expr = self._inline(self._definition(grad, index), True, keep=copies)
+                expr = expr.xreplace({i: sp.Integer(0) for i in expr.atoms(sp.Indexed)
+                                      if str(i.base.label) in copies})
                 lines += self._deltas_used(expr, shown)
                 shown_expr = self.display(expr, {"n", "t", "k"})
                 lines += self.pending
@@ -750,6 +806,22 @@ class _View:
 
 
 # ------------------------------------------------------------------ helpers
+def _forward_at(s: Stage, indices) -> sp.Expr:
+    """A forward stage's value at `indices`, its Σ indices renamed apart from the free ones
+    there (a conv's Σ_c over input channels read at output channel `c`: Σ_c' W[c,c',p,q]·…)."""
+    value = sums.as_forward(s)
+    taken = {x for i in indices for x in sp.sympify(i).free_symbols} | {v for v, _ in s.ranges}
+    for v in s.reduce_vars:
+        if any(x.name == v.name for x in taken if x != v) or v in {x for i in indices
+                                                                   for x in sp.sympify(i).free_symbols}:
+            new = sp.Symbol(v.name + "'", integer=True)
+            while any(x.name == new.name for x in taken):
+                new = sp.Symbol(new.name + "'", integer=True)
+            taken.add(new)
+            value = value.xreplace({v: new})
+    return value.xreplace({i: v for i, v in zip(s.index, indices) if isinstance(i, sp.Symbol)})
+
+
 def _needed(lines: list[Formula]) -> list[Formula]:
     """The parameter lines and, transitively, the definitions they use (`--param`)."""
     def used(f):
