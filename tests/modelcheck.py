@@ -273,16 +273,19 @@ def check_printed_gradients(path: Path, model_ir, module, m, data: dict) -> dict
     evaluated with this model's numbers, equals the module's gradient."""
     import nndsl
     from nndsl.cli import main
-    for args in (["grad", str(path)], ["grad", str(path), "--latex"]):
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = main(args)
-        except BaseException:                          # noqa: BLE001 -- a traceback is the finding
-            raise _crash("nndsl " + " ".join(args[::2])) from None
-        if code != 0:
-            raise Finding("grad-print", f"nndsl {' '.join(args)} exited {code}: {err.getvalue()[-2000:]}")
-    g = nndsl.gradients(path)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["grad", str(path)])
+    except BaseException:                              # noqa: BLE001 -- a traceback is the finding
+        raise _crash("nndsl grad") from None
+    if code != 0:
+        raise Finding("grad-print", f"nndsl grad exited {code}: {err.getvalue()[-2000:]}")
+    g = nndsl.gradients(path)                          # every line in text and in LaTeX
+    lines = lambda text: [x for x in text.splitlines() if x and not x.startswith("# ")]   # noqa: E731
+    if lines(out.getvalue()) != lines(g.text):
+        raise Finding("grad-print", f"nndsl grad prints\n{out.getvalue()}\nbut nndsl.gradients gives\n{g.text}")
+    g.latex                                            # noqa: B018 -- renders
     internal_names(g.text, model_ir)
     stats = {"evaluated": 0, "skipped": 0}
     inputs = {k: v for k, v in data.items() if k in module.INPUTS}
