@@ -218,6 +218,24 @@ def construct_expression(sk: Sketch) -> bool:
     return True
 
 
+def construct_broadcast(sk: Sketch) -> bool:
+    """A value combined with a size-1 value or one of its last axis (numpy's broadcasting)."""
+    base = sk.pick(lambda v: v.shape and isinstance(v.shape[-1], int))
+    src = sk.pick(lambda v: v.kind == "vector" and v.fixed)
+    if base is None or src is None:
+        return False
+    r = sk.rng
+    width = r.choice([1, base.shape[-1]])
+    if width == base.shape[-1] and base.kind == "vector":
+        width = 1
+    small = sk.add(sk.fresh("s"), f"dense({src.name}, {width})", (width,), [src], learn=True, params=True)
+    form = r.choice(["{0} * {1} + {0}", "{0} - {1}", "({1} + 1) * tanh({0})", "max({0}, {1})",
+                     "where({0} > {1}, {0}, {1})", "{1} / (1 + {0} ^ 2)"])
+    sk.feature("broadcast")
+    sk.add(sk.fresh("b"), form.format(base.name, small.name), base.shape, [base, small])
+    return True
+
+
 # ------------------------------------------------------------------ layers
 ACTS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "swish", "softmax"]
 
@@ -467,6 +485,7 @@ class Construct:
 CONSTRUCTS = [
     Construct("dense", 6, construct_dense),
     Construct("expression", 5, construct_expression),
+    Construct("broadcast", 1.5, construct_broadcast),
     Construct("concat", 1.5, construct_concat),
     Construct("flatten", 2, construct_flatten),
     Construct("conv2d", 3, construct_conv),
