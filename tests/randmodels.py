@@ -369,10 +369,11 @@ def construct_noise(sk: Sketch) -> bool:
         return False
     r = sk.rng
     kind = r.choice(["dropout", "gaussian_noise", "mask_noise", "sample_normal"])
-    sk.feature(kind)
     if kind == "sample_normal":
         if not (src.kind in ("vector", "sequence") and isinstance(src.shape[-1], int)):
             return False
+    sk.feature(kind)
+    if kind == "sample_normal":
         width = r.randint(1, 3)
         mu, lv = sk.fresh("mu"), sk.fresh("lv")
         a = sk.add(mu, f"dense({src.name}, {width})", src.shape[:-1] + (width,), [src], learn=True, params=True)
