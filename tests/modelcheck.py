@@ -333,7 +333,9 @@ def check_printed_gradients(path: Path, model_ir, module, m, data: dict) -> dict
             if x.expr is None or x.kind in ("param", "zero"):
                 continue
             lhs = tuple(x.lhs.indices) if isinstance(x.lhs, sp.Indexed) else ()
-            lines.setdefault(x.name, (lhs, x.expr))
+            if x.name in lines and lines[x.name] != (lhs, x.expr):
+                raise Finding("grad-print", f"`{x.name}` is defined twice, differently:\n{block.text}")
+            lines[x.name] = (lhs, x.expr)
         steps = {k: s for k in lines if (s := steps_of(k)) is not None}
         notes = {x.name for x in block if x.kind == "note" and x.expr is None}
         ev = FormulaEval(lines, {k: v for k, v in arrays.items()}, sizes, steps, notes)

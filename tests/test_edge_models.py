@@ -55,6 +55,11 @@ EDGES = {
                                    "input x[T, 2]\ntarget y[2]"),
     "recurrences-of-one-unit": model("h = lstm(x, 1)\ng = gru(h, 1)\nloss squared(g, y)",
                                      "input x[T, 2]\ntarget y[T, 1]"),
+    # -- two calls of a network on one argument printed the same label for two nodes, each Δ
+    #    defined twice and their parameter gradient summed as 2·Σ of the first
+    "network-called-twice-on-one-input": model(
+        "network net(v) { a = dense(v, 2, act=elu); return dense(a, 2) }\np = net(x)\nq = net(x)\n"
+        "o = p * q\nloss squared(o, y)"),
     # -- a convolution's pre-activation printed (swish needs it): its Σ over input channels
     #    captured the output channel (`Σ_c W[c,c,0,0]`), its padded input printed `img[n,c,h,w]`
     "conv-pre-activation-with-padding": model("c = conv2d(img, 2, 1, pad=1, act=swish)\nloss squared(c, y)",

@@ -96,7 +96,8 @@ class _View:
     def __init__(self, model, g: Graph, loss: ir.Loss, stages: list[Stage], adjoint):
         self.model, self.g, self.loss = model, g, loss
         self.tensors = g.b.tensors
-        self.names = Names(model, g)
+        seen = {s.out for s in stages} | {a.tensor for s in stages for a in s.accesses}
+        self.names = Names(model, g, used={n for n, h in g.values.items() if h.name in seen})
         # the lecture's reading of the lowering: a dense layer's N·T-rows view of a sequence
         # is the sequence itself, h[n,t,d]; a step mask is 1 (every sequence runs all its
         # steps: the module's default without `x_lengths=`, the recursion's reading too)
