@@ -273,20 +273,21 @@ def _shown(shape: tuple) -> list[bool]:
 def check_printed_gradients(path: Path, model_ir, module, m, data: dict) -> dict:
     """`nndsl grad` prints (text and LaTeX), and every ∂L/∂P line it prints as sums,
     evaluated with this model's numbers, equals the module's gradient."""
-    import nndsl
-    from nndsl.cli import main
-    out, err = io.StringIO(), io.StringIO()
+    # what `nndsl grad` and `nndsl grad --latex` print (cli._cmd_grad: format_gradients, that
+    # is format_blocks of model_formulas), and nndsl.gradients, from one derivation
+    from nndsl.calculus.gradapi import Gradients
+    from nndsl.calculus.gradprint import format_blocks
+    from nndsl.calculus.gradview import model_formulas
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["grad", str(path)])
-    except BaseException:                              # noqa: BLE001 -- a traceback is the finding
+        blocks = model_formulas(model_ir)
+        printed = format_blocks(blocks, False)
+        format_blocks(blocks, True)
+        g = Gradients(blocks)                          # every line in text and in LaTeX
+    except Exception:                                  # noqa: BLE001 -- a traceback is the finding
         raise _crash("nndsl grad") from None
-    if code != 0:
-        raise Finding("grad-print", f"nndsl grad exited {code}: {err.getvalue()[-2000:]}")
-    g = nndsl.gradients(path)                          # every line in text and in LaTeX
     lines = lambda text: [x for x in text.splitlines() if x and not x.startswith("# ")]   # noqa: E731
-    if lines(out.getvalue()) != lines(g.text):
-        raise Finding("grad-print", f"nndsl grad prints\n{out.getvalue()}\nbut nndsl.gradients gives\n{g.text}")
+    if lines(printed) != lines(g.text):
+        raise Finding("grad-print", f"nndsl grad prints\n{printed}\nbut nndsl.gradients gives\n{g.text}")
     g.latex                                            # noqa: B018 -- renders
     internal_names(g.text, model_ir)
     stats = {"evaluated": 0, "skipped": 0}
@@ -474,7 +475,7 @@ def check_model(source: str, name: str = "model", *, float32: bool = True, formu
                 m = perturbed(module, 11)
                 data = batch(module)
                 if noisy:
-                    check_printed_gradients_text_only(path)
+                    check_printed_gradients_text_only(path)     # through the command line
                     report["formulas"] = "printed (noise: not evaluated)"
                 else:
                     report["formulas"] = check_printed_gradients(path, model_ir, module, m, data)
