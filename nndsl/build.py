@@ -285,7 +285,9 @@ def _context(spec, source_file: str, target: str) -> dict:
         inputs=[d.name for d in model.inputs], nodes=spec.nodes, node_info=spec.node_info,
         all_input_args="".join(f"{d.name}, " for d in model.inputs),
         size_args=", ".join(size_names), masks=spec.masks,
-        size_call=", ".join(["n_rows"] + [f"sizes[{s!r}]" for s, _, _ in spec.free_sizes]),
+        # a free size that no array of the call fixes (an input no loss reads) is 1, as for the
+        # placeholders of `forward` and the step masks
+        size_call=", ".join(["n_rows"] + [f"sizes.get({s!r}, 1)" for s, _, _ in spec.free_sizes]),
         kernel_names=list(spec.kernels), output_views=spec.output_views,
         plans=list(spec.plans.plans.values()), width=spec.plans.width,
         branches=list(spec.plans.branches.values()), updates=spec.updates, has_draws=spec.has_draws,

@@ -35,6 +35,9 @@ EDGES = {
         "a = dense(x, 2)\nb = dense(x, 2)\nloss la = squared(a, y) wrt a\nloss lb = squared(b, y) wrt b"),
     "where-condition-with-parameters": model(
         "k = dense(x, 2)\nh = dense(x, 2)\no = where(k > 0, h, 2 * h)\nloss squared(o, y)"),
+    # -- an input of a free length that nothing reads: the plan of a loss without it took its
+    #    length from the call's arrays (KeyError 'T' at the first step; a valid mutant's find)
+    "unused-sequence-input": model("o = dense(x, 2)\nloss squared(o, y)", "input s[T, 2]\ninput x[3]\ntarget y[2]"),
     # -- `nndsl grad` on degenerate sizes and activations
     "softmax-over-one-unit": model("o = dense(x, 1, act=softmax)\nloss squared(o, y)", "input x[3]\ntarget y[1]"),
     "rnn-act-leaky_relu": model("h = rnn(x, 3, act=leaky_relu)\no = dense(h, 3)\nloss squared(o, y)", SEQ),
@@ -68,7 +71,7 @@ EDGES = {
 
 # what each row is about: the plan rows need no printout, the printout rows no optimiser step
 # (the suite's time: each row builds a module)
-PLAN_ROWS = {"unused-dense", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
+PLAN_ROWS = {"unused-dense", "unused-sequence-input", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
              "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters"}
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
