@@ -85,6 +85,7 @@ def test_edge_model(case):
                 steps=plan or case.startswith("rnn-act-softmax"))
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_saved_regression(path):
-    check_model(path.read_text(), path.stem.replace("-", "_"), float32=False)
+if FILES:                  # (none yet: every finding so far is a row of EDGES)
+    @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+    def test_saved_regression(path):
+        check_model(path.read_text(), path.stem.replace("-", "_"), float32=False)
