@@ -688,6 +688,9 @@ def generate(seed: int) -> tuple[str, list[str]]:
         sk.tail.append("output " + ", ".join(rng.sample(nodes, min(len(nodes), rng.randint(1, 2)))))
     if any(v.name not in sk.used and not v.input for v in sk.values):
         sk.feature("unused-node")
+    if rng.random() < 0.1:                     # an input that nothing reads (drawn last: the rest
+        rng.choice([_vector_head, _image_head, _sequence_head])(sk)    # of a seed's model stays)
+        sk.feature("unused-input")
     return sk.text(), sk.features
 
 

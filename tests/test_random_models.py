@@ -104,7 +104,7 @@ def test_the_generator_reaches_every_construct():
               "flatten", "concat", "where", "min-max", "arithmetic", "broadcast", "inline-dense", "expression-function",
               "dropout", "gaussian_noise", "mask_noise", "sample_normal", "user-activation", "user-loss",
               "user-layer-hidden", "user-layer-scale", "user-layer-bilinear", "user-layer-window", "network",
-              "const", "named-losses", "weighted-loss", "unused-node", "no-bias", "init",
+              "const", "named-losses", "weighted-loss", "unused-node", "unused-input", "no-bias", "init",
               *(f"act-{a}" for a in ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus",
                                      "swish", "softmax")),
               *(f"loss-{x}" for x in ("squared", "bce", "cross_entropy", "gaussian", "kl", "user_loss")),
