@@ -424,6 +424,11 @@ def check_model(source: str, name: str = "model", *, float32: bool = True, formu
         every = every if isinstance(every, tuple) else (every,)
         if not all(np.all(np.isfinite(x)) for x in every):
             raise Finding("forward", "forward gives non-finite values")
+        n = len(next(iter(data.values())))
+        for node, x in zip(nodes, every):             # free sizes are 3 in the batch
+            want = (n,) + tuple(3 if isinstance(d, str) else d for d in module.NODES[node][0])
+            if x.shape != want:
+                raise Finding("forward", f"forward gives node {node!r} the shape {x.shape}, not {want}")
         report["checks"].append("forward")
 
         # steps: finite, and only the loss's `wrt` parameters move

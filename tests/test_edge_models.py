@@ -38,6 +38,10 @@ EDGES = {
     # -- an input of a free length that nothing reads: the plan of a loss without it took its
     #    length from the call's arrays (KeyError 'T' at the first step; a valid mutant's find)
     "unused-sequence-input": model("o = dense(x, 2)\nloss squared(o, y)", "input s[T, 2]\ninput x[3]\ntarget y[2]"),
+    # -- a sequence whose values cancel (h - h reads nothing): its length is still the input's
+    #    (KeyError 'T' at the first step; or the wrong T, had the plan not taken the input)
+    "cancelled-sequence-keeps-its-length": model("h = dense(s, 1)\ne = h - h\no = dense(e, 2)\nloss squared(o, 0)",
+                                                "input s[T, 2]"),
     # -- `nndsl grad` on degenerate sizes and activations
     "softmax-over-one-unit": model("o = dense(x, 1, act=softmax)\nloss squared(o, y)", "input x[3]\ntarget y[1]"),
     "rnn-act-leaky_relu": model("h = rnn(x, 3, act=leaky_relu)\no = dense(h, 3)\nloss squared(o, y)", SEQ),
@@ -71,7 +75,7 @@ EDGES = {
 
 # what each row is about: the plan rows need no printout, the printout rows no optimiser step
 # (the suite's time: each row builds a module)
-PLAN_ROWS = {"unused-dense", "unused-sequence-input", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
+PLAN_ROWS = {"unused-dense", "unused-sequence-input", "cancelled-sequence-keeps-its-length", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
              "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters"}
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"

@@ -122,7 +122,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
 
     fwd_stages = relevant_stages_multi(forward_stages, outputs, tensors)
     forward = _kernel("forward", fwd_stages, [], lib, keep=set(outputs))
-    forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
+    forward_inputs = _data_of(model.inputs, fwd_stages, g)
     nodes, node_info = _nodes_kernel(model, g, lib)
 
     losses = []
@@ -134,7 +134,7 @@ def generate(model: ir.ModelIR, dtype: str = "float32") -> ModuleSpec:
         value = _kernel(f"value_{ident}", loss_stages, full.stages, lib, keep)
         train = None if partial is full else _kernel(f"train_{ident}", loss_stages, partial.stages, lib, keep)
         ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"]) for p in spec.wrt])
-        data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
+        data = _data_of(model.data, loss_stages, g)
         update = update_kernel(model.optimizers[spec.name], dtype)
         lib.kernels.setdefault(update.name, update)
         losses.append(LossSpec(spec.name, ident, value, train, model.optimizers[spec.name], ranges, data,
@@ -174,6 +174,19 @@ def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None)
     for t in targets:
         keep |= {id(s) for s in relevant_stages(stages, t, tensors)}
     return [s for s in stages if id(s) in keep]
+
+
+def _data_of(decls, stages: list[Stage], g: Graph) -> list[str]:
+    """The data arrays a plan takes: those its stages read, and for every free size its loops
+    run over (T) one array that gives it, read or not (`h - h` of a sequence reads nothing,
+    but its T is the input's)."""
+    names = [d.name for d in decls if _uses(stages, g.values[d.name].name)]
+    sizes = set().union(*[sp.sympify(n).free_symbols for s in stages for _, n in s.ranges]) - {N}
+    for size in sorted(sizes, key=str):
+        given = [d.name for d in decls if str(size) in map(str, d.shape)]
+        if given and not set(given) & set(names):
+            names.append(given[0])
+    return [d.name for d in decls if d.name in names]
 
 
 def _uses(stages: list[Stage], tensor: str) -> bool:
