@@ -67,6 +67,11 @@ EDGES = {
     "network-called-twice-on-one-input": model(
         "network net(v) { a = dense(v, 2, act=elu); return dense(a, 2) }\np = net(x)\nq = net(x)\n"
         "o = p * q\nloss squared(o, y)"),
+    # -- a strided pool's adjoint read as a gather solved its window offset p (2·i + p = k) with
+    #    no bound on p: Δc[n,0,k,d] = Σ_i Σ_j e[n,0,i,j]/4, every window's Δ at every element
+    "avgpool-stride-2-read-beside-its-input": model(
+        "c = conv2d(img, 1, 2, pad=1)\np = avgpool(c, 2)\nloss squared(p, y1) + squared(c, y2)",
+        "input img[1, 4, 4]\ntarget y1[1, 2, 2]\ntarget y2[1, 5, 5]"),
     # -- a convolution's pre-activation printed (swish needs it): its Σ over input channels
     #    captured the output channel (`Σ_c W[c,c,0,0]`), its padded input printed `img[n,c,h,w]`
     "conv-pre-activation-with-padding": model("c = conv2d(img, 2, 1, pad=1, act=swish)\nloss squared(c, y)",

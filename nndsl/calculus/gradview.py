@@ -272,7 +272,10 @@ class _View:
                      if self.tensors.get(str(r.base.label)) is not None
                      and self.tensors[str(r.base.label)].role == "grad"}
             outside = body.xreplace(grads).free_symbols
-            ok = [v for v in vs if e.coeff(v) == 1 and v not in outside
+            # solved for, v is bounded only by the Δ it indexes (read as zero outside its map):
+            # a window offset that indexes no Δ (an avgpool's p in 2·i + p) stays summed
+            in_grads = set().union(*[r.free_symbols for r in grads]) if grads else set()
+            ok = [v for v in vs if e.coeff(v) == 1 and v not in outside and v in in_grads
                 and not any(v in sp.sympify(o).free_symbols for q, o in enumerate(index) if q != pos)
                 and all(c.is_Integer for c in (e.coeff(u) for u in vs))]
             if any(v in used for v in vs):
