@@ -80,8 +80,9 @@ EDGES = {
 
 # what each row is about: the plan rows need no printout, the printout rows no optimiser step
 # (the suite's time: each row builds a module)
-PLAN_ROWS = {"unused-dense", "unused-sequence-input", "cancelled-sequence-keeps-its-length", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
-             "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters"}
+PLAN_ROWS = {"unused-dense", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
+             "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters", "unused-sequence-input",
+             "cancelled-sequence-keeps-its-length"}
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 FILES = sorted(REGRESSIONS.glob("*.nn")) if REGRESSIONS.is_dir() else []
