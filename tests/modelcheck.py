@@ -200,6 +200,11 @@ class FormulaEval:
                 raise _Skip(f"{label} is defined in a window form")
         if label in self.steps and len(idx) >= 2 and "t" in env and not 0 <= env["t"] < self.steps[label]:
             return 0.0                           # the initial state, a Δ past the last step
+        node = self.arrays.get(label[1:]) if label.startswith("Δ") else None
+        if node is not None and len(idx) == sum(node[1]):
+            shape = [n for n, keep in zip(node[0].shape, node[1]) if keep]
+            if any(not 0 <= i < n for i, n in zip(idx, shape)):
+                return 0.0                       # "a delta read outside its map is zero"
         return self(rhs, env)
 
     def __call__(self, e, env):
@@ -258,10 +263,11 @@ def internal_names(text: str, model_ir) -> None:
     if hit:
         raise Finding("grad-print", f"an internal name in the printout: {hit.group()!r}\n{text}")
     known = {p.name for p in model_ir.params} | {n.name for n in model_ir.nodes}
+    known |= {m.group(1) for m in re.finditer(r"^([^\[\n]+?)\[[^\]\n]*\] = ", text, re.M)}   # defined by a line
     formulas = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     for name in re.findall(r"[A-Za-z_][\w]*(?:\([\w, ]+\))?(?:\.[A-Za-z_]\w*)+", formulas):
         plain = re.sub(r"\([\w, ]+\)", "", name)
-        if plain not in known:
+        if plain not in known and name not in known:
             raise Finding("grad-print", f"`{name}` in the printout is neither a parameter nor a node\n{text}")
 
 
