@@ -196,11 +196,14 @@ def construct_expression(sk: Sketch) -> bool:
     r = sk.rng
     text, reads = base.name, [base]
     for _ in range(r.randint(1, 3)):
+        if text != base.name:
+            text = f"({text})"                  # `log(1 + {0} ^ 2)` of `a * b` is log(1 + (a * b) ^ 2)
         if r.random() < 0.5:
             text = r.choice(UNARY + [f"{a}({{0}})" for a in sk.user_acts]).format(text)
             sk.feature("expression-function")
         else:
             other, more = _operand(sk, base)
+            other = f"({other})" if other.startswith("-") else other
             pair = (text, other) if r.random() < 0.7 else (other, text)
             form = r.choice(BINARY)
             if "where" in form:

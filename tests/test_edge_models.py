@@ -42,6 +42,9 @@ EDGES = {
     #    (KeyError 'T' at the first step; or the wrong T, had the plan not taken the input)
     "cancelled-sequence-keeps-its-length": model("h = dense(s, 1)\ne = h - h\no = dense(e, 2)\nloss squared(o, 0)",
                                                 "input s[T, 2]"),
+    # -- an output whose values cancel reads no input: forward had no batch size (`20*None`
+    #    in the plan table)
+    "cancelled-output-keeps-the-batch-size": model("h = dense(x, 2)\ne = h - h\nloss squared(e, y)"),
     # -- `nndsl grad` on degenerate sizes and activations
     "softmax-over-one-unit": model("o = dense(x, 1, act=softmax)\nloss squared(o, y)", "input x[3]\ntarget y[1]"),
     "rnn-act-leaky_relu": model("h = rnn(x, 3, act=leaky_relu)\no = dense(h, 3)\nloss squared(o, y)", SEQ),
@@ -82,7 +85,7 @@ EDGES = {
 # (the suite's time: each row builds a module)
 PLAN_ROWS = {"unused-dense", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
              "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters", "unused-sequence-input",
-             "cancelled-sequence-keeps-its-length"}
+             "cancelled-sequence-keeps-its-length", "cancelled-output-keeps-the-batch-size"}
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 FILES = sorted(REGRESSIONS.glob("*.nn")) if REGRESSIONS.is_dir() else []

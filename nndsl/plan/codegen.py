@@ -177,13 +177,13 @@ def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None)
 
 
 def _data_of(decls, stages: list[Stage], g: Graph) -> list[str]:
-    """The data arrays a plan takes: those its stages read, and for every free size its loops
-    run over (T) one array that gives it, read or not (`h - h` of a sequence reads nothing,
-    but its T is the input's)."""
+    """The data arrays a plan takes: those its stages read, and for every size its loops run
+    over (N, a free T) one array that gives it, read or not (`h - h` reads nothing, but its
+    batch size and T are the input's)."""
     names = [d.name for d in decls if _uses(stages, g.values[d.name].name)]
-    sizes = set().union(*[sp.sympify(n).free_symbols for s in stages for _, n in s.ranges]) - {N}
-    for size in sorted(sizes, key=str):
-        given = [d.name for d in decls if str(size) in map(str, d.shape)]
+    sizes = set().union(*[sp.sympify(n).free_symbols for s in stages for _, n in s.ranges])
+    for size in sorted(sizes, key=str):        # N too: every array gives the batch size
+        given = [d.name for d in decls if size == N or str(size) in map(str, d.shape)]
         if given and not set(given) & set(names):
             names.append(given[0])
     return [d.name for d in decls if d.name in names]
