@@ -441,6 +441,7 @@ def check_model(source: str, name: str = "model", *, float32: bool = True, formu
         wrt = {l.name: set(l.wrt) for l in model_ir.losses}
         for loss in module.LOSSES if steps else ():
             m = perturbed(module, 11)
+            m.lr[loss] = 1e-4                # the update runs, and a steep random point does not diverge
             before = {k: v.copy() for k, v in m.params.items()}
             d = loss_data(module, loss, data)
             for _ in range(2):
