@@ -89,7 +89,7 @@ def test_every_optimiser_rule_is_printed_by_every_target(kind, target):
 
 
 def test_a_primitives_helper_is_written_once_for_every_target(monkeypatch):
-    monkeypatch.setitem(fn.HELPERS, "_softsign", "def _softsign(x):\n    return x / (F(1.0) + abs(x))")
+    monkeypatch.setitem(fn.PRIMITIVE_HELPERS, "_softsign", "def _softsign(x):\n    return x / (F(1.0) + abs(x))")
     for target, decorator in (("cpu", "@njit"), ("cuda", "@cuda.jit(device=True")):
         names = helpers_mod.used("y = _softsign(a)", target, "float32")
         _, text = helpers_mod.helpers_text(target, "float32", names)

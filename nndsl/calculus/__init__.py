@@ -2,6 +2,6 @@
 
 The prelude is two modules: `ops.py` (dense, convolutions, pools, expressions, losses) and
 `recurrent.py` (rnn, lstm, gru, written over `ops`'s graph); each registers its layers in
-`ops.LAYERS` when imported, and importing this package imports both.
+`ops.LAYER_FORMULAS` when imported, and importing this package imports both.
 """
 from . import recurrent  # noqa: F401  (registers rnn, lstm and gru beside ops's layers)

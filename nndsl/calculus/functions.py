@@ -182,7 +182,7 @@ NUMBA.update({cls.__name__: "({2} if {0} %s {1} else {3})" % op for op, cls in W
 # Scalar helpers a primitive's NUMBA text calls, that are not in `render/helpers.py`: name ->
 # its definition without a decorator (each target adds its own), the same on every target.
 # A new activation that needs one adds it here, beside its Function and NUMBA text.
-HELPERS: dict[str, str] = {}
+PRIMITIVE_HELPERS: dict[str, str] = {}
 
 # Name in the .nn language -> a callable building the sympy expression.
 BUILTIN = {

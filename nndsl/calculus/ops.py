@@ -18,20 +18,20 @@ from ..frontend import ir
 from . import functions as fn
 from .formulas import Builder, Handle, N, fixed_size, idx, make_stage
 
-LAYERS: dict[str, Callable] = {}
-LOSSES: dict[str, Callable] = {}
+LAYER_FORMULAS: dict[str, Callable] = {}
+LOSS_FORMULAS: dict[str, Callable] = {}
 
 
 def layer(name):
     def register(f):
-        LAYERS[name] = f
+        LAYER_FORMULAS[name] = f
         return f
     return register
 
 
 def loss(name):
     def register(f):
-        LOSSES[name] = f
+        LOSS_FORMULAS[name] = f
         return f
     return register
 
@@ -710,7 +710,7 @@ def expand_nodes(g: Graph, names=None) -> None:
     for node in g.model.nodes:
         if node.name in g.values or (wanted is not None and node.name not in wanted):
             continue
-        rule = LAYERS.get(node.op)
+        rule = LAYER_FORMULAS.get(node.op)
         if rule is None:
             g.unsupported(node, "no formula")
         start = len(g.b.stages)
@@ -727,7 +727,7 @@ def expand_loss(g: Graph, spec: ir.Loss) -> Handle:
     for j, term in enumerate(spec.terms):
         operands = [g.values[a] if isinstance(a, str) else a for a in term.args]
         label = f"{spec.name}.{j}" if len(spec.terms) > 1 else f"{spec.name}.per_example"
-        rule = LOSSES.get(term.fn)
+        rule = LOSS_FORMULAS.get(term.fn)
         per_example = rule(g, term, label, *operands) if rule else user_loss(g, term, label, *operands)
         total += number(term.weight) * per_example[n]
     L = g.b.tensor(spec.name, (1,), "loss")

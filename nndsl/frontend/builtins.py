@@ -1,14 +1,14 @@
 """Built-in names other than layers: expression functions, activations, losses,
 optimizers, initialisers and `train` options -- each a table, one row per name.
 
-(The built-in layers live in `nndsl.shapes.LAYERS`.)
+(The built-in layers live in `frontend/shapes.py`, `BUILTIN_LAYERS`.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
-from .shapes import LAYERS, Operand, ShapeError
+from .shapes import BUILTIN_LAYERS, Operand, ShapeError
 from .signature import BOOL, POSITIVE_INT, REQUIRED, TENSOR, Arg, ChoiceKind, FormKind, IntKind, RealKind, Signature
 
 
@@ -63,7 +63,7 @@ class LossForm:
 
 
 @dataclass(frozen=True)
-class LossSpec:
+class BuiltinLoss:
     name: str
     forms: tuple[LossForm, ...]
     doc: str = ""
@@ -131,20 +131,20 @@ def _sig(*operands: str, **options: Arg) -> Signature:
     return Signature(tuple(Arg(o, TENSOR) for o in operands) + tuple(options.values()))
 
 
-LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in (
-    LossSpec("squared", (LossForm(_sig("o", "y"), _elementwise("squared")),),
+BUILTIN_LOSSES: dict[str, BuiltinLoss] = {spec.name: spec for spec in (
+    BuiltinLoss("squared", (LossForm(_sig("o", "y"), _elementwise("squared")),),
              "1/2 sum_k (o_k - y_k)^2"),
-    LossSpec("cross_entropy", (LossForm(_sig("o", "label"), _cross_entropy),),
+    BuiltinLoss("cross_entropy", (LossForm(_sig("o", "label"), _cross_entropy),),
              "softmax cross-entropy on logits"),
-    LossSpec("bce_logits", (LossForm(_sig("o", "y"), _elementwise("bce_logits")),),
+    BuiltinLoss("bce_logits", (LossForm(_sig("o", "y"), _elementwise("bce_logits")),),
              "Bernoulli likelihood on logits"),
-    LossSpec("gaussian_nll", (
+    BuiltinLoss("gaussian_nll", (
         LossForm(_sig("mu", "logvar", "y"), _elementwise("gaussian_nll")),
         # The fixed-precision form: selected by `beta=` or by two operands (beta = 1).
         LossForm(_sig("mu", "y", beta=Arg("beta", RealKind(lo=0.0, lo_open=True), 1.0)),
                  _elementwise("gaussian_nll")),
     ), "Gaussian negative log-likelihood"),
-    LossSpec("kl_normal", (LossForm(_sig("mu", "logvar"), _elementwise("kl_normal")),),
+    BuiltinLoss("kl_normal", (LossForm(_sig("mu", "logvar"), _elementwise("kl_normal")),),
              "KL(N(mu, exp(logvar)) || N(0, I))"),
 )}
 
@@ -206,14 +206,14 @@ TRAIN = Signature((
 
 # ----------------------------------------------------------- reserved names
 RESERVED: frozenset[str] = frozenset(
-    set(LAYERS) | set(FUNCTIONS) | set(ACTIVATIONS) | set(LOSSES) | {"sum"})
+    set(BUILTIN_LAYERS) | set(FUNCTIONS) | set(ACTIVATIONS) | set(BUILTIN_LOSSES) | {"sum"})
 
 
 def reserved_kind(name: str) -> Optional[str]:
     """What a reserved name is, for messages: 'layer', 'function', ..."""
-    if name in LAYERS:
+    if name in BUILTIN_LAYERS:
         return "layer"
-    if name in LOSSES:
+    if name in BUILTIN_LOSSES:
         return "loss"
     if name in FUNCTIONS or name == "sum":
         return "function"

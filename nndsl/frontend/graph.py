@@ -20,10 +20,10 @@ from typing import Optional, Union
 
 from ..diagnostics import Span, did_you_mean
 from . import ast, ir
-from .builtins import LOSSES
+from .builtins import BUILTIN_LOSSES
 from .context import DEFINITION_KINDS, Context, Failed
 from .exprs import ExprLowering, Lowered
-from .shapes import LAYERS, LayerSpec, Operand, ShapeError
+from .shapes import BUILTIN_LAYERS, BuiltinLayer, Operand, ShapeError
 from .signature import ArgError, Bound, Number, bind
 from .userlayers import instantiate
 
@@ -182,8 +182,8 @@ class GraphBuilder:
     def lower_value(self, e: ast.Expr, frame: Frame, naming: Naming) -> NodeRef:
         """The node holding the value of `e` (an existing one for a bare name)."""
         if isinstance(e, ast.Call):
-            if e.func in LAYERS:
-                return self.builtin_layer(e, LAYERS[e.func], frame, naming)
+            if e.func in BUILTIN_LAYERS:
+                return self.builtin_layer(e, BUILTIN_LAYERS[e.func], frame, naming)
             if e.func in self.ctx.layer_defs:
                 return self.user_layer(e, frame, naming)
             if e.func in self.ctx.network_defs:
@@ -250,7 +250,7 @@ class GraphBuilder:
         return None
 
     # -------------------------------------------------------- built-in layers
-    def builtin_layer(self, e: ast.Call, spec: LayerSpec, frame: Frame,
+    def builtin_layer(self, e: ast.Call, spec: BuiltinLayer, frame: Frame,
                       naming: Naming) -> NodeRef:
         ctx = self.ctx
         bound = bind(spec.signature, e.args, e.kwargs, e.span, ctx, e.func, ctx.errors)
@@ -430,17 +430,17 @@ class _NodeExpr(ExprLowering):
 
     def call(self, e):
         ctx = self.graph.ctx
-        if e.func in LAYERS or e.func in ctx.layer_defs or e.func in ctx.network_defs:
+        if e.func in BUILTIN_LAYERS or e.func in ctx.layer_defs or e.func in ctx.network_defs:
             try:
                 ref = self.graph.lower_value(e, self.frame, self.naming.sub())
             except Failed:
                 return None
             return Lowered(ir.Ref(ref.name), Operand(ref.name, ref.shape))
-        if e.func in LOSSES or e.func in ctx.loss_specs:
+        if e.func in BUILTIN_LOSSES or e.func in ctx.loss_specs:
             self.error(f"the loss `{e.func}` can only be used in a `loss` statement",
                        e.func_span)
             return None
-        self.unknown_function(e, [*LAYERS, *ctx.layer_defs, *ctx.network_defs],
+        self.unknown_function(e, [*BUILTIN_LAYERS, *ctx.layer_defs, *ctx.network_defs],
                               "layer or function")
         return None
 

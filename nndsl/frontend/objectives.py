@@ -14,10 +14,10 @@ from typing import Optional, Sequence, Union
 
 from ..diagnostics import Span, did_you_mean
 from . import ast, ir
-from .builtins import DEFAULT_OPTIMIZER, LOSSES, OPTIMIZERS, LossForm, same_shape
+from .builtins import DEFAULT_OPTIMIZER, BUILTIN_LOSSES, OPTIMIZERS, LossForm, same_shape
 from .context import Context, Failed
 from .graph import GraphBuilder, Naming, NodeRef
-from .shapes import LAYERS, Operand, ShapeError
+from .shapes import BUILTIN_LAYERS, Operand, ShapeError
 from .signature import TENSOR, Arg, RealKind, Signature, bind
 
 
@@ -83,13 +83,13 @@ class LossChecker:
     def form(self, call: ast.Call) -> LossForm:
         """The signature and operand check of a built-in or user loss."""
         ctx = self.ctx
-        if call.func in LOSSES:
-            return LOSSES[call.func].select(len(call.args), [k.name for k in call.kwargs])
+        if call.func in BUILTIN_LOSSES:
+            return BUILTIN_LOSSES[call.func].select(len(call.args), [k.name for k in call.kwargs])
         spec = ctx.loss_specs.get(call.func)
         if spec is None:
-            hint = did_you_mean(call.func, [*LOSSES, *ctx.loss_specs])
-            if hint is None and (call.func in LAYERS or call.func in ctx.top):
-                hint = f"`{call.func}` is not a loss; losses: {', '.join(LOSSES)}"
+            hint = did_you_mean(call.func, [*BUILTIN_LOSSES, *ctx.loss_specs])
+            if hint is None and (call.func in BUILTIN_LAYERS or call.func in ctx.top):
+                hint = f"`{call.func}` is not a loss; losses: {', '.join(BUILTIN_LOSSES)}"
             raise ctx.fail(f"unknown loss `{call.func}`", call.func_span, hint)
         if call.func not in ctx.user_losses:
             raise Failed()                    # its definition failed: reported there

@@ -1,6 +1,6 @@
 """The built-in layers: signature, defaults, ranges, shape rule and parameters, one entry each.
 
-Adding a layer is one `_layer(LayerSpec(...))` call below.  A shape rule gets
+Adding a layer is one `_layer(BuiltinLayer(...))` call below.  A shape rule gets
 the operands (node name + per-example shape) and the bound scalar arguments and
 returns the output shape, or raises `ShapeError` naming the argument at fault
 (its span is where the diagnostic points).  A parameter rule returns the
@@ -120,7 +120,7 @@ def _no_params(ops, a) -> tuple[ParamShape, ...]:
 
 
 @dataclass(frozen=True)
-class LayerSpec:
+class BuiltinLayer:
     name: str
     signature: Signature
     shape: ShapeRule
@@ -133,11 +133,11 @@ class LayerSpec:
         return {k: v for k, v in values.items() if k != "init"}
 
 
-LAYERS: dict[str, LayerSpec] = {}
+BUILTIN_LAYERS: dict[str, BuiltinLayer] = {}
 
 
-def _layer(spec: LayerSpec) -> None:
-    LAYERS[spec.name] = spec
+def _layer(spec: BuiltinLayer) -> None:
+    BUILTIN_LAYERS[spec.name] = spec
 
 
 # --------------------------------------------------- operand requirements
@@ -216,7 +216,7 @@ def _dense_params(ops, a):
     return ps + ((ParamShape("b", (u,), d, u, bias=True),) if a["bias"] else ())
 
 
-_layer(LayerSpec(
+_layer(BuiltinLayer(
     "dense",
     Signature((Arg("x", TENSOR), Arg("units", POSITIVE_INT),
                Arg("act", ACTIVATION, "identity", "identity"), Arg("bias", BOOL, True),
@@ -249,7 +249,7 @@ def _conv_params(ops, a):
                  if a["bias"] else ())
 
 
-_layer(LayerSpec(
+_layer(BuiltinLayer(
     "conv2d",
     Signature((Arg("x", TENSOR), Arg("filters", POSITIVE_INT), Arg("kernel", POSITIVE_INT),
                Arg("stride", POSITIVE_INT, 1), Arg("pad", IntKind(lo=0), 0),
@@ -272,7 +272,7 @@ def _pool_shape(name):
 
 
 for _name in ("maxpool", "avgpool"):
-    _layer(LayerSpec(
+    _layer(BuiltinLayer(
         _name,
         Signature((Arg("x", TENSOR), Arg("size", POSITIVE_INT),
                    Arg("stride", POSITIVE_INT, lambda v: v["size"], "size"))),
@@ -286,12 +286,12 @@ def _flatten_shape(ops, a):
     return (prod(_fixed(ops[0], "flatten", "x")),)
 
 
-_layer(LayerSpec("flatten", Signature((Arg("x", TENSOR),)), _flatten_shape,
+_layer(BuiltinLayer("flatten", Signature((Arg("x", TENSOR),)), _flatten_shape,
                  doc="row-major flatten"))
 
 
 # -------------------------------------------------------------- recurrent
-def _recurrent(name: str, gates: tuple[str, ...], act: bool) -> LayerSpec:
+def _recurrent(name: str, gates: tuple[str, ...], act: bool) -> BuiltinLayer:
     def shape(ops, a):
         _sequence(ops[0], name)
         return (ops[0].shape[0], a["hidden"]) if a["return"] == "all" else (a["hidden"],)
@@ -309,7 +309,7 @@ def _recurrent(name: str, gates: tuple[str, ...], act: bool) -> LayerSpec:
         args.append(Arg("act", ACTIVATION, "tanh", "tanh"))
     args += [Arg("return", ChoiceKind(("all", "last")), "all", "all"),
              Arg("init", INIT, None, "model default")]
-    return LayerSpec(name, Signature(tuple(args)), shape, params,
+    return BuiltinLayer(name, Signature(tuple(args)), shape, params,
                      f"recurrent {name}; return=all gives (T, hidden), last gives (hidden,)")
 
 
@@ -325,11 +325,11 @@ def _identity_shape(ops, a):
 
 _PROB = RealKind(lo=0.0, hi=1.0, hi_open=True)
 
-_layer(LayerSpec("dropout", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
+_layer(BuiltinLayer("dropout", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
                  _identity_shape, doc="inverted dropout while training"))
-_layer(LayerSpec("mask_noise", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
+_layer(BuiltinLayer("mask_noise", Signature((Arg("x", TENSOR), Arg("p", _PROB))),
                  _identity_shape, doc="zero-out with probability p while training"))
-_layer(LayerSpec("gaussian_noise",
+_layer(BuiltinLayer("gaussian_noise",
                  Signature((Arg("x", TENSOR), Arg("std", RealKind(lo=0.0)))),
                  _identity_shape, doc="add N(0, std^2) noise while training"))
 
@@ -338,7 +338,7 @@ def _sample_shape(ops, a):
     return _same_shapes(ops, "sample_normal", ("mu", "logvar"))
 
 
-_layer(LayerSpec("sample_normal",
+_layer(BuiltinLayer("sample_normal",
                  Signature((Arg("mu", TENSOR), Arg("logvar", TENSOR),
                             Arg("sample", BOOL, False))),
                  _sample_shape, doc="mu + exp(logvar/2) * eps"))
@@ -364,7 +364,7 @@ def _concat_shape(ops, a):
     return first.shape[:-1] + (sum(int(op.shape[-1]) for op in ops),)
 
 
-_layer(LayerSpec("concat", Signature((), variadic="inputs"), _concat_shape,
+_layer(BuiltinLayer("concat", Signature((), variadic="inputs"), _concat_shape,
                  doc="join along the last per-example axis"))
 
 
@@ -383,7 +383,7 @@ def _embed_params(ops, a):
     return (ParamShape("E", (v, d), v, d, init=("normal", 1.0)),)
 
 
-_layer(LayerSpec(
+_layer(BuiltinLayer(
     "embed",
     Signature((Arg("x", TENSOR), Arg("dim", POSITIVE_INT), Arg("init", INIT, None, "normal(1)"))),
     _embed_shape, _embed_params,
@@ -415,7 +415,7 @@ def _layernorm_params(ops, a):
             ParamShape("b", (k,), k, k, bias=True))
 
 
-_layer(LayerSpec(
+_layer(BuiltinLayer(
     "layernorm",
     Signature((Arg("x", TENSOR), Arg("eps", RealKind(lo=0.0, lo_open=True), 1e-5))),
     lambda ops, a: (_layernorm_width(ops[0]), ops[0].shape)[1], _layernorm_params,
@@ -444,7 +444,7 @@ def _batchnorm_params(ops, a):
             ParamShape("running_var", (c,), c, c, init=("ones", None), trainable=False))
 
 
-_layer(LayerSpec(
+_layer(BuiltinLayer(
     "batchnorm",
     Signature((Arg("x", TENSOR), Arg("momentum", RealKind(lo=0.0, hi=1.0), 0.1),
                Arg("eps", RealKind(lo=0.0, lo_open=True), 1e-5))),

@@ -10,9 +10,9 @@ from typing import Mapping, Optional, Sequence, Union
 
 from ..diagnostics import Diagnostic, did_you_mean
 from . import ast, ir
-from .builtins import LOSSES, FunctionSpec
+from .builtins import BUILTIN_LOSSES, FunctionSpec
 from .exprs import ExprLowering, Lowered
-from .shapes import LAYERS
+from .shapes import BUILTIN_LAYERS
 from .signature import ArgError, Number, fold_number
 
 
@@ -129,8 +129,8 @@ def const_lookup(consts: Mapping[str, Number]):
 def not_callable_names(networks: Sequence[str], layers: Sequence[str],
                        losses: Sequence[str]) -> dict[str, str]:
     """Names that a function body may not call, with what they are."""
-    table = {n: "layer" for n in LAYERS}
-    table.update({n: "loss" for n in LOSSES})
+    table = {n: "layer" for n in BUILTIN_LAYERS}
+    table.update({n: "loss" for n in BUILTIN_LOSSES})
     table.update({n: "network" for n in networks})
     table.update({n: "layer" for n in layers})
     table.update({n: "loss" for n in losses})

@@ -30,7 +30,7 @@ class Helper:
     imports: tuple = ()                        # import lines its texts need
 
 
-HELPERS = {
+TARGET_HELPERS = {
     "_tanh": Helper(
         {
             "cpu32": """\
@@ -243,8 +243,8 @@ GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
 
 
 def _all() -> dict:
-    """These helpers, and those the calculus's primitives declare (`functions.HELPERS`)."""
-    return {**{name: Helper({"any": text}) for name, text in fn.HELPERS.items()}, **HELPERS}
+    """These helpers, and those the calculus's primitives declare (`functions.PRIMITIVE_HELPERS`)."""
+    return {**{name: Helper({"any": text}) for name, text in fn.PRIMITIVE_HELPERS.items()}, **TARGET_HELPERS}
 
 
 def variant(name: str, target: str, dtype: str) -> str | None:

@@ -104,8 +104,8 @@ def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str) 
 
 def helpers_file(env, version: str, dtype: str) -> str:
     """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
-    from .helpers import HELPERS
-    text = " ".join(f"{h}(" for h in HELPERS)
+    from .helpers import TARGET_HELPERS
+    text = " ".join(f"{h}(" for h in TARGET_HELPERS)
     names = used(text, NAME, dtype)
     imports, helpers = helpers_text(NAME, dtype, names)
     return env.get_template("kernel.py.j2").render(version=version, name="helpers", what="every scalar helper",
