@@ -82,10 +82,14 @@ def batch(module, n: int = 3, seed: int = 0, lengths: bool = False) -> dict:
 
 
 def perturbed(module, seed: int):
-    """A Model at a random point: every parameter moved, so biases are not zero."""
+    """A Model at a random point: every parameter moved, so biases are not zero (running
+    statistics, after the parameters in theta, keep their values: a variance stays > 0)."""
     m = module.Model(seed=1)
     rng = np.random.default_rng(seed)
+    stats = {k: v.copy() for k, v in getattr(m, "stats", {}).items()}
     m.theta[:] = m.theta + rng.normal(0.0, 0.4, m.theta.shape)
+    for k, v in stats.items():
+        m.stats[k] = v
     return m
 
 

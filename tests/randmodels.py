@@ -64,6 +64,7 @@ class Sketch:
     used: set = field(default_factory=set)          # names something reads
     features: list = field(default_factory=list)    # the constructs used, for reports
     user_acts: list = field(default_factory=list)   # user activations defined
+    class_inputs: list = field(default_factory=list)  # inputs of class indices (read by embed)
     count: int = 0
 
     def fresh(self, prefix: str) -> str:
@@ -144,7 +145,26 @@ def _mixed(sk):
     _vector_head(sk)
 
 
-HEADS = [(_vector_head, 5), (_image_head, 3), (_sequence_head, 3), (_two_vectors, 2), (_mixed, 1)]
+def _class_head(sk):
+    """An input of class indices, one per example or per step, and an embedding of it (a
+    class input is read by `embed` only: it is kept out of `values`)."""
+    r = sk.rng
+    name, classes = sk.fresh("c"), r.randint(2, 6)
+    shape = ((FREE if r.random() < 0.7 else r.randint(2, 4)),) if r.random() < 0.7 else ()
+    sk.decls.append(f"input {name}[{_shape_text(shape)}]: class({classes})" if shape
+                    else f"input {name}: class({classes})")
+    sk.class_inputs.append(Val(name, shape, input=True))
+    _embed(sk, sk.class_inputs[-1])
+
+
+def _embed(sk, src: Val) -> None:
+    dim = sk.rng.randint(1, 4)
+    sk.feature("embed" + ("-per-step" if src.shape else ""))
+    sk.add(sk.fresh("e"), f"embed({src.name}, {dim})", src.shape + (dim,), [src], learn=True, params=True)
+
+
+HEADS = [(_vector_head, 5), (_image_head, 3), (_sequence_head, 3), (_two_vectors, 2), (_mixed, 1),
+         (_class_head, 1.5)]
 
 
 # ------------------------------------------------------------------ expressions
@@ -479,6 +499,35 @@ def construct_const(sk: Sketch) -> bool:
     return True
 
 
+def construct_norm(sk: Sketch) -> bool:
+    """layernorm over the last axis (a vector or a sequence), or batchnorm over the batch
+    (and the steps or positions) of a value of fixed sizes."""
+    r = sk.rng
+    if r.random() < 0.5:
+        src = sk.pick(lambda v: v.kind in ("vector", "sequence") and isinstance(v.shape[-1], int))
+        kind = "layernorm"
+    else:
+        src = sk.pick(lambda v: v.kind in ("vector", "sequence", "image") and v.fixed)
+        kind = "batchnorm"
+    if src is None:
+        return False
+    opts = ""
+    if r.random() < 0.3:
+        opts += f", eps={r.choice(['1e-3', '0.01'])}"
+    if kind == "batchnorm" and r.random() < 0.3:
+        opts += f", momentum={r.choice(['0.2', '0.5'])}"
+    sk.feature(f"{kind}-{src.kind}")
+    sk.add(sk.fresh("nm"), f"{kind}({src.name}{opts})", src.shape, [src], learn=True, params=True)
+    return True
+
+
+def construct_embed(sk: Sketch) -> bool:
+    if not sk.class_inputs:
+        return False
+    _embed(sk, sk.rng.choice(sk.class_inputs))
+    return True
+
+
 @dataclass(frozen=True)
 class Construct:
     name: str
@@ -500,6 +549,8 @@ CONSTRUCTS = [
     Construct("user-layer", 1.5, construct_user_layer),
     Construct("network", 1, construct_network),
     Construct("const", 0.5, construct_const),
+    Construct("normalisation", 1.5, construct_norm),
+    Construct("embed", 0.5, construct_embed),
 ]
 
 
@@ -652,7 +703,11 @@ LOSSES = [(loss_single, 6), (loss_named, 1)]
 # ------------------------------------------------------------------ optimisers, init, train
 OPTIMIZERS = ["sgd(lr=0.05)", "sgd(lr=0.01, momentum=0.9)", "sgd(lr=0.01, momentum=0.5, nesterov=true)",
               "adagrad(lr=0.05)", "rmsprop(lr=0.01, rho=0.8)", "adam()", "adam(lr=0.01, beta1=0.5)",
-              "adagrad", "rmsprop"]
+              "adagrad", "rmsprop",
+              # the training kit: weight decay (L2 and decoupled, weights or all), schedules, warmup
+              "sgd(lr=0.05, weight_decay=0.01)", "adamw(lr=0.01, weight_decay=0.05)",
+              "adam(lr=0.01, weight_decay=0.1, decay=all)", "adam(lr=0.01, schedule=cosine, warmup=2)",
+              "sgd(lr=0.05, momentum=0.9, schedule=step(2, 0.5))", "rmsprop(lr=0.01, schedule=exponential(0.9))"]
 INITS = ["xavier", "he", "normal(0.3)", "uniform(0.5)", "zeros"]
 
 
@@ -677,6 +732,9 @@ def generate(seed: int) -> tuple[str, list[str]]:
         if rng.random() < 0.6:
             opt = rng.choice(OPTIMIZERS)
             sk.feature("optimizer-" + opt.split("(")[0])
+            for kit in ("weight_decay", "schedule", "warmup"):
+                if kit in opt:
+                    sk.feature(kit.replace("_", "-"))
             sk.tail.append(f"optimizer {name + ': ' if len(losses) > 1 else ''}{opt}")
     if rng.random() < 0.2:
         sk.tail.append("init " + rng.choice(INITS))
