@@ -34,6 +34,10 @@ MODELS = {
     "cnn": dict(nn=MODELS_DIR / "cnn.nn", module="cnn_bench", target="label",
                 sizes=[8, 16, 10], image=(1, 28, 28), act="relu", batch=64, loss="cross_entropy",
                 steps=30, samples=5),
+    # issue 23: the same with batchnorm after each convolution (no conv biases), training mode
+    "cnn_bn": dict(nn=MODELS_DIR / "cnn_bn.nn", module="cnn_bn_bench", target="label",
+                   sizes=[8, 16, 10], image=(1, 28, 28), act="relu", batch=64, loss="cross_entropy",
+                   steps=30, samples=5, batchnorm=True),
     # recurrent (issue 11): x[T, 16] -> lstm(64, return=last) -> dense(1), squared, batch 32
     "lstm": dict(nn=MODELS_DIR / "lstm_seq.nn", module="lstm_seq", target="y", kind="lstm",
                  steps_T=32, features=16, hidden=64, batch=32, loss="squared", steps=100, samples=5),

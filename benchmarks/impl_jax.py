@@ -28,6 +28,8 @@ def build(model: str, x_np, y_np):
     sizes = spec["sizes"]
     act = jnp.tanh if spec["act"] == "tanh" else jax.nn.relu
     keys = jax.random.split(jax.random.PRNGKey(0), len(sizes) - 1)
+    if spec.get("batchnorm"):
+        return build_cnn_bn(model, x_np, y_np)
     if model == "cnn":
         params, forward = _cnn(jax, jnp, keys)
     else:
@@ -84,6 +86,57 @@ def _cnn(jax, jnp, keys):
         return h.reshape((h.shape[0], -1)) @ W3 + b3
 
     return params, forward
+
+
+def build_cnn_bn(model: str, x_np, y_np):
+    """The CNN with batchnorm in training mode: batch statistics per channel (biased variance
+    for normalising), running mean and unbiased variance updated with momentum 0.1 as
+    torch's BatchNorm2d, carried beside the optimiser state (donated like it)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    spec = MODELS[model]
+    f1, f2, out = spec["sizes"]
+    c, h, w = spec["image"]
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = dict(W1=0.1 * jax.random.normal(k[0], (f1, c, 3, 3), jnp.float32),
+                  g1=jnp.ones((f1,), jnp.float32), b1=jnp.zeros((f1,), jnp.float32),
+                  W2=0.1 * jax.random.normal(k[1], (f2, f1, 3, 3), jnp.float32),
+                  g2=jnp.ones((f2,), jnp.float32), b2=jnp.zeros((f2,), jnp.float32),
+                  W3=0.1 * jax.random.normal(k[2], (f2 * (h // 4) * (w // 4), out), jnp.float32),
+                  b3=jnp.zeros((out,), jnp.float32))
+    stats = dict(m1=jnp.zeros((f1,), jnp.float32), v1=jnp.ones((f1,), jnp.float32),
+                 m2=jnp.zeros((f2,), jnp.float32), v2=jnp.ones((f2,), jnp.float32))
+    opt = optax.adam(LR, b1=BETA1, b2=BETA2, eps=EPS)
+
+    def block(x, W, g, b, rm, rv):
+        y = jax.lax.conv_general_dilated(x, W, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        mean = y.mean(axis=(0, 2, 3))
+        var = y.var(axis=(0, 2, 3))
+        count = y.shape[0] * y.shape[2] * y.shape[3]
+        y = (y - mean[None, :, None, None]) * jax.lax.rsqrt(var + 1e-5)[None, :, None, None]
+        y = jax.nn.relu(y * g[None, :, None, None] + b[None, :, None, None])
+        y = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        rm = 0.9 * rm + 0.1 * jax.lax.stop_gradient(mean)
+        rv = 0.9 * rv + 0.1 * jax.lax.stop_gradient(var) * count / (count - 1)
+        return y, rm, rv
+
+    def loss_fn(p, st, x, y):
+        a, m1, v1 = block(x, p["W1"], p["g1"], p["b1"], st["m1"], st["v1"])
+        a, m2, v2 = block(a, p["W2"], p["g2"], p["b2"], st["m2"], st["v2"])
+        o = a.reshape((a.shape[0], -1)) @ p["W3"] + p["b3"]
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(o, y))
+        return loss, dict(m1=m1, v1=v1, m2=m2, v2=v2)
+
+    def train_step(p, carry, x, y):
+        opt_state, st = carry
+        (loss, st), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x, y)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), (opt_state, st), loss
+
+    return _compiled_step(train_step, params, (opt.init(params), stats), x_np, y_np.astype("int32"))
 
 
 def build_lstm(model: str, x_np, y_np):

@@ -74,7 +74,7 @@ def build(model: str, x_np, y_np):
 
 def main(argv=None):
     args = parse_args(IMPL, argv)
-    if args.model == "cnn":
+    if "image" in MODELS[args.model]:
         unavailable(IMPL, args.model, "the PyTensor implementation covers the MLPs only")
     try:
         import pytensor

@@ -6,14 +6,20 @@ from _common import LR, BETA1, BETA2, EPS, MODELS, make_data, parse_args, run_be
 IMPL = "torch"
 
 
-def make_cnn():
-    """The CNN of issue 10 (PyTorch's default conv init; the step time does not depend on it)."""
+def make_cnn(model: str = "cnn"):
+    """The CNN of issue 10 (PyTorch's default conv init; the step time does not depend on it);
+    `cnn_bn`: BatchNorm2d (training mode) after each bias-free convolution."""
     from torch import nn
-    f1, f2, out = MODELS["cnn"]["sizes"]
-    c, h, w = MODELS["cnn"]["image"]
-    return nn.Sequential(nn.Conv2d(c, f1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(f1, f2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(f2 * (h // 4) * (w // 4), out))
+    spec = MODELS[model]
+    f1, f2, out = spec["sizes"]
+    c, h, w = spec["image"]
+    bn = spec.get("batchnorm", False)
+
+    def block(cin, cout):
+        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not bn)
+        return [conv, nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)] if bn else [conv, nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(c, f1), *block(f1, f2), nn.Flatten(), nn.Linear(f2 * (h // 4) * (w // 4), out))
 
 
 def make_net(model: str, adam_impl: str = "fused", device: str = "cpu"):
@@ -26,8 +32,8 @@ def make_net(model: str, adam_impl: str = "fused", device: str = "cpu"):
     torch.manual_seed(0)
     sizes, act = spec["sizes"], spec["act"]
     layers = []
-    if model == "cnn":
-        layers = list(make_cnn())
+    if "image" in spec:
+        layers = list(make_cnn(model))
         sizes = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b)

@@ -29,6 +29,19 @@ BUILD = ROOT / "tests" / ".build"
 
 _modules: dict = {}
 
+
+def pytest_addoption(parser):
+    group = parser.getgroup("random models", "the random-model tester (tests/test_random_models.py)")
+    group.addoption("--random-models", type=int, default=None, metavar="N",
+                    help="check N random models (a hunt) instead of the suite's fixed seeds")
+    group.addoption("--random-mutants", type=int, default=None, metavar="N",
+                    help="check N mutants (default: the fixed seeds, or N/4 with --random-models)")
+    group.addoption("--random-seed", type=int, default=0, metavar="S", help="the first seed of a hunt")
+    group.addoption("--random-cuda-every", type=int, default=25, metavar="K",
+                    help="in a hunt, every K-th model on the CUDA simulator too (0: none)")
+    group.addoption("--random-save", default=None, metavar="DIR",
+                    help="where failing models are saved (default tests/.random_failures)")
+
 # A small GAN shared by the gradient and the generative tests (one compiled module).
 GAN = """model gan
 input x[4]

@@ -126,6 +126,8 @@ ERRORS = [
     # -------------------------------------------------------------- expressions
     ("comparison outside where", ["h = x > 0", LOSS], "8:5",
      ["comparison `>` outside `where`"], ["where(cond, a, b)"]),
+    ("where without a comparison", ["h = where(o, 1, 2)", LOSS], "8:11",      # issue 26: a build crash
+     ["the condition of `where` must be a comparison"], ["where(a > b, x, y)"]),
     ("user activation arity", ["activation sw(a) = a * sigmoid(a)", "h = sw(x, x)", LOSS], "9:5",
      ["`sw` takes 1 argument, got 2"], ["usage: sw(a)"]),
     ("recursive activation", ["activation f(a) = f(a) + 1", LOSS], "8:12",

@@ -143,6 +143,72 @@ def test_relu_kink_convention():
     assert np.any(g["o.b"] != 0)
 
 
+# Each kink's rule (docs/language.md, "Derivatives at kinks"): node o{i} is f(a{i}) with
+# a{i} = dense(x, 3) held at exactly 0 (its weights and bias zero); the gradient of a{i}'s bias
+# is then f'(0)·Σ_n (f(0) − y[n]) / N with the f'(0) of the stated rule. One model holds every
+# row (one build).
+KINKS = [  # id, o = f(a), f(0), the derivative the rule takes at 0
+    ("relu", "relu({a})", 0.0, 0.0),
+    ("act=relu", None, 0.0, 0.0),
+    ("leaky_relu", "leaky_relu({a})", 0.0, 0.01),
+    ("act=leaky_relu", None, 0.0, 0.01),
+    ("leaky_relu-alpha", "leaky_relu({a}, alpha=0.2)", 0.0, 0.2),
+    ("abs", "abs({a})", 0.0, 0.0),
+    ("max-tie-to-the-first", "max({a}, 0)", 0.0, 1.0),
+    ("max-tie-not-to-the-second", "max(0, {a})", 0.0, 0.0),
+    ("min-tie-to-the-first", "min({a}, 0)", 0.0, 1.0),
+    ("min-tie-not-to-the-second", "min(0, {a})", 0.0, 0.0),
+    ("max-of-itself", "max({a}, {a})", 0.0, 1.0),
+    ("min-of-itself", "min({a}, -{a})", 0.0, 1.0),
+    ("where-strict-takes-the-else-branch", "where({a} > 0, {a}, 0.5 * {a})", 0.0, 0.5),
+    ("where-inclusive-takes-the-then-branch", "where({a} >= 0, {a}, 0.5 * {a})", 0.0, 1.0),
+    ("elu-has-no-kink", "elu({a})", 0.0, 1.0),
+    ("user-activation-inherits", "sw({a})", 0.0, 1.0),       # sw(a) = max(a, 0.2·a): the tie's first
+]
+
+
+def _kink_model() -> str:
+    lines = ["activation sw(a) = max(a, 0.2 * a)"]
+    for i, (name, f, _, _) in enumerate(KINKS):
+        if f is None:
+            lines.append(f"o{i} = dense(x, 3, {name})")
+        else:
+            lines += [f"a{i} = dense(x, 3)", f"o{i} = " + f.format(a=f"a{i}")]
+    lines.append("loss " + " + ".join(f"squared(o{i}, y)" for i in range(len(KINKS))))
+    return model("\n".join(lines))
+
+
+@pytest.mark.parametrize("i", range(len(KINKS)), ids=[k[0] for k in KINKS])
+def test_the_derivative_at_each_kink(i):
+    name, f, value, slope = KINKS[i]
+    module = compile_source(_kink_model())
+    m = module.Model(seed=0)
+    layer = f"o{i}" if f is None else f"a{i}"
+    m.params[f"{layer}.W"] = np.zeros((3, 4))
+    m.params[f"{layer}.b"] = np.zeros(3)
+    data = random_data(module, n=5)
+    _, g = m.grad(**data)
+    delta = (value - data["y"]) / 5                     # ∂L/∂o at o = f(0)
+    np.testing.assert_allclose(g[f"{layer}.b"], slope * delta.sum(0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(g[f"{layer}.W"], slope * delta.T @ data["x"], rtol=1e-12, atol=1e-15)
+
+
+def test_maxpool_ties_go_to_the_first_maximum():
+    """Every window of a zero image ties: its gradient goes to the window's first element in
+    row-major order, (i·s, j·s), overlapping windows (stride 1) included."""
+    module = compile_source(model("c = conv2d(img, 1, 1)\np = maxpool(c, 2, stride=1)\nloss squared(p, y)",
+                                  "input img[2, 4, 5]\ntarget y[1, 3, 4]"))
+    m = module.Model(seed=0)
+    m.params["c.W"] = np.zeros((1, 2, 1, 1))
+    m.params["c.b"] = np.zeros(1)
+    data = random_data(module, n=3)
+    _, g = m.grad(**data)
+    delta = -data["y"] / 3                                # ∂L/∂p at p = 0
+    first = data["img"][:, :, :3, :4]                     # the first element of window (i, j)
+    np.testing.assert_allclose(g["c.W"][0, :, 0, 0], np.einsum("nij,ncij->c", delta[:, 0], first), rtol=1e-12)
+    np.testing.assert_allclose(g["c.b"], [delta.sum()], rtol=1e-12)
+
+
 @pytest.mark.parametrize("loss,target", [
     ("cross_entropy(o, label)", "target label: class(3)"),
     ("bce_logits(o, y)", "target y[3]"),

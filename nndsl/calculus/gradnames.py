@@ -16,11 +16,11 @@ from .ops import Graph
 class Names:
     """Display labels of the tensors: the user's names, never an internal one."""
 
-    def __init__(self, model: ir.ModelIR, g: Graph):
+    def __init__(self, model: ir.ModelIR, g: Graph, used=None):
         self.model, self.g = model, g
         self.tensors = g.b.tensors
         self.node_of = {h.name: name for name, h in g.values.items()}
-        self.calls = _network_calls(model)
+        self.calls = _network_calls(model, used)
 
     def node_label(self, node: str) -> str:
         """`discriminator#2.out` → `discriminator(fake).out` where a network is called twice."""
@@ -42,8 +42,9 @@ class Names:
         return None
 
 
-def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
-    """network -> {call prefix ("discriminator#2"): the call's argument ("fake")}."""
+def _network_calls(model: ir.ModelIR, used=None) -> dict[str, dict[str, str]]:
+    """network -> {call prefix ("discriminator#2"): the call's argument ("fake")}; two calls
+    on the same argument that a loss both reads (`used`: its nodes) are `net(x)`, `net(x, call 2)`."""
     calls: dict[str, dict[str, str]] = {}
     for node in model.nodes:
         head, dot, _ = node.name.partition(".")
@@ -53,6 +54,14 @@ def _network_calls(model: ir.ModelIR) -> dict[str, dict[str, str]]:
         outside = [i for i in node.inputs if not i.startswith(head + ".")]
         if outside and head not in calls.get(base, {}):
             calls.setdefault(base, {})[head] = ", ".join(outside)
+    for base, heads in calls.items():       # two calls on the same argument: `net(x, call 2)`
+        seen: set = set()
+        for k, head in enumerate(heads, start=1):
+            if used is not None and not any(n.startswith(head + ".") for n in used):
+                continue
+            if heads[head] in seen:
+                heads[head] = f"{heads[head]}, call {k}"
+            seen.add(heads[head])
     return calls
 
 

@@ -24,6 +24,7 @@ import sympy as sp
 
 T_ = sp.Symbol("t", integer=True)
 n_, k_, j_, d_ = (sp.Symbol(c, integer=True) for c in "nkjd")
+kp_ = sp.Symbol("k'", integer=True)
 
 
 class Recurrence:
@@ -45,10 +46,17 @@ class Recurrence:
         for s in self.cell:
             lhs = self._access(s.out, s.index)
             self.out[s.out] = lhs
+        self.weights = {}         # a reduced value (a softmax's lse[n,t]) -> ∂value/∂a[n,t,k]
         for s in self.cell:
             body = s.expr.xreplace({a.symbol: self._access(a.tensor, a.index) for a in s.accesses})
             body = body.xreplace({m: 1 for m in body.atoms(sp.Indexed) if str(m.base.label).startswith("§mask")})
             body = self._pre_activations(body)
+            if s.reduce == "logsumexp":         # rnn act=softmax: lse[n,t] = log Σ_k' exp(a[n,t,k'])
+                lhs = self.out[s.out]
+                self.weights[str(lhs.base.label)] = sp.exp(body - lhs)
+                body = sp.log(sp.Sum(sp.exp(body.xreplace({k_: kp_})), (kp_, 0, self.H - 1)))
+            elif s.reduce is not None:
+                raise ValueError(f"{s.note}: a reduction in a recurrent cell")
             self.exprs.append((self.out[s.out], body))
 
     # -- reading the stages in the lecture's indices -------------------------------
@@ -70,22 +78,34 @@ class Recurrence:
         if what in ("h", "C"):                     # slot 0 is the initial state: h[n,−1] = 0
             label = self.node.name if what == "h" else self.view.fresh_once(f"C_{self.node.name}")
             return sp.IndexedBase(label)[n_, T_ + shift - 1, k_]
-        return sp.IndexedBase(self.view.fresh_once(f"{what}_{self.node.name}"))[n_, T_ + shift, k_]
+        label = self.view.fresh_once(f"{what}_{self.node.name}")
+        if what == "lse":                          # one value per example and step (a softmax's)
+            return sp.IndexedBase(label)[n_, T_ + shift]
+        return sp.IndexedBase(label)[n_, T_ + shift, k_]
 
     def _pre_activations(self, body):
-        """The argument of the activation that reads gate g's projections is its `a_g`."""
-        for f in sorted(body.atoms(sp.Function), key=lambda f: -len(str(f))):
-            if len(f.args) != 1:
+        """Gate g's pre-activation `a_g` is the smallest part of a formula that holds all of
+        its projections: the argument of tanh or σ (W·x_t + U·h_(t−1) + b; a gru's candidate
+        W_h·x_t + r⊙(U_h·h_(t−1)) + b_h), and of any activation, a user's or identity."""
+        gates: dict = {}
+        for i in body.atoms(sp.Indexed):
+            if str(i.base.label) in ("§xW", "§Uh"):
+                gates.setdefault(int(i.indices[0]), set()).add(i)
+        for g, proj in sorted(gates.items()):
+            if g in self.pre:                       # read again (a softmax's h after its lse)
+                body = body.xreplace({self.pre[g][1]: self.pre[g][0]})
                 continue
-            proj = [i for i in f.args[0].atoms(sp.Indexed) if str(i.base.label) in ("§xW", "§Uh")]
-            if not proj:
-                continue
-            g = int(proj[0].indices[0])
+            arg = body
+            while True:
+                inner = next((x for x in arg.args if all(x.has(p) for p in proj)), None)
+                if inner is None:
+                    break
+                arg = inner
             suffix = self.gates[g].lstrip("_")
             label = self.view.fresh_once(f"a_{suffix}_{self.node.name}" if suffix else f"a_{self.node.name}")
             a = sp.IndexedBase(label)[n_, T_, k_]
-            self.pre[g] = (a, f.args[0])
-            body = body.xreplace({f.args[0]: a})
+            self.pre[g] = (a, arg)
+            body = body.xreplace({arg: a})
         return body
 
     def param(self, local: str, g: int):
@@ -144,6 +164,11 @@ class Recurrence:
                 olabel = str(olhs.base.label)
                 here = sp.IndexedBase(label)[n_, T_, k_]
                 prev = sp.IndexedBase(label)[n_, T_ - 1, k_]
+                if len(lhs.indices) == 2:     # lse[n,t]: read by every unit k, Σ_k' of their Δ
+                    if expr.has(lhs) and olabel != label:
+                        d = _through_output(sp.diff(expr, lhs), expr, olhs) * value_delta(olabel)
+                        total += sp.Sum(d.xreplace({k_: kp_}), (kp_, 0, self.H - 1))
+                    continue
                 if expr.has(here) and olabel != label:
                     total += sp.diff(expr, here) * value_delta(olabel)
                 if label in states and expr.has(prev):    # read at step t + 1
@@ -165,10 +190,16 @@ class Recurrence:
         for g, (a, _) in sorted(self.pre.items()):
             total = sp.Integer(0)
             for olhs, expr in self.exprs:
-                if expr.has(a):
+                olabel = str(olhs.base.label)
+                if olabel in self.weights:    # log-sum-exp: ∂lse[n,t]/∂a[n,t,k] = exp(a − lse)
+                    d = self.weights[olabel]
+                    for vlhs, vexpr in self.exprs:             # = the softmax's value h
+                        d = _through_output(d, vexpr, vlhs) if vexpr == d else d
+                    total += d * value_delta(olabel)
+                elif expr.has(a):
                     d = sp.diff(expr, a)
                     d = _through_output(d, expr, olhs)
-                    total += d * value_delta(str(olhs.base.label))
+                    total += d * value_delta(olabel)
             pre[str(a.base.label)] = total
         return out, pre, states
 

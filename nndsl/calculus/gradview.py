@@ -96,7 +96,8 @@ class _View:
     def __init__(self, model, g: Graph, loss: ir.Loss, stages: list[Stage], adjoint):
         self.model, self.g, self.loss = model, g, loss
         self.tensors = g.b.tensors
-        self.names = Names(model, g)
+        seen = {s.out for s in stages} | {a.tensor for s in stages for a in s.accesses}
+        self.names = Names(model, g, used={n for n, h in g.values.items() if h.name in seen})
         # the lecture's reading of the lowering: a dense layer's N·T-rows view of a sequence
         # is the sequence itself, h[n,t,d]; a step mask is 1 (every sequence runs all its
         # steps: the module's default without `x_lengths=`, the recursion's reading too)
@@ -132,15 +133,7 @@ class _View:
         self.gathered = False
         self.gathered_noted: set[str] = set()
         self.adjoint_of = adjoint.adjoint_of
-        self.raw_mode = False
-        # Δ of a recurrent layer's step-major input copy -> the layer (its input has a Δ when
-        # it is computed: an embedding, a normalisation before the recurrence)
-        self.recurrent_inputs = {}
-        for node in model.nodes:
-            if node.op in ("rnn", "lstm", "gru"):
-                copy = next((t for t in self.tensors.values() if t.label == f"{node.name}.x_steps"), None)
-                if copy is not None and copy.name in self.adjoint_of:
-                    self.recurrent_inputs[self.adjoint_of[copy.name]] = node
+        self.raw_mode = False       # inlining the derivation as derived, in internal names
         self.signals: dict[str, tuple[str, str]] = {}      # grad tensor -> (e, operand node)
         # names the output defines must not be the user's: an autoencoder's layer may be `e`
         self.taken = {n.name for n in model.nodes} | {d.name for d in model.data} | \
@@ -182,8 +175,12 @@ class _View:
             changed = False
             for ind in sorted(expr.atoms(sp.Indexed), key=str):
                 name = str(ind.base.label)
-                known = name in self.defs or (name in self.recurrent_inputs and not self.raw_mode)
-                if not known or name in self.signals or name in keep:
+                # into a recurrence: W·Δa in the printout's names (not in the raw derivation)
+                if name in self.step_copies and name not in keep and not self.raw_mode:
+                    expr = expr.xreplace({ind: self._into_recurrence(name, ind.indices)})
+                    changed = True
+                    continue
+                if name not in self.defs or name in self.signals or name in keep:
                     continue
                 if stop_at_values and self._is_node_value(name):
                     continue
@@ -196,15 +193,47 @@ class _View:
                 break
         return expr
 
+    @property
+    def step_copies(self) -> dict:
+        """Δ of a recurrent node's step-major copy of its input -> the node."""
+        if not hasattr(self, "_step_copies"):
+            nodes = {n.name for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")}
+            self._step_copies = {self.adjoint_of[t.name]: t.label[:-len(".x_steps")]
+                                 for t in self.tensors.values() if t.label.endswith(".x_steps")
+                                 and t.label[:-len(".x_steps")] in nodes and t.name in self.adjoint_of}
+        return self._step_copies
+
+    def recurrences(self) -> dict:
+        """Every recurrent node's cell read back in the lecture's indices (`gradrecur`)."""
+        if not hasattr(self, "_recurrences"):
+            from .gradrecur import Recurrence
+            self._recurrences = {n.name: Recurrence(self, n) for n in self.model.nodes
+                                 if n.op in ("rnn", "lstm", "gru")}
+        return self._recurrences
+
+    def _into_recurrence(self, name: str, indices) -> sp.Expr:
+        """Δx_steps[t,n,d] of a recurrent node reading x: Σ_g Σ_j W_g[j,d]·Δa_g[n,t,j], whose
+        lines the recursion prints (emitted here if no line printed them yet)."""
+        from .gradrecur import j_, k_
+        if not self.recurrences_done:
+            self.recurrences_done = True
+            self.pending += self._recurrence_lines(self._shown)
+        up = self.recurrences()[self.step_copies[name]]
+        t, n, d = indices
+        j = next(self.fresh)
+        self.original[j] = j_
+        total = sp.Integer(0)
+        for g, (a, _) in sorted(up.pre.items()):
+            c = up.coefficient(g, "W").xreplace({k_: j})
+            delta = sp.IndexedBase(self.fresh_once("Δ" + str(a.base.label)))[n, t, j]
+            total += sp.Sum(sp.IndexedBase(up.param("W", g))[j, d] * c * delta, (j, 0, up.H - 1))
+        return total
+
     def _is_node_value(self, grad_name: str) -> bool:
         t = self.tensors[grad_name]
         return t.role == "grad" and t.label[1:] in self.g.values
 
     def _definition(self, name: str, indices) -> sp.Expr:
-        if not self.raw_mode:
-            into = self._recurrent_input(name, indices)
-            if into is not None:
-                return into
         total = sp.Integer(0)
         for (index, body), sizes in zip(self.defs[name], self.def_ranges[name]):
             if not all(isinstance(i, sp.Symbol) or i.is_Integer for i in index):
@@ -252,7 +281,10 @@ class _View:
                      if self.tensors.get(str(r.base.label)) is not None
                      and self.tensors[str(r.base.label)].role == "grad"}
             outside = body.xreplace(grads).free_symbols
-            ok = [v for v in vs if e.coeff(v) == 1 and v not in outside
+            # solved for, v is bounded only by the Δ it indexes (read as zero outside its map):
+            # a window offset that indexes no Δ (an avgpool's p in 2·i + p) stays summed
+            in_grads = set().union(*[r.free_symbols for r in grads]) if grads else set()
+            ok = [v for v in vs if e.coeff(v) == 1 and v not in outside and v in in_grads
                 and not any(v in sp.sympify(o).free_symbols for q, o in enumerate(index) if q != pos)
                 and all(c.is_Integer for c in (e.coeff(u) for u in vs))]
             if any(v in used for v in vs):
@@ -433,17 +465,28 @@ class _View:
             if not isinstance(logits, sp.Indexed):
                 continue
             name = str(logits.base.label)
+            value = self._softmax_node(name, str(lse.base.label))
+            if value is not None:                  # `act=softmax`: the node itself is p
+                return sp.IndexedBase(value)[logits.indices]
             if name not in self.softmax:
                 self._define_softmax(name, s)
             return sp.IndexedBase(self.softmax[name])[logits.indices]
+        return None
+
+    def _softmax_node(self, logits: str, lse: str) -> str | None:
+        """The node whose value is exp(logits − lse) (a layer with `act=softmax`), if any."""
+        for s in self.forward.values():
+            if s.reduce is None and isinstance(s.expr, sp.exp) and self.names.label(s.out) and \
+                    sorted(a.tensor for a in s.accesses) == sorted((logits, lse)):
+                return s.out
         return None
 
     def _define_softmax(self, logits: str, lse_stage: Stage):
         label = self.fresh_label("p")
         self.softmax[logits] = label
         index = self.index_of(logits)            # [n,k], or [n,t,k] per step
-        k = index[-1]
-        j = sp.Symbol(k.name + "'", integer=True)
+        k = index[-1]                            # 0 for a softmax over one unit (axis not shown)
+        j = sp.Symbol((k.name if isinstance(k, sp.Symbol) else "k") + "'", integer=True)
         size = self.tensors[logits].shape[-1]
         base = sp.IndexedBase(logits)
         rhs = sp.exp(base[index]) / sp.Sum(sp.exp(base[index[:-1] + (j,)]), (j, 0, size - 1))
@@ -517,8 +560,8 @@ class _View:
                 f"the position {text(s.reduced_position)} of the first maximum of {text(window)} "
                 f"over {what} (ties: the first)")))
             return
-        subst = {i: v for i, v in zip(s.index, index) if isinstance(i, sp.Symbol)}
-        body = self._inline_internal(sums.as_forward(s).xreplace(subst))
+        # a read of a zero-padded copy is the input at the offset (not a tensor of its own)
+        body = self._unpad(self._inline_internal(_forward_at(s, index)))
         body = body.replace(lambda e: isinstance(e, fn.rsqrt), lambda e: 1 / sp.sqrt(e.args[0]))
         rhs = self._named_patterns(body)
         self.pending.append(Formula("define", sp.IndexedBase(name)[index], rhs))
@@ -533,9 +576,7 @@ class _View:
             if not internal:
                 return expr
             for ind in internal:
-                s = self.forward[str(ind.base.label)]
-                subst = {i: v for i, v in zip(s.index, ind.indices) if isinstance(i, sp.Symbol)}
-                expr = expr.xreplace({ind: sums.as_forward(s).xreplace(subst)})
+                expr = expr.xreplace({ind: _forward_at(self.forward[str(ind.base.label)], ind.indices)})
         return expr
 
     def _relabel(self, expr: sp.Expr) -> sp.Expr:
@@ -573,6 +614,7 @@ class _View:
     def formulas(self, only: str | None) -> LossFormulas:
         lines: list[Formula] = []
         shown: set[str] = set()
+        self._shown = shown
 
         def emit(f: Formula):
             lines.extend(self.pending)
@@ -648,26 +690,6 @@ class _View:
         finally:
             self.signals, self.raw_mode = saved, False
 
-    def _recurrent_input(self, name: str, indices):
-        """Δ of the sequence a recurrent layer reads (through its step-major copy, index
-        [t, n, d]) as the lecture writes it: Σ_g Σ_j W_g[j,d]·Δa_g[n,t,j] over the gates,
-        with the labels of the recursion's lines (sympy's ∂a_g/∂(W·x) as the coefficient).
-        None for any other tensor."""
-        from .gradrecur import T_, Recurrence, k_, n_
-        node = self.recurrent_inputs.get(name)
-        if node is None:
-            return None
-        r = Recurrence(self, node)
-        t, n, d = indices
-        total = sp.Integer(0)
-        for g, (a, _) in sorted(r.pre.items()):
-            j = next(self.fresh)
-            self.original[j] = sp.Symbol("j", integer=True)
-            c = r.coefficient(g, "W").xreplace({k_: j, n_: n, T_: t})
-            delta = sp.IndexedBase(self.fresh_once("Δ" + str(a.base.label)))[n, t, j]
-            total += sp.Sum(sp.IndexedBase(r.param("W", g))[j, d] * c * delta, (j, 0, r.H - 1))
-        return total
-
     def _finish(self, f: Formula) -> Formula:
         """Definitions were collected over internal names: relabel their two sides."""
         if f.kind in ("define", "note") and not f.ready:
@@ -683,10 +705,10 @@ class _View:
     def _recurrence_lines(self, shown: set) -> list[Formula]:
         """Every recurrent node's BPTT recursion (top layer first: a layer's Δh reads the
         Δa of the layer above) and its parameters' lines into `self.bptt`."""
-        from .gradrecur import T_, Recurrence, d_, j_, k_, n_
+        from .gradrecur import T_, d_, j_, k_, n_
         from .notation import text
         nodes = [n for n in self.model.nodes if n.op in ("rnn", "lstm", "gru")]
-        recs = {n.name: Recurrence(self, n) for n in nodes}
+        recs = self.recurrences()
         named = {}
         for r in recs.values():
             for lhs, _ in r.exprs:
@@ -710,10 +732,16 @@ class _View:
                                         sp.IndexedBase(named[str(a.base.label)])[n_, T_, j_], (j_, 0, up.H - 1))
             value = self.g.values[node.name].name
             grad = self.adjoint_of.get(value)
-            if grad in self.defs and any(m.name not in recs for m in consumers):
+            operands = {a for t in self.loss.terms for a in t.args if isinstance(a, str)}
+            if grad in self.defs and (any(m.name not in recs for m in consumers) or node.name in operands):
                 last = node.attrs.get("return", "all") != "all"
                 index = (n_, k_) if last else (n_, T_, k_)
-                expr = self._inline(self._definition(grad, index), True)
+                # a recurrent consumer's part is its Σ_j W·Δa above, not its step-major copy's Δ
+                copies = {self.adjoint_of.get(t.name) for t in self.tensors.values()
+                          if t.label in {f"{m.name}.x_steps" for m in consumers if m.name in recs}}
+                expr = self._inline(self._definition(grad, index), True, keep=copies)
+                expr = expr.xreplace({i: sp.Integer(0) for i in expr.atoms(sp.Indexed)
+                                      if str(i.base.label) in copies})
                 lines += self._deltas_used(expr, shown)
                 shown_expr = self.display(expr, {"n", "t", "k"})
                 lines += self.pending
@@ -810,6 +838,22 @@ class _View:
 
 
 # ------------------------------------------------------------------ helpers
+def _forward_at(s: Stage, indices) -> sp.Expr:
+    """A forward stage's value at `indices`, its Σ indices renamed apart from the free ones
+    there (a conv's Σ_c over input channels read at output channel `c`: Σ_c' W[c,c',p,q]·…)."""
+    value = sums.as_forward(s)
+    taken = {x for i in indices for x in sp.sympify(i).free_symbols} | {v for v, _ in s.ranges}
+    for v in s.reduce_vars:
+        if any(x.name == v.name for x in taken if x != v) or v in {x for i in indices
+                                                                   for x in sp.sympify(i).free_symbols}:
+            new = sp.Symbol(v.name + "'", integer=True)
+            while any(x.name == new.name for x in taken):
+                new = sp.Symbol(new.name + "'", integer=True)
+            taken.add(new)
+            value = value.xreplace({v: new})
+    return value.xreplace({i: v for i, v in zip(s.index, indices) if isinstance(i, sp.Symbol)})
+
+
 def _needed(lines: list[Formula]) -> list[Formula]:
     """The parameter lines and, transitively, the definitions they use (`--param`)."""
     def used(f):

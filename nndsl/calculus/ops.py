@@ -481,7 +481,7 @@ def _batchnorm(g: Graph, node: ir.Node, x: Handle):
     """Over the batch per feature: (N, K) over n; a sequence (N, T, K) over n and t; an image
     (N, C, H, W) over n, h and w per channel. Training normalises with the batch's mean and
     biased variance (its gradient couples the examples, and derive finds that coupling like
-    any other); `forward` with the running statistics (`plan/codegen.py: inference`)."""
+    any other); `forward` with the running statistics (`plan/module_plan.py: inference`)."""
     ind = _norm_indices(len(x.shape))
     if len(x.shape) == 4:
         keep, what = (ind[1],), "the batch and the positions"

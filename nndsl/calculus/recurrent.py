@@ -144,9 +144,14 @@ def _recurrent(g: Graph, node: ir.Node, x: Handle):
 
     if kind == "rnn":
         act = node.attrs.get("act", "tanh")
-        if act == "softmax":
-            g.unsupported(node, "softmax as a recurrent activation")
-        c.step(h_t, (n, k), keep(activation_fn(g, act)(pre(0)), h_prev[n, k]), sizes=nk, note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
+        if act == "softmax":       # normalised over the hidden units: exp(a − log Σ_k exp(a))
+            lse_t = c.view(c.seq("lse", T, 1), 0)
+            c.step(lse_t, (n, 0), pre(0), over=(k,), reduce="logsumexp", sizes=nk,
+                   note=f"{name}: log Σ_k exp(W x_t + U h_(t-1) + b)")
+            value = sp.exp(pre(0) - lse_t[n, 0])
+        else:
+            value = activation_fn(g, act)(pre(0))
+        c.step(h_t, (n, k), keep(value, h_prev[n, k]), sizes=nk, note=f"{name}: h_t = {act}(W x_t + U h_(t-1) + b)")
     elif kind == "lstm":
         i_t = gate_value("i", fn.sigmoid, 0)
         f_t = gate_value("f", fn.sigmoid, 1)

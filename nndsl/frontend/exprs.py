@@ -106,6 +106,11 @@ class ExprLowering:
         args = bind_function(call, spec, self.error)
         if args is None:
             return None
+        cond = args[0] if call.func == "where" else None
+        if cond is not None and not (isinstance(cond, ast.BinOp) and cond.op in COMPARISONS):
+            self.error("the condition of `where` must be a comparison", getattr(cond, "span", call.span),
+                       "write `where(a > b, x, y)` with one of < <= > >= == !=")
+            return None
         parts: list[Optional[Lowered]] = []
         for i, arg in enumerate(args):
             if isinstance(arg, float):

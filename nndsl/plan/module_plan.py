@@ -125,7 +125,7 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
 
     fwd_stages = relevant_stages_multi(forward_stages, outputs, tensors)
     forward = _kernel("forward", inference(fwd_stages, tensors), [], lib, keep=set(outputs))
-    forward_inputs = [d.name for d in model.inputs if _uses(fwd_stages, g.values[d.name].name)]
+    forward_inputs = _data_of(model.inputs, fwd_stages, g)
     nodes, node_info = _nodes_kernel(model, g, lib)
 
     losses, evals = [], {}
@@ -143,7 +143,7 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
             evals[ident] = _kernel(f"eval_{ident}", inference(loss_stages, tensors), [], lib, keep)
         decays = _decays(model.optimizers[spec.name], layout)
         ranges = _merge([(layout[p]["offset"], layout[p]["offset"] + layout[p]["size"], decays[p]) for p in spec.wrt])
-        data = [d.name for d in model.data if _uses(loss_stages, g.values[d.name].name)]
+        data = _data_of(model.data, loss_stages, g)
         update = update_kernel(model.optimizers[spec.name], dtype)
         lib.kernels.setdefault(update.name, update)
         losses.append(LossPlan(spec.name, ident, value, train, evals.get(ident), model.optimizers[spec.name],
@@ -205,6 +205,19 @@ def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None)
     for t in targets:
         keep |= {id(s) for s in relevant_stages(stages, t, tensors)}
     return [s for s in stages if id(s) in keep]
+
+
+def _data_of(decls, stages: list[Stage], g: Graph) -> list[str]:
+    """The data arrays a plan takes: those its stages read, and for every size its loops run
+    over (N, a free T) one array that gives it, read or not (`h - h` reads nothing, but its
+    batch size and T are the input's)."""
+    names = [d.name for d in decls if _uses(stages, g.values[d.name].name)]
+    sizes = set().union(*[sp.sympify(n).free_symbols for s in stages for _, n in s.ranges])
+    for size in sorted(sizes, key=str):        # N too: every array gives the batch size
+        given = [d.name for d in decls if size == N or str(size) in map(str, d.shape)]
+        if given and not set(given) & set(names):
+            names.append(given[0])
+    return [d.name for d in decls if d.name in names]
 
 
 def _uses(stages: list[Stage], tensor: str) -> bool:
@@ -300,6 +313,9 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
     # a sequence is only ever seen through one view (a gate's gradient Δo_t, written and read
     # within each step): that view is then an ordinary value of the step
     keep = keep | aliased_views(forward + backward, lib.tensors)
+    # parameter gradients are results of the entry even where no stage reads them (the
+    # zeroing of an unused parameter's gradient): never a register
+    keep |= {t for t, x in lib.tensors.items() if x.role == "pgrad"}
     kept, renames = propagate_copies(forward + backward, lib.tensors, keep)
     in_backward = {id(s) for s in backward}
     stages_f = [s for original, s in kept if id(original) not in in_backward]
