@@ -32,6 +32,10 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=32, help="sequence length for a free size T")
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="Model(threads=K) for the whole-step time (1: one thread of one BLAS thread); "
+                         "the rows alone always run in this thread")
+    ap.add_argument("--blas", type=int, default=1, help="BLAS threads of the rows alone")
     args = ap.parse_args()
 
     from nndsl.build import build_file
@@ -48,7 +52,7 @@ def main() -> None:
         shape = tuple(args.T if isinstance(s, str) else s for s in shape)
         data[k] = (rng.integers(0, classes, (args.batch,) + shape) if classes is not None
                    else rng.standard_normal((args.batch,) + shape).astype(module.DTYPE))
-    m = module.Model(seed=0)
+    m = module.Model(seed=0, threads=args.threads)
     for _ in range(3):
         m.step(**data)
     t0 = time.perf_counter()
@@ -58,18 +62,21 @@ def main() -> None:
 
     # the step's plan and the arguments of its entry call, as `_run` makes them
     captured = {}
-    real_call = module.Model._call
-    module.Model._call = staticmethod(lambda addresses, *a: captured.update(addresses=addresses, args=a)
-                                      or real_call(addresses, *a))
+    real_call = m._call            # (found: the addresses by update, update, *the entry's arguments)
+    m._call = lambda found, update, *a: captured.update(found=found, update=update, args=a) \
+        or real_call(found, update, *a)
+    m.threads = 1                  # one call of the entry for the whole batch
     m.step(**data)
-    module.Model._call = staticmethod(real_call)
+    del m._call
     call_args = list(captured["args"])
-    table = call_args[len(call_args) - 14]       # the plan, then stop, given_mask, seed, ... (PARAMS)
-    addresses = next(iter(captured["addresses"].values()))
-    plan_index = len(call_args) - 14
+    table = call_args[len(call_args) - 15]       # the plan, then stop, given_mask, seed, first, ... (14)
+    addresses = captured["found"][captured["update"]]
+    plan_index = len(call_args) - 15
     notes = _row_notes(Path(result.path).read_text(), module.STEPS[loss].train_plan, len(table), args.T)
     kernels = _arm_kernels(module)
 
+    threads = sys.modules[type(m).__mro__[1].__module__.rsplit(".", 1)[0] + ".threads"]
+    threads.use_blas_threads(args.blas)
     times = []
     call_args[plan_index + 6] = 0                    # no update
     for r in range(len(table)):
@@ -79,7 +86,7 @@ def main() -> None:
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            module.run(addresses, *call_args)
+            m._entry.run(addresses, *call_args)
             best = min(best, time.perf_counter() - t0)
         times.append(best / args.repeat)
     total = sum(times)

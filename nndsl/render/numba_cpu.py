@@ -94,12 +94,26 @@ def update_text(u: UpdateKernel, name: str) -> str:
     return "\n".join([f"def {name}({', '.join(u.params)}):"] + ["    " + line for line in lines])
 
 
-def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str) -> str:
+def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str, masked_tails: bool = False) -> str:
     """A kernel file: the function `text` and the helpers it calls."""
     names = used(text, NAME, dtype)
     imports, helpers = helpers_text(NAME, dtype, names)
     return env.get_template("kernel.py.j2").render(version=version, name=name, what=what, imports=imports,
-                                                   dtype=dtype, helpers=helpers, text=text)
+                                                   dtype=dtype, helpers=helpers, text=text,
+                                                   masked_tails=masked_tails)
+
+
+def masked_tails(k: KernelDef) -> bool:
+    """Whether a loop kernel's loops should end in one masked vector iteration (the runtime's
+    compiler.py): short image rows (14, 7 pixels) then vectorise whole. Not for a reduction
+    over small literal windows (a max-pool): its vectorised loop reads every second element,
+    and masked strided reads are slower than the scalar tail."""
+    if k.kind != "loop":
+        return False
+    item = k.item
+    stages = item.stages if hasattr(item, "stages") else list(item) if isinstance(item, tuple) else [item]
+    return not any(s.reduce_vars and all(sp.sympify(n).is_Integer for v, n in s.ranges if v in s.reduce_vars)
+                   for s in stages)
 
 
 def helpers_file(env, version: str, dtype: str) -> str:
@@ -147,7 +161,8 @@ def render(spec, env, version: str) -> tuple[dict, dict, dict]:
             text, what = update_text(k, name), f"the {k.kind} update of a loss's parameters"
         else:
             text, what = kernel_text(k, name), f"one {k.kind} of the kernel plan"
-        files[name] = kernel_file(env, version, name, what, text, dtype)
+        files[name] = kernel_file(env, version, name, what, text, dtype,
+                                  not isinstance(k, UpdateKernel) and masked_tails(k))
         by_kind.setdefault(k.kind if not isinstance(k, UpdateKernel) else "update", []).append(name)
     entry, files[entry] = entry_file(env, version, spec, names)
     by_kind["entry"] = [entry]
