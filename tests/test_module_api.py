@@ -133,8 +133,7 @@ def test_generated_module_runs_without_nndsl(api, data, tmp_path):
         # runtime's own modules (relative, or by the name the module loads its package as)
         outside = {i for i in imports if i.split(".")[0] not in sys.stdlib_module_names
                    and not i.startswith(".") and not i.startswith(f"nndsl_{api.RUNTIME}")}
-        assert outside <= {"numpy", "numba", "numba.core", "numba.extending", "numba.np.linalg", "llvmlite"}, (
-            path, outside)
+        assert {i.split(".")[0] for i in outside} <= {"numpy", "numba", "llvmlite"}, (path, outside)
 
 
 # -- forward at any node, from any node -------------------------------------------------

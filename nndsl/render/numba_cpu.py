@@ -94,9 +94,10 @@ def update_text(u: UpdateKernel, name: str) -> str:
     return "\n".join([f"def {name}({', '.join(u.params)}):"] + ["    " + line for line in lines])
 
 
-def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str, masked_tails: bool = False) -> str:
-    """A kernel file: the function `text` and the helpers it calls."""
-    names = used(text, NAME, dtype)
+def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str, masked_tails: bool = False,
+                used_by: str | None = None) -> str:
+    """A kernel file: the function `text` and the helpers it calls (or those `used_by` calls)."""
+    names = used(text if used_by is None else used_by, NAME, dtype)
     imports, helpers = helpers_text(NAME, dtype, names)
     return env.get_template("kernel.py.j2").render(version=version, name=name, what=what, imports=imports,
                                                    dtype=dtype, helpers=helpers, text=text,
@@ -120,10 +121,7 @@ def helpers_file(env, version: str, dtype: str) -> str:
     """A kernel file with every scalar helper and no kernel (to test the helpers alone)."""
     from .helpers import TARGET_HELPERS
     text = " ".join(f"{h}(" for h in TARGET_HELPERS)
-    names = used(text, NAME, dtype)
-    imports, helpers = helpers_text(NAME, dtype, names)
-    return env.get_template("kernel.py.j2").render(version=version, name="helpers", what="every scalar helper",
-                                                   imports=imports, dtype=dtype, helpers=helpers, text="")
+    return kernel_file(env, version, "helpers", "every scalar helper", "", dtype, used_by=text)
 
 
 def entry_file(env, version: str, spec, names: dict) -> tuple[str, str]:
