@@ -280,6 +280,29 @@ def _shown(shape: tuple) -> list[bool]:
     return [True] * len(shape) if len(shape) >= 3 else [s != 1 for s in shape]
 
 
+@contextlib.contextmanager
+def batch_statistics(m, model_ir, inputs: dict):
+    """`forward` normalises with the running statistics, a training step (whose gradient the
+    printed lines describe) with the batch's: for the time being, each batchnorm layer's
+    running statistics are its batch's, set layer by layer in order (a layer's input depends
+    on the statistics of the layers before it)."""
+    saved = {k: np.array(v) for k, v in m.stats.items()}
+    try:
+        for node in model_ir.nodes:
+            if node.op == "batchnorm":
+                source = node.inputs[0]
+                x = np.asarray(inputs[source] if source in inputs else
+                               m.forward(outputs=[source], **inputs), float)
+                channel = 1 if x.ndim == 4 else x.ndim - 1      # an image's channel, or the feature
+                over = tuple(a for a in range(x.ndim) if a != channel)
+                m.stats[f"{node.name}.running_mean"] = x.mean(axis=over)
+                m.stats[f"{node.name}.running_var"] = x.var(axis=over)
+        yield
+    finally:
+        for k, v in saved.items():
+            m.stats[k] = v
+
+
 def check_printed_gradients(path: Path, model_ir, module, m, data: dict) -> dict:
     """`nndsl grad` prints (text and LaTeX), and every ∂L/∂P line it prints as sums,
     evaluated with this model's numbers, equals the module's gradient."""
@@ -303,8 +326,9 @@ def check_printed_gradients(path: Path, model_ir, module, m, data: dict) -> dict
     stats = {"evaluated": 0, "skipped": 0}
     inputs = {k: v for k, v in data.items() if k in module.INPUTS}
     nodes = list(module.NODES)
-    values = dict(zip(nodes, m.forward(outputs=nodes, **inputs) if len(nodes) > 1 else
-                      [m.forward(outputs=nodes, **inputs)]))
+    with batch_statistics(m, model_ir, inputs):
+        values = dict(zip(nodes, m.forward(outputs=nodes, **inputs) if len(nodes) > 1 else
+                          [m.forward(outputs=nodes, **inputs)]))
     sizes = {"N": len(next(iter(data.values())))}
     free = {s for d in module.DATA.values() for s in d[0] if isinstance(s, str)}
     sizes.update({s: 3 for s in free})

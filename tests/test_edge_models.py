@@ -79,6 +79,17 @@ EDGES = {
     #    captured the output channel (`Σ_c W[c,c,0,0]`), its padded input printed `img[n,c,h,w]`
     "conv-pre-activation-with-padding": model("c = conv2d(img, 2, 1, pad=1, act=swish)\nloss squared(c, y)",
                                               "input img[2, 3, 4]\ntarget y[2, 5, 6]"),
+    # -- a kit hunt's find (seed 7053): leaky_relu of a sum printed `alpha * a + b` for
+    #    alpha·(a + b), so the kernel computed another function than the one derived
+    "leaky-relu-of-a-sum": model("h = dense(x, 4)\ne = leaky_relu(h + leaky_relu(h, alpha=0.2))\n"
+                                 "o = dense(e, 2)\nloss squared(o, y)"),
+    # -- batchnorm's printed lines hold for the batch's statistics, which the gradient uses
+    #    (`forward` normalises with the running ones): the tester evaluates them so
+    "batchnorm-printout-with-the-batch-statistics": model(
+        "h = dense(x, 4)\nb = batchnorm(h)\no = dense(b, 2, act=tanh)\nloss squared(o, y)"),
+    "batchnorm-of-an-image-printout": model(
+        "c = conv2d(img, 2, 3)\nb = batchnorm(c)\nf = flatten(b)\no = dense(f, 2)\nloss squared(o, y)",
+        "input img[1, 4, 5]\ntarget y[2]"),
 }
 
 # what each row is about: the plan rows need no printout, the printout rows no optimiser step

@@ -1,4 +1,4 @@
-"""The suite compiles at NUMBA_OPT=0 (tests/conftest.py); users run at numba's default -O3.
+"""The suite compiles at NUMBA_OPT=1 (tests/conftest.py); users run at numba's default -O3.
 This test builds a few models afresh in a process at -O3 and checks that the optimised
 kernels compute what the suite checked: loss, gradient and three Adam steps, float64."""
 from __future__ import annotations

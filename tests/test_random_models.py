@@ -126,4 +126,4 @@ def test_generated_models_are_valid_and_mutants_differ():
         except CompileError as exc:
             pytest.fail(f"seed {seed}:\n{text}\n{render_all(exc.diagnostics, text, f'm{seed}.nn')}")
         assert mutate(text, seed)[0] != text
-    assert os.environ.get("NUMBA_OPT") == "0"          # the suite's fast compile (conftest)
+    assert os.environ.get("NUMBA_OPT") == "1"          # the suite's fast compile (conftest)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..calculus import functions as fn
@@ -62,7 +63,9 @@ class NumbaPrinter(PythonCodePrinter):
     def _print_Function(self, e):
         name = type(e).__name__
         if name in fn.NUMBA:
-            return fn.NUMBA[name].format(*[self._print(a) for a in e.args])
+            # a template may use an argument as a factor (leaky_relu's `alpha * x`): a sum
+            # or a negated value goes in parentheses
+            return fn.NUMBA[name].format(*[self.parenthesize(a, PRECEDENCE["Mul"]) for a in e.args])
         return super()._print_Function(e)
 
     def _print_tanh(self, e):
@@ -76,7 +79,7 @@ class NumbaPrinter(PythonCodePrinter):
         return f"({self._print(e.lhs)} {ops[e.rel_op]} {self._print(e.rhs)})"
 
     def _print_sign(self, e):
-        return fn.NUMBA["sign"].format(self._print(e.args[0]))
+        return fn.NUMBA["sign"].format(self.parenthesize(e.args[0], PRECEDENCE["Mul"]))
 
 
 def index_text(exprs) -> str:
