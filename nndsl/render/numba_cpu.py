@@ -106,15 +106,18 @@ def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str, 
 
 def masked_tails(k: KernelDef) -> bool:
     """Whether a loop kernel's loops should end in one masked vector iteration (the runtime's
-    compiler.py): short image rows (14, 7 pixels) then vectorise whole. Not for a reduction
-    over small literal windows (a max-pool): its vectorised loop reads every second element,
-    and masked strided reads are slower than the scalar tail."""
+    compiler.py): short image rows (14, 7 pixels) then vectorise whole. Only for nests over
+    images (four or more loop indices: n, c, h, w, or im2col's six): on the matrices of a
+    dense layer the masked loop cost more than it saved (the lecture MLP's step 10 % slower).
+    Not for a reduction over small literal windows (a max-pool): its vectorised loop reads
+    every second element, and masked strided reads are slower than the scalar tail."""
     if k.kind != "loop":
         return False
     item = k.item
     stages = item.stages if hasattr(item, "stages") else list(item) if isinstance(item, tuple) else [item]
-    return not any(s.reduce_vars and all(sp.sympify(n).is_Integer for v, n in s.ranges if v in s.reduce_vars)
-                   for s in stages)
+    return all(len(s.ranges) >= 4 for s in stages) and not any(
+        s.reduce_vars and all(sp.sympify(n).is_Integer for v, n in s.ranges if v in s.reduce_vars)
+        for s in stages)
 
 
 def helpers_file(env, version: str, dtype: str) -> str:
