@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from conftest import compile_source, random_data  # noqa: E402
+from gradcheck import direction_errors  # noqa: E402
 
 from nndsl.calculus import functions as fn  # noqa: E402
 from nndsl.calculus.notation import indicator  # noqa: E402
@@ -104,23 +105,7 @@ def gradient_errors(m, data: dict, loss: str, noise_seed: int = 0, eps: float = 
         raise Finding("loss", f"loss {loss!r}: loss() = {L2!r} but grad() gives {L!r}")
     if set(grads) != set(m.params):
         raise Finding("gradient", f"grad() keys {sorted(grads)} are not the parameters {sorted(m.params)}")
-    rng = np.random.default_rng(42)
-    errors = []
-    for name, p in m.params.items():
-        for _ in range(directions):
-            v = rng.standard_normal(p.shape)
-            original = p.copy()
-            p[...] = original + eps * v
-            up = m.loss(name=loss, seed=noise_seed, **data)
-            p[...] = original - eps * v
-            down = m.loss(name=loss, seed=noise_seed, **data)
-            p[...] = original
-            numeric = (up - down) / (2 * eps)
-            analytic = float(np.sum(grads[name] * v))
-            if not abs(numeric - analytic) <= atol + rtol * abs(numeric):
-                errors.append(f"{loss}: {name}: derived {analytic:.10g}, central difference {numeric:.10g}")
-                break
-    return errors
+    return direction_errors(m, grads, data, loss, noise_seed, eps, rtol, atol, directions)
 
 
 def pytest_approx(x, rel=1e-10):

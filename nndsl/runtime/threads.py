@@ -75,7 +75,7 @@ class Tuner:
     each time the choice stands, up to a minute). Every way computes the same step up to
     rounding. `clock` is `time.perf_counter`; tests give a fake one."""
 
-    PROBE_STEPS = 2          # timed steps of each way in a probe
+    PROBE_STEPS = 3          # timed steps of each way in a probe; a way scores their median
     RECENT = 5               # steps whose median says the choice got slow
     SLOWER = 1.5
     FIRST_WAIT, LAST_WAIT = 2.0, 60.0
@@ -104,27 +104,35 @@ class Tuner:
         if self.todo:
             self._probe(way, seconds)
             return
-        # checked once per RECENT steps, not per step: the lecture MLP's step is 20 µs
         recent = self.recent
         recent.append(seconds)
-        if len(recent) < self.RECENT:
-            return
-        slow = sorted(recent)[self.RECENT // 2] > self.SLOWER * self.baseline
-        self.recent = []
+        if len(recent) > self.RECENT:
+            del recent[0]
+        # the median can only pass the line when a slow step comes in: sorted only then
+        # (the lecture MLP's step is 20 µs)
+        limit = self.SLOWER * self.baseline
+        slow = seconds > limit and len(recent) == self.RECENT and sorted(recent)[self.RECENT // 2] > limit
         if slow:
             self.wait = self.FIRST_WAIT
         if slow or self.clock() >= self.next_probe:
             self._start_probe()
 
+    @staticmethod
+    def _typical(times):
+        # the median, not the fastest: with a core busy, OpenBLAS threads that spin on it
+        # give erratic steps, and a lucky fast one must not win (the MNIST MLP's step kept
+        # two BLAS threads beside a busy core and ran 3.2x slower than quiet)
+        return sorted(times)[(len(times) - 1) // 2]
+
     def _probe(self, way, seconds):
         times = self.best.setdefault(way, [])
         times.append(seconds)
-        fastest = min((min(t) for w, t in self.best.items() if w != way), default=None)
+        fastest = min((self._typical(t) for w, t in self.best.items() if w != way), default=None)
         if len(times) >= self.PROBE_STEPS or (fastest is not None and seconds > 2 * fastest):
             self.todo.pop(0)
         if not self.todo:
             before = self.choice
-            self.choice = min(self.best, key=lambda w: min(self.best[w]))
-            self.baseline = min(self.best[self.choice])
+            self.choice = min(self.best, key=lambda w: self._typical(self.best[w]))
+            self.baseline = self._typical(self.best[self.choice])
             self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
             self.next_probe = self.clock() + self.wait
