@@ -103,6 +103,11 @@ def _arg_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=_at_least(0), default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--target", choices=list(TARGETS), default="cpu",
+                   help="train the CPU module (default) or the CUDA module on the GPU (nndsl[cuda])")
+    t.add_argument("--tf32", action="store_true",
+                   help="with --target cuda: float32 GEMMs on TF32 tensor cores (about 3 decimal digits "
+                        "less in each product, as JAX's default); off by default")
     t.add_argument("--threads", type=_threads, default="auto", metavar="K|auto",
                    help="threads of a training step: auto (default: the fastest way on the cores free "
                         "now, measured on the steps themselves) or K (Model(threads=K); 1: the same bits "

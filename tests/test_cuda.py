@@ -274,6 +274,27 @@ def test_cuda_module_imports_without_a_gpu_and_fails_at_model(tmp_path):
     assert "ERR lecture_mlp: no CUDA GPU" in out.stdout
 
 
+def test_nndsl_train_on_the_cuda_target_is_the_cpu_run(tmp_path):
+    """`nndsl train --target cuda` on the simulator trains, reports and saves as the CPU run
+    does (the same data, splits and shuffles: the same test figures)."""
+    def train(target, env):
+        out = subprocess.run([sys.executable, "-m", "nndsl", "train", str(EXAMPLES / "iris_softmax.nn"),
+                              "--data", "iris", "--epochs", "2", "--quiet", "--threads", "1" if target == "cpu" else "auto",
+                              "--target", target, "--out", str(tmp_path / target)],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line for line in out.stdout.splitlines() if line.startswith("test accuracy")]
+    sim = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    assert train("cuda", sim) == train("cpu", os.environ) != []
+    assert (tmp_path / "cuda" / "iris_softmax.npz").exists()
+    if not DEVICE:                       # without the simulator: one line, exit 2
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+        out = subprocess.run([sys.executable, "-m", "nndsl", "train", str(EXAMPLES / "iris_softmax.nn"),
+                              "--data", "iris", "--target", "cuda", "--quiet", "--out", str(tmp_path / "none")],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no CUDA GPU" in out.stderr, out.stderr
+
+
 # (name, source, environment): fit equals the CPU module's fit (same shuffles), the
 # non-finite guard, the lazy loss of `step`
 FIT = [

@@ -44,6 +44,8 @@ def test_example_trains(example, data, figure, bound, capsys, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--data", "digitz"], "did you mean `digits`?"),
     (["--data", "diabetes"], "`x[64]` takes 64 values per example, the data set has 10"),
+    (["--data", "digits", "--tf32"], "--tf32 chooses the GPU's GEMMs: it needs --target cuda"),
+    (["--data", "digits", "--target", "cuda", "--threads", "2"], "--threads 2 is the CPU module's"),
 ])
 def test_train_usage_errors(argv, message, capsys):
     assert main(["train", str(EXAMPLES / "digits_mlp.nn")] + argv) == 2

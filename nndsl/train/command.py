@@ -13,16 +13,17 @@ from ..loader import import_module
 from .splits import split
 
 
-def build_and_import(path, out_dir=None, dtype="float32", compile=False):
+def build_and_import(path, out_dir=None, dtype="float32", compile=False, target="cpu"):
     """Build `path` (into `out_dir`, or a per-source cache folder) and import the module;
     with `compile`, also compile every kernel a training run needs into numba's cache."""
     from ..build import build_file, source_hash
     from ..frontend import read_source
     shared = out_dir is None
     if shared:      # one folder per source, one kernel folder for all: models share kernels
-        key = source_hash(read_source(path), dtype, "cpu")[:16]
+        key = source_hash(read_source(path), dtype, target)[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
-    result = build_file(path, out_dir, dtype=dtype, shared_kernels=shared, compile=compile)
+    result = build_file(path, out_dir, dtype=dtype, target=target, shared_kernels=shared,
+                        compile=compile and target == "cpu")
     return import_module(result.path, result.module_name), result
 
 
@@ -190,8 +191,24 @@ def train_command(args) -> int:
         return _train(args, comm)
 
 
+def _model(module, args, target):
+    """The module's Model for this run: the CPU's with its threads, the GPU's with its TF32
+    choice (a machine without a GPU is the user's to know about: one line, no traceback)."""
+    if target == "cpu":
+        return module.Model(seed=args.seed, threads=getattr(args, "threads", "auto"))
+    try:
+        return module.Model(seed=args.seed, tf32=getattr(args, "tf32", False))
+    except RuntimeError as exc:             # no GPU, or no CuPy: CudaModel says which
+        raise UsageError(f"--target {target}: {exc}") from None
+
+
 def _train(args, comm) -> int:
     from ..frontend import load_model, memory
+    target = getattr(args, "target", "cpu")
+    if getattr(args, "tf32", False) and target != "cuda":
+        raise UsageError("--tf32 chooses the GPU's GEMMs: it needs --target cuda")
+    if target != "cpu" and getattr(args, "threads", "auto") not in ("auto", 1):
+        raise UsageError(f"--threads {args.threads} is the CPU module's: a --target {target} step runs on the GPU")
     from .datasets import load_dataset
     rank = comm.Get_rank() if comm is not None else 0
     say = print if rank == 0 else (lambda *a, **k: None)        # one voice: rank 0
@@ -209,10 +226,10 @@ def _train(args, comm) -> int:
             ds = load_dataset(args.data, seed=0, standardize=getattr(args, "standardize", False),
                               x_name=inputs[0] if inputs else None, y_name=targets[0] if targets else None)
             module, result = build_and_import(args.file, out_dir, args.dtype,
-                                              compile=comm is not None and rank == 0)
+                                              compile=comm is not None and rank == 0, target=target)
         if comm is not None:
             comm.Barrier()
-    m = module.Model(seed=args.seed, threads=getattr(args, "threads", "auto"))
+    m = _model(module, args, target)
     if getattr(args, "lr", None) is not None:
         for name in list(m.lr):
             m.lr[name] = args.lr
