@@ -2,7 +2,7 @@
 
 A loop body calls `_tanh(x)`, `_exp(x)`, `_sigmoid(x)`, `_softplus(x)` (the printer's names
 for sympy's functions, `render/printer.py`) and a draw calls `_normal(key, c)`; a GEMM
-kernel on the CPU calls `_gemm`. A renderer asks `helpers_text(target, dtype, used)` for
+kernel on the CPU calls `_blas_gemm` (a convolution's product `_gemm_blocks`). A renderer asks `helpers_text(target, dtype, used)` for
 the definitions a kernel's text uses, with those they call, in order.
 
 A helper has one text per variant: `cpu32` (numba on the CPU in float32: vectorisable
@@ -183,13 +183,13 @@ def _normal(key, c):
 """,
         },
         needs=('_uniform',)),
-    "_gemm": Helper(
+    "_gemm_blocks": Helper(
         {
             "cpu": """\
 @njit(cache=True, inline="always")
-def _gemm(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
+def _gemm_blocks(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
     \"\"\"c[oc:] (m×n) = op(a[oa:]) · op(b[ob:]) + beta · c, every matrix row-major and
-    contiguous; `a_t`: a is stored as (k×m), `b_t`: b as (n×k).
+    contiguous; `a_t`: a is stored as (k×m), `b_t`: b as (n×k). A convolution's product.
 
     A skinny product (a side of at most GEMM_SKINNY) bigger than GEMM_SMALL = m·n·k is
     cut along its longest side into blocks of at most GEMM_SMALL: OpenBLAS multiplies those
@@ -199,26 +199,34 @@ def _gemm(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
     A cut along k sums the blocks in order (rounding may differ from one call).\"\"\"
     lda = m if a_t else k
     ldb = k if b_t else n
-    if m * n * k <= GEMM_SMALL or min(m, n, k) > GEMM_SKINNY:
-        _blas_gemm(a_t, b_t, m, n, k, a, oa, lda, b, ob, ldb, c, oc, n, beta)
-    elif n >= k and n >= m:                  # blocks of columns of b and c
-        step = max(1, GEMM_SMALL // (m * k))
-        for j in range(0, n, step):
-            w = min(step, n - j)
-            _blas_gemm(a_t, b_t, m, w, k, a, oa, lda, b, ob + (j * ldb if b_t else j), ldb, c, oc + j, n, beta)
-    elif k >= m:                             # blocks of the sum: the first sets c, the rest add
-        step = max(1, GEMM_SMALL // (m * n))
-        for j in range(0, k, step):
-            w = min(step, k - j)
-            _blas_gemm(a_t, b_t, m, n, w, a, oa + (j * lda if a_t else j), lda, b, ob + (j if b_t else j * ldb),
-                       ldb, c, oc, n, beta if j == 0 else 1.0)
-    else:                                    # blocks of rows of a and c
-        step = max(1, GEMM_SMALL // (n * k))
-        for j in range(0, m, step):
-            w = min(step, m - j)
-            _blas_gemm(a_t, b_t, w, n, k, a, oa + (j if a_t else j * lda), lda, b, ob, ldb, c, oc + j * n, n, beta)
-
-
+    # one call site in one loop (numba compiles each kernel's copy: four call sites cost
+    # ~0.1 s of compile per GEMM kernel); `side`: 0 whole, 1 columns of b and c, 2 the sum
+    # (the first block sets c, the rest add), 3 rows of a and c
+    side, total, step = 0, 1, 1
+    if m * n * k > GEMM_SMALL and min(m, n, k) <= GEMM_SKINNY:
+        if n >= k and n >= m:
+            side, total, step = 1, n, max(1, GEMM_SMALL // (m * k))
+        elif k >= m:
+            side, total, step = 2, k, max(1, GEMM_SMALL // (m * n))
+        else:
+            side, total, step = 3, m, max(1, GEMM_SMALL // (n * k))
+    for j in range(0, total, step):
+        w = min(step, total - j)
+        mm, nn, kk, ao, bo, co, bb = m, n, k, oa, ob, oc, beta
+        if side == 1:
+            nn, bo, co = w, ob + (j * ldb if b_t else j), oc + j
+        elif side == 2:
+            kk, ao, bo = w, oa + (j * lda if a_t else j), ob + (j if b_t else j * ldb)
+            bb = beta if j == 0 else 1.0
+        elif side == 3:
+            mm, ao, co = w, oa + (j if a_t else j * lda), oc + j * n
+        _blas_gemm(a_t, b_t, mm, nn, kk, a, ao, lda, b, bo, ldb, c, co, n, bb)
+""",
+        },
+        needs=("_blas_gemm",)),
+    "_blas_gemm": Helper(
+        {
+            "cpu": """\
 @intrinsic
 def _blas_gemm(typingctx, a_t, b_t, m, n, k, a, oa, lda, b, ob, ldb, c, oc, ldc, beta):
     \"\"\"c[oc:] (m×n, rows ldc apart) = op(a[oa:]) · op(b[ob:]) + beta · c, row-major blocks
@@ -270,10 +278,10 @@ def _blas_gemm(typingctx, a_t, b_t, m, n, k, a, oa, lda, b, ob, ldb, c, oc, ldc,
         needs=(),
         imports=('from llvmlite import ir', 'from numba.core import cgutils, types', 'from numba.extending import intrinsic', 'from numba.np.linalg import ensure_blas')),
 }
-# the GEMM helper's set-up: numba's BLAS wrapper finds scipy's BLAS
-GEMM_SETUP = """\
-ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS
-# OpenBLAS's small-matrix kernel takes products of up to 100³ multiply-adds (see `_gemm`)
+# the GEMM helpers' set-up: numba's BLAS wrapper finds scipy's BLAS
+GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
+BLOCKS_SETUP = """\
+# OpenBLAS's small-matrix kernel takes products of up to 100³ multiply-adds (see `_gemm_blocks`)
 GEMM_SMALL = 1_000_000
 GEMM_SKINNY = 32"""
 
@@ -314,6 +322,8 @@ def helpers_text(target: str, dtype: str, names) -> tuple[list[str], str]:
     for h in names:
         imports += [line for line in helpers[h].imports if line not in imports]
     parts = [variant(h, target, dtype) for h in names]
-    if "_gemm" in names:
-        parts.insert(names.index("_gemm"), GEMM_SETUP)
+    if "_gemm_blocks" in names:
+        parts.insert(names.index("_gemm_blocks"), BLOCKS_SETUP)
+    if "_blas_gemm" in names:
+        parts.insert(names.index("_blas_gemm") + ("_gemm_blocks" in names), GEMM_SETUP)
     return imports, "\n\n\n".join(parts)

@@ -3,7 +3,7 @@ plan table, and the generated module's CPU part (`class Model(CpuModel)`).
 
 A loop kernel holds its tensors as 1-D slices of the flat buffers, indexed by flat offsets
 (a reshaped view costs 3x the compile time and vectorises no better), with unsigned indices
-(`render/loops.py`); a GEMM kernel is one call of BLAS's gemm on row-major blocks (`_gemm`,
+(`render/loops.py`); a GEMM kernel is one call of BLAS's gemm on row-major blocks (`_blas_gemm`,
 numba's own BLAS wrapper: np.dot on reshaped views cost ~0.15 s of compile per kernel, the
 direct call a few milliseconds). Every kernel takes `(theta, grad, ws, data…, row, draw
 arguments)` and reads its integers from its plan row, so kernels of one data layout share
@@ -63,8 +63,18 @@ def kernel_text(k: KernelDef, name: str) -> str:
     return "\n".join([f"def {name}({signature}):"] + ["    " + line for line in head + body])
 
 
+def blocked(g) -> bool:
+    """Whether a product may be skinny and large, as a convolution's is (a few filters by
+    C·K² rows by the N·H'·W' positions of a batch of images): a side that is a product of
+    sizes. Those go through `_gemm_blocks`; every other product is one BLAS call
+    (`_blas_gemm`): the blocked helper costs ~0.3 s of numba's time per kernel."""
+    return any(not (d.is_Symbol or d.is_Integer) for d in (sp.sympify(x) for x in (g.m, g.n, g.k)))
+
+
 def _gemm_lines(k: KernelDef) -> list[str]:
-    """A comment with the product, then `_gemm(...)` on the operands' buffers and offsets."""
+    """A comment with the product, then one BLAS call (`_blas_gemm`, leading dimensions
+    written out) or a convolution's product in blocks (`_gemm_blocks`) on the operands'
+    buffers and offsets."""
     g = k.gemm
     flipped = [x for x, t in ((g.out, g.out_t), (g.a, g.a_t), (g.b, g.b_t)) if t]
     note = f" ({', '.join(flipped)} stored transposed)" if flipped else ""
@@ -75,9 +85,16 @@ def _gemm_lines(k: KernelDef) -> list[str]:
 
     r = g.row_major()                   # BLAS writes row-major: a transposed out is outᵀ = bᵀ·aᵀ
     size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
-    args = [str(int(r.a_t)), str(int(r.b_t)), size(r.m), size(r.n), size(r.k),
-            *where(r.a), *where(r.b), *where(r.out), "1.0" if r.accumulate else "0.0"]
-    return [f"# {g.out} {'+=' if g.accumulate else '='} {g.a} · {g.b}{note}", f"_gemm({', '.join(args)})"]
+    m, n, k_ = size(r.m), size(r.n), size(r.k)
+    beta = "1.0" if r.accumulate else "0.0"
+    if blocked(r):
+        call = f"_gemm_blocks({int(r.a_t)}, {int(r.b_t)}, {m}, {n}, {k_}, {', '.join(where(r.a))}, " \
+               f"{', '.join(where(r.b))}, {', '.join(where(r.out))}, {beta})"
+    else:                               # leading dimensions: the stored rows' lengths
+        lda, ldb = (m if r.a_t else k_), (k_ if r.b_t else n)
+        call = f"_blas_gemm({int(r.a_t)}, {int(r.b_t)}, {m}, {n}, {k_}, {', '.join(where(r.a))}, {lda}, " \
+               f"{', '.join(where(r.b))}, {ldb}, {', '.join(where(r.out))}, {n}, {beta})"
+    return [f"# {g.out} {'+=' if g.accumulate else '='} {g.a} · {g.b}{note}", call]
 
 
 def update_text(u: UpdateKernel, name: str) -> str:
