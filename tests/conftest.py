@@ -9,7 +9,7 @@ from pathlib import Path
 # check what the code computes, not how fast: every process of the suite (and the
 # subprocesses it starts) runs at -O1, except tests/test_optimised.py, which checks that
 # the optimised build computes the same. Not -O0: a kernel that calls an inlined helper
-# (`_exp`, `_gemm`) keeps a dead load of the helper's dispatcher there, a "dynamic global"
+# (`_exp`, `_gemm_blocks`) keeps a dead load of the helper's dispatcher there, a "dynamic global"
 # that numba refuses to cache, so every process compiled those kernels again (a warm start
 # of the LeNet example: 4.2 s at -O0, 1.1 s at -O1; cold 7.2 and 7.6 s). Set before numba is
 # imported.

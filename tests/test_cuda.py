@@ -279,7 +279,7 @@ def test_nndsl_train_on_the_cuda_target_is_the_cpu_run(tmp_path):
     does (the same data, splits and shuffles: the same test figures)."""
     def train(target, env):
         out = subprocess.run([sys.executable, "-m", "nndsl", "train", str(EXAMPLES / "iris_softmax.nn"),
-                              "--data", "iris", "--epochs", "2", "--quiet", "--threads", "1" if target == "cpu" else "auto",
+                              "--data", "iris", "--epochs", "1", "--quiet", "--threads", "1" if target == "cpu" else "auto",
                               "--target", target, "--out", str(tmp_path / target)],
                              capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]

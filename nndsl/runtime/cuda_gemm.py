@@ -11,7 +11,7 @@ Providers:
 - `Reference`: numpy on the host arrays of numba's simulator (tests without a GPU).
 
 cuBLAS is column-major: a row-major (r×s) block is its (s×r) transpose there, so row-major
-out = op(a)·op(b) is column-major outᵀ = op(b)ᵀ·op(a)ᵀ — the same call the CPU's `_gemm` makes.
+out = op(a)·op(b) is column-major outᵀ = op(b)ᵀ·op(a)ᵀ — the same call the CPU's `_blas_gemm` makes.
 """
 import numpy as np
 
@@ -24,7 +24,7 @@ def column_major(a_t, b_t, m, n, k):
 
 
 class Reference:
-    """numpy on the simulator's host arrays: what the CPU's `_gemm` computes."""
+    """numpy on the simulator's host arrays: what the CPU's `_blas_gemm` computes."""
 
     name = "reference"
 
