@@ -79,6 +79,11 @@ EDGES = {
     #    captured the output channel (`Σ_c W[c,c,0,0]`), its padded input printed `img[n,c,h,w]`
     "conv-pre-activation-with-padding": model("c = conv2d(img, 2, 1, pad=1, act=swish)\nloss squared(c, y)",
                                               "input img[2, 3, 4]\ntarget y[2, 5, 6]"),
+    # -- a Δ that reaches no parameter (a `where` of constants passes no gradient to its
+    #    condition's operands): its stage wrote an array the plan had no storage for
+    #    (numba's `name 'v0' is not defined`; a kit hunt's find, seed 7203)
+    "gradient-of-a-where-of-constants-read-by-nothing": model("h = dense(x, 2)\ne = where(h != 0, 3, 6)\n"
+                                                             "loss squared(e, y)"),
     # -- a kit hunt's find (seed 7053): leaky_relu of a sum printed `alpha * a + b` for
     #    alpha·(a + b), so the kernel computed another function than the one derived
     "leaky-relu-of-a-sum": model("h = dense(x, 4)\ne = leaky_relu(h + leaky_relu(h, alpha=0.2))\n"
@@ -96,7 +101,8 @@ EDGES = {
 # (the suite's time: each row builds a module)
 PLAN_ROWS = {"unused-dense", "unused-dense-no-bias-beside-constant-plus-node", "second-input-feeds-only-an-unused-dense",
              "two-named-losses-each-wrt-its-own-node", "where-condition-with-parameters", "unused-sequence-input",
-             "cancelled-sequence-keeps-its-length", "cancelled-output-keeps-the-batch-size"}
+             "cancelled-sequence-keeps-its-length", "cancelled-output-keeps-the-batch-size",
+             "gradient-of-a-where-of-constants-read-by-nothing"}
 
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 FILES = sorted(REGRESSIONS.glob("*.nn")) if REGRESSIONS.is_dir() else []

@@ -308,6 +308,7 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
     """Copy propagation and loop fusion over the entry's stages, then one kernel call per
     fused group, GEMM or special stage."""
     # (the forward stages come first and are never rewritten: only gradients are)
+    backward = unread_gradients_dropped(forward, backward, lib.tensors, keep)
     backward = overwritten_step_gradients(forward + backward, lib.tensors)[len(forward):]
     # step views alias their sequences: never a register, never copy-propagated away, unless
     # a sequence is only ever seen through one view (a gate's gradient Δo_t, written and read
@@ -328,6 +329,26 @@ def _kernel(name: str, forward: list[Stage], backward: list[Stage], lib: KernelL
     order = lambda t, index: tuple(index[::-1]) if lib.storage[t].batch_last else tuple(index)  # noqa: E731
     plan = lambda stages: scan_calls(stages, lambda run: _paired(fuse(run, gemm, reads, keep, order)), lib.call)  # noqa: E731
     return Calls(name, plan(stages_f), plan(stages_b), has_draws=any(s.kind == "draw" for s in forward))
+
+
+def unread_gradients_dropped(forward: list[Stage], backward: list[Stage], tensors: dict[str, Tensor],
+                             keep: set[str]) -> list[Stage]:
+    """The backward stages without those whose result nothing reads: a Δ that reaches no
+    parameter (`where(h != 0, 3, 6)` passes no gradient to h, so Δ of the `where` has no
+    reader; its stage wrote an array the plan had no storage for). Repeated until none is
+    left; a parameter's gradient, a kept tensor and a view (its sequence is read through
+    other views) always stay."""
+    stages = list(backward)
+    while True:
+        # (an accumulating stage reads its own result: that is no reader)
+        read = {a.tensor for s in forward + stages for a in s.accesses if a.tensor != s.out}
+        dead = [s for s in stages if s.out not in read and s.out not in keep
+                and tensors[s.out].role != "pgrad" and tensors[s.out].view is None
+                and not any(t.view is not None and t.view[0] == s.out for t in tensors.values())]
+        if not dead:
+            return stages
+        gone = {id(s) for s in dead}
+        stages = [s for s in stages if id(s) not in gone]
 
 
 def _paired(plan: list) -> list:
