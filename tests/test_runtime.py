@@ -397,6 +397,31 @@ def test_the_tuner_looks_again_after_a_while_and_waits_longer_each_time_it_stand
     assert tuner.choice == (1, 1) and tuner.wait < waits[-1]           # a change starts the waits over
 
 
+def test_a_way_that_probes_well_then_slows_is_not_trusted_for_a_while():
+    """BLAS threads beside a busy core: fast for a few steps, then 3x slower. The tuner must
+    leave that way and not take it back at the next probe, where it looks fast again."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 1), (1, 2)], clock)
+    run = {"n": 0}
+
+    def speed(way):                     # (1, 2) degrades after 4 steps in a row
+        if way == (1, 1):
+            run["n"] = 0
+            return 1.0e-3
+        run["n"] += 1
+        return 0.6e-3 if run["n"] <= 4 else 1.8e-3
+    ways = []
+    for _ in range(400):
+        way = tuner.way()
+        seconds = speed(way)
+        tuner.record(way, seconds)
+        clock.now += seconds
+        ways.append(way)
+    assert tuner.choice == (1, 1)
+    assert ways[-200:].count((1, 2)) <= 2 * Tuner.PROBE_STEPS      # at most the probes' steps
+
+
 def test_auto_threads_step_like_one_thread(d):
     data = F.data(n=32)
     auto, one = F.FakeModel(seed=0), F.FakeModel(seed=0, threads=1)

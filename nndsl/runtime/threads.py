@@ -72,8 +72,11 @@ class Tuner:
     keeps the fastest, and tries them all again when the steps become 1.5 times slower than
     they were (another program took a core: OpenBLAS threads that spin on a busy core make a
     step 10-70 times slower) or after a while (the core may be free again; the while doubles
-    each time the choice stands, up to a minute). Every way computes the same step up to
-    rounding. `clock` is `time.perf_counter`; tests give a fake one."""
+    each time the choice stands, up to a minute). A way whose steps got slow is not trusted
+    for a minute: its probes score no better than the steps it slowed to (OpenBLAS's threads
+    beside a busy core probe well for a few steps, then spin against the other program).
+    Every way computes the same step up to rounding. `clock` is `time.perf_counter`; tests
+    give a fake one."""
 
     PROBE_STEPS = 3          # timed steps of each way in a probe; a way scores their median
     RECENT = 5               # steps whose median says the choice got slow
@@ -85,6 +88,7 @@ class Tuner:
         self.warm = set()                # ways that have run once (a first run compiles, builds lanes)
         self.choice, self.baseline = self.ways[0], None
         self.wait = self.FIRST_WAIT
+        self.slowed = {}                 # way -> (the typical step it slowed to, when)
         self._start_probe()
 
     def _start_probe(self):
@@ -114,6 +118,7 @@ class Tuner:
         slow = seconds > limit and len(recent) == self.RECENT and sorted(recent)[self.RECENT // 2] > limit
         if slow:
             self.wait = self.FIRST_WAIT
+            self.slowed[self.choice] = (sorted(recent)[self.RECENT // 2], self.clock())
         if slow or self.clock() >= self.next_probe:
             self._start_probe()
 
@@ -124,6 +129,14 @@ class Tuner:
         # two BLAS threads beside a busy core and ran 3.2x slower than quiet)
         return sorted(times)[(len(times) - 1) // 2]
 
+    def _score(self, way):
+        """The typical probe step of `way`, or the step it slowed to within the last minute."""
+        score = self._typical(self.best[way])
+        slowed, when = self.slowed.get(way, (0.0, None))
+        if when is not None and self.clock() - when < self.LAST_WAIT:
+            score = max(score, slowed)
+        return score
+
     def _probe(self, way, seconds):
         times = self.best.setdefault(way, [])
         times.append(seconds)
@@ -132,7 +145,7 @@ class Tuner:
             self.todo.pop(0)
         if not self.todo:
             before = self.choice
-            self.choice = min(self.best, key=lambda w: self._typical(self.best[w]))
+            self.choice = min(self.best, key=self._score)
             self.baseline = self._typical(self.best[self.choice])
             self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
             self.next_probe = self.clock() + self.wait
