@@ -339,12 +339,12 @@ def unread_gradients_dropped(forward: list[Stage], backward: list[Stage], tensor
     left; a parameter's gradient, a kept tensor and a view (its sequence is read through
     other views) always stay."""
     stages = list(backward)
+    viewed = {t.view[0] for t in tensors.values() if t.view is not None}
     while True:
         # (an accumulating stage reads its own result: that is no reader)
         read = {a.tensor for s in forward + stages for a in s.accesses if a.tensor != s.out}
-        dead = [s for s in stages if s.out not in read and s.out not in keep
-                and tensors[s.out].role != "pgrad" and tensors[s.out].view is None
-                and not any(t.view is not None and t.view[0] == s.out for t in tensors.values())]
+        dead = [s for s in stages if s.out not in read and s.out not in keep and s.out not in viewed
+                and tensors[s.out].role != "pgrad" and tensors[s.out].view is None]
         if not dead:
             return stages
         gone = {id(s) for s in dead}
