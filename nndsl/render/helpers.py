@@ -28,6 +28,15 @@ class Helper:
     texts: dict                                # variant -> the definition (with its decorator, but for `any`)
     needs: tuple = ()                          # helpers it calls
     imports: tuple = ()                        # import lines its texts need
+    setup: str = ""                            # module-level lines the file needs before it
+
+
+# the GEMM helpers' set-up: numba's BLAS wrapper finds scipy's BLAS
+GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
+BLOCKS_SETUP = """\
+# OpenBLAS's small-matrix kernel takes products of up to 100³ multiply-adds (see `_gemm_blocks`)
+GEMM_SMALL = 1_000_000
+GEMM_SKINNY = 32"""
 
 
 TARGET_HELPERS = {
@@ -223,7 +232,7 @@ def _gemm_blocks(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta):
         _blas_gemm(a_t, b_t, mm, nn, kk, a, ao, lda, b, bo, ldb, c, co, n, bb)
 """,
         },
-        needs=("_blas_gemm",)),
+        needs=("_blas_gemm",), setup=BLOCKS_SETUP),
     "_blas_gemm": Helper(
         {
             "cpu": """\
@@ -276,14 +285,9 @@ def _blas_gemm(typingctx, a_t, b_t, m, n, k, a, oa, lda, b, ob, ldb, c, oc, ldc,
 """,
         },
         needs=(),
-        imports=('from llvmlite import ir', 'from numba.core import cgutils, types', 'from numba.extending import intrinsic', 'from numba.np.linalg import ensure_blas')),
+        imports=('from llvmlite import ir', 'from numba.core import cgutils, types', 'from numba.extending import intrinsic', 'from numba.np.linalg import ensure_blas'),
+        setup=GEMM_SETUP),
 }
-# the GEMM helpers' set-up: numba's BLAS wrapper finds scipy's BLAS
-GEMM_SETUP = "ensure_blas()      # numba's BLAS wrapper finds scipy's BLAS"
-BLOCKS_SETUP = """\
-# OpenBLAS's small-matrix kernel takes products of up to 100³ multiply-adds (see `_gemm_blocks`)
-GEMM_SMALL = 1_000_000
-GEMM_SKINNY = 32"""
 
 
 def _all() -> dict:
@@ -321,9 +325,5 @@ def helpers_text(target: str, dtype: str, names) -> tuple[list[str], str]:
     helpers, imports = _all(), []
     for h in names:
         imports += [line for line in helpers[h].imports if line not in imports]
-    parts = [variant(h, target, dtype) for h in names]
-    if "_gemm_blocks" in names:
-        parts.insert(names.index("_gemm_blocks"), BLOCKS_SETUP)
-    if "_blas_gemm" in names:
-        parts.insert(names.index("_blas_gemm") + ("_gemm_blocks" in names), GEMM_SETUP)
+    parts = [part for h in names for part in (helpers[h].setup, variant(h, target, dtype)) if part]
     return imports, "\n\n\n".join(parts)
