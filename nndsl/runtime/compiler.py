@@ -8,6 +8,7 @@ compiles anything the helper did not finish itself, so the result never depends 
 (Numba compiles one function at a time per process, whatever the number of threads.)
 
 `NNDSL_COMPILE_JOBS=1` turns the helper off; `=2` uses one on a single core too."""
+import functools
 import os
 import pickle
 import subprocess
@@ -73,6 +74,7 @@ def _jobs():
 _TAILS = "-prefer-predicate-over-epilogue"
 
 
+@functools.lru_cache(maxsize=None)
 def _masked_tails_pay():
     try:
         import llvmlite.binding as llvm
@@ -81,14 +83,9 @@ def _masked_tails_pay():
         return False
 
 
-_MASKED = []
-
-
 @contextmanager
 def _kernel_options(kernel):
-    if not _MASKED:
-        _MASKED.append(_masked_tails_pay())
-    if not (_MASKED[0] and getattr(kernel, "py_func", None) is not None
+    if not (_masked_tails_pay() and getattr(kernel, "py_func", None) is not None
             and kernel.py_func.__globals__.get("MASKED_TAILS")):
         yield
         return
