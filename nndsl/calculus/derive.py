@@ -39,9 +39,15 @@ def _base(tensors, name: str) -> str:
 
 
 def relevant_stages(stages: list[Stage], target: str, tensors=None) -> list[Stage]:
-    """The stages that `target` depends on, in order. With `tensors`, a step view and its
-    sequence are one value (a recurrence writes h_t and reads h_{t-1}, both views of h)."""
-    needed, keep = {target}, []
+    """The stages that `target` depends on, in order (see `needed_stages`)."""
+    return needed_stages(stages, (target,), tensors)
+
+
+def needed_stages(stages: list[Stage], targets, tensors=None) -> list[Stage]:
+    """The stages that any of `targets` depends on, in order, in one backward pass. With
+    `tensors`, a step view and its sequence are one value (a recurrence writes h_t and reads
+    h_{t-1}, both views of h)."""
+    needed, keep = set(targets), []
     for s in reversed(stages):
         if s.out in needed or _base(tensors, s.out) in needed:
             keep.append(s)

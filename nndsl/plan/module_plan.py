@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ..calculus.derive import differentiate, relevant_stages
+from ..calculus.derive import differentiate, needed_stages, relevant_stages
 from ..calculus.formulas import N, Stage, Tensor, make_stage
 from ..calculus.ops import Graph, expand_loss, expand_nodes
 from ..frontend import ir
@@ -123,7 +123,7 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
     storage = _storage(tensors, layout, g, ws_offsets, batch_last)
     lib = KernelLibrary(tensors, storage, dtype)
 
-    fwd_stages = relevant_stages_multi(forward_stages, outputs, tensors)
+    fwd_stages = needed_stages(forward_stages, outputs, tensors)
     forward = _kernel("forward", inference(fwd_stages, tensors), [], lib, keep=set(outputs))
     forward_inputs = _data_of(model.inputs, fwd_stages, g)
     nodes, node_info = _nodes_kernel(model, g, lib)
@@ -198,13 +198,6 @@ def running_updates(g: Graph, stages: list[Stage]) -> list[Stage]:
     """The running-statistics updates of the batchnorm layers a loss's stages compute."""
     outs = {s.out for s in stages}
     return [u for node, updates in g.stat_updates.items() if g.values[node].name in outs for u in updates]
-
-
-def relevant_stages_multi(stages: list[Stage], targets: list[str], tensors=None) -> list[Stage]:
-    keep = set()
-    for t in targets:
-        keep |= {id(s) for s in relevant_stages(stages, t, tensors)}
-    return [s for s in stages if id(s) in keep]
 
 
 def _data_of(decls, stages: list[Stage], g: Graph) -> list[str]:
@@ -337,7 +330,8 @@ def unread_gradients_dropped(forward: list[Stage], backward: list[Stage], tensor
     parameter (`where(h != 0, 3, 6)` passes no gradient to h, so Δ of the `where` has no
     reader; its stage wrote an array the plan had no storage for). Repeated until none is
     left; a parameter's gradient, a kept tensor and a view (its sequence is read through
-    other views) always stay."""
+    other views) always stay. Not `needed_stages` from the parameters' gradients: one pass
+    backwards over a recurrence's cell misses what a step reads from the step after it."""
     stages = list(backward)
     viewed = {t.view[0] for t in tensors.values() if t.view is not None}
     while True:
