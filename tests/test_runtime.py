@@ -422,6 +422,28 @@ def test_a_way_that_probes_well_then_slows_is_not_trusted_for_a_while():
     assert ways[-200:].count((1, 2)) <= 2 * Tuner.PROBE_STEPS      # at most the probes' steps
 
 
+def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
+    """A model whose loops run over numba's threads (batchnorm's) never splits its batch; "auto"
+    tries its loops over the cores as one more way, and `threads=K` runs them in K threads."""
+    import nndsl.runtime.cpu as cpu
+    seen = []
+    monkeypatch.setattr(cpu, "available_cores", lambda: 2)
+    monkeypatch.setattr(cpu, "loop_threads_safe", lambda: True)
+    monkeypatch.setattr(cpu, "use_loop_threads", seen.append)
+    Split = type("Split", (F.FakeModel,), {"split_loops": True})
+    data = F.data(n=32)
+    auto = Split(seed=0)
+    for _ in range(12):
+        auto.step(**data)
+    (tuner,) = auto._tuners.values()
+    assert tuner.ways == [(1, 1), (1, 1, 2), (1, 2)] and set(seen) == {1, 2}
+    fixed = Split(seed=0, threads=2)
+    fixed.step(**data)
+    assert seen[-1] == 2 and fixed._lanes == []
+    fixed.forward(x=data["x"])
+    assert seen[-1] == 2                             # forward runs its loops as the steps do
+
+
 def test_auto_threads_step_like_one_thread(d):
     data = F.data(n=32)
     auto, one = F.FakeModel(seed=0), F.FakeModel(seed=0, threads=1)

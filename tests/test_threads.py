@@ -2,19 +2,23 @@
 of their share-weighted sum: the one-thread step, up to the rounding of that sum."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from conftest import GAN, SMALL_LSTM, compile_example, compile_source, random_data
+from conftest import BATCHNORM, GAN, SMALL_LSTM, compile_example, compile_source, random_data
 
 # (name, module, extra arguments of every step): an MLP, noise drawn per example
 # (dropout: each part draws at its rows' place in the batch), a recurrence with per-example
-# lengths, and two losses with their own parameters (a GAN)
+# lengths, two losses with their own parameters (a GAN), and batchnorm, whose batch is not
+# split: its loops over images run in numba's threads instead
 CASES = {
     "mlp": (lambda: compile_example("digits_mlp"), {}),
     "dropout": (lambda: compile_example("dropout_mlp"), {}),
     "lstm-lengths": (lambda: compile_source(SMALL_LSTM), {"x_lengths": np.arange(20) % 4 + 1}),
     "gan": (lambda: compile_source(GAN), {}),
+    "batchnorm-loops": (lambda: compile_source(BATCHNORM), {}),
 }
 
 
@@ -32,6 +36,21 @@ def test_threaded_steps_equal_one_threads(case):
             d.update(extra)
             assert one.step(name, **d) == pytest.approx(two.step(name, **d), rel=1e-12)
     np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)
+
+
+def test_only_a_model_that_cannot_split_its_batch_splits_its_loops():
+    """Batchnorm's model runs the outer loops of its nests over images in numba's threads
+    (`prange`, its own kernel files); a model that splits its batch keeps one-thread loops."""
+    bn, mlp = compile_source(BATCHNORM), compile_example("digits_mlp")
+    assert bn.Model.split_loops and not mlp.Model.split_loops
+    split = sorted(Path(bn.Model.kernel_dir).glob("split_loop_*.py"))
+    assert split and all("prange(" in f.read_text() and "parallel=True" in f.read_text() for f in split)
+    # (the folder is shared with other models: the MLP's kernels are those its entry calls)
+    entry = (Path(mlp.Model.kernel_dir) / f"{mlp.Model.entry_name}.py").read_text()
+    assert "loop_" in entry and "split_loop_" not in entry
+    m = bn.Model(seed=0, threads=2)
+    m.step(**random_data(bn, n=20, seed=1))
+    assert m._lanes == []                            # the batch was not split
 
 
 def test_fit_with_threads_trains_as_one_thread():

@@ -18,7 +18,7 @@ class Emitter:
     """Turns stages into indented source lines."""
 
     def __init__(self, tensors: dict[str, Tensor], dtype: str, batch_last=frozenset(), flat=frozenset(),
-                 unsigned: bool = False):
+                 unsigned: bool = False, split_outer: bool = False):
         self.tensors = tensors
         self.dtype = dtype
         # indices as `I(...)` (uint64): numba then adds no negative-index wraparound, whose
@@ -30,6 +30,10 @@ class Emitter:
         # tensors held as 1-D slices and indexed by flat offsets: a slice is cheap to make and
         # to compile (a reshaped view is not), and loops over it vectorise all the same
         self.flat = flat
+        # the outermost loop of a nest over images as numba's `prange` where its iterations
+        # write disjoint elements (`splits`): the CPU kernels of a model whose batch cannot be
+        # split over threads (batchnorm) use the cores so
+        self.split_outer = split_outer
         # loop variables must not shadow array names (a node may be called `n` or `k`)
         self.taken = set(tensors) | {"N", "F", "np", "math", "acc", "top", "value", "theta", "grad", "ws",
                                      "key", "base", "seed", "salt", "first", "training"}
@@ -124,12 +128,14 @@ class Emitter:
         by_out = {s.out: s for s in g.stages}
         register = {out: self.var(f"{out}_sum") for out in g.registers}
         rows = self._row_views(g)
+        split = self.split_outer and self.splits(g)
         depth = 0
         for v, n in g.ranges:
             lines += ["    " * depth + f"{register[o]} = {zero}" for o, d in g.registers.items() if d == depth]
             if depth == len(g.ranges) - 1:
                 lines += ["    " * depth + f"{row} = {t}[{self._index(start)}:]" for t, (row, start) in rows.items()]
-            lines.append("    " * depth + f"for {self.var(v)} in range({self.size(n)}):")
+            loop = "prange" if split and depth == 0 else "range"
+            lines.append("    " * depth + f"for {self.var(v)} in {loop}({self.size(n)}):")
             depth += 1
         for s in g.stages:
             p = self._printer(s, g.scalars)
@@ -173,10 +179,12 @@ class Emitter:
         target = self.ref(s.out, s.index)
         sizes = dict(s.ranges)
         lines, depth = [], 0
+        split = self.split_outer and self.splits(s)
 
         def open_loop(v):
             nonlocal depth
-            lines.append("    " * depth + f"for {self.var(v)} in range({self.size(sizes[v])}):")
+            loop = "prange" if split and depth == 0 else "range"
+            lines.append("    " * depth + f"for {self.var(v)} in {loop}({self.size(sizes[v])}):")
             depth += 1
 
         if not s.reduce_vars or not s.plain:
@@ -221,6 +229,24 @@ class Emitter:
             raise ValueError(f"unknown reduction {s.reduce}")
         lines.append(ind + f"{target} {'+=' if s.accumulate else '='} {result}")
         return lines
+
+    # a nest over fewer loops is too small for a fork and join of numba's threads to pay
+    SPLIT_MIN_LOOPS = 4
+
+    def splits(self, item) -> bool:
+        """Whether a nest's outermost loop may run its iterations in parallel: a nest over
+        images (four or more loops) whose every stage writes, at each value of that loop, only
+        elements indexed by it (it appears plainly in the written index, and is not summed
+        over), or a register of its own iteration."""
+        if isinstance(item, Group):
+            stages, outer, scalars = item.stages, item.ranges[0][0], item.scalars
+        else:
+            if item.kind != "formula":
+                return False
+            stages, scalars = [item], ()
+            outer = (self._scatter_order(item) if not item.reduce_vars or not item.plain else item.out_vars)[0]
+        return len(item.ranges) >= self.SPLIT_MIN_LOOPS and all(
+            outer not in s.reduce_vars and (s.out in scalars or outer in s.index) for s in stages)
 
     def _scatter_order(self, s: Stage) -> list:
         order = [v for v, _ in s.ranges]

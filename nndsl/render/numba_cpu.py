@@ -45,9 +45,10 @@ def available() -> bool:
     return True
 
 
-def kernel_text(k: KernelDef, name: str) -> str:
+def kernel_text(k: KernelDef, name: str, split: bool = False) -> str:
     """The kernel's function: the three buffers, its data arrays, its plan row and a draw's
-    entry arguments; integers from the row, then its views and body."""
+    entry arguments; integers from the row, then its views and body. `split`: nests over
+    images run their outer loop over numba's threads where they can (`Emitter.splits`)."""
     signature = ", ".join([*BUFFERS, *k.data, "row", *k.draw_params])
     head = [f"{p} = row[{2 + i}]" for i, p in enumerate(k.ints)]
     if k.kind == "gemm":
@@ -56,11 +57,30 @@ def kernel_text(k: KernelDef, name: str) -> str:
         flat = k.flat
         views = [f"{t} = {st.base}[{st.offset}:{st.offset} + {' * '.join(str(d) for d in k.tensors[t].shape) or '1'}]"
                  for t, st in k.storage.items() if t in flat]
-        emit = Emitter(k.tensors, k.dtype, k.batch_last, flat, unsigned=True)
+        emit = Emitter(k.tensors, k.dtype, k.batch_last, flat, unsigned=True, split_outer=split)
         emit.taken |= set(k.params) | set(k.tensors)
-        item = k.item
-        body = views + emit.plan(list(item) if isinstance(item, tuple) else [item])
+        body = views + emit.plan(_items(k))
     return "\n".join([f"def {name}({signature}):"] + ["    " + line for line in head + body])
+
+
+def _items(k: KernelDef) -> list:
+    return list(k.item) if isinstance(k.item, tuple) else [k.item]
+
+
+def splits_loops(spec) -> bool:
+    """Whether a model's loop kernels split their outer loops over numba's threads: a model
+    with running statistics (batchnorm), whose batch cannot be split over threads
+    (runtime/cpu.py); every other model splits its batch instead."""
+    return bool(spec.model.stats)
+
+
+def split_kernel(k, split: bool) -> bool:
+    """Whether kernel `k` runs a loop over numba's threads (`prange`) in a model that splits
+    its loops: a loop kernel with a nest that can."""
+    if not split or isinstance(k, UpdateKernel) or k.kind != "loop":
+        return False
+    emit = Emitter(k.tensors, k.dtype, k.batch_last, k.flat, unsigned=True)
+    return any(emit.splits(i) for i in _items(k) if hasattr(i, "ranges") and i.ranges)
 
 
 def blocked(g) -> bool:
@@ -112,13 +132,14 @@ def update_text(u: UpdateKernel, name: str) -> str:
 
 
 def kernel_file(env, version: str, name: str, what: str, text: str, dtype: str, masked_tails: bool = False,
-                used_by: str | None = None) -> str:
-    """A kernel file: the function `text` and the helpers it calls (or those `used_by` calls)."""
+                used_by: str | None = None, parallel: bool = False) -> str:
+    """A kernel file: the function `text` and the helpers it calls (or those `used_by` calls);
+    `parallel`: compiled by numba's parallel backend (its `prange` loops over threads)."""
     names = used(text if used_by is None else used_by, NAME, dtype)
     imports, helpers = helpers_text(NAME, dtype, names)
     return env.get_template("kernel.py.j2").render(version=version, name=name, what=what, imports=imports,
                                                    dtype=dtype, helpers=helpers, text=text,
-                                                   masked_tails=masked_tails)
+                                                   masked_tails=masked_tails, parallel=parallel)
 
 
 def masked_tails(k: KernelDef) -> bool:
@@ -172,19 +193,23 @@ def render(spec, env, version: str) -> tuple[dict, dict, dict]:
     """(kernel files {name: text}, kernel names by kind, the module's target context)."""
     dtype = spec.dtype
     files, by_kind = {}, {}
-    names = {plan_name: file_name(NAME, "", k) for plan_name, k in spec.kernels.items()}
+    split = splits_loops(spec)
+    parallel = {plan_name: split_kernel(k, split) for plan_name, k in spec.kernels.items()}
+    # a kernel split over threads is another file than the same kernel in one thread
+    names = {plan_name: file_name(NAME, "split_" if parallel[plan_name] else "", k)
+             for plan_name, k in spec.kernels.items()}
     for plan_name, k in spec.kernels.items():
         name = names[plan_name]
         if isinstance(k, UpdateKernel):
             text, what = update_text(k, name), f"the {k.kind} update of a loss's parameters"
         else:
-            text, what = kernel_text(k, name), f"one {k.kind} of the kernel plan"
+            text, what = kernel_text(k, name, parallel[plan_name]), f"one {k.kind} of the kernel plan"
         files[name] = kernel_file(env, version, name, what, text, dtype,
-                                  not isinstance(k, UpdateKernel) and masked_tails(k))
+                                  not isinstance(k, UpdateKernel) and masked_tails(k), parallel=parallel[plan_name])
         by_kind.setdefault(k.kind if not isinstance(k, UpdateKernel) else "update", []).append(name)
     entry, files[entry] = entry_file(env, version, spec, names)
     by_kind["entry"] = [entry]
-    return files, by_kind, {"entry_name": entry}
+    return files, by_kind, {"entry_name": entry, "split_loops": any(parallel.values())}
 
 
 def module_block(spec, target_context: dict, source_file: str) -> str:
@@ -197,4 +222,5 @@ class Model({BASE_CLASS}):
     tables = TABLES
     kernel_dir = KERNEL_DIR
     entry_name = {target_context["entry_name"]!r}      # the entry function that runs the plans
-'''
+''' + ("    split_loops = True      # its loops over images run in numba's threads (batchnorm)\n"
+       if target_context["split_loops"] else "")

@@ -24,7 +24,10 @@ class NumbaPrinter(PythonCodePrinter):
         return f"F({text})" if self.f32 else text
 
     def _print_Symbol(self, s):
-        return self.names.get(s, s.name)
+        text = self.names.get(s, s.name)
+        # an integer (a size, a loop index) in a float32 formula: numba would compute
+        # `x / (s0*s3)` in float64, one conversion and a double division per element
+        return self._lit(text) if s.is_integer and text.isidentifier() else text
 
     def _print_Float(self, e):
         return self._lit(repr(float(e)))

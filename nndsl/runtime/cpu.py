@@ -11,7 +11,8 @@ from .checks import count
 from .compiler import addresses
 from .loader import load_kernel_file
 from .model import Model
-from .threads import MIN_ROWS_PER_THREAD, Tuner, available_cores, set_blas_threads, use_blas_threads
+from .threads import (MIN_ROWS_PER_THREAD, Tuner, available_cores, loop_threads_safe, set_blas_threads,
+                      use_blas_threads, use_loop_threads)
 
 _COMPILING = threading.Lock()
 
@@ -27,10 +28,16 @@ class CpuModel(Model):
     at least MIN_ROWS_PER_THREAD rows, compute their gradients in as many threads (each with
     one BLAS thread), and apply one update of the summed gradient; `threads=1` is one thread
     with one BLAS thread, the same bits on every run. Every way computes the same step up
-    to rounding (docs/performance.md, "Threads")."""
+    to rounding (docs/performance.md, "Threads").
+
+    A model with running statistics (batchnorm) cannot split its batch: its statistics are
+    the whole batch's. Its loop nests over images split their outer loop (channels, images)
+    over numba's threads instead (`split_loops`): `threads=K` runs them in K threads, and
+    "auto" chooses between one thread, those loops in every core and the BLAS threads."""
 
     kernel_dir = None        # the generated module's kernel folder
     entry_name = None        # its entry function's file there
+    split_loops = False      # whether its loop kernels run loops over numba's threads
 
     def __init__(self, seed=0, threads="auto"):
         super().__init__(seed)
@@ -74,6 +81,8 @@ class CpuModel(Model):
 
     def _run(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
              update=0, mask=None, first=0, grad=None):
+        if self.split_loops:
+            use_loop_threads(self._loops)
         table, n_forward, slots, value_at, ws, which, ranges, found = self._plan(name, names, n_rows, sizes, loss)
         data = [arrays[i] if i >= 0 else absent for i, absent in slots]
         if self.tables.masks:
@@ -116,15 +125,18 @@ class CpuModel(Model):
             L = self._step_way(name, step, arrays, n_rows, sizes, seed, *way)
             tuner.record(way, time.perf_counter() - start)
         else:
-            L = self._step_way(name, step, arrays, n_rows, sizes, seed, self._parts(self._threads, n_rows), 1)
+            L = self._step_way(name, step, arrays, n_rows, sizes, seed, self._parts(self._threads, n_rows), 1,
+                               self._threads)
         if not math.isfinite(L):
             self._t[name] -= 1
         return L
 
-    def _step_way(self, name, step, arrays, n_rows, sizes, seed, parts, blas):
-        """A step over `parts` threads of one BLAS thread each, or in this thread with `blas`."""
+    def _step_way(self, name, step, arrays, n_rows, sizes, seed, parts, blas, loops=1):
+        """A step over `parts` threads of one BLAS thread each, or in this thread with `blas`
+        BLAS threads and (a model that splits its loops) `loops` threads of numba's."""
         if parts > 1:
             return self._threaded_step(name, step, arrays, n_rows, sizes, seed, parts)
+        self._loops = loops
         use_blas_threads(blas)
         return float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
                                update=step.update)[0])
@@ -133,7 +145,7 @@ class CpuModel(Model):
         """The parts a batch of `n_rows` splits into for `threads` threads: at least
         MIN_ROWS_PER_THREAD rows each, and one for a model with running statistics (each part
         would normalise with its own part's statistics)."""
-        if self.tables.stats:
+        if self.tables.stats or self.split_loops:
             return 1
         return max(1, min(threads, n_rows // MIN_ROWS_PER_THREAD))
 
@@ -148,6 +160,8 @@ class CpuModel(Model):
             # GEMM and would slow the ways probed after them (the LSTM kept 2 BLAS threads,
             # 10 % slower than one thread)
             ways = [(1, 1)] + ([(parts, 1)] if parts > 1 else []) + ([(1, cores)] if cores > 1 else [])
+            if self.split_loops and cores > 1 and loop_threads_safe():
+                ways.insert(1, (1, 1, cores))       # its loops over the cores, GEMMs in one thread
             tuner = self._tuners[key] = Tuner(ways, time.perf_counter)
         return tuner
 
@@ -232,6 +246,9 @@ class CpuModel(Model):
     def threads(self, value):
         self._threads = "auto" if value == "auto" else count(value, "threads")
         self._tuners = {}
+        # numba's threads of split loops (`split_loops`) in runs that are not tuned steps
+        # (forward, loss, grad): K, or the last step's way
+        self._loops = 1 if value == "auto" else self._threads
 
     # -- fit's hooks -------------------------------------------------------------------
     def _batches(self, data, width, sizes):
@@ -257,6 +274,7 @@ class CpuModel(Model):
         step = self.tables.steps[name]
         if self._threads == "auto":            # the ranks of one machine share its cores
             use_blas_threads(max(1, available_cores() // comm.Get_size()))
+            self._loops = max(1, available_cores() // comm.Get_size())
         seed = self._seed(None)                # every rank draws the step's seed, rows or not
         n_local = len(next(iter(batch.values()))) if batch else 0
         local, summed = self._local, self._summed

@@ -55,6 +55,24 @@ def set_blas_threads(n):
     return setter(n) if setter is not None and n is not None else None
 
 
+def use_loop_threads(n):
+    """The `prange` loops of kernels that the calling thread runs from now on use `n` of numba's
+    threads (at most as many as numba started)."""
+    if getattr(_NOW, "loops", None) != n:
+        import numba
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        _NOW.loops = n
+
+
+def loop_threads_safe():
+    """Whether numba's threading layer may run loops over threads for us: OpenMP or TBB.
+    Its fallback `workqueue` is not safe to enter from two threads at once, and it was 2x
+    slower than one thread for the batchnorm CNN (each loop wakes its workers)."""
+    import numba
+    numba.get_num_threads()                    # starts the layer, which names it
+    return numba.threading_layer() in ("omp", "tbb")
+
+
 def available_cores():
     """The cores this process may run on (its affinity), not the machine's."""
     try:
@@ -66,8 +84,9 @@ def available_cores():
 class Tuner:
     """The fastest way to run the training steps of one shape, found by timing those steps.
 
-    A way is (parts, BLAS threads): the batch's gradient in `parts` threads of one BLAS thread
-    each, or in one thread whose GEMMs use that many BLAS threads. The tuner tries each way
+    A way is (parts, BLAS threads[, loop threads]): the batch's gradient in `parts` threads of
+    one BLAS thread each, or in one thread whose GEMMs use that many BLAS threads (and whose
+    split loops use that many of numba's threads, runtime/cpu.py). The tuner tries each way
     on a few steps (a way that is twice as slow as the best so far is dropped after one),
     keeps the fastest, and tries them all again when the steps become 1.5 times slower than
     they were (another program took a core: OpenBLAS threads that spin on a busy core make a
