@@ -212,12 +212,27 @@ def mpi(cpu, gpu) -> dict | None:
             "path": m.comm_path, "ranks": comm.Get_size()}
 
 
+def scan(cpu, gpu) -> dict:
+    """The launches of the training plan for two sequence lengths: a recurrence's rows run as
+    one launch of the scan kernel, so the count does not grow with T; and equality with the
+    CPU module with the scan kernel on (`equal`)."""
+    m = gpu.Model(seed=0)
+    plan = cpu.STEPS[cpu.LOSSES[0]].train_plan
+    size = m.tables.free_sizes[0]
+    rows, launches = [], []
+    for T in (2, 5):
+        bound = m._plan_launches(plan, 3, {size: T}, True)
+        rows.append(len(bound))
+        launches.append(sum(go is not None for _, go in bound))
+    return dict(equal(cpu, gpu), scan=gpu.SCAN is not None, rows=rows, launches=launches)
+
+
 def auto(cpu, gpu) -> dict:
     """`equal`: the noise of a model that draws is the CPU module's too."""
     return dict(equal(cpu, gpu), mode="equal")
 
 
-MODES = {"equal": equal, "stochastic": stochastic, "fit": fit, "auto": auto, "mpi": mpi,
+MODES = {"equal": equal, "scan": scan, "stochastic": stochastic, "fit": fit, "auto": auto, "mpi": mpi,
          "checkpoints": checkpoints, "noise_inputs": noise_inputs}
 
 MARK = "@@cuda_worker "

@@ -161,6 +161,17 @@ def test_cuda_module_of_every_example(name):
     assert r["untouched"], r
 
 
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_a_recurrence_is_one_launch_whatever_its_length(name):
+    """Each recurrence of the step plan runs as one launch of the scan kernel (one block,
+    a barrier between rows): the rows grow with T, the launches do not; the module still
+    equals the CPU module."""
+    r = _worker("scan", _example(name), "scan_" + name)
+    assert r["scan"] and r["rows"][1] > r["rows"][0] and r["launches"][0] == r["launches"][1], r
+    for key in ("loss", "grad", "steps", "params", "forward", "node"):
+        assert r[key] <= 1e-8, (key, r)
+
+
 @pytest.mark.parametrize("path", ["host", "device"])
 def test_cuda_fit_over_two_mpi_ranks(path):
     """fit(comm=...) on the CUDA module: 2 ranks equal one process, replicas bit-identical;

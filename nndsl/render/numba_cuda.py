@@ -22,6 +22,7 @@ all reading the step count from device memory.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import sympy as sp
@@ -90,20 +91,28 @@ def _signature(k: KernelDef, params: list[str], dtype: str, extra: list[str] = (
     return f"void({', '.join(types + list(extra))})"
 
 
-def _gemm(k: KernelDef) -> str:
-    """The plan's BLAS form bound to this row by the model's GEMM provider (`ctx.gemm`:
-    cuBLAS through nvmath, CuPy, or numpy under the simulator; runtime/cuda_gemm.py)."""
-    g = k.gemm.row_major()          # a transposed output is computed as outᵀ = bᵀ·aᵀ
+def _gemm_args(k: KernelDef) -> str:
+    """The arguments of a GEMM in row-major form: `a_t, b_t, m, n, k, a, its offset, b, its
+    offset, out, its offset, accumulate` (a transposed output is computed as outᵀ = bᵀ·aᵀ)."""
+    g = k.gemm.row_major()
     size = lambda e: index_text([sp.sympify(e)])    # noqa: E731
 
     def where(t):
         st = k.storage[t]
         return f"{st.base}, {st.offset}" if st.offset is not None else f"{t}, 0"
 
-    call = (f"ctx.gemm({int(g.a_t)}, {int(g.b_t)}, {size(g.m)}, {size(g.n)}, {size(g.k)}, "
-            f"{where(g.a)}, {where(g.b)}, {where(g.out)}, {1 if g.accumulate else 0})")
-    lines = [f"# {k.gemm.out} {'+=' if k.gemm.accumulate else '='} {k.gemm.a} · {k.gemm.b}",
-             f"def prepare(ctx, {', '.join(k.params)}):", f"    return {call}"]
+    return (f"{int(g.a_t)}, {int(g.b_t)}, {size(g.m)}, {size(g.n)}, {size(g.k)}, "
+            f"{where(g.a)}, {where(g.b)}, {where(g.out)}, {1 if g.accumulate else 0}")
+
+
+def _gemm_note(k: KernelDef) -> str:
+    return f"# {k.gemm.out} {'+=' if k.gemm.accumulate else '='} {k.gemm.a} · {k.gemm.b}"
+
+
+def _gemm(k: KernelDef) -> str:
+    """The plan's BLAS form bound to this row by the model's GEMM provider (`ctx.gemm`:
+    cuBLAS through nvmath, CuPy, or numpy under the simulator; runtime/cuda_gemm.py)."""
+    lines = [_gemm_note(k), f"def prepare(ctx, {', '.join(k.params)}):", f"    return ctx.gemm({_gemm_args(k)})"]
     return "\n".join(lines) + "\n"
 
 
@@ -284,12 +293,25 @@ class _LoopKernel:
     def _lse_stages(self):
         return [s for s in self._register_stages() if s.reduce == "logsumexp"]
 
-    def _thread_kernel(self) -> list[str]:
+    def _thread_kernel(self, device: str | None = None) -> list[str]:
+        """The kernel of one thread per parallel element (grid-stride); or, named `device`, the
+        same as a device function over one block's threads (`_tid` of `_nt`) for a scan kernel,
+        which zeroes its memory reductions' targets first."""
         k = self.k
-        L = ["@cuda.jit(cache=True, fastmath=FASTMATH)",
-             f"def _thread({', '.join(k.params)}):"]
+        if device is None:
+            L = ["@cuda.jit(cache=True, fastmath=FASTMATH)", f"def _thread({', '.join(k.params)}):"]
+            first, stride = "cuda.grid(1)", "cuda.gridsize(1)"
+        else:
+            L = ["@cuda.jit(device=True, inline=True)", f"def {device}({', '.join(k.params)}, _tid, _nt):"]
+            first, stride = "_tid", "_nt"
         L += ["    " + v for v in _views(k)]
-        L.append(f"    for _p in range(cuda.grid(1), {self._total(self.par)}, cuda.gridsize(1)):")
+        if device is not None and self.zero:
+            for t in self.zero:
+                st = k.storage[t]
+                L += [f"    for _z in range(_tid, {_flat_size(k, t)}, _nt):",
+                      f"        {st.base}[{st.offset} + _z] = {self._zero_lit()}"]
+            L.append("    cuda.syncthreads()")
+        L.append(f"    for _p in range({first}, {self._total(self.par)}, {stride}):")
         ind = "        "
         L += [ind + ln for ln in self._decompose("_p", self.par)]
         for s in self._lse_stages():           # first pass: the maximum
@@ -397,6 +419,84 @@ def {name}(sh, x):
 '''
 _BLOCK_REDUCE = (_BLOCK_TREE.format(name="_block_sum", combine="sh[t] + sh[t + s]") + "\n\n"
                  + _BLOCK_TREE.format(name="_block_max", combine="max(sh[t], sh[t + s])"))
+
+
+# ------------------------------------------------------------- recurrences
+# threads of a recurrence's kernel (one block: its barrier is `cuda.syncthreads`); 256 leaves
+# a thread up to 255 registers, so any cell's kernel launches
+SCAN_THREADS = 256
+
+# C[m, n] (+)= op(A)·op(B) over one block's threads, row-major with the plan's transposes (as
+# `ctx.gemm`): a recurrence's step product is small (N × 4H by H), so no tiling
+_DEVICE_GEMM = '''\
+@cuda.jit(device=True, inline=True)
+def _gemm(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, acc, _tid, _nt):
+    for e in range(_tid, m * n, _nt):
+        i = e // n
+        j = e - i * n
+        s = F(0.0)
+        for p in range(k):
+            s += a[oa + (p * m + i if a_t else i * k + p)] * b[ob + (j * k + p if b_t else p * n + j)]
+        c[oc + e] = s + c[oc + e] if acc else s
+'''
+
+
+def scan_branches(spec) -> list:
+    """The plan branches of the recurrences a scan kernel can run: those whose every call is
+    a loop nest or a GEMM (a draw or a one-hot in a cell keeps its launches)."""
+    out = {}
+    for plan in spec.plans.plans.values():
+        for row in plan.rows:
+            if getattr(row, "items", None) is None:
+                continue
+            branches = [next(b for b in spec.plans.branches.values() if b.id == r.branch) for r in row.items]
+            if all(spec.kernels[b.kernel].kind in ("loop", "gemm") and not b.training for b in branches):
+                out.update({b.id: b for b in branches})
+    return [out[i] for i in sorted(out)]
+
+
+def render_scan(spec, branches) -> tuple[CudaFile, list]:
+    """One kernel that runs a recurrence's rows, every step of it, in one block: each row's
+    kernel as a device function over the block's threads, a barrier between rows. A
+    recurrence of T steps is then one launch instead of one per kernel per step (its input
+    projections and parameter gradients are GEMMs outside it, over all steps at once).
+    (the file, the arrays its kernel takes after the table and its row range)"""
+    dtype = spec.dtype
+    arrays = list(dict.fromkeys(a for b in branches for a in b.arrays))
+    canon = {a: f"a{i}" for i, a in enumerate(arrays)}
+    devices, calls, types = [], [], {}
+    fn_of = {}
+    for b in branches:
+        k = spec.kernels[b.kernel]
+        if b.kernel not in fn_of:
+            fn = fn_of[b.kernel] = f"_k{len(fn_of)}"
+            if k.kind == "gemm":
+                devices.append("\n".join([_gemm_note(k), "@cuda.jit(device=True, inline=True)",
+                                          f"def {fn}({', '.join(k.params)}, _tid, _nt):",
+                                          f"    _gemm({_gemm_args(k)}, _tid, _nt)"]))
+            else:
+                devices.append("\n".join(_LoopKernel(k, dtype)._thread_kernel(device=fn)))
+        for a, param in zip(b.arrays, k.params):
+            types.setdefault(a, _array_type(k, param, dtype))
+        ints = ", ".join(f"_table[_r, {2 + i}]" for i in range(b.n_ints))
+        args = ", ".join([canon[a] for a in b.arrays] + ([ints] if ints else []) + ["_tid", "_nt"])
+        calls.append((b.id, f"{fn_of[b.kernel]}({args})"))
+    params = ", ".join(canon[a] for a in arrays)
+    body = ["@cuda.jit(cache=True, fastmath=FASTMATH)",
+            f"def _scan(_table, _r0, _r1, {params}):",
+            "    _tid = cuda.threadIdx.x",
+            "    _nt = cuda.blockDim.x",
+            "    for _r in range(_r0, _r1):",
+            "        _b = _table[_r, 0]"]
+    for i, (branch, call) in enumerate(calls):
+        body += [f"        {'if' if i == 0 else 'elif'} _b == {branch}:", f"            {call}"]
+    body.append("        cuda.syncthreads()")
+    prep = ["def prepare(ctx, table, r0, r1, arrays):",
+            "    return ctx.launch(_scan, 1, (table, r0, r1) + tuple(arrays), threads=ctx.scan_threads)"]
+    text = "\n\n\n".join([_DEVICE_GEMM.rstrip()] + devices + ["\n".join(body), "\n".join(prep)]) + "\n"
+    sig = f"void(int64[:, ::1], int64, int64, {', '.join(types[a] for a in arrays)})"
+    digest = hashlib.sha256(f"{dtype}\0{text}".encode()).hexdigest()[:12]
+    return CudaFile(f"cu_scan_{digest}", "scan", text, {"_scan": sig}), arrays
 
 
 # ------------------------------------------------------------- optimisers
@@ -507,7 +607,13 @@ def render(spec, env, version: str) -> tuple[dict, dict, dict]:
     branches = {b.id: (names[b.kernel], kinds[b.kernel], b.arrays, b.n_ints, b.training)
                 for b in spec.plans.branches.values()}
     updates = {l.name: (names[l.update_kernel], tuple(float(a) for a in l.update_args)) for l in spec.losses}
-    return files, by_kind, {"branches": branches, "updates": updates}
+    scan = None
+    in_scans = scan_branches(spec)
+    if in_scans:
+        ck, arrays = render_scan(spec, in_scans)
+        add(ck)
+        scan = (ck.name, tuple(b.id for b in in_scans), tuple(arrays))
+    return files, by_kind, {"branches": branches, "updates": updates, "scan": scan}
 
 
 def write_ptx(kernel_dir, names, out_dir, cc=(9, 0)) -> list:
@@ -549,6 +655,8 @@ BRANCHES = {{
 UPDATES = {{
 {updates}
 }}
+# the recurrences' kernel: (its file, the branches it runs, the arrays it takes), or None
+SCAN = {target_context["scan"]!r}
 
 
 class Model({BASE_CLASS}):
@@ -559,4 +667,5 @@ class Model({BASE_CLASS}):
     kernel_dir = KERNEL_DIR
     branches = BRANCHES
     updates = UPDATES
+    scan = SCAN
 '''

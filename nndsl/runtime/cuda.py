@@ -26,6 +26,8 @@ MAX_BLOCKS = 2 if SIMULATED else 4096
 # a reduction over at least this many elements runs as one block per output (block mode);
 # the simulator's barriers are slow, so there tests ask for block mode by this variable
 BLOCK_MIN = int(os.environ.get("NNDSL_CUDA_BLOCK_MIN", 1 << 62 if SIMULATED else 64))
+# threads of the one block that runs a recurrence (render/numba_cuda.py, `render_scan`)
+SCAN_THREADS = 4 if SIMULATED else 256
 HISTORY = 4096         # device ring of step losses: a lazy loss stays readable this many steps
 
 
@@ -50,6 +52,7 @@ class Context:
         self.stream = stream
         self.gemm = gemm.prepare          # (a_t, b_t, m, n, k, a, oa, b, ob, c, oc, beta) -> launcher
         self.tpb = TPB
+        self.scan_threads = SCAN_THREADS
         self.block_min = BLOCK_MIN
         self.draw_key = cuda.to_device(np.zeros(2, np.int64), stream=stream)
         self.history = cuda.device_array(HISTORY, dtype, stream=stream)
@@ -161,6 +164,7 @@ class CudaModel(Model):
     kernel_dir = None        # the generated module's kernel folder
     branches = None          # plan branch -> (kernel file, kind, arrays it takes, integers, takes `training`)
     updates = None           # loss -> (update kernel file, its hyperparameters)
+    scan = None              # (the recurrences' kernel file, the branches it runs, its arrays) or None
     FIT_READ_EVERY = 32      # `fit` reads the losses of this many batches in one copy
 
     def __init__(self, seed=0, threads=1, tf32=False):
@@ -312,12 +316,17 @@ class CudaModel(Model):
         out = self._launches.get(key)
         if out is not None:
             return out
-        table, _, _ = self._table(name, n_rows, sizes)
+        table, _, scans = self._plan_rows(name, n_rows, sizes)
         self._workspace(n_rows, sizes)
         inputs = self._input_buffers(n_rows, sizes)
         dev = dict(self._d, ws=self._d_ws, **inputs)
+        whole = self._scan_launches(table, scans, dev)
+        inside = {r for r0, r1 in scans if r0 in whole for r in range(r0 + 1, r1)}
         out = []
-        for row in table:
+        for r, row in enumerate(table):
+            if r in whole or r in inside:    # a recurrence: its first row launches all of its rows
+                out.append((int(row[1]), whole.get(r)))
+                continue
             kernel, kind, arrays, n_ints, takes_training = self.branches[int(row[0])]
             args = [dev[a] for a in arrays] + [int(v) for v in row[2:2 + n_ints]]
             if takes_training:
@@ -325,6 +334,21 @@ class CudaModel(Model):
             out.append((int(row[1]), load_kernel(self.kernel_dir, kernel, "prepare")(self._ctx, *args)))
         self._launches[key] = out
         return out
+
+    def _scan_launches(self, table, scans, dev):
+        """{first row: the launcher of the whole recurrence} for the recurrences (row ranges
+        of `table`) that the module's scan kernel runs; the other rows of each launch nothing
+        (None keeps the list aligned with the table's rows)."""
+        if self.scan is None or not scans:
+            return {}
+        kernel, branches, arrays = self.scan
+        ours = [(r0, r1) for r0, r1 in scans
+                if set(table[r0:r1, 0].tolist()) <= set(branches) and len(set(table[r0:r1, 1].tolist())) == 1]
+        if not ours:
+            return {}
+        d_table = cuda.to_device(np.ascontiguousarray(table), stream=self._stream)
+        prepare = load_kernel(self.kernel_dir, kernel, "prepare")
+        return {r0: prepare(self._ctx, d_table, r0, r1, [dev[a] for a in arrays]) for r0, r1 in ours}
 
     def _copy_inputs(self, names, arrays, n_rows, sizes):
         bufs = self._input_buffers(n_rows, sizes)
@@ -348,7 +372,7 @@ class CudaModel(Model):
             self._d_ws.copy_to_device(ws, stream=self._stream)
         with self._stream_scope():
             for node, go in launches[:len(launches) if want_grad else n_forward]:
-                if node >= 0 and mask is not None and mask[node]:
+                if go is None or (node >= 0 and mask is not None and mask[node]):
                     continue
                 go()
         value = 0.0
@@ -413,7 +437,7 @@ class CudaModel(Model):
         program = self._programs.get(key)
         if program is None:
             plan = self.tables.steps[name].train_plan
-            launches = [go for _, go in self._plan_launches(plan, n_rows, sizes, True)]
+            launches = [go for _, go in self._plan_launches(plan, n_rows, sizes, True) if go is not None]
             launches.append(self._update_launcher(name, plan, n_rows, sizes, sticky))
             program = self._programs[key] = StepProgram(key, launches)
         return program

@@ -119,13 +119,16 @@ class Model:
 
     def _table(self, name, n_rows, sizes):
         """(table, rows before the gradient, {loss: where its value sits}) of a plan."""
-        t = self.tables
-        fill, n_forward = t.plans[name]
-        args = t.size_args(n_rows, sizes)
-        table = fill(*args)
+        table, n_forward, _ = self._plan_rows(name, n_rows, sizes)
+        return table, n_forward, self.tables.value_at(*self.tables.size_args(n_rows, sizes))
+
+    def _plan_rows(self, name, n_rows, sizes):
+        """(table, rows before the gradient, the row ranges of its recurrences) of a plan."""
+        fill, n_forward = self.tables.plans[name]
+        table = fill(*self.tables.size_args(n_rows, sizes))
         if n_forward is None:                 # a recurrence's plan: its length depends on T
-            table, n_forward = table
-        return table, n_forward, t.value_at(*args)
+            return table
+        return table, n_forward, ()
 
     def _workspace(self, n_rows, sizes):
         """The host workspace, grown to what a batch of `n_rows` needs."""
