@@ -42,7 +42,7 @@ tests=$!
 
 # 2. the step benchmark: an untimed warm-up of every child (caches), then timed rounds alone
 MODELS=${MODELS:-mnist128,wide1024,cnn64,lstm32,mnist4096}
-IMPLS=${IMPLS:-nndsl,nndsl_launches,nndsl_tf32,torch,torch_compile,jax}
+IMPLS=${IMPLS:-nndsl,nndsl_launches,nndsl_tf32,nndsl_rows,torch,torch_compile,jax}
 GPU_STEP_SECONDS=0.6 timeout 150 python3 benchmarks/gpu_step.py --models $MODELS --impls $IMPLS --prewarm 5 --rounds 0 \
     --timeout 140 --out "$OUT" > "$OUT/gpu_prewarm.log" 2>&1
 say "prewarm done: rc=$?"

@@ -2,7 +2,8 @@
 and JAX jit (issue 12).
 
     python benchmarks/gpu_step.py [--models mnist128,mnist4096,wide1024] [--rounds 3]
-                                  [--impls nndsl,nndsl_launches,nndsl_tf32,torch,torch_compile,jax] [--out DIR]
+                                  [--impls nndsl,nndsl_launches,nndsl_tf32,nndsl_rows,torch,torch_compile,jax]
+                                  [--out DIR]
 
 The MLPs use Adam and cross-entropy; `cnn64` and `lstm32` are the CPU benchmarks' CNN
 (batch 64) and LSTM (T 32, hidden 64, batch 32), float32, built from benchmarks/models/ and
@@ -12,7 +13,9 @@ rotates), and a peer's ratio is the median over rounds of peer/nndsl (above 1: n
 faster). `nndsl` is the default: each step after the first two replays one captured CUDA
 graph (cuBLAS through nvmath-python; launch by launch where capture is not available, and
 the record says which); `nndsl_launches` launches kernel by kernel from the plan tables;
-`nndsl_tf32` is the default with `tf32=True`. A missing library is a note, not a failure.
+`nndsl_tf32` is the default with `tf32=True`; `nndsl_rows` is the default with a recurrence's
+rows launched one by one (NNDSL_CUDA_SCAN=0) instead of its scan kernel (models with a
+recurrence only). A missing library is a note, not a failure.
 Writes DIR/gpu_step.json and DIR/gpu_step.md.
 """
 from __future__ import annotations
@@ -57,7 +60,7 @@ def source_and_feed(model):
         return CPU[spec]["nn"].read_text(), {"x": x, CPU[spec]["target"]: y}
     x, y = data(*spec)
     return nn_source(spec[0]), {"x": x, "label": y}
-IMPLS = ["nndsl", "nndsl_launches", "nndsl_tf32", "torch", "torch_compile", "jax"]
+IMPLS = ["nndsl", "nndsl_launches", "nndsl_tf32", "nndsl_rows", "torch", "torch_compile", "jax"]
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
 
@@ -99,7 +102,9 @@ def timed(step, sync, warmup=10, seconds=None, min_iters=20):
 
 
 # ------------------------------------------------------------- the children
-def child_nndsl(model, graph):
+def child_nndsl(model, graph, scans=True):
+    if not scans:
+        os.environ["NNDSL_CUDA_SCAN"] = "0"          # read when the runtime is imported
     sys.path.insert(0, str(ROOT))
     from nndsl.build import build_file
     from nndsl.loader import import_module
@@ -110,6 +115,8 @@ def child_nndsl(model, graph):
     src.write_text(text)
     r = build_file(src, folder, dtype="float32", target="cuda")
     mod = import_module(r.path, "bench_cuda_" + model)
+    if not scans and mod.SCAN is None:
+        return {"skip": "no recurrence: the same as nndsl"}
     m = mod.Model(seed=0, tf32=graph == "tf32")
     m.graphs = bool(graph)                           # graph replay (the default) or launch by launch
     m.step(**feed)
@@ -203,8 +210,9 @@ def child_jax(model):
 
 def child(impl, model):
     try:
-        if impl in ("nndsl", "nndsl_launches", "nndsl_tf32"):
-            return child_nndsl(model, {"nndsl": "graph", "nndsl_launches": None, "nndsl_tf32": "tf32"}[impl])
+        if impl in ("nndsl", "nndsl_launches", "nndsl_tf32", "nndsl_rows"):
+            return child_nndsl(model, {"nndsl_launches": None, "nndsl_tf32": "tf32"}.get(impl, "graph"),
+                               scans=impl != "nndsl_rows")
         if impl in ("torch", "torch_compile"):
             return child_torch(model, impl == "torch_compile")
         if impl == "jax":

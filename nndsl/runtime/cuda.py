@@ -26,8 +26,10 @@ MAX_BLOCKS = 2 if SIMULATED else 4096
 # a reduction over at least this many elements runs as one block per output (block mode);
 # the simulator's barriers are slow, so there tests ask for block mode by this variable
 BLOCK_MIN = int(os.environ.get("NNDSL_CUDA_BLOCK_MIN", 1 << 62 if SIMULATED else 64))
-# threads of the one block that runs a recurrence (render/numba_cuda.py, `render_scan`)
+# threads of the one block that runs a recurrence (render/numba_cuda.py, `render_scan`);
+# NNDSL_CUDA_SCAN=0 launches a recurrence's rows one by one instead (to compare)
 SCAN_THREADS = 4 if SIMULATED else 256
+SCANS = os.environ.get("NNDSL_CUDA_SCAN", "1") not in ("", "0")
 HISTORY = 4096         # device ring of step losses: a lazy loss stays readable this many steps
 
 
@@ -339,7 +341,7 @@ class CudaModel(Model):
         """{first row: the launcher of the whole recurrence} for the recurrences (row ranges
         of `table`) that the module's scan kernel runs; the other rows of each launch nothing
         (None keeps the list aligned with the table's rows)."""
-        if self.scan is None or not scans:
+        if self.scan is None or not scans or not SCANS:
             return {}
         kernel, branches, arrays = self.scan
         ours = [(r0, r1) for r0, r1 in scans
