@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import sympy as sp
 
 from nndsl.build import render
 from nndsl.calculus import functions as fn
+from nndsl.calculus.formulas import Access, Stage, Tensor
 from nndsl.frontend import load_source
 from nndsl.plan.module_plan import module_plan
 from nndsl.plan.optimizers import RULES
@@ -94,3 +96,39 @@ def test_a_primitives_helper_is_written_once_for_every_target(monkeypatch):
         names = helpers_mod.used("y = _softsign(a)", target, "float32")
         _, text = helpers_mod.helpers_text(target, "float32", names)
         assert names == ["_softsign"] and text.startswith(decorator) and "return x / (F(1.0) + abs(x))" in text
+
+
+# ---- the CPU's split loops: which nests may run their outer loop over numba's threads
+_n, _c, _h, _w, _i, _j = sp.symbols("n c h w i j", integer=True)
+_IMAGE = ((_n, 4), (_c, 3), (_h, 5), (_w, 5))
+
+
+def _stage(index, ranges, reduce=None, accumulate=False, read=(_n, _c, _h, _w)):
+    a = sp.Symbol("a")
+    return Stage("y", index, a, (Access(a, "x", read),), ranges, reduce, accumulate)
+
+
+SPLITS = [
+    ("a map over images", _stage((_n, _c, _h, _w), _IMAGE), True),
+    ("a channel's sum over the batch and positions: each channel in one thread",
+     _stage((_c,), ((_c, 3), (_n, 4), (_h, 5), (_w, 5)), reduce="sum"), True),
+    ("the same sum looped batch first: its output loop still goes outside",
+     _stage((_c,), _IMAGE, reduce="sum"), True),
+    ("a scatter-add over windows (col2im): each image adds into its own",
+     _stage((_n, _c, _h + _i, _w + _j), _IMAGE + ((_i, 3), (_j, 3)), accumulate=True,
+            read=(_n, _c, _h, _w, _i, _j)), True),
+    ("a scatter-add that mixes images: rows of one output from several outer iterations",
+     _stage((_c, _h + _n), _IMAGE, accumulate=True), False),
+    ("a sum over everything (a loss)", _stage((), _IMAGE, reduce="sum"), False),
+    ("a map over a matrix: too small a nest", _stage((_n, _c), ((_n, 4), (_c, 3))), False),
+]
+
+
+@pytest.mark.parametrize("what,stage,splits", SPLITS, ids=[s[0] for s in SPLITS])
+def test_which_nests_split_their_outer_loop(what, stage, splits):
+    from nndsl.render.loops import Emitter
+    tensors = {"x": Tensor("x", (4, 3, 5, 5, 3, 3), "value", "x"), "y": Tensor("y", (4, 3, 8, 8), "value", "y")}
+    emit = Emitter(tensors, "float32", unsigned=True, split_outer=True)
+    assert emit.splits(stage) == splits
+    lines = emit.plan([stage])
+    assert any("prange(" in line for line in lines) == splits

@@ -244,7 +244,10 @@ class Emitter:
             if item.kind != "formula":
                 return False
             stages, scalars = [item], ()
-            outer = (self._scatter_order(item) if not item.reduce_vars or not item.plain else item.out_vars)[0]
+            loops = self._scatter_order(item) if not item.reduce_vars or not item.plain else item.out_vars
+            if not loops:                 # a sum over everything: no loop to split
+                return False
+            outer = loops[0]
         return len(item.ranges) >= self.SPLIT_MIN_LOOPS and all(
             outer not in s.reduce_vars and (s.out in scalars or outer in s.index) for s in stages)
 
