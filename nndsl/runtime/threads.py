@@ -94,6 +94,10 @@ class Tuner:
     each time the choice stands, up to a minute). A way whose steps got slow is not trusted
     for a minute: its probes score no better than the steps it slowed to (OpenBLAS's threads
     beside a busy core probe well for a few steps, then spin against the other program).
+    A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
+    threads have stopped spinning after the last step that used them (`SETTLE`; one-thread
+    steps run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
+    probed at 1.8 ms beside them against 0.95 ms after, so the tuner kept a slower way.
     Every way computes the same step up to rounding. `clock` is `time.perf_counter`; tests
     give a fake one."""
 
@@ -101,6 +105,9 @@ class Tuner:
     RECENT = 5               # steps whose median says the choice got slow
     SLOWER = 1.5
     FIRST_WAIT, LAST_WAIT = 2.0, 60.0
+    # seconds OpenBLAS's idle threads spin before they sleep: 2^28 cycles by default
+    # (OPENBLAS_THREAD_TIMEOUT), 0.09 s at 3 GHz, 0.13 s at 2 GHz
+    SETTLE = 0.2
 
     def __init__(self, ways, clock):
         self.ways, self.clock = list(ways), clock
@@ -108,7 +115,18 @@ class Tuner:
         self.choice, self.baseline = self.ways[0], None
         self.wait = self.FIRST_WAIT
         self.slowed = {}                 # way -> (the typical step it slowed to, when)
+        self.spun = None                 # when the last step whose GEMMs used BLAS threads ended
+        # what runs while they settle: one thread of one BLAS thread
+        self.quiet = next((w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)), None)
         self._start_probe()
+
+    @staticmethod
+    def _spins(way):
+        return way[1] > 1
+
+    @staticmethod
+    def _needs_every_core(way):
+        return way[0] > 1 or (len(way) > 2 and way[2] > 1)
 
     def _start_probe(self):
         self.todo = list(self.ways)
@@ -117,16 +135,29 @@ class Tuner:
 
     def way(self):
         """The way to run the next step."""
-        return self.todo[0] if self.todo else self.choice
+        if not self.todo:
+            return self.choice
+        way = self.todo[0]
+        if self.spun is not None and self.quiet is not None and self._needs_every_core(way) and \
+                self.clock() - self.spun < self.SETTLE:
+            return self.quiet            # OpenBLAS's threads still spin: one thread meanwhile
+        return way
 
     def record(self, way, seconds):
         """The step just run that way took `seconds`."""
+        if self._spins(way):
+            self.spun = self.clock()
+        elif self.spun is not None and self.clock() - self.spun >= self.SETTLE:
+            self.spun = None             # OpenBLAS's threads sleep by now
         if way not in self.warm:
             self.warm.add(way)           # its first run is not its speed
             return
         if self.todo:
-            self._probe(way, seconds)
+            if way == self.todo[0]:      # not a step run while the BLAS threads settle
+                self._probe(way, seconds)
             return
+        if self.spun is not None and self._needs_every_core(way):
+            return                       # beside the threads the last probe woke: not its speed
         recent = self.recent
         recent.append(seconds)
         if len(recent) > self.RECENT:
