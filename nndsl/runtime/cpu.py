@@ -156,12 +156,13 @@ class CpuModel(Model):
         if tuner is None:
             cores = available_cores()
             parts = self._parts(cores, n_rows)
-            # the way that wakes OpenBLAS's threads goes last: they spin on for a while after a
-            # GEMM and would slow the ways probed after them (the LSTM kept 2 BLAS threads,
-            # 10 % slower than one thread)
-            ways = [(1, 1)] + ([(parts, 1)] if parts > 1 else []) + ([(1, cores)] if cores > 1 else [])
+            # the way that wakes OpenBLAS's threads goes first: they spin on for ~0.1 s after a
+            # GEMM, the one-thread way is probed beside them unharmed, and the ways that need
+            # every core wait until they sleep (`Tuner.SETTLE`); probed last, they slowed
+            # whatever ran after the probe
+            ways = ([(1, cores)] if cores > 1 else []) + [(1, 1)] + ([(parts, 1)] if parts > 1 else [])
             if self.split_loops and cores > 1 and loop_threads_safe():
-                ways.insert(1, (1, 1, cores))       # its loops over the cores, GEMMs in one thread
+                ways.append((1, 1, cores))          # its loops over the cores, GEMMs in one thread
             tuner = self._tuners[key] = Tuner(ways, time.perf_counter)
         return tuner
 

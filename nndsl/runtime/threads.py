@@ -91,9 +91,11 @@ class Tuner:
     keeps the fastest, and tries them all again when the steps become 1.5 times slower than
     they were (another program took a core: OpenBLAS threads that spin on a busy core make a
     step 10-70 times slower) or after a while (the core may be free again; the while doubles
-    each time the choice stands, up to a minute). A way whose steps got slow is not trusted
-    for a minute: its probes score no better than the steps it slowed to (OpenBLAS's threads
-    beside a busy core probe well for a few steps, then spin against the other program).
+    each time the choice stands, up to a minute). A way with BLAS threads whose steps got slow
+    is not trusted for a minute: its probes score no better than the steps it slowed to
+    (OpenBLAS's threads beside a busy core probe well for a few steps, then spin against the
+    other program). Other ways are judged by their probes alone: a passing slowdown of the
+    split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
     threads have stopped spinning after the last step that used them (`SETTLE`; one-thread
     steps run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
@@ -168,7 +170,8 @@ class Tuner:
         slow = seconds > limit and len(recent) == self.RECENT and sorted(recent)[self.RECENT // 2] > limit
         if slow:
             self.wait = self.FIRST_WAIT
-            self.slowed[self.choice] = (sorted(recent)[self.RECENT // 2], self.clock())
+            if self._spins(self.choice):     # only BLAS threads probe well and then slow down
+                self.slowed[self.choice] = (sorted(recent)[self.RECENT // 2], self.clock())
         if slow or self.clock() >= self.next_probe:
             self._start_probe()
 
