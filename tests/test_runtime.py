@@ -381,6 +381,21 @@ def test_the_tuner_keeps_the_fastest_way_and_moves_when_a_core_gets_busy():
     assert ways.count((1, 1)) <= 1 + Tuner.PROBE_STEPS          # a way twice as slow is dropped early
 
 
+def test_a_way_probed_first_that_is_twice_as_slow_as_the_steps_before_is_dropped_after_one_step():
+    """A core gets busy: the split batch slows, and the BLAS threads' way, probed first, runs
+    3x slower than the steps before the probe; one probe step of it is enough."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)                # the runtime's order
+    speed = {(1, 2): 1.6e-3, (1, 1): 1.8e-3, (2, 1): 1.0e-3}
+    run_tuner(tuner, clock, speed, 400)
+    assert tuner.choice == (2, 1)
+    speed = {(1, 2): 9.0e-3, (1, 1): 1.8e-3, (2, 1): 2.7e-3}      # beside a busy core
+    ways = run_tuner(tuner, clock, speed, 300)
+    assert tuner.choice == (1, 1) and ways[-5:] == [(1, 1)] * 5
+    assert ways.count((1, 2)) == 1
+
+
 def test_a_way_that_needs_every_core_is_probed_once_blas_threads_stop_spinning():
     """OpenBLAS's threads spin ~0.1 s after the last step that used them; a split batch beside
     them is slow (the LSTM: 1.8 ms against 0.95). A probe of a way that needs every core waits

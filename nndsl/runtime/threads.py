@@ -131,6 +131,11 @@ class Tuner:
         return way[0] > 1 or (len(way) > 2 and way[2] > 1)
 
     def _start_probe(self):
+        # what the steps of the last choice take now: a way probed before any other of this
+        # round that is twice as slow is dropped after one step too (the BLAS threads' way,
+        # probed first, beside a busy core: 4-10 ms steps against 1.8)
+        recent = getattr(self, "recent", None)
+        self.reference = self._typical(recent) if recent else None
         self.todo = list(self.ways)
         self.best = {}
         self.recent = []
@@ -193,7 +198,7 @@ class Tuner:
     def _probe(self, way, seconds):
         times = self.best.setdefault(way, [])
         times.append(seconds)
-        fastest = min((self._typical(t) for w, t in self.best.items() if w != way), default=None)
+        fastest = min((self._typical(t) for w, t in self.best.items() if w != way), default=self.reference)
         if len(times) >= self.PROBE_STEPS or (fastest is not None and seconds > 2 * fastest):
             self.todo.pop(0)
         if not self.todo:
