@@ -396,6 +396,20 @@ def test_a_way_probed_first_that_is_twice_as_slow_as_the_steps_before_is_dropped
     assert ways.count((1, 2)) == 1
 
 
+def test_slow_steps_of_one_thread_do_not_start_a_probe_before_the_while_is_up():
+    """One thread of one BLAS thread is every way's fallback when a core is taken: its slow
+    steps are not a reason to probe the other ways again (beside a busy core they cost)."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)
+    speed = {(1, 2): 4.0e-3, (1, 1): 1.8e-3, (2, 1): 2.7e-3}
+    run_tuner(tuner, clock, speed, 400)
+    assert tuner.choice == (1, 1)
+    speed[(1, 1)] = 3.0e-3                                        # erratic beside the busy core
+    ways = run_tuner(tuner, clock, speed, int((tuner.next_probe - clock.now) / 3.0e-3) - 1)
+    assert set(ways) == {(1, 1)}
+
+
 def test_a_way_that_needs_every_core_is_probed_once_blas_threads_stop_spinning():
     """OpenBLAS's threads spin ~0.1 s after the last step that used them; a split batch beside
     them is slow (the LSTM: 1.8 ms against 0.95). A probe of a way that needs every core waits

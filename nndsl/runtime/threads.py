@@ -171,8 +171,12 @@ class Tuner:
             del recent[0]
         # the median can only pass the line when a slow step comes in: sorted only then
         # (the lecture MLP's step is 20 µs)
+        # one thread of one BLAS thread is what every other way falls back to when a core is
+        # taken: its slow steps are no reason to probe again before the while is up (beside a
+        # busy core such probes cost the default 4-6 % against `threads=1`)
         limit = self.SLOWER * self.baseline
-        slow = seconds > limit and len(recent) == self.RECENT and sorted(recent)[self.RECENT // 2] > limit
+        slow = seconds > limit and way != self.quiet and len(recent) == self.RECENT and \
+            sorted(recent)[self.RECENT // 2] > limit
         if slow:
             self.wait = self.FIRST_WAIT
             if self._spins(self.choice):     # only BLAS threads probe well and then slow down
