@@ -14,6 +14,11 @@ from ..plan.gemm import argmax_then_max
 from .printer import NumbaPrinter, index_text
 
 
+# a nest over images has four or more loops (n, c, h, w; im2col's six): the CPU renderer gives
+# only those masked loop tails (`numba_cpu.masked_tails`) and splits only those over threads
+IMAGE_NEST_LOOPS = 4
+
+
 class Emitter:
     """Turns stages into indented source lines."""
 
@@ -230,12 +235,10 @@ class Emitter:
         lines.append(ind + f"{target} {'+=' if s.accumulate else '='} {result}")
         return lines
 
-    # a nest over fewer loops is too small for a fork and join of numba's threads to pay
-    SPLIT_MIN_LOOPS = 4
-
     def splits(self, item) -> bool:
         """Whether a nest's outermost loop may run its iterations in parallel: a nest over
-        images (four or more loops) whose every stage writes, at each value of that loop, only
+        images (a smaller nest does not pay for a fork and join of numba's threads) whose every
+        stage writes, at each value of that loop, only
         elements indexed by it (it appears plainly in the written index, and is not summed
         over), or a register of its own iteration."""
         if isinstance(item, Group):
@@ -248,7 +251,7 @@ class Emitter:
             if not loops:                 # a sum over everything: no loop to split
                 return False
             outer = loops[0]
-        return len(item.ranges) >= self.SPLIT_MIN_LOOPS and all(
+        return len(item.ranges) >= IMAGE_NEST_LOOPS and all(
             outer not in s.reduce_vars and (s.out in scalars or outer in s.index) for s in stages)
 
     def _scatter_order(self, s: Stage) -> list:

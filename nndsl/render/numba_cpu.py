@@ -20,7 +20,7 @@ from ..plan.kernels import BUFFERS, KernelDef
 from ..plan.optimizers import UpdateKernel, element_lines
 from . import file_name
 from .helpers import helpers_text, used
-from .loops import Emitter
+from .loops import IMAGE_NEST_LOOPS, Emitter
 from .printer import index_text
 
 NAME = "cpu"
@@ -153,7 +153,7 @@ def masked_tails(k: KernelDef) -> bool:
         return False
     item = k.item
     stages = item.stages if hasattr(item, "stages") else list(item) if isinstance(item, tuple) else [item]
-    return all(len(s.ranges) >= 4 for s in stages) and not any(
+    return all(len(s.ranges) >= IMAGE_NEST_LOOPS for s in stages) and not any(
         s.reduce_vars and all(sp.sympify(n).is_Integer for v, n in s.ranges if v in s.reduce_vars)
         for s in stages)
 

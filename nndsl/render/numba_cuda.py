@@ -444,12 +444,13 @@ def _gemm(a_t, b_t, m, n, k, a, oa, b, ob, c, oc, acc, _tid, _nt):
 def scan_branches(spec) -> list:
     """The plan branches of the recurrences a scan kernel can run: those whose every call is
     a loop nest or a GEMM (a draw or a one-hot in a cell keeps its launches)."""
+    by_id = {b.id: b for b in spec.plans.branches.values()}
     out = {}
     for plan in spec.plans.plans.values():
         for row in plan.rows:
             if getattr(row, "items", None) is None:
                 continue
-            branches = [next(b for b in spec.plans.branches.values() if b.id == r.branch) for r in row.items]
+            branches = [by_id[r.branch] for r in row.items]
             if all(spec.kernels[b.kernel].kind in ("loop", "gemm") and not b.training for b in branches):
                 out.update({b.id: b for b in branches})
     return [out[i] for i in sorted(out)]

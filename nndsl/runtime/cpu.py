@@ -144,7 +144,8 @@ class CpuModel(Model):
     def _parts(self, threads, n_rows):
         """The parts a batch of `n_rows` splits into for `threads` threads: at least
         MIN_ROWS_PER_THREAD rows each, and one for a model with running statistics (each part
-        would normalise with its own part's statistics)."""
+        would normalise with its own part's statistics) or whose loops run in numba's threads
+        (its threads are for those loops)."""
         if self.tables.stats or self.split_loops:
             return 1
         return max(1, min(threads, n_rows // MIN_ROWS_PER_THREAD))
@@ -274,8 +275,9 @@ class CpuModel(Model):
         batch's mean loss, whether any rank was interrupted)."""
         step = self.tables.steps[name]
         if self._threads == "auto":            # the ranks of one machine share its cores
-            use_blas_threads(max(1, available_cores() // comm.Get_size()))
-            self._loops = max(1, available_cores() // comm.Get_size())
+            share = max(1, available_cores() // comm.Get_size())
+            use_blas_threads(share)
+            self._loops = share
         seed = self._seed(None)                # every rank draws the step's seed, rows or not
         n_local = len(next(iter(batch.values()))) if batch else 0
         local, summed = self._local, self._summed

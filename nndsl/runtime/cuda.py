@@ -344,8 +344,9 @@ class CudaModel(Model):
         if self.scan is None or not scans or not SCANS:
             return {}
         kernel, branches, arrays = self.scan
+        branches = set(branches)
         ours = [(r0, r1) for r0, r1 in scans
-                if set(table[r0:r1, 0].tolist()) <= set(branches) and len(set(table[r0:r1, 1].tolist())) == 1]
+                if set(table[r0:r1, 0].tolist()) <= branches and len(set(table[r0:r1, 1].tolist())) == 1]
         if not ours:
             return {}
         d_table = cuda.to_device(np.ascontiguousarray(table), stream=self._stream)

@@ -120,6 +120,7 @@ class Tuner:
         self.spun = None                 # when the last step whose GEMMs used BLAS threads ended
         # what runs while they settle: one thread of one BLAS thread
         self.quiet = next((w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)), None)
+        self.recent = []
         self._start_probe()
 
     @staticmethod
@@ -134,8 +135,7 @@ class Tuner:
         # what the steps of the last choice take now: a way probed before any other of this
         # round that is twice as slow is dropped after one step too (the BLAS threads' way,
         # probed first, beside a busy core: 4-10 ms steps against 1.8)
-        recent = getattr(self, "recent", None)
-        self.reference = self._typical(recent) if recent else None
+        self.reference = self._typical(self.recent) if self.recent else None
         self.todo = list(self.ways)
         self.best = {}
         self.recent = []
@@ -169,11 +169,11 @@ class Tuner:
         recent.append(seconds)
         if len(recent) > self.RECENT:
             del recent[0]
-        # the median can only pass the line when a slow step comes in: sorted only then
-        # (the lecture MLP's step is 20 µs)
-        # one thread of one BLAS thread is what every other way falls back to when a core is
-        # taken: its slow steps are no reason to probe again before the while is up (beside a
-        # busy core such probes cost the default 4-6 % against `threads=1`)
+        # The median can only pass the line when a slow step comes in: sorted only then (the
+        # lecture MLP's step is 20 µs). One thread of one BLAS thread is what every other way
+        # falls back to when a core is taken: its slow steps are no reason to probe again
+        # before the while is up (beside a busy core such probes cost the default 4-6 %
+        # against `threads=1`).
         limit = self.SLOWER * self.baseline
         slow = seconds > limit and way != self.quiet and len(recent) == self.RECENT and \
             sorted(recent)[self.RECENT // 2] > limit
