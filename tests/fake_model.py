@@ -96,6 +96,10 @@ def _run(theta, grad, ws, x, y, plan, stop, given_mask, value_at, ranges, lr, cl
 class FakeModel(CpuModel):
     tables = tables()
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._parts_in_numba = False       # its plans run in numpy: a threaded step's parts in Python's threads
+
     def _load_entry(self):
         return None
 

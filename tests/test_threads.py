@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nndsl.runtime.threads import loop_threads_safe, max_loop_threads
+
 from conftest import BATCHNORM, GAN, SMALL_LSTM, compile_example, compile_source, random_data
 
 # (name, module, extra arguments of every step): an MLP, noise drawn per example
@@ -22,14 +24,22 @@ CASES = {
 }
 
 
+# where the parts run: numba's threads (OpenMP/TBB), or Python's (any other threading layer)
+PARTS_IN = {"numba": True, "python": False}
+
+
+@pytest.mark.parametrize("parts_in", sorted(PARTS_IN))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_threaded_steps_equal_one_threads(case):
+def test_threaded_steps_equal_one_threads(case, parts_in):
     make, extra = CASES[case]
     module = make()
+    if PARTS_IN[parts_in] and not loop_threads_safe():
+        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
     data = {k: v for k, v in random_data(module, n=20, seed=3).items()}
     if "x" in data and data["x"].ndim == 3:
         data["x"] = np.random.default_rng(3).standard_normal((20, 4, 3))
     one, two = module.Model(seed=0), module.Model(seed=0, threads=2)
+    two._parts_in_numba = PARTS_IN[parts_in]
     for _ in range(3):
         for name in module.LOSSES:
             d = {k: data[k] for k in module.STEPS[name].data}
@@ -79,10 +89,42 @@ def test_threads_must_be_a_positive_count(threads, error):
         m.threads = threads
 
 
+@pytest.mark.parametrize("n, threads, rows", [(17, 2, [8, 9]), (25, 2, [12, 13]), (17, 4, [8, 9])])
+def test_unequal_parts_in_numbas_threads(n, threads, rows):
+    """Parts of different sizes (their own plan tables and workspaces) in one call of the
+    entry's `run_parts`; the pool of Python threads is never started. (More parts than numba
+    has threads go to Python's: the next test.)"""
+    if not loop_threads_safe() or len(rows) > max_loop_threads():
+        pytest.skip("numba's threads here cannot take the parts (not OpenMP/TBB, or fewer threads)")
+    module = compile_example("digits_mlp")
+    data = random_data(module, n=n, seed=4)
+    one, many = module.Model(seed=0), module.Model(seed=0, threads=threads)
+    for _ in range(2):
+        assert many.step(**data) == pytest.approx(one.step(**data), rel=1e-12)
+    np.testing.assert_allclose(many.theta, one.theta, rtol=1e-10, atol=1e-13)
+    assert [len(lane._ws) > 0 for lane in many._lanes] == [True] * (len(rows) - 1)
+    assert many._parts(threads, n) == len(rows) and many._pool is None
+
+
+def test_more_parts_than_numbas_threads_run_in_pythons(monkeypatch):
+    """NUMBA_NUM_THREADS below the parts would run them one after another: Python's threads
+    take them then."""
+    import sys
+    module = compile_example("digits_mlp")
+    m = module.Model(seed=0, threads=2)
+    cpu = next(c for c in type(m).__mro__ if c.__name__ == "CpuModel")
+    runtime = sys.modules[cpu.__module__]
+    monkeypatch.setattr(runtime, "max_loop_threads", lambda: 1)
+    m.step(**random_data(module, n=20, seed=1))
+    assert m._pool is not None
+
+
 def test_the_threads_end_with_the_model():
+    """The pool of Python threads (the parts' threads where numba's layer is not OpenMP/TBB)."""
     import gc
     module = compile_example("digits_mlp")
     m = module.Model(seed=0, threads=2)
+    m._parts_in_numba = False
     m.step(**random_data(module, n=20, seed=1))
     workers = list(m._pool._threads)
     assert workers and all(t.is_alive() for t in workers)

@@ -11,8 +11,8 @@ from .checks import count
 from .compiler import addresses
 from .loader import load_kernel_file
 from .model import Model
-from .threads import (MIN_ROWS_PER_THREAD, Tuner, available_cores, loop_threads_safe, set_blas_threads,
-                      use_blas_threads, use_loop_threads)
+from .threads import (MIN_ROWS_PER_THREAD, Tuner, available_cores, blas_threads_setter_address, loop_threads_safe,
+                      max_loop_threads, set_blas_threads, use_blas_threads, use_loop_threads)
 
 _COMPILING = threading.Lock()
 
@@ -44,6 +44,7 @@ class CpuModel(Model):
         t = self.tables
         self.threads = threads
         self._lanes, self._pool, self._tuners = [], None, {}
+        self._parts_in_numba = None      # whether a threaded step's parts run in numba's threads
         self._plans = {}
         self._entry = self._load_entry()
         # arrays a plan does not read still take their argument of `run`: an empty one
@@ -83,6 +84,13 @@ class CpuModel(Model):
              update=0, mask=None, first=0, grad=None):
         if self.split_loops:
             use_loop_threads(self._loops)
+        found, args = self._run_args(name, names, arrays, n_rows, sizes, seed, training, want_grad, loss,
+                                     update, mask, first, grad)
+        return self._call(found, update, *args), args[2]
+
+    def _run_args(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
+                  update=0, mask=None, first=0, grad=None):
+        """(the plan's kernel addresses by update, the arguments of `run` after the addresses)."""
         table, n_forward, slots, value_at, ws, which, ranges, found = self._plan(name, names, n_rows, sizes, loss)
         data = [arrays[i] if i >= 0 else absent for i, absent in slots]
         if self.tables.masks:
@@ -93,11 +101,10 @@ class CpuModel(Model):
         s1, s2 = self._state[which]
         # data-parallel steps pass their own gradient vector and their rows' place in the
         # global batch (`first`, which keys the draws)
-        value = self._call(found, update, self.theta, self._grad if grad is None else grad, ws, *data, table,
-                           len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
-                           self._seed(seed), first, training, update, value_at, s1, s2, ranges,
-                           self._t[which], float(self.lr[which]), float(self.clip_norm), self._total[which])
-        return value, ws
+        return found, (self.theta, self._grad if grad is None else grad, ws, *data, table,
+                       len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
+                       self._seed(seed), int(first), training, update, value_at, s1, s2, ranges,
+                       self._t[which], float(self.lr[which]), float(self.clip_norm), self._total[which])
 
     def _call(self, found, update, *args):
         """`run(*args)`, given the addresses of the kernels it calls. They are looked up (numba
@@ -106,10 +113,14 @@ class CpuModel(Model):
         kernels' dtype, seeds below 2**63, and a read-only array is passed to a kernel
         exactly as a writeable one (numba's flag changes its typing, not its layout)."""
         at = found.get(update)
+        return self._entry.run(self._addresses(found, update, args) if at is None else at, *args)
+
+    def _addresses(self, found, update, args):
+        at = found.get(update)
         if at is None:
             with _COMPILING:               # a threaded step's parts: one thread loads the kernels
                 at = found[update] = addresses(self._entry, self.kernel_dir, args)
-        return self._entry.run(at, *args)
+        return at
 
     # -- steps -------------------------------------------------------------------------
     def _step(self, name, seed, data, check_finite):
@@ -194,17 +205,30 @@ class CpuModel(Model):
         given = self._given_masks
         lanes = [self] + [self._lane(k) for k in range(1, parts)]
 
-        def part(k):
+        def part_args(k):
             lane, a, z = lanes[k], cuts[k], cuts[k + 1]
             lane._given_masks = {m: v[a:z] for m, v in given.items() if v is not None}
-            return float(lane._run(step.train_plan, step.data, [x[a:z] for x in arrays], z - a, sizes, seed,
-                                   True, loss=name, first=a, grad=lane._grad)[0])
+            return lane._run_args(step.train_plan, step.data, [x[a:z] for x in arrays], z - a, sizes, seed,
+                                  True, loss=name, first=a, grad=lane._grad)
+
+        def part(k):
+            found, args = part_args(k)
+            return float(lanes[k]._call(found, 0, *args))
 
         previous = set_blas_threads(1)
         try:
-            pool = self._threads_pool(parts)
-            others = [pool.submit(part, k) for k in range(1, parts)]
-            losses = [part(0)] + [f.result() for f in others]
+            if self._parts_in_numba is None:
+                self._parts_in_numba = loop_threads_safe()
+            if self._parts_in_numba and parts <= max_loop_threads():
+                calls = [part_args(k) for k in range(parts)]
+                at = self._addresses(calls[0][0], 0, calls[0][1])    # the parts' arguments are of one type
+                use_loop_threads(parts)
+                losses = self._entry.run_parts(blas_threads_setter_address(), at,
+                                               *self._by_part([args for _, args in calls])).tolist()
+            else:
+                pool = self._threads_pool(parts)
+                others = [pool.submit(part, k) for k in range(1, parts)]
+                losses = [part(0)] + [f.result() for f in others]
         finally:
             set_blas_threads(previous)
         shares = [(cuts[k + 1] - cuts[k]) / n_rows for k in range(parts)]
@@ -214,6 +238,22 @@ class CpuModel(Model):
         L = float(sum(v * w for v, w in zip(losses, shares)))
         self._update_only(name, sizes, L, self._grad)
         return L
+
+    def _by_part(self, calls):
+        """The arguments of the entry's `run_parts` from those of `run` for each part: a tuple
+        of the parts' values for each of its PART_PARAMS (an array of integers), the first
+        part's value for the others (the same in every part)."""
+        entry, out = self._entry, []
+        for name, values in zip(entry.PARAMS, zip(*calls)):
+            if name == "update":
+                continue                   # no part updates: the step updates once after them
+            if name not in entry.PART_PARAMS:
+                out.append(values[0])
+            elif isinstance(values[0], np.ndarray):
+                out.append(values)
+            else:
+                out.append(np.array(values, np.int64))
+        return out
 
     def _lane(self, k):
         """The replica that computes part k ≥ 1 of a threaded step: it reads this model's

@@ -43,16 +43,27 @@ def use_blas_threads(n):
         _NOW.n = n
 
 
-def set_blas_threads(n):
-    """Sets the calling thread's BLAS threads to `n`; returns the previous count (None when
-    the BLAS offers no per-thread count, and for n None)."""
+def _setter():
     if not _SETTER:
         with _LOCK:
             if not _SETTER:
                 _SETTER.append(_blas_threads_setter())
-    setter = _SETTER[0]
+    return _SETTER[0]
+
+
+def set_blas_threads(n):
+    """Sets the calling thread's BLAS threads to `n`; returns the previous count (None when
+    the BLAS offers no per-thread count, and for n None)."""
+    setter = _setter()
     _NOW.n = n
     return setter(n) if setter is not None and n is not None else None
+
+
+def blas_threads_setter_address():
+    """The address of the BLAS's per-thread count setter (`int f(int)`), for compiled code that
+    sets it in threads Python does not run (numba's); 0 when the BLAS has none."""
+    setter = _setter()
+    return ctypes.cast(setter, ctypes.c_void_p).value if setter is not None else 0
 
 
 def use_loop_threads(n):
@@ -60,8 +71,14 @@ def use_loop_threads(n):
     threads (at most as many as numba started)."""
     if getattr(_NOW, "loops", None) != n:
         import numba
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(n, max_loop_threads())))
         _NOW.loops = n
+
+
+def max_loop_threads():
+    """The threads numba starts (NUMBA_NUM_THREADS: the cores, unless the user set fewer)."""
+    import numba
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def loop_threads_safe():
@@ -100,6 +117,10 @@ class Tuner:
     threads have stopped spinning after the last step that used them (`SETTLE`; one-thread
     steps run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
     probed at 1.8 ms beside them against 0.95 ms after, so the tuner kept a slower way.
+    The other way round, numba's OpenMP workers spin ~10 ms after the parts of a split step
+    (GOMP's default spin count): a BLAS-threaded step in that while took 3-12 ms against 0.8
+    (the MNIST MLP). A probe of BLAS threads waits `PARTS_SETTLE` after a way that needs every
+    core, and a step of BLAS threads in that while does not count as a slowdown.
     Every way computes the same step up to rounding. `clock` is `time.perf_counter`; tests
     give a fake one."""
 
@@ -110,6 +131,9 @@ class Tuner:
     # seconds OpenBLAS's idle threads spin before they sleep: 2^28 cycles by default
     # (OPENBLAS_THREAD_TIMEOUT), 0.09 s at 3 GHz, 0.13 s at 2 GHz
     SETTLE = 0.2
+    # seconds numba's threads spin after a parallel region: GOMP_SPINCOUNT's 300,000 spins
+    # took ~10 ms of a core here
+    PARTS_SETTLE = 0.03
 
     def __init__(self, ways, clock):
         self.ways, self.clock = list(ways), clock
@@ -118,6 +142,7 @@ class Tuner:
         self.wait = self.FIRST_WAIT
         self.slowed = {}                 # way -> (the typical step it slowed to, when)
         self.spun = None                 # when the last step whose GEMMs used BLAS threads ended
+        self.parted = None               # when the last step that needed every core ended
         # what runs while they settle: one thread of one BLAS thread
         self.quiet = next((w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)), None)
         self.recent = []
@@ -145,13 +170,19 @@ class Tuner:
         if not self.todo:
             return self.choice
         way = self.todo[0]
-        if self.spun is not None and self.quiet is not None and self._needs_every_core(way) and \
-                self.clock() - self.spun < self.SETTLE:
-            return self.quiet            # OpenBLAS's threads still spin: one thread meanwhile
+        if self.quiet is not None and (self._needs_every_core(way) and self._settling(self.spun, self.SETTLE) or
+                                       self._spins(way) and self._settling(self.parted, self.PARTS_SETTLE)):
+            return self.quiet            # the other way's threads still spin: one thread meanwhile
         return way
+
+    def _settling(self, since, wait):
+        return since is not None and self.clock() - since < wait
 
     def record(self, way, seconds):
         """The step just run that way took `seconds`."""
+        beside_parts = self._spins(way) and self._settling(self.parted, self.PARTS_SETTLE)
+        if self._needs_every_core(way):
+            self.parted = self.clock()
         if self._spins(way):
             self.spun = self.clock()
         elif self.spun is not None and self.clock() - self.spun >= self.SETTLE:
@@ -163,7 +194,7 @@ class Tuner:
             if way == self.todo[0]:      # not a step run while the BLAS threads settle
                 self._probe(way, seconds)
             return
-        if self.spun is not None and self._needs_every_core(way):
+        if self.spun is not None and self._needs_every_core(way) or beside_parts:
             return                       # beside the threads the last probe woke: not its speed
         recent = self.recent
         recent.append(seconds)
