@@ -3,13 +3,16 @@ hashes, the helpers written once, the optimiser rules written once."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import sympy as sp
 
+from conftest import compile_source
+
 from nndsl.build import render
 from nndsl.calculus import functions as fn
-from nndsl.calculus.formulas import Access, Stage, Tensor
+from nndsl.calculus.formulas import N, Access, Stage, Tensor
 from nndsl.frontend import load_source
 from nndsl.plan.module_plan import module_plan
 from nndsl.plan.optimizers import RULES
@@ -132,3 +135,36 @@ def test_which_nests_split_their_outer_loop(what, stage, splits):
     assert emit.splits(stage) == splits
     lines = emit.plan([stage])
     assert any("prange(" in line for line in lines) == splits
+
+
+# (m, n, k, a_t, b_t) of a row-major product -> loops (`_thin_gemm`) or a BLAS call
+THIN = [
+    ("outer product", (N, 32, 1, True, True), True),
+    ("matrix times vector", (N, 1, 32, False, True), True),
+    ("matrix stored transposed times vector: a row added per step", (N, 1, 32, True, True), False),
+    ("vector times matrix stored transposed", (1, 32, N, True, True), True),
+    ("vector times matrix: a row added per step", (1, 32, N, True, False), False),
+    ("no side of 1", (N, 32, 10, False, True), False),
+    ("a side of 2", (N, 2, 10, False, True), False),
+]
+
+
+@pytest.mark.parametrize("what,gemm,thin", THIN, ids=[t[0] for t in THIN])
+def test_which_products_are_loops_not_blas_calls(what, gemm, thin):
+    from nndsl.plan.gemm import BlasGemm
+    from nndsl.render.numba_cpu import thin as is_thin
+    m, n, k, a_t, b_t = gemm
+    assert is_thin(BlasGemm("c", "a", "b", a_t, b_t, False, m, n, k, False)) == thin
+
+
+def test_a_layer_of_one_output_multiplies_in_loops():
+    """Its size stays a literal 1 in the kernels (`size_symbol`), so its products and both
+    adjoints are seen to be thin: the lecture MLP's output layer."""
+    module = compile_source("model m\ninput x[10]\ntarget y[1]\nh = dense(x, 32, act=tanh)\no = dense(h, 1)\n"
+                            "loss squared(o, y)\noptimizer adam(lr=1e-3)")
+    folder = Path(module.Model.kernel_dir)
+    entry = (folder / f"{module.Model.entry_name}.py").read_text()
+    gemms = [folder / f"{name}.py" for name in re.findall(r'"(gemm_[0-9a-f]{12})"', entry)]
+    calls = [next(line.split("(")[0].strip() for line in f.read_text().splitlines() if "_gemm(" in line
+                  and not line.lstrip().startswith(("def", "@", "#"))) for f in gemms]
+    assert sorted(calls) == ["_blas_gemm"] * 3 + ["_thin_gemm"] * 2

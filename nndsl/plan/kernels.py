@@ -164,7 +164,9 @@ def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storag
 
     def size_symbol(e):
         e = sp.sympify(e)
-        if e.is_Integer and e <= SMALL and e not in dims:
+        # ... and so does a side of 1 (a layer of one output): its loops vanish, and a product
+        # with such a side is a matrix times a vector, not a BLAS call (`_thin_gemm`)
+        if e.is_Integer and (e <= SMALL and e not in dims or e == 1):
             return e
         if e not in sizes:
             sizes[e] = sp.Symbol(f"s{len(sizes)}", integer=True, positive=True)
