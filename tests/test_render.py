@@ -157,14 +157,27 @@ def test_which_products_are_loops_not_blas_calls(what, gemm, thin):
     assert is_thin(BlasGemm("c", "a", "b", a_t, b_t, False, m, n, k, False)) == thin
 
 
+LECTURE = ("model m\ninput x[10]\ntarget y[1]\nh = dense(x, 32, act=tanh)\no = dense(h, 1)\n"
+           "loss squared(o, y)\noptimizer adam(lr=1e-3)")
+
+
 def test_a_layer_of_one_output_multiplies_in_loops():
     """Its size stays a literal 1 in the kernels (`size_symbol`), so its products and both
     adjoints are seen to be thin: the lecture MLP's output layer."""
-    module = compile_source("model m\ninput x[10]\ntarget y[1]\nh = dense(x, 32, act=tanh)\no = dense(h, 1)\n"
-                            "loss squared(o, y)\noptimizer adam(lr=1e-3)")
+    module = compile_source(LECTURE)
     folder = Path(module.Model.kernel_dir)
     entry = (folder / f"{module.Model.entry_name}.py").read_text()
     gemms = [folder / f"{name}.py" for name in re.findall(r'"(gemm_[0-9a-f]{12})"', entry)]
     calls = [next(line.split("(")[0].strip() for line in f.read_text().splitlines() if "_gemm(" in line
                   and not line.lstrip().startswith(("def", "@", "#"))) for f in gemms]
     assert sorted(calls) == ["_blas_gemm"] * 3 + ["_thin_gemm"] * 2
+
+
+def test_the_bias_gradient_of_a_layer_of_one_output_sums_in_a_register():
+    """Δb[j] = Σ_n Δo[n, j] with j < 1: its loop of one iteration goes outermost, so the sum
+    over the batch runs in a register, not through `grad` in memory (`_reductions_outermost`)."""
+    rendered = render(load_source(LECTURE, "m.nn"), "float32")
+    loops = [t for t in rendered.kernels.values() if re.search(r"^def loop_", t, re.M)]
+    register = r"for i0 in range\(1\):\n\s+v\d_sum = F\(0\.0\)\n\s+for i1 in range\(s0\):"
+    assert sum(bool(re.search(register, t)) for t in loops) == 1
+    assert not any(re.search(r"v\d\[i1\] \+= ", t) for t in loops)      # no sum through memory

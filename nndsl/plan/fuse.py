@@ -105,9 +105,12 @@ def _reductions_outermost(group: Group) -> None:
         return
     (outer,) = kept
     order = [v for v, _ in group.ranges]
-    if not outer or order[:len(outer)] == list(outer) or order[-1] in outer:
-        return
     sizes = dict(group.ranges)
+    # a loop of one iteration walks no memory: the bias gradient of a layer of one output
+    # (Δb[j] of Δo[n, j], j < 1) sums in a register too (0.88 -> 0.07 µs, the lecture MLP)
+    walking = [v for v in order if sizes[v] != 1]
+    if not outer or order[:len(outer)] == list(outer) or (walking and walking[-1] in outer):
+        return
     first = [v for v in order if v in outer]
     group.ranges = tuple((v, sizes[v]) for v in first + [v for v in order if v not in outer])
 
