@@ -8,6 +8,9 @@ weight gradient, and as much again for its input's gradient unless that input is
 (nobody needs ∂L/∂x). Activations, pooling, losses and the optimiser are left out (they are
 a few per cent of the flops), so the fraction is a lower bound.
 
+Each model is built and run once untimed first (numba compiles into its cache); the rounds
+then time the warm module's steady step.
+
 The peak is what this machine's OpenBLAS attains on a large float32 GEMM (n = 2048) with all
 its cores: the practical two-core ceiling. Each round runs the step (`impl_nndsl.py`, the
 module's default threads) and the GEMM in their own processes, one after the other; the
@@ -20,6 +23,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +80,17 @@ def main() -> None:
     args = ap.parse_args()
     models = args.models.split(",")
     peaks, ms = [], {m: [] for m in models}
+    # each model built once, its kernels compiled into numba's cache by one untimed run: the
+    # rounds time the steady step, as a training run sees it after its first seconds (a cold
+    # run's timed steps overlap the compile of what its first threaded steps need)
+    out = {m: tempfile.mkdtemp(prefix=f"nndsl_peak_{m}_") for m in models}
+    for m in models:
+        run_json([sys.executable, str(HERE / "impl_nndsl.py"), "--model", m, "--data", "random", "--out-dir", out[m]])
     for r in range(args.rounds):
         peaks.append(run_json([sys.executable, "-c", PEAK_SNIPPET])["gflops"])
         for m in models:
-            rec = run_json([sys.executable, str(HERE / "impl_nndsl.py"), "--model", m, "--data", "random"])
+            rec = run_json([sys.executable, str(HERE / "impl_nndsl.py"), "--model", m, "--data", "random",
+                            "--out-dir", out[m], "--reuse"])
             ms[m].append(rec["median_ms"])
         print(f"# round {r + 1}/{args.rounds}: sgemm {peaks[-1]:.1f} GFLOP/s, "
               + ", ".join(f"{m} {ms[m][-1]:.3f} ms" for m in models), flush=True)

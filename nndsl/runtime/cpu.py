@@ -221,9 +221,10 @@ class CpuModel(Model):
                 self._parts_in_numba = loop_threads_safe()
             if self._parts_in_numba and parts <= max_loop_threads():
                 calls = [part_args(k) for k in range(parts)]
-                at = self._addresses(calls[0][0], 0, calls[0][1])    # the parts' arguments are of one type
+                found, args = calls[0]                 # the parts' arguments are of one type
+                at = self._addresses(found, 0, args)
                 use_loop_threads(parts)
-                losses = self._entry.run_parts(blas_threads_setter_address(), at,
+                losses = self._entry.run_parts(blas_threads_setter_address(), self._run_address(found, at, args), at,
                                                *self._by_part([args for _, args in calls])).tolist()
             else:
                 pool = self._threads_pool(parts)
@@ -238,6 +239,20 @@ class CpuModel(Model):
         L = float(sum(v * w for v, w in zip(losses, shares)))
         self._update_only(name, sizes, L, self._grad)
         return L
+
+    def _run_address(self, found, at, args):
+        """The address of the entry's `run` compiled for these arguments (a plan's parts'),
+        which `run_parts` calls (numba compiles it, or loads it from its cache, once)."""
+        address = found.get("run")
+        if address is None:
+            from numba import typeof
+            run = self._entry.run
+            signature = tuple(typeof(a) for a in (at,) + tuple(args))
+            with _COMPILING:
+                run.compile(signature)
+            compiled = run.overloads[signature]
+            address = found["run"] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+        return address
 
     def _by_part(self, calls):
         """The arguments of the entry's `run_parts` from those of `run` for each part: a tuple
