@@ -475,6 +475,23 @@ def test_blas_threads_are_probed_once_the_parts_threads_stop_spinning():
     assert probes and all(after >= Tuner.PARTS_SETTLE for after in probes)
 
 
+def test_a_way_dropped_after_a_lucky_step_and_a_slow_one_does_not_win():
+    """Beside a busy core the split batch's probe ran 1.55 ms, then 5.4 (dropped: twice the
+    best); scored by its lucky step it beat one thread's 1.75 ms and ran at 5 ms until the
+    tuner noticed."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)
+    split = iter([3.0e-3] + [1.55e-3, 5.4e-3] * 1000)         # its first run warms up
+    speed = {(1, 2): lambda: 9.0e-3, (1, 1): lambda: 1.75e-3, (2, 1): lambda: next(split)}
+    for _ in range(400):
+        way = tuner.way()
+        seconds = speed[way]()
+        clock.now += seconds
+        tuner.record(way, seconds)
+    assert tuner.choice == (1, 1) and tuner.best[(2, 1)] == [1.55e-3, 5.4e-3]
+
+
 def test_the_tuner_looks_again_after_a_while_and_waits_longer_each_time_it_stands():
     from nndsl.runtime.threads import Tuner
     clock = Clock()

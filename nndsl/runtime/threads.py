@@ -219,8 +219,11 @@ class Tuner:
     def _typical(times):
         # the median, not the fastest: with a core busy, OpenBLAS threads that spin on it
         # give erratic steps, and a lucky fast one must not win (the MNIST MLP's step kept
-        # two BLAS threads beside a busy core and ran 3.2x slower than quiet)
-        return sorted(times)[(len(times) - 1) // 2]
+        # two BLAS threads beside a busy core and ran 3.2x slower than quiet). Of two, the
+        # slower: a way dropped after a lucky step and a slow one (twice the best) scored its
+        # lucky step and won (the MNIST MLP's split batch beside a busy core, 1.55 then 5.4
+        # ms against 1.75 for one thread, so the default ran 1.3x slower than `threads=1`)
+        return sorted(times)[len(times) // 2]
 
     def _score(self, way):
         """The typical probe step of `way`, or the step it slowed to within the last minute."""
