@@ -492,6 +492,19 @@ def test_a_way_dropped_after_a_lucky_step_and_a_slow_one_does_not_win():
     assert tuner.choice == (1, 1) and tuner.best[(2, 1)] == [1.55e-3, 5.4e-3]
 
 
+def test_a_busy_core_from_the_start_costs_one_step_of_blas_threads():
+    """The first round has no steps to compare with: one thread goes first (its first run
+    warms up the kernels for every one-thread way), so the BLAS threads' way, 50 ms a step
+    beside the busy core, runs once, not a warm-up and three probes."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)                # the runtime's order
+    speed = {(1, 2): 50e-3, (1, 1): 1.6e-3, (2, 1): 2.7e-3}
+    ways = run_tuner(tuner, clock, speed, 300)
+    assert ways[:5] == [(1, 1)] * 4 + [(1, 2)] and ways.count((1, 2)) == 1
+    assert tuner.choice == (1, 1)
+
+
 def test_the_tuner_looks_again_after_a_while_and_waits_longer_each_time_it_stands():
     from nndsl.runtime.threads import Tuner
     clock = Clock()
@@ -531,6 +544,22 @@ def test_a_way_that_probes_well_then_slows_is_not_trusted_for_a_while():
         ways.append(way)
     assert tuner.choice == (1, 1)
     assert ways[-200:].count((1, 2)) <= 2 * Tuner.PROBE_STEPS      # at most the probes' steps
+
+
+def test_a_passing_hiccup_of_the_blas_threads_is_not_distrusted():
+    """A few BLAS-threaded steps at 1.7x (the machine, not a busy core): the tuner probes
+    again and keeps the BLAS threads; it had kept the split batch, 1.2x slower, for a minute."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock)
+    speed = {(1, 2): 1.0e-3, (1, 1): 1.6e-3, (2, 1): 1.2e-3}
+    run_tuner(tuner, clock, speed, 600)
+    assert tuner.choice == (1, 2)
+    speed[(1, 2)] = 1.7e-3
+    run_tuner(tuner, clock, speed, Tuner.RECENT)
+    speed[(1, 2)] = 1.0e-3
+    run_tuner(tuner, clock, speed, 3000)                          # past the next probe (2 s)
+    assert tuner.choice == (1, 2) and not tuner.slowed
 
 
 def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
