@@ -74,6 +74,9 @@ def main(argv=None):
     ap.add_argument("--spinners", type=int, default=1, help="busy: this many spinning processes (default 1)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps after the first (default 20): with ~1000, the timed steps are a long "
+                         "run's, after nndsl's first round of tuning")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)

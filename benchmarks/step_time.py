@@ -75,6 +75,8 @@ def run_one(impl, model, args, cache_root: Path):
         cmd += ["--steps", str(args.steps)]
     if args.samples:
         cmd += ["--samples", str(args.samples)]
+    if getattr(args, "warmup", None):
+        cmd += ["--warmup", str(args.warmup)]
     if impl == "nndsl":
         cmd += ["--out-dir", str(cache_root / "nndsl" / model)]
     try:
