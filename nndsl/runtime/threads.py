@@ -108,10 +108,10 @@ class Tuner:
     keeps the fastest, and tries them all again when the steps become 1.5 times slower than
     they were (another program took a core: OpenBLAS threads that spin on a busy core make a
     step 10-70 times slower) or after a while (the core may be free again; the while doubles
-    each time the choice stands, up to a minute). A way with BLAS threads whose steps got slow
-    is not trusted for a minute: its probes score no better than the steps it slowed to
-    (OpenBLAS's threads beside a busy core probe well for a few steps, then spin against the
-    other program). Other ways are judged by their probes alone: a passing slowdown of the
+    each time the choice stands, up to a minute). A way with BLAS threads whose steps got twice
+    as slow (`DISTRUST`) is not trusted for a minute: its probes score no better than the
+    steps it slowed to (OpenBLAS's threads beside a busy core probe well for a few steps,
+    then spin against the other program). Other ways are judged by their probes alone: a passing slowdown of the
     split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
     threads have stopped spinning after the last step that used them (`SETTLE`; one-thread
