@@ -100,10 +100,18 @@ def _kernel_options(kernel):
 
 def _address(kernel, signature):
     with _kernel_options(kernel):
-        kernel.compile(signature)              # or loads it from numba's cache
+        address = function_address(kernel, signature)
     compiled = kernel.overloads[signature]
     if compiled.signature.return_type != types.none:    # the entry's call passes no result back
         raise TypeError(f"{kernel.__name__} returns {compiled.signature.return_type}; kernels return nothing")
+    return address
+
+
+def function_address(function, signature):
+    """The address of numba function `function` compiled for `signature` (compiled, or loaded
+    from numba's cache, on the first call), to be called in numba's calling convention."""
+    function.compile(signature)
+    compiled = function.overloads[signature]
     return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
 
 

@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 
 from .checks import count
-from .compiler import addresses
+from .compiler import addresses, function_address
 from .loader import load_kernel_file
 from .model import Model
 from .threads import (MIN_ROWS_PER_THREAD, Tuner, available_cores, blas_threads_setter_address, loop_threads_safe,
@@ -72,7 +72,8 @@ class CpuModel(Model):
             # each data argument of `run`: its place in `arrays`, or the empty array it gets
             slots = [(names.index(k), None) if k in names else (-1, self._absent[k]) for k in t.data]
             which = loss or t.losses[0]
-            # the last item: the kernels' addresses for the entry, by update (see `_call`)
+            # the last item: the kernels' addresses for the entry, by update (see `_call`), and
+            # under "run" the entry's `run` itself, which a threaded step's `run_parts` calls
             plan = self._plans[key] = (table, n_forward, slots, value_at[loss] if loss else 0, self._ws, which,
                                        t.steps[which].ranges, {})
         return plan
@@ -246,12 +247,9 @@ class CpuModel(Model):
         address = found.get("run")
         if address is None:
             from numba import typeof
-            run = self._entry.run
-            signature = tuple(typeof(a) for a in (at,) + tuple(args))
             with _COMPILING:
-                run.compile(signature)
-            compiled = run.overloads[signature]
-            address = found["run"] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+                address = found["run"] = function_address(self._entry.run,
+                                                          tuple(typeof(a) for a in (at,) + tuple(args)))
         return address
 
     def _by_part(self, calls):
