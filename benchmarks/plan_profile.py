@@ -7,7 +7,9 @@ Builds the model (float32), runs one step on random data (so the workspace holds
 values), then runs every row of the step's plan alone, `--repeat` times in one call of the
 module's own entry function (best of three), and prints the rows by time with the stage notes of the plan
 (what each kernel computes) and their sum against the whole step. Rows of one kind of
-kernel are also summed. One process, no peers: a tool to find the next thing to speed up,
+kernel are also summed. `--context` times each row where the step runs it instead: the
+plan's first r + 1 rows less its first r, so a row also pays for fetching what the rows
+before it left in memory. One process, no peers: a tool to find the next thing to speed up,
 not a comparison (benchmarks/step_time.py makes those).
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
                     help="Model(threads=K) for the whole-step time (1: one thread of one BLAS thread); "
                          "the rows alone always run in this thread")
     ap.add_argument("--blas", type=int, default=1, help="BLAS threads of the rows alone")
+    ap.add_argument("--context", action="store_true",
+                    help="time each row where the step runs it (after the rows before it), not alone")
     args = ap.parse_args()
 
     from nndsl.build import build_file
@@ -77,20 +81,12 @@ def main() -> None:
 
     threads = sys.modules[type(m).__mro__[1].__module__.rsplit(".", 1)[0] + ".threads"]
     threads.use_blas_threads(args.blas)
-    times = []
     call_args[plan_index + 6] = 0                    # no update
-    for r in range(len(table)):
-        # the row `repeat` times in one table: one call from Python (~20 µs of its own) for all
-        call_args[plan_index] = np.repeat(table[r:r + 1], args.repeat, axis=0)
-        call_args[plan_index + 1] = args.repeat
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            m._entry.run(addresses, *call_args)
-            best = min(best, time.perf_counter() - t0)
-        times.append(best / args.repeat)
+    times = _in_context(m, addresses, call_args, plan_index, table, args.repeat) if args.context \
+        else _alone(m, addresses, call_args, plan_index, table, args.repeat)
     total = sum(times)
-    print(f"{args.model.name}: batch {args.batch}, step {step * 1e3:.3f} ms, rows alone {total * 1e3:.3f} ms "
+    how = "rows in the step" if args.context else "rows alone"
+    print(f"{args.model.name}: batch {args.batch}, step {step * 1e3:.3f} ms, {how} {total * 1e3:.3f} ms "
           f"({len(table)} rows)\n")
     print("| ms | row | kernel | what |\n|---:|---:|---|---|")
     for r in sorted(range(len(table)), key=lambda r: -times[r])[:args.top]:
@@ -105,6 +101,39 @@ def main() -> None:
     print("\n| ms | calls | kernel |\n|---:|---:|---|")
     for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"| {v * 1e3:.3f} | {calls[k]} | {k} |")
+
+
+def _alone(m, addresses, call_args, plan_index, table, repeat) -> list[float]:
+    """Each row `repeat` times over: its operands stay in the caches, so a row's time is its
+    own work, not the memory traffic between rows."""
+    times = []
+    for r in range(len(table)):
+        # the row `repeat` times in one table: one call from Python (~20 µs of its own) for all
+        call_args[plan_index] = np.repeat(table[r:r + 1], repeat, axis=0)
+        call_args[plan_index + 1] = repeat
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            m._entry.run(addresses, *call_args)
+            best = min(best, time.perf_counter() - t0)
+        times.append(best / repeat)
+    return times
+
+
+def _in_context(m, addresses, call_args, plan_index, table, repeat) -> list[float]:
+    """Each row where the step runs it: the median time of the plan's first r + 1 rows less
+    that of its first r, so a row's time includes fetching what the rows before it left in
+    memory (a step over large tensors spends much of its time there)."""
+    prefix = [[] for _ in range(len(table) + 1)]
+    call_args[plan_index] = table
+    for _ in range(repeat):
+        for r in range(len(table) + 1):
+            call_args[plan_index + 1] = r
+            t0 = time.perf_counter()
+            m._entry.run(addresses, *call_args)
+            prefix[r].append(time.perf_counter() - t0)
+    med = [float(np.median(p)) for p in prefix]
+    return [med[r + 1] - med[r] for r in range(len(table))]
 
 
 def _arm_kernels(module) -> list[str]:

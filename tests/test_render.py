@@ -137,6 +137,38 @@ def test_which_nests_split_their_outer_loop(what, stage, splits):
     assert any("prange(" in line for line in lines) == splits
 
 
+_q, _r = sp.symbols("q r", integer=True)
+_WINDOWS = _IMAGE[:2] + ((_i, 2), (_j, 2), (_q, 2), (_r, 2))
+# a map or scatter at affine indices -> its loops, outermost first
+ORDERS = [
+    ("a max-pool's adjoint stores along image rows (y = 2i + q, x = 2j + r)",
+     _stage((_n, _c, 2 * _i + _q, 2 * _j + _r), _WINDOWS, read=(_n, _c, _i, _j)), [_n, _c, _i, _q, _j, _r]),
+    ("a scatter-add (col2im) loops in its read's order: its target's are not one per loop",
+     _stage((_n, _c, _h + _i, _w + _j), _IMAGE + ((_i, 3), (_j, 3)), accumulate=True,
+            read=(_c, _i, _j, _n, _h, _w)), [_c, _i, _j, _n, _h, _w]),
+    ("a map whose target index is not affine in its loops: its read's order",
+     _stage((_n, _c, _h * _w), _IMAGE, read=(_n, _w, _c, _h)), [_n, _w, _c, _h]),
+]
+
+
+@pytest.mark.parametrize("what,stage,order", ORDERS, ids=[o[0] for o in ORDERS])
+def test_the_loop_order_of_a_map_at_affine_indices(what, stage, order):
+    from nndsl.render.loops import Emitter
+    tensors = {"x": Tensor("x", (4, 3, 5, 5, 3, 3), "value", "x"), "y": Tensor("y", (4, 3, 8, 8), "value", "y")}
+    assert Emitter(tensors, "float32")._scatter_order(stage) == order
+
+
+def test_a_nest_over_max_pool_windows_has_no_masked_tail():
+    """Masked tails (`numba_cpu.masked_tails`) for nests over images, not for one that loops
+    over a pool's 2×2 windows: the adjoint's innermost loop of two ran as a masked vector."""
+    from nndsl.plan.kernels import KernelDef
+    from nndsl.render.numba_cpu import masked_tails
+    pool = _stage((_n, _c, 2 * _i + _q, 2 * _j + _r), _WINDOWS, read=(_n, _c, _i, _j))
+    relu = _stage((_n, _c, _h, _w), _IMAGE)
+    kernel = lambda s: KernelDef("loop_0", "loop", [], {}, {}, s, "float32")     # noqa: E731
+    assert [masked_tails(kernel(s)) for s in (pool, relu)] == [False, True]
+
+
 # (m, n, k, a_t, b_t) of a row-major product -> loops (`_thin_gemm`) or a BLAS call
 THIN = [
     ("outer product", (N, 32, 1, True, True), True),

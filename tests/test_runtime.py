@@ -577,7 +577,7 @@ def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
     for _ in range(12):
         auto.step(**data)
     (tuner,) = auto._tuners.values()
-    assert tuner.ways == [(1, 2), (1, 1), (1, 1, 2)] and set(seen) == {1, 2}
+    assert tuner.ways == [(1, 2, 1), (1, 1, 1), (1, 1, 2)] and set(seen) == {1, 2}
     fixed = Split(seed=0, threads=2)
     fixed.step(**data)
     assert seen[-1] == 2 and fixed._lanes == []

@@ -48,6 +48,72 @@ def test_threaded_steps_equal_one_threads(case, parts_in):
     np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)
 
 
+def _step_in(m, way, name, data):
+    """One step of loss `name` run `way` (parts, BLAS threads, threads), as the tuner runs it."""
+    step = m.tables.steps[name]
+    arrays, n_rows, sizes = m._arrays(step.data, data, ("step", name))
+    m._t[name] += 1
+    return m._step_way(name, step, arrays, n_rows, sizes, None, *way)
+
+
+# (parts, BLAS threads, threads): chunks of the batch one after another in a thread's workspace
+CHUNKED = {"3 chunks in one thread (6, 7, 7 rows)": (3, 1, 1), "2 threads of 2 chunks": (4, 1, 2)}
+
+
+@pytest.mark.parametrize("way", sorted(CHUNKED))
+@pytest.mark.parametrize("parts_in", sorted(PARTS_IN))
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"batchnorm-loops"}))
+def test_chunked_steps_equal_one_threads(case, parts_in, way):
+    make, extra = CASES[case]
+    module = make()
+    if PARTS_IN[parts_in] and not loop_threads_safe():
+        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
+    data = {k: v for k, v in random_data(module, n=20, seed=5).items()}
+    if "x" in data and data["x"].ndim == 3:
+        data["x"] = np.random.default_rng(5).standard_normal((20, 4, 3))
+    one, chunked = module.Model(seed=0, threads=1), module.Model(seed=0)
+    chunked._parts_in_numba = PARTS_IN[parts_in]
+    for _ in range(3):
+        for name in module.LOSSES:
+            d = {k: data[k] for k in module.STEPS[name].data}
+            d.update(extra)
+            assert one.step(name, **d) == pytest.approx(_step_in(chunked, CHUNKED[way], name, d), rel=1e-12)
+    np.testing.assert_allclose(chunked.theta, one.theta, rtol=1e-10, atol=1e-13)
+    assert len(chunked._lanes) == CHUNKED[way][2] - 1            # a lane (workspace) a thread
+
+
+# (CHUNK_BYTES, rows of a thread) -> chunks: halved while over CHUNK_BYTES, down to 8 rows each
+CHUNKS = [
+    ("a small workspace", 1 << 40, 64, 1),
+    ("a large one: halved down to 8 rows", 0, 64, 8),
+    ("halves of 10 rows", 0, 20, 2),
+    ("15 rows cannot halve", 0, 15, 1),
+]
+
+
+@pytest.mark.parametrize("what,limit,rows,chunks", CHUNKS, ids=[c[0] for c in CHUNKS])
+def test_how_many_chunks_a_thread_runs(what, limit, rows, chunks, monkeypatch):
+    import sys
+    m = compile_example("digits_mlp").Model(seed=0)
+    runtime = sys.modules[next(c for c in type(m).__mro__ if c.__name__ == "CpuModel").__module__]
+    monkeypatch.setattr(runtime, "CHUNK_BYTES", limit)
+    assert m._chunks(rows, {}) == chunks
+    assert compile_source(BATCHNORM).Model(seed=0)._chunks(rows, {}) == 1     # one batch's statistics
+
+
+def test_auto_tries_chunks_where_the_workspace_is_large(monkeypatch):
+    import sys
+    module = compile_example("digits_mlp")
+    m = module.Model(seed=0)
+    runtime = sys.modules[next(c for c in type(m).__mro__ if c.__name__ == "CpuModel").__module__]
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    plain = m._tuner("loss", 64, {}).ways
+    monkeypatch.setattr(runtime, "CHUNK_BYTES", 0)
+    m._tuners.clear()
+    assert plain == [(1, 2, 1), (1, 1, 1), (2, 1, 2)]
+    assert m._tuner("loss", 64, {}).ways == [(1, 2, 1), (1, 1, 1), (8, 1, 1), (2, 1, 2), (8, 1, 2)]
+
+
 def test_only_a_model_that_cannot_split_its_batch_splits_its_loops():
     """Batchnorm's model runs the outer loops of its nests over images in numba's threads
     (`prange`, its own kernel files); a model that splits its batch keeps one-thread loops."""
@@ -106,9 +172,9 @@ def test_unequal_parts_in_numbas_threads(n, threads, rows):
     assert many._parts(threads, n) == len(rows) and many._pool is None
 
 
-def test_more_parts_than_numbas_threads_run_in_pythons(monkeypatch):
-    """NUMBA_NUM_THREADS below the parts would run them one after another: Python's threads
-    take them then."""
+def test_more_threads_than_numbas_run_in_pythons(monkeypatch):
+    """NUMBA_NUM_THREADS below the threads asked for would run their parts one after another:
+    Python's threads take them then."""
     import sys
     module = compile_example("digits_mlp")
     m = module.Model(seed=0, threads=2)

@@ -258,12 +258,35 @@ class Emitter:
         order = [v for v, _ in s.ranges]
         if s.plain:
             return order
+        written = self._write_order(s) if not s.accumulate and not s.reduce_vars else None
+        if written is not None:
+            return written + [v for v in order if v not in written]
         plain = [a for a in s.accesses if all(isinstance(i, sp.Symbol) for i in a.index)]
         if not plain:
             return order
         main = max(plain, key=lambda a: len(a.index))
         first = [v for v in self.memory_order(main.tensor, main.index) if v in order]
         return first + [v for v in order if v not in first]
+
+    def _write_order(self, s: Stage) -> list | None:
+        """The loop variables of a map's target index, outermost stored first and, within one
+        axis, by falling coefficient (`y = 2·i + q`: i, then q), when each appears once with a
+        constant coefficient: the innermost loop then stores along a row. A max-pool's adjoint
+        (Δc[n, c, 2i + q, 2j + r]) looped in its reads' order stored one 2×2 window after
+        another, 2 floats per row: 0.141 ms against 0.081 in rows (CNN b64, first pool)."""
+        seen, out = set(), []
+        for e in self.memory_order(s.out, s.index):
+            e, terms = sp.expand(e), []
+            for v in index_vars(e):
+                c = e.coeff(v)
+                if v in seen or not c.is_Integer or c <= 0:
+                    return None
+                seen.add(v)
+                terms.append((-int(c), str(v), v))
+            if not sp.expand(e - sum(-c * v for c, _, v in terms)).is_Integer:
+                return None
+            out += [v for _, _, v in sorted(terms)]
+        return out
 
     def _inner(self, s: Stage, depth: int, statement: str, backwards: bool = False) -> list[str]:
         sizes = dict(s.ranges)
