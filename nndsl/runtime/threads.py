@@ -119,8 +119,8 @@ class Tuner:
     then spin against the other program). Other ways are judged by their probes alone: a passing slowdown of the
     split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
-    threads have stopped spinning after the last step that used them (`SETTLE`; one-thread
-    steps run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
+    threads have stopped spinning after the last step that used them (`SETTLE`; steps of the
+    fastest one-thread way probed so far, `quiet`, run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
     probed at 1.8 ms beside them against 0.95 ms after, so the tuner kept a slower way.
     The other way round, numba's OpenMP workers spin ~10 ms after the parts of a split step
     (GOMP's default spin count): a BLAS-threaded step in that while took 3-12 ms against 0.8
@@ -150,8 +150,9 @@ class Tuner:
         self.slowed = {}                 # way -> (the typical step it slowed to, when)
         self.spun = None                 # when the last step whose GEMMs used BLAS threads ended
         self.parted = None               # when the last step that needed every core ended
-        # what runs while they settle: one thread of one BLAS thread
-        self.quiet = next((w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)), None)
+        # the ways of one thread of one BLAS thread (the batch whole, or in chunks)
+        self.calm = [w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)]
+        self.scores = {}                 # way -> its typical probe step, in the round that last probed it
         self.recent = []
         self._start_probe()
 
@@ -168,6 +169,14 @@ class Tuner:
     @staticmethod
     def _needs_every_core(way):
         return (way[2] if len(way) > 2 else way[0]) > 1
+
+    @property
+    def quiet(self):
+        """What runs while other ways' threads settle: the fastest way of one thread and one
+        BLAS thread probed so far (the first before any was). The CNN's batch in chunks took
+        2.4 ms a step against 3.4 whole, and the first round runs ~50 steps so."""
+        known = [w for w in self.calm if w in self.scores]
+        return min(known, key=self.scores.get) if known else (self.calm[0] if self.calm else None)
 
     def _start_probe(self):
         # what the steps of the last choice take now: a way probed before any other of this
@@ -258,6 +267,7 @@ class Tuner:
     def _probe(self, way, seconds):
         times = self.best.setdefault(way, [])
         times.append(seconds)
+        self.scores[way] = self._typical(times)
         fastest = min((self._typical(t) for w, t in self.best.items() if w != way), default=self.reference)
         if len(times) >= self.PROBE_STEPS or (fastest is not None and seconds > 2 * fastest):
             self.todo.pop(0)
