@@ -48,6 +48,12 @@ def test_threaded_steps_equal_one_threads(case, parts_in):
     np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)
 
 
+def _runtime(m):
+    """The module of the generated module's own copy of runtime/cpu.py (its names to patch)."""
+    import sys
+    return sys.modules[next(c for c in type(m).__mro__ if c.__name__ == "CpuModel").__module__]
+
+
 def _step_in(m, way, name, data):
     """One step of loss `name` run `way` (parts, BLAS threads, threads), as the tuner runs it."""
     step = m.tables.steps[name]
@@ -82,36 +88,42 @@ def test_chunked_steps_equal_one_threads(case, parts_in, way):
     assert len(chunked._lanes) == CHUNKED[way][2] - 1            # a lane (workspace) a thread
 
 
-# (CHUNK_BYTES, rows of a thread) -> chunks: halved while over CHUNK_BYTES, down to 8 rows each
+# a model whose workspace (4,791 elements a row) dwarfs its 1,619 parameters
+CONV = """model chunky
+input x[1, 8, 8]
+target y: class(3)
+c = conv2d(x, 8, 3, pad=1, act=relu)
+o = dense(flatten(c), 3)
+loss cross_entropy(o, y)
+"""
+# (model, CHUNK_BYTES, rows of a thread) -> chunks: halved while over CHUNK_BYTES, down to 8
+# rows each, while the chunks' gradient vectors take less memory than the workspace they spare
 CHUNKS = [
-    ("a small workspace", 1 << 40, 64, 1),
-    ("a large one: halved down to 8 rows", 0, 64, 8),
-    ("halves of 10 rows", 0, 20, 2),
-    ("15 rows cannot halve", 0, 15, 1),
+    ("a small workspace", "conv", 1 << 40, 64, 1),
+    ("a large one: halved down to 8 rows", "conv", 0, 64, 8),
+    ("halves of 10 rows", "conv", 0, 20, 2),
+    ("15 rows cannot halve", "conv", 0, 15, 1),
+    ("9,610 parameters against 822 elements a row: four chunks", "mlp", 0, 64, 4),
 ]
 
 
-@pytest.mark.parametrize("what,limit,rows,chunks", CHUNKS, ids=[c[0] for c in CHUNKS])
-def test_how_many_chunks_a_thread_runs(what, limit, rows, chunks, monkeypatch):
-    import sys
-    m = compile_example("digits_mlp").Model(seed=0)
-    runtime = sys.modules[next(c for c in type(m).__mro__ if c.__name__ == "CpuModel").__module__]
-    monkeypatch.setattr(runtime, "CHUNK_BYTES", limit)
+@pytest.mark.parametrize("what,model,limit,rows,chunks", CHUNKS, ids=[c[0] for c in CHUNKS])
+def test_how_many_chunks_a_thread_runs(what, model, limit, rows, chunks, monkeypatch):
+    m = (compile_source(CONV) if model == "conv" else compile_example("digits_mlp")).Model(seed=0)
+    monkeypatch.setattr(_runtime(m), "CHUNK_BYTES", limit)
     assert m._chunks(rows, {}) == chunks
     assert compile_source(BATCHNORM).Model(seed=0)._chunks(rows, {}) == 1     # one batch's statistics
 
 
 def test_auto_tries_chunks_where_the_workspace_is_large(monkeypatch):
-    import sys
-    module = compile_example("digits_mlp")
-    m = module.Model(seed=0)
-    runtime = sys.modules[next(c for c in type(m).__mro__ if c.__name__ == "CpuModel").__module__]
+    m = compile_example("digits_mlp").Model(seed=0)
+    runtime = _runtime(m)
     monkeypatch.setattr(runtime, "available_cores", lambda: 2)
     plain = m._tuner("loss", 64, {}).ways
     monkeypatch.setattr(runtime, "CHUNK_BYTES", 0)
     m._tuners.clear()
     assert plain == [(1, 2, 1), (1, 1, 1), (2, 1, 2)]
-    assert m._tuner("loss", 64, {}).ways == [(1, 2, 1), (1, 1, 1), (8, 1, 1), (2, 1, 2), (8, 1, 2)]
+    assert m._tuner("loss", 64, {}).ways == [(1, 2, 1), (1, 1, 1), (4, 1, 1), (2, 1, 2), (4, 1, 2)]
 
 
 def test_only_a_model_that_cannot_split_its_batch_splits_its_loops():
@@ -175,12 +187,9 @@ def test_unequal_parts_in_numbas_threads(n, threads, rows):
 def test_more_threads_than_numbas_run_in_pythons(monkeypatch):
     """NUMBA_NUM_THREADS below the threads asked for would run their parts one after another:
     Python's threads take them then."""
-    import sys
     module = compile_example("digits_mlp")
     m = module.Model(seed=0, threads=2)
-    cpu = next(c for c in type(m).__mro__ if c.__name__ == "CpuModel")
-    runtime = sys.modules[cpu.__module__]
-    monkeypatch.setattr(runtime, "max_loop_threads", lambda: 1)
+    monkeypatch.setattr(_runtime(m), "max_loop_threads", lambda: 1)
     m.step(**random_data(module, n=20, seed=1))
     assert m._pool is not None
 

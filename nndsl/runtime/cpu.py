@@ -167,15 +167,18 @@ class CpuModel(Model):
     def _chunks(self, rows, sizes):
         """How many chunks a thread's `rows` of a batch run in, one after another in one
         workspace, so that each chunk's tensors stay in the caches: halved while a chunk's
-        workspace is over CHUNK_BYTES and the halves keep MIN_ROWS_PER_THREAD rows. The CNN
-        benchmark's workspace is 0.42 MB a row; in one thread its batch of 64 (27 MB) took
-        3.9-4.8 ms, in four chunks of 16 (6.8 MB) 2.6-2.8 ms."""
+        workspace is over CHUNK_BYTES, the halves keep MIN_ROWS_PER_THREAD rows, and the
+        chunks' gradient vectors (one each) take no more memory than the workspace they
+        spare. The CNN benchmark's workspace is 0.42 MB a row; in one thread its batch of 64
+        (27 MB) took 3.9-4.8 ms, in four chunks of 16 (6.8 MB) 2.6-2.8 ms."""
         if self.tables.stats or self.split_loops:
             return 1
         t = self.tables
-        per_row = t.workspace_size(*t.size_args(rows, sizes)) * np.dtype(t.dtype).itemsize / max(rows, 1)
+        itemsize = np.dtype(t.dtype).itemsize
+        ws = t.workspace_size(*t.size_args(rows, sizes)) * itemsize
         chunks = 1
-        while rows // (2 * chunks) >= MIN_ROWS_PER_THREAD and per_row * rows / chunks > CHUNK_BYTES:
+        while rows // (2 * chunks) >= MIN_ROWS_PER_THREAD and ws / chunks > CHUNK_BYTES and \
+                (2 * chunks - 1) * t.n_params * itemsize <= ws - ws / (2 * chunks):
             chunks *= 2
         return chunks
 
