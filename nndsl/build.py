@@ -1,7 +1,9 @@
 """`nndsl build`: check, derive, lower and render a model into DIR/NAME.py."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -96,16 +98,70 @@ def write_rendered(rendered: Rendered, dest: Path, kernel_dir: Path | None = Non
     return dest
 
 
+@functools.lru_cache(maxsize=None)
+def generator_fingerprint() -> str:
+    """A hash of every file that shapes what a build writes: the package's Python, its
+    templates and its grammar (so a build folder is never reused by a changed nndsl, whatever
+    its version says)."""
+    from .resources import grammar_path
+    package = Path(__file__).resolve().parent
+    files = sorted(package.rglob("*.py")) + sorted(templates_dir().glob("*.j2")) + [grammar_path()]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(f.parents[1]).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _build_key(source: str, path, dtype: str, target: str) -> str:
+    """What a build's files depend on besides nndsl itself: the source, its file's name (the
+    module's header says it), the options."""
+    return hashlib.sha256(f"{source_hash(source, dtype, target)}\0{os.path.basename(str(path))}".encode()).hexdigest()
+
+
+def _stamp_path(out: Path, key: str) -> Path:
+    return out / f".nndsl-build-{key[:16]}.json"
+
+
+def _reused(out: Path, key: str, kernel_dir: Path) -> BuildResult | None:
+    """The result of the build that wrote OUT from the same source, options and nndsl (its
+    stamp), if every file it wrote is still there; else None."""
+    try:
+        stamp = json.loads(_stamp_path(out, key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("key") != key or stamp.get("generator") != generator_fingerprint():
+        return None
+    dest = out / f"{stamp['module']}.py"
+    if not dest.exists() or not all((kernel_dir / f).exists() for f in stamp["files"]):
+        return None
+    return BuildResult(dest, stamp["module"], stamp["source_hash"], {}, kernels=stamp["kernels"])
+
+
+def _write_stamp(out: Path, key: str, result: BuildResult, rendered: Rendered) -> None:
+    stamp = dict(key=key, generator=generator_fingerprint(), module=result.module_name, source_hash=result.source_hash,
+                 files=[name if "/" in name else f"{name}.py" for name in rendered.kernels], kernels=result.kernels)
+    _write_atomically(_stamp_path(out, key), json.dumps(stamp))
+
+
 def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype: str = "float32",
                target: str = "cpu", compile: bool = False, shared_kernels: bool = False,
-               ptx: str | None = None) -> BuildResult:
+               ptx: str | None = None, reuse: bool = False) -> BuildResult:
     """Write OUT_DIR/NAME.py and its kernels; with `compile=True` also import it and compile;
     with `ptx` (cuda) also write every kernel's PTX for sm_90 there.
     `shared_kernels`: the kernels go to OUT_DIR/../nndsl_kernels, shared by every sibling
-    folder (the per-source build folders of `nndsl train`)."""
-    from .frontend import load_model
+    folder (the per-source build folders of `nndsl train`).
+    `reuse`: where a build of the same source with the same options and the same nndsl wrote
+    OUT_DIR (its stamp there) and its files are all still there, return that build's result
+    and write nothing (`nndsl train`: 0.7 s of sympy and rendering saved per run)."""
+    from .frontend import load_model, read_source
     if ptx is not None and target != "cuda":
         raise UsageError("--ptx needs --target cuda")
+    out = Path(out_dir)
+    kernels_at = out.parent / KERNEL_DIR if shared_kernels else out / KERNEL_DIR
+    if reuse and not compile and ptx is None:
+        kept = _reused(out, _build_key(read_source(path), path, dtype, target), kernels_at)
+        if kept is not None:
+            return kept
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(path)
@@ -113,14 +169,14 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     timings["check"] = time.perf_counter() - t0
     kernel_dir = "../" + KERNEL_DIR if shared_kernels else KERNEL_DIR
     rendered = render(model, dtype, target, os.path.basename(str(path)), timings, kernel_dir=kernel_dir)
-    out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from None
-    dest = write_rendered(rendered, out / f"{model.name}.py", out.parent / KERNEL_DIR if shared_kernels else None)
+    dest = write_rendered(rendered, out / f"{model.name}.py", kernels_at)
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
+    _write_stamp(out, _build_key(model.source, path, dtype, target), result, rendered)
     if ptx is not None:
         from .render.numba_cuda import write_ptx
         t0 = time.perf_counter()

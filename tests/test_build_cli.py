@@ -73,6 +73,36 @@ def test_unchanged_rebuild_keeps_the_file(tmp_path):
     assert os.stat(tmp_path / "lecture_mlp.py").st_mtime_ns == before
 
 
+# what happens between two builds into one folder -> whether the second reuses the first's files
+REUSE = [
+    ("nothing", lambda src, out, build: None, True),
+    ("the source changed", lambda src, out, build: src.write_text(src.read_text() + "\n# more\n"), False),
+    ("a kernel file went", lambda src, out, build: next((out / "nndsl_kernels").glob("loop_*.py")).unlink(), False),
+    ("the module went", lambda src, out, build: (out / "lecture_mlp.py").unlink(), False),
+    ("nndsl changed", lambda src, out, build: build.__setattr__("generator_fingerprint", lambda: "other"), False),
+]
+
+
+@pytest.mark.parametrize("what,change,reused", REUSE, ids=[r[0] for r in REUSE])
+def test_a_build_with_reuse_skips_an_unchanged_one(what, change, reused, tmp_path, monkeypatch):
+    """`nndsl train` builds with `reuse`: the same source, options and nndsl, every file still
+    there, and it renders nothing."""
+    import nndsl.build as build
+    src = tmp_path / "lecture_mlp.nn"
+    src.write_text(Path(LECTURE).read_text())
+    first = build.build_file(src, tmp_path / "out", reuse=True)
+    monkeypatch.setattr(build, "generator_fingerprint", build.generator_fingerprint)
+    change(src, tmp_path / "out", build)
+    rendered = []
+    real = build.render
+    monkeypatch.setattr(build, "render", lambda *a, **k: rendered.append(1) or real(*a, **k))
+    second = build.build_file(src, tmp_path / "out", reuse=True)
+    assert bool(rendered) != reused and second.path == first.path and second.path.exists()
+    assert second.source_hash == build.source_hash(src.read_text(), "float32", "cpu")
+    build.build_file(src, tmp_path / "out")                      # `nndsl build`: always renders
+    assert len(rendered) == 1 + (not reused)
+
+
 @pytest.mark.parametrize("argv,code,message", [
     (["build", "missing.nn"], 2, "missing.nn: no such file"),
     (["build", LECTURE, "--ptx", "ptx"], 2, "--ptx needs --target cuda"),

@@ -23,7 +23,7 @@ def build_and_import(path, out_dir=None, dtype="float32", compile=False, target=
         key = source_hash(read_source(path), dtype, target)[:16]
         out_dir = Path(tempfile.gettempdir()) / "nndsl-build" / key
     result = build_file(path, out_dir, dtype=dtype, target=target, shared_kernels=shared,
-                        compile=compile and target == "cpu")
+                        compile=compile and target == "cpu", reuse=True)
     return import_module(result.path, result.module_name), result
 
 
