@@ -120,8 +120,9 @@ class Tuner:
     split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
     threads have stopped spinning after the last step that used them (`SETTLE`; steps of the
-    fastest one-thread way probed so far, `quiet`, run meanwhile): they spin ~0.1 s after their last GEMM, and the LSTM's split batch
-    probed at 1.8 ms beside them against 0.95 ms after, so the tuner kept a slower way.
+    fastest one-thread way probed so far, `quiet`, run meanwhile): they spin ~0.1 s after
+    their last GEMM, and the LSTM's split batch probed at 1.8 ms beside them against 0.95 ms
+    after, so the tuner kept a slower way.
     The other way round, numba's OpenMP workers spin ~10 ms after the parts of a split step
     (GOMP's default spin count): a BLAS-threaded step in that while took 3-12 ms against 0.8
     (the MNIST MLP). A probe of BLAS threads waits `PARTS_SETTLE` after a way that needs every
