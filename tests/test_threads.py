@@ -28,24 +28,35 @@ CASES = {
 PARTS_IN = {"numba": True, "python": False}
 
 
-@pytest.mark.parametrize("parts_in", sorted(PARTS_IN))
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_threaded_steps_equal_one_threads(case, parts_in):
+def _case(case, parts_in, seed):
+    """(module, 20 rows of data, extra arguments of every step) of a case of CASES."""
     make, extra = CASES[case]
     module = make()
     if PARTS_IN[parts_in] and not loop_threads_safe():
         pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
-    data = {k: v for k, v in random_data(module, n=20, seed=3).items()}
+    data = random_data(module, n=20, seed=seed)
     if "x" in data and data["x"].ndim == 3:
-        data["x"] = np.random.default_rng(3).standard_normal((20, 4, 3))
-    one, two = module.Model(seed=0), module.Model(seed=0, threads=2)
-    two._parts_in_numba = PARTS_IN[parts_in]
+        data["x"] = np.random.default_rng(seed).standard_normal((20, 4, 3))
+    return module, data, extra
+
+
+def _same_steps(module, data, extra, one, other, step):
+    """Three steps of every loss: `step(name, data)` of `other` as `one.step` does them."""
     for _ in range(3):
         for name in module.LOSSES:
             d = {k: data[k] for k in module.STEPS[name].data}
             d.update(extra)
-            assert one.step(name, **d) == pytest.approx(two.step(name, **d), rel=1e-12)
-    np.testing.assert_allclose(two.theta, one.theta, rtol=1e-10, atol=1e-13)
+            assert one.step(name, **d) == pytest.approx(step(name, d), rel=1e-12)
+    np.testing.assert_allclose(other.theta, one.theta, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("parts_in", sorted(PARTS_IN))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_threaded_steps_equal_one_threads(case, parts_in):
+    module, data, extra = _case(case, parts_in, seed=3)
+    one, two = module.Model(seed=0), module.Model(seed=0, threads=2)
+    two._parts_in_numba = PARTS_IN[parts_in]
+    _same_steps(module, data, extra, one, two, lambda name, d: two.step(name, **d))
 
 
 def _runtime(m):
@@ -70,21 +81,10 @@ CHUNKED = {"3 chunks in one thread (6, 7, 7 rows)": (3, 1, 1), "2 threads of 2 c
 @pytest.mark.parametrize("parts_in", sorted(PARTS_IN))
 @pytest.mark.parametrize("case", sorted(set(CASES) - {"batchnorm-loops"}))
 def test_chunked_steps_equal_one_threads(case, parts_in, way):
-    make, extra = CASES[case]
-    module = make()
-    if PARTS_IN[parts_in] and not loop_threads_safe():
-        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
-    data = {k: v for k, v in random_data(module, n=20, seed=5).items()}
-    if "x" in data and data["x"].ndim == 3:
-        data["x"] = np.random.default_rng(5).standard_normal((20, 4, 3))
+    module, data, extra = _case(case, parts_in, seed=5)
     one, chunked = module.Model(seed=0, threads=1), module.Model(seed=0)
     chunked._parts_in_numba = PARTS_IN[parts_in]
-    for _ in range(3):
-        for name in module.LOSSES:
-            d = {k: data[k] for k in module.STEPS[name].data}
-            d.update(extra)
-            assert one.step(name, **d) == pytest.approx(_step_in(chunked, CHUNKED[way], name, d), rel=1e-12)
-    np.testing.assert_allclose(chunked.theta, one.theta, rtol=1e-10, atol=1e-13)
+    _same_steps(module, data, extra, one, chunked, lambda name, d: _step_in(chunked, CHUNKED[way], name, d))
     assert len(chunked._lanes) == CHUNKED[way][2] - 1            # a lane (workspace) a thread
 
 
