@@ -88,7 +88,7 @@ def test_chunked_steps_equal_one_threads(case, parts_in, way):
     assert len(chunked._lanes) == CHUNKED[way][2] - 1            # a lane (workspace) a thread
 
 
-# a model whose workspace (4,791 elements a row) dwarfs its 1,619 parameters
+# a model whose workspace (2,630 elements a row) dwarfs its 1,619 parameters
 CONV = """model chunky
 input x[1, 8, 8]
 target y: class(3)
@@ -103,7 +103,7 @@ CHUNKS = [
     ("a large one: halved down to 8 rows", "conv", 0, 64, 8),
     ("halves of 10 rows", "conv", 0, 20, 2),
     ("15 rows cannot halve", "conv", 0, 15, 1),
-    ("9,610 parameters against 822 elements a row: four chunks", "mlp", 0, 64, 4),
+    ("9,610 parameters against 397 elements a row: two chunks", "mlp", 0, 64, 2),
 ]
 
 
@@ -116,14 +116,14 @@ def test_how_many_chunks_a_thread_runs(what, model, limit, rows, chunks, monkeyp
 
 
 def test_auto_tries_chunks_where_the_workspace_is_large(monkeypatch):
-    m = compile_example("digits_mlp").Model(seed=0)
+    m = compile_source(CONV).Model(seed=0)
     runtime = _runtime(m)
     monkeypatch.setattr(runtime, "available_cores", lambda: 2)
     plain = m._tuner("loss", 64, {}).ways
     monkeypatch.setattr(runtime, "CHUNK_BYTES", 0)
     m._tuners.clear()
     assert plain == [(1, 2, 1), (1, 1, 1), (2, 1, 2)]
-    assert m._tuner("loss", 64, {}).ways == [(1, 2, 1), (1, 1, 1), (4, 1, 1), (2, 1, 2), (4, 1, 2)]
+    assert m._tuner("loss", 64, {}).ways == [(1, 2, 1), (1, 1, 1), (8, 1, 1), (2, 1, 2), (8, 1, 2)]
 
 
 def test_only_a_model_that_cannot_split_its_batch_splits_its_loops():

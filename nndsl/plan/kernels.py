@@ -100,11 +100,21 @@ class Call:
     ints: list
     training: bool = False          # draws take the `training` flag
     notes: list[str] = field(default_factory=list)
+    # the tensors whose memory it reads or writes (a view's: its sequence's), registers not:
+    # what the workspace's layout by liveness sees of it (`plan/liveness.py`)
+    touches: frozenset = frozenset()
 
     @property
     def branch(self) -> tuple:
         """Calls that differ only in their integers share one branch of the entry's dispatch."""
         return (self.kernel, tuple(self.arrays), self.training)
+
+
+def memory_of(name: str, tensors: dict[str, Tensor]) -> str:
+    """The tensor whose memory `name` is: itself, or for a view its sequence's."""
+    while name in tensors and tensors[name].view is not None:
+        name = tensors[name].view[0]
+    return name
 
 
 class KernelLibrary:
@@ -118,7 +128,10 @@ class KernelLibrary:
         k, arrays, ints = canonical_kernel(item, self.tensors, self.storage, self.dtype)
         self.kernels.setdefault(k.name, k)
         stages = item.stages if isinstance(item, Group) else list(item) if isinstance(item, tuple) else [item]
-        return Call(k.name, arrays, ints, k.has_draws, [s.note for s in stages if s.note])
+        registers = set(item.scalars) if isinstance(item, Group) else set()
+        named = {t for s in stages for t in [s.out] + [a.tensor for a in s.accesses]} - registers
+        return Call(k.name, arrays, ints, k.has_draws, [s.note for s in stages if s.note],
+                    frozenset(memory_of(t, self.tensors) for t in named))
 
 
 def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storage],

@@ -19,6 +19,7 @@ from ..calculus.ops import Graph, expand_loss, expand_nodes
 from ..frontend import ir
 from .fuse import fuse, propagate_copies
 from .gemm import argmax_then_max, is_gemm
+from . import liveness
 from .kernels import Call, KernelLibrary, Plans, Storage
 from .optimizers import update_kernel
 from .scan import aliased_views, overwritten_step_gradients, scan_calls, untransposed_step_operands, view_offset
@@ -118,8 +119,21 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
         g.values.setdefault(d.name, g.masks[next(s for s in g.masks if g.masks[s].name == d.name)])
 
     layout = _param_layout(model, g)
-    ws_offsets, ws_size = _workspace_layout(tensors)
     batch_last = _batch_last(tensors, outputs)
+
+    def lowered(ws_offsets, ws_size):
+        return _lowered(model, dtype, g, tensors, outputs, masks, layout, batch_last, ws_offsets, ws_size,
+                        forward_stages, loss_handles, adjoints, planned)
+
+    # lowered twice: tensor by tensor, to see which tensors each plan needs when; then with
+    # tensors that are never needed at once sharing memory (`liveness.py`)
+    first = lowered(*_workspace_layout(tensors))
+    return lowered(*_packed_workspace(first))
+
+
+def _lowered(model, dtype, g, tensors, outputs, masks, layout, batch_last, ws_offsets, ws_size,
+             forward_stages, loss_handles, adjoints, planned) -> ModulePlan:
+    """Every plan's kernel calls, with the workspace laid out at `ws_offsets`."""
     storage = _storage(tensors, layout, g, ws_offsets, batch_last)
     lib = KernelLibrary(tensors, storage, dtype)
 
@@ -249,6 +263,24 @@ def _param_layout(model: ir.ModelIR, g: Graph) -> dict[str, dict]:
                               fan_in=p.fan_in, fan_out=p.fan_out)
         offset += size
     return layout
+
+
+def _packed_workspace(plan: ModulePlan):
+    """The workspace laid out by liveness over every plan of `plan` (lowered tensor by
+    tensor): ({tensor: offset}, size)."""
+    tensors = plan.tensors
+    workspace = {name for name, t in tensors.items() if t.role in _WORKSPACE_ROLES and not t.view}
+    outputs = set(plan.outputs)
+    nodes = {info["ident"] for info in plan.node_info}
+    plans = [(liveness.touched(plan.forward.calls), outputs, set()),
+             (liveness.touched(plan.nodes.calls), nodes, nodes)]
+    for loss in plan.losses:
+        for calls in (loss.value, loss.train, loss.evaluate):
+            if calls is not None:
+                plans.append((liveness.touched(calls.calls) + liveness.touched(calls.backward),
+                              outputs | {l.ident for l in plan.losses}, set()))
+    sizes = {name: sp.prod(tensors[name].shape) for name in workspace}
+    return liveness.packed(sizes, liveness.conflicts(plans, workspace))
 
 
 def _batch_last(tensors: dict[str, Tensor], outputs: list[str]) -> set[str]:

@@ -13,6 +13,8 @@ parameters and optimiser state (host copies), argument checks, `forward` from an
 - `_sync_host()` / `_state_changed()`: bring the host copies up to date / tell the target
   that they changed (a GPU keeps its own).
 """
+import os
+
 import numpy as np
 
 from . import fit as fitting
@@ -134,7 +136,7 @@ class Model:
         """The host workspace, grown to what a batch of `n_rows` needs."""
         need = self.tables.workspace_size(*self.tables.size_args(n_rows, sizes))
         if self._ws.size < need:
-            self._ws = np.zeros(need, self.tables.dtype)
+            self._ws = fresh_workspace(need, self.tables.dtype)
             self._workspace_grown()
         return self._ws
 
@@ -446,6 +448,16 @@ class Model:
         n = self.tables.n_params
         comm.Allreduce(local, summed)
         return float(summed[n]), bool(summed[n + 1] > 0)
+
+
+def fresh_workspace(size, dtype):
+    """A new workspace of `size` elements: zeros, or NaN where NNDSL_POISON_WORKSPACE is set.
+    Tensors that are never needed at once share the workspace's memory (the plan's
+    `liveness.py`), which is sound only because no kernel reads what its plan has not
+    written before; the tests check that with NaN in every element a plan finds there."""
+    if os.environ.get("NNDSL_POISON_WORKSPACE"):
+        return np.full(size, np.nan, dtype)
+    return np.zeros(size, dtype)
 
 
 def _valid_steps(tables, part, lengths, target):
