@@ -112,10 +112,10 @@ def generator_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _build_key(source: str, path, dtype: str, target: str) -> str:
-    """What a build's files depend on besides nndsl itself: the source, its file's name (the
-    module's header says it), the options."""
-    return hashlib.sha256(f"{source_hash(source, dtype, target)}\0{os.path.basename(str(path))}".encode()).hexdigest()
+def _build_key(digest: str, path) -> str:
+    """What a build's files depend on besides nndsl itself: the source and options (their
+    `source_hash`, `digest`) and the source file's name (the module's header says it)."""
+    return hashlib.sha256(f"{digest}\0{os.path.basename(str(path))}".encode()).hexdigest()
 
 
 def _stamp_path(out: Path, key: str) -> Path:
@@ -159,7 +159,7 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     out = Path(out_dir)
     kernels_at = out.parent / KERNEL_DIR if shared_kernels else out / KERNEL_DIR
     if reuse and not compile and ptx is None:
-        kept = _reused(out, _build_key(read_source(path), path, dtype, target), kernels_at)
+        kept = _reused(out, _build_key(source_hash(read_source(path), dtype, target), path), kernels_at)
         if kept is not None:
             return kept
     timings: dict[str, float] = {}
@@ -176,7 +176,7 @@ def build_file(path: str | os.PathLike, out_dir: str | os.PathLike = ".", dtype:
     dest = write_rendered(rendered, out / f"{model.name}.py", kernels_at)
     result = BuildResult(dest, model.name, source_hash(model.source, dtype, target), timings,
                          kernels=rendered.names)
-    _write_stamp(out, _build_key(model.source, path, dtype, target), result, rendered)
+    _write_stamp(out, _build_key(result.source_hash, path), result, rendered)
     if ptx is not None:
         from .render.numba_cuda import write_ptx
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from . import functions as fn
-from .formulas import N, Builder, Handle, Stage, indirect, make_stage
+from .formulas import N, Builder, Handle, Stage, indirect, make_stage, memory_owner
 
 _DIFFERENTIABLE_ROLES = {"param", "value", "loss"}
 
@@ -30,12 +30,6 @@ class Adjoint:
     stages: list[Stage]                 # the backward pass, in execution order
     grads: dict[str, str]               # parameter tensor name -> gradient tensor name
     adjoint_of: dict[str, str]          # every differentiated tensor -> its gradient tensor
-
-
-def _base(tensors, name: str) -> str:
-    """The tensor that owns `name`'s memory: a step view's sequence, else itself."""
-    t = tensors.get(name) if tensors else None
-    return t.view[0] if t is not None and t.view else name
 
 
 def relevant_stages(stages: list[Stage], target: str, tensors=None) -> list[Stage]:
@@ -49,9 +43,9 @@ def needed_stages(stages: list[Stage], targets, tensors=None) -> list[Stage]:
     h_{t-1}, both views of h)."""
     needed, keep = set(targets), []
     for s in reversed(stages):
-        if s.out in needed or _base(tensors, s.out) in needed:
+        if s.out in needed or memory_owner(tensors, s.out) in needed:
             keep.append(s)
-            needed |= {a.tensor for a in s.accesses} | {_base(tensors, a.tensor) for a in s.accesses}
+            needed |= {a.tensor for a in s.accesses} | {memory_owner(tensors, a.tensor) for a in s.accesses}
             if "argmax" in s.attrs:              # the max's adjoint reads its arg-max
                 needed.add(s.attrs["argmax"])
     return keep[::-1]
@@ -60,7 +54,7 @@ def needed_stages(stages: list[Stage], targets, tensors=None) -> list[Stage]:
 def differentiate(b: Builder, stages: list[Stage], loss: Handle, wrt: list[str]) -> Adjoint:
     """Append gradient tensors to `b` and return the stages computing ∂loss/∂p for p in wrt."""
     stages = relevant_stages(stages, loss.name, b.tensors)
-    base = lambda name: _base(b.tensors, name)          # noqa: E731
+    base = lambda name: memory_owner(b.tensors, name)          # noqa: E731
     active = set(wrt)
     for s in stages:
         if s.kind == "formula" and any(a.tensor in active or base(a.tensor) in active for a in s.accesses):

@@ -63,6 +63,12 @@ class Tensor:
     view: Optional[tuple] = None
 
 
+def memory_owner(tensors, name: str) -> str:
+    """The tensor that owns `name`'s memory: a step view's sequence, else itself."""
+    t = tensors.get(name) if tensors else None
+    return t.view[0] if t is not None and t.view else name
+
+
 @dataclass(frozen=True)
 class Scan:
     """A recurrence's loop over steps: stages carrying `attrs["scan"]` are the cell, run once

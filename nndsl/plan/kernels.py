@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from ..calculus.formulas import Stage, Tensor, fixed_values
+from ..calculus.formulas import Stage, Tensor, fixed_values, memory_owner
 from .fuse import Group
 from .gemm import BlasGemm, blas_gemm, is_gemm
 from .scan import Block
@@ -110,13 +110,6 @@ class Call:
         return (self.kernel, tuple(self.arrays), self.training)
 
 
-def memory_of(name: str, tensors: dict[str, Tensor]) -> str:
-    """The tensor whose memory `name` is: itself, or for a view its sequence's."""
-    while name in tensors and tensors[name].view is not None:
-        name = tensors[name].view[0]
-    return name
-
-
 class KernelLibrary:
     """The distinct kernels a module uses, by name (content-addressed)."""
 
@@ -131,7 +124,7 @@ class KernelLibrary:
         registers = set(item.scalars) if isinstance(item, Group) else set()
         named = {t for s in stages for t in [s.out] + [a.tensor for a in s.accesses]} - registers
         return Call(k.name, arrays, ints, k.has_draws, [s.note for s in stages if s.note],
-                    frozenset(memory_of(t, self.tensors) for t in named))
+                    frozenset(memory_owner(self.tensors, t) for t in named))
 
 
 def canonical_kernel(item, tensors: dict[str, Tensor], storage: dict[str, Storage],

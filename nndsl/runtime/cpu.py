@@ -155,12 +155,17 @@ class CpuModel(Model):
         return float(self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
                                update=step.update)[0])
 
+    @property
+    def _batch_splits(self):
+        """Whether a batch may run in parts (over threads, or in chunks): not for a model with
+        running statistics (each part would normalise with its own part's statistics) nor one
+        whose loops run in numba's threads (its threads are for those loops)."""
+        return not (self.tables.stats or self.split_loops)
+
     def _parts(self, threads, n_rows):
         """The parts a batch of `n_rows` splits into for `threads` threads: at least
-        MIN_ROWS_PER_THREAD rows each, and one for a model with running statistics (each part
-        would normalise with its own part's statistics) or whose loops run in numba's threads
-        (its threads are for those loops)."""
-        if self.tables.stats or self.split_loops:
+        MIN_ROWS_PER_THREAD rows each, one where the batch does not split."""
+        if not self._batch_splits:
             return 1
         return max(1, min(threads, n_rows // MIN_ROWS_PER_THREAD))
 
@@ -171,7 +176,7 @@ class CpuModel(Model):
         chunks' gradient vectors (one each) take no more memory than the workspace they
         spare. The CNN benchmark's workspace is 0.42 MB a row; in one thread its batch of 64
         (27 MB) took 3.9-4.8 ms, in four chunks of 16 (6.8 MB) 2.6-2.8 ms."""
-        if self.tables.stats or self.split_loops:
+        if not self._batch_splits:
             return 1
         t = self.tables
         itemsize = np.dtype(t.dtype).itemsize
