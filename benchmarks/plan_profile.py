@@ -66,9 +66,9 @@ def main() -> None:
 
     # the step's plan and the arguments of its entry call, as `_run` makes them
     captured = {}
-    real_call = m._call            # (found: the addresses by update, update, *the entry's arguments)
-    m._call = lambda found, update, *a: captured.update(found=found, update=update, args=a) \
-        or real_call(found, update, *a)
+    real_call = m._call            # (found: the addresses by update, update, the entry's arguments)
+    m._call = lambda found, update, a: captured.update(found=found, update=update, args=a) \
+        or real_call(found, update, a)
     m.threads = 1                  # one call of the entry for the whole batch
     m.step(**data)
     del m._call

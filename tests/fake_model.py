@@ -103,7 +103,7 @@ class FakeModel(CpuModel):
     def _load_entry(self):
         return None
 
-    def _call(self, found, update, *args):
+    def _call(self, found, update, args):
         return run(found, *args)
 
 

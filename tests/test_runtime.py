@@ -575,6 +575,125 @@ def test_a_passing_hiccup_of_the_blas_threads_is_not_distrusted():
     assert tuner.choice == (1, 2) and not tuner.slowed
 
 
+class FakeLoad:
+    """A `CpuLoad`'s answers: whether other programs crowd the machine, and how long this
+    process's other threads spin after the step that woke them."""
+
+    def __init__(self, clock, crowded=False, spin=0.0):
+        self.clock, self.is_crowded, self.spin = clock, crowded, spin
+
+    def tick(self, now):
+        pass
+
+    def crowded(self):
+        return self.is_crowded
+
+    def threads_idle(self, woken):
+        return self.clock.now - woken >= self.spin
+
+
+@pytest.mark.parametrize("crowded, probed", [
+    (True, {(1, 1, 1), (4, 1, 1)}),                   # other programs keep the other core busy
+    (False, {(1, 2, 1), (1, 1, 1), (4, 1, 1), (2, 1, 2)}),
+    (None, {(1, 2, 1), (1, 1, 1), (4, 1, 1), (2, 1, 2)}),      # cannot tell: every way, as without a load
+])
+def test_a_crowded_machine_probes_only_the_ways_of_one_thread(crowded, probed):
+    """Beside a busy core one probe step of the BLAS threads took 58 ms against 1.6 (the MNIST
+    MLP) and the split batch's 7-12 ms against 2.3 (the CNN): where the load says other
+    programs keep the other cores busy, a round does not try them."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    load = FakeLoad(clock, crowded)
+    tuner = Tuner([(1, 2, 1), (1, 1, 1), (4, 1, 1), (2, 1, 2)], clock, load)
+    speed = {(1, 2, 1): 50e-3, (1, 1, 1): 1.6e-3, (4, 1, 1): 1.4e-3, (2, 1, 2): 2.7e-3}
+    ways = run_tuner(tuner, clock, speed, 3000)                  # ~4 s: the first rounds
+    assert set(ways) == probed and tuner.choice == (4, 1, 1)
+    # the other program ends: the next round tries every way again
+    load.is_crowded = False
+    speed = {(1, 2, 1): 1.0e-3, (1, 1, 1): 1.6e-3, (4, 1, 1): 1.4e-3, (2, 1, 2): 0.8e-3}
+    run_tuner(tuner, clock, speed, int((tuner.next_probe - clock.now) / 1.4e-3) + 400)
+    assert tuner.choice == (2, 1, 2)
+
+
+def test_settling_ends_when_this_process_other_threads_stop_spinning():
+    """OpenBLAS's threads spin ~0.1 s after their last GEMM here, 2^28 cycles of the TSC: a
+    fixed wait must cover slower clocks. Where the load measures this process's other
+    threads, a way that needs every core is probed as soon as they are idle."""
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock, FakeLoad(clock, spin=0.03))
+    spun, waits = None, []
+    for _ in range(3000):
+        way = tuner.way()
+        if way[0] > 1 and spun is not None:                       # the first step beside them since
+            waits.append(clock.now - spun)
+            spun = None
+        seconds = {(1, 2): 1.0e-3, (1, 1): 1.6e-3, (2, 1): 0.9e-3}[way]
+        clock.now += seconds
+        tuner.record(way, seconds)
+        if way[1] > 1:
+            spun = clock.now
+    assert waits and all(0.03 <= after < 0.03 + 2e-3 for after in waits)
+    assert tuner.choice == (2, 1)
+
+
+def load_with(clock, cores=2, **fakes):
+    from nndsl.runtime.threads import CpuLoad
+    cpu = {"machine": 0.0, "mine": 0.0, "threads": 0.0}
+    cpu.update(fakes)
+    load = CpuLoad(clock, cores, machine=lambda: cpu["machine"], mine=lambda: cpu["mine"],
+                   threads=lambda: cpu["threads"])
+    return load, cpu
+
+
+@pytest.mark.parametrize("cores, ours, machine, others, crowded", [
+    (2, 1.0, 1.0, 0.0, False),          # only this process: a core of its own work
+    (2, 2.0, 2.0, 0.0, False),          # its two threads
+    (2, 1.0, 1.4, 0.4, False),          # another program at 40 % of a core
+    (2, 1.2, 1.9, 0.7, True),           # a spinning program beside our two threads
+    (2, 1.0, 2.0, 1.0, True),
+    (16, 1.0, 15.8, 14.8, True),
+    (16, 1.0, 15.0, 14.0, False),       # a core left for a second thread
+    (16, 1.0, 8.0, 7.0, False),
+    (None, 1.0, 2.0, 1.0, None),        # this process may not use every core: cannot tell
+])
+def test_the_load_is_the_machines_busy_time_less_this_process(cores, ours, machine, others, crowded):
+    clock = Clock()
+    load, cpu = load_with(clock, cores)
+    for _ in range(20):                                           # a second, in steps of 50 ms
+        clock.now += 0.05
+        cpu["mine"] += ours * 0.05
+        cpu["machine"] += machine * 0.05
+        load.tick(clock.now)
+    assert load.others() == pytest.approx(others)
+    assert load.crowded() is crowded
+
+
+def test_the_load_cannot_tell_without_proc_or_time():
+    clock = Clock()
+    load, cpu = load_with(clock)
+    clock.now += 0.01
+    assert load.others() is None and load.crowded() is None          # too short a while
+    load, cpu = load_with(clock, machine=None)
+    clock.now += 1.0
+    assert load.others() is None and load.crowded() is None          # no /proc/stat
+
+
+def test_other_threads_are_idle_once_their_cpu_time_stops_growing():
+    clock = Clock()
+    load, cpu = load_with(clock)
+    woken, seen = 0.0, []
+    for _ in range(30):                                           # a spin of 0.1 s after the step
+        clock.now += 0.005
+        cpu["threads"] += 0.005 if clock.now <= 0.1 else 0.0
+        seen.append((round(clock.now, 3), load.threads_idle(woken)))
+    first_idle = min(t for t, idle in seen if idle)
+    assert all(not idle for t, idle in seen if t <= 0.1)
+    assert 0.1 < first_idle <= 0.1 + 2 * load.IDLE_WINDOW
+    assert all(idle for t, idle in seen if t >= first_idle)
+    clock.now += 0.005
+    assert not load.threads_idle(clock.now)                       # woken again: judged afresh
+
 def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
     """A model whose loops run over numba's threads (batchnorm's) never splits its batch; "auto"
     tries its loops over the cores as one more way, and `threads=K` runs them in K threads."""
@@ -584,6 +703,7 @@ def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
     monkeypatch.setattr(cpu, "loop_threads_safe", lambda: True)
     monkeypatch.setattr(cpu, "use_loop_threads", seen.append)
     monkeypatch.setattr(cpu.Tuner, "SETTLE", 0.0)        # no OpenBLAS threads to wait for here
+    monkeypatch.setattr(cpu, "machine_cores", lambda: None)    # the tests' other workers do not crowd it
     Split = type("Split", (F.FakeModel,), {"split_loops": True})
     data = F.data(n=32)
     auto = Split(seed=0)

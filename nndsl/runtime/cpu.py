@@ -11,8 +11,9 @@ from .checks import count
 from .compiler import addresses, function_address
 from .loader import load_kernel_file
 from .model import Model
-from .threads import (CHUNK_BYTES, MIN_ROWS_PER_THREAD, Tuner, available_cores, blas_threads_setter_address,
-                      loop_threads_safe, max_loop_threads, set_blas_threads, use_blas_threads, use_loop_threads)
+from .threads import (CHUNK_BYTES, MIN_ROWS_PER_THREAD, CpuLoad, Tuner, available_cores, blas_threads_setter_address,
+                      loop_threads_safe, machine_cores, max_loop_threads, set_blas_threads, use_blas_threads,
+                      use_loop_threads)
 
 _COMPILING = threading.Lock()
 
@@ -51,6 +52,9 @@ class CpuModel(Model):
         self._absent = {k: np.zeros((0,) * (len(shape) + 1), np.int64 if classes is not None else t.dtype)
                         for k, (shape, classes, _) in t.data.items()}
         self._no_mask = np.zeros(max(len(t.nodes), 1), np.uint8)
+        # what else uses the CPUs, for the tuners: sampled from now, so that the first round
+        # already knows whether other programs keep the cores busy
+        self._load = CpuLoad(time.perf_counter, machine_cores())
 
     def _load_entry(self):
         """The module of the entry function that runs this model's plans."""
@@ -74,8 +78,8 @@ class CpuModel(Model):
             which = loss or t.losses[0]
             # the last item: the kernels' addresses for the entry, by update (see `_call`), and
             # under "run" the entry's `run` itself, which a threaded step's `run_parts` calls
-            plan = self._plans[key] = (table, n_forward, slots, value_at[loss] if loss else 0, self._ws, which,
-                                       t.steps[which].ranges, {})
+            plan = self._plans[key] = (table, len(table), n_forward, slots, value_at[loss] if loss else 0, self._ws,
+                                       which, t.steps[which].ranges, {})
         return plan
 
     def _workspace_grown(self):
@@ -87,12 +91,13 @@ class CpuModel(Model):
             use_loop_threads(self._loops)
         found, args = self._run_args(name, names, arrays, n_rows, sizes, seed, training, want_grad, loss,
                                      update, mask, first, grad)
-        return self._call(found, update, *args), args[2]
+        return self._call(found, update, args), args[2]
 
     def _run_args(self, name, names, arrays, n_rows, sizes, seed, training, want_grad=True, loss=None,
                   update=0, mask=None, first=0, grad=None):
         """(the plan's kernel addresses by update, the arguments of `run` after the addresses)."""
-        table, n_forward, slots, value_at, ws, which, ranges, found = self._plan(name, names, n_rows, sizes, loss)
+        table, n_plan_rows, n_forward, slots, value_at, ws, which, ranges, found = \
+            self._plan(name, names, n_rows, sizes, loss)
         data = [arrays[i] if i >= 0 else absent for i, absent in slots]
         if self.tables.masks:
             given_masks, self._given_masks = self._given_masks, {}
@@ -103,11 +108,11 @@ class CpuModel(Model):
         # data-parallel steps pass their own gradient vector and their rows' place in the
         # global batch (`first`, which keys the draws)
         return found, (self.theta, self._grad if grad is None else grad, ws, *data, table,
-                       len(table) if want_grad else n_forward, self._no_mask if mask is None else mask,
+                       n_plan_rows if want_grad else n_forward, self._no_mask if mask is None else mask,
                        self._seed(seed), int(first), training, update, value_at, s1, s2, ranges,
                        self._t[which], float(self.lr[which]), float(self.clip_norm), self._total[which])
 
-    def _call(self, found, update, *args):
+    def _call(self, found, update, args):
         """`run(*args)`, given the addresses of the kernels it calls. They are looked up (numba
         compiles the kernels or loads them from its cache) on a plan's first call with each
         update, and serve every later call: data arrays are always C-ordered and of the
@@ -209,7 +214,7 @@ class CpuModel(Model):
                     ways.append((parts * chunks, 1, parts))
             if self.split_loops and cores > 1 and loop_threads_safe():
                 ways.append((1, 1, cores))          # its loops over the cores, GEMMs in one thread
-            tuner = self._tuners[key] = Tuner(ways, time.perf_counter)
+            tuner = self._tuners[key] = Tuner(ways, time.perf_counter, self._load)
         return tuner
 
     def _update_only(self, name, sizes, L, grad):
@@ -218,14 +223,14 @@ class CpuModel(Model):
         data-parallel and the threaded steps end so."""
         t = self.tables
         step = t.steps[name]
-        table, _, _, value_at, ws, _, _, found = self._plan(step.train_plan, (), 1, sizes, name)
+        table, _, _, _, value_at, ws, _, _, found = self._plan(step.train_plan, (), 1, sizes, name)
         ws[value_at] = L
         s1, s2 = self._state[name]
         # every data argument of `run`, empty (step masks too)
         absent = list(self._absent.values()) + [np.zeros((0, 0), t.dtype)] * len(t.masks)
-        self._call(found, step.update, self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True,
-                   step.update, value_at, s1, s2, step.ranges, self._t[name], float(self.lr[name]),
-                   float(self.clip_norm), self._total[name])
+        self._call(found, step.update, (self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True,
+                                        step.update, value_at, s1, s2, step.ranges, self._t[name],
+                                        float(self.lr[name]), float(self.clip_norm), self._total[name]))
 
     # -- threaded steps ----------------------------------------------------------------
     def _threaded_step(self, name, step, arrays, n_rows, sizes, seed, parts, threads):
@@ -254,7 +259,7 @@ class CpuModel(Model):
             out = []
             for k in range(j * per_thread, (j + 1) * per_thread):
                 found, args = part_args(k)
-                out.append(float(lanes[j]._call(found, 0, *args)))
+                out.append(float(lanes[j]._call(found, 0, args)))
             return out
 
         previous = set_blas_threads(1)

@@ -3,6 +3,7 @@ import ctypes
 import glob
 import os
 import threading
+import time
 
 # A threaded step splits a batch only into parts of at least this many rows.
 MIN_ROWS_PER_THREAD = 8
@@ -102,6 +103,100 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+def machine_cores():
+    """The machine's cores where this process may use them all, else None: the machine's
+    busy time (`CpuLoad`) then says nothing of the cores left to it."""
+    cores = os.cpu_count()
+    return cores if cores and available_cores() == cores else None
+
+
+class CpuLoad:
+    """What else uses the CPUs, measured cheaply for the `Tuner`:
+
+    - `others()`: the cores other processes kept busy lately: the machine's busy time
+      (/proc/stat, the hypervisor's steal included) less this process's own and its
+      children's (`os.times`),
+      over the last WINDOW to 2·WINDOW seconds; None where it cannot tell (no /proc, too
+      short a while);
+    - `threads_idle()`: whether this process's other threads (OpenBLAS's, numba's) have
+      stopped spinning: their CPU time (`time.process_time` less the calling thread's
+      `time.thread_time`) grew by less than a fifth of a core over the last IDLE_WINDOW.
+
+    `crowded()` says whether the others keep every core of the machine (`cores`; None: this
+    process may not use them all, so it cannot tell) busy but about one, ours. `clock` is
+    the tuner's; `machine`, `mine` and `threads` return CPU seconds (tests give fakes)."""
+
+    WINDOW = 0.25            # seconds between samples of the machine's busy time
+    IDLE_WINDOW = 0.01       # seconds over which the other threads' CPU time is judged
+    IDLE_RATE = 0.2          # cores the other threads may use and still count as idle
+    FREE = 1.5               # fewer idle cores than this: crowded (a program spinning beside our two
+                             # threads got 0.76 of its core)
+
+    def __init__(self, clock, cores, machine=None, mine=None, threads=None):
+        self.clock, self.cores = clock, cores
+        self.machine = machine or _machine_busy_seconds
+        self.mine = mine or _own_busy_seconds
+        self.threads = threads or _other_threads_seconds
+        self.samples = [self._sample()]
+        self.idle_since, self.idle_cpu, self.idle = None, 0.0, False
+
+    def _sample(self):
+        busy = self.machine()
+        return self.clock(), None if busy is None else busy - self.mine()
+
+    def tick(self, now):
+        """Called on every step: a new sample once a WINDOW has passed."""
+        if now - self.samples[-1][0] >= self.WINDOW:
+            self.samples = [self.samples[-1], self._sample()]
+
+    def others(self):
+        (start, before), (now, busy) = self.samples[0], self._sample()
+        if before is None or busy is None or now - start < self.WINDOW / 2:
+            return None
+        return max(0.0, busy - before) / (now - start)
+
+    def crowded(self):
+        others = None if self.cores is None else self.others()
+        return None if others is None else self.cores - others < self.FREE
+
+    def threads_idle(self, woken):
+        """Whether the other threads, last woken by a step that ended at `woken`, are idle:
+        judged over windows of IDLE_WINDOW that start after that step."""
+        now = self.clock()
+        if self.idle_since is None or self.idle_since < woken:
+            self.idle_since, self.idle_cpu, self.idle = now, self.threads(), False
+        elif now - self.idle_since >= self.IDLE_WINDOW:
+            cpu = self.threads()
+            self.idle = cpu - self.idle_cpu < self.IDLE_RATE * (now - self.idle_since)
+            self.idle_since, self.idle_cpu = now, cpu
+        return self.idle
+
+
+def _machine_busy_seconds():
+    """CPU seconds the whole machine has been busy (every process), or None without /proc."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if fields[:1] != [b"cpu"] or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_seconds():
+    """CPU seconds of this process and its ended children: a cold first step compiles in a
+    helper process (runtime/compiler.py), 2 s of CPU that are not another program's."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _other_threads_seconds():
+    """CPU seconds this process's threads other than the calling one have used."""
+    return time.process_time() - time.thread_time()
+
+
 class Tuner:
     """The fastest way to run the training steps of one shape, found by timing those steps.
 
@@ -127,6 +222,11 @@ class Tuner:
     (GOMP's default spin count): a BLAS-threaded step in that while took 3-12 ms against 0.8
     (the MNIST MLP). A probe of BLAS threads waits `PARTS_SETTLE` after a way that needs every
     core, and a step of BLAS threads in that while does not count as a slowdown.
+    Where `load` (a `CpuLoad`) tells, a round probes only the ways of one thread and one BLAS
+    thread when other programs keep the other cores busy (there the wider ways lose, and one
+    probe step of the BLAS threads beside a busy core took 58 ms against 1.6, the MNIST MLP),
+    and the settling above ends as soon as this process's other threads stop using CPU
+    (OpenBLAS's spin for 0.1 s here; SETTLE and PARTS_SETTLE become the longest waits).
     Every way computes the same step up to rounding. `clock` is `time.perf_counter`; tests
     give a fake one."""
 
@@ -143,9 +243,10 @@ class Tuner:
     # 30 ms (its thread and theirs share the core)
     PARTS_SETTLE = 0.1
 
-    def __init__(self, ways, clock):
-        self.ways, self.clock = list(ways), clock
+    def __init__(self, ways, clock, load=None):
+        self.ways, self.clock, self.load = list(ways), clock, load
         self.warm = set()                # kinds of ways that have run once (`_kind`)
+        self.ran = set()                 # ways that have run once (their kind is warm)
         self.choice, self.baseline = self.ways[0], None
         self.wait = self.FIRST_WAIT
         self.slowed = {}                 # way -> (the typical step it slowed to, when)
@@ -171,6 +272,9 @@ class Tuner:
     def _needs_every_core(way):
         return (way[2] if len(way) > 2 else way[0]) > 1
 
+    def _wide(self, way):
+        return self._spins(way) or self._needs_every_core(way)
+
     @property
     def quiet(self):
         """What runs while other ways' threads settle: the fastest way of one thread and one
@@ -193,32 +297,52 @@ class Tuner:
             self.todo.insert(0, self.quiet)
         self.best = {}
         self.recent = []
+        self.judged = self.load is None          # whether this round asked if the machine is crowded
 
     def way(self):
         """The way to run the next step."""
         if not self.todo:
             return self.choice
         way = self.todo[0]
+        if not self.judged and self._wide(way):
+            self.judged = True
+            if self.load.crowded():
+                self.todo = [w for w in self.todo if not self._wide(w)]
+                if not self.todo:
+                    self._choose()
+                    return self.choice
+                way = self.todo[0]
         if self.quiet is not None and (self._needs_every_core(way) and self._settling(self.spun, self.SETTLE) or
                                        self._spins(way) and self._settling(self.parted, self.PARTS_SETTLE)):
             return self.quiet            # the other way's threads still spin: one thread meanwhile
         return way
 
     def _settling(self, since, wait):
-        return since is not None and self.clock() - since < wait
+        """Whether the threads a step woke (ending at `since`) may still spin: less than `wait`
+        ago, and where the load is measured, this process's other threads still use CPU."""
+        if since is None or self.clock() - since >= wait:
+            return False
+        return self.load is None or not self.load.threads_idle(since)
 
     def record(self, way, seconds):
-        """The step just run that way took `seconds`."""
-        beside_parts = self._spins(way) and self._settling(self.parted, self.PARTS_SETTLE)
+        """The step just run that way took `seconds`. (Called after every step: the lecture
+        MLP's takes 20 µs, so the clock is read once and the common case kept short.)"""
+        now = self.clock()
+        if self.load is not None:
+            self.load.tick(now)
+        spins = self._spins(way)
+        beside_parts = spins and self._settling(self.parted, self.PARTS_SETTLE)
         if self._needs_every_core(way):
-            self.parted = self.clock()
-        if self._spins(way):
-            self.spun = self.clock()
-        elif self.spun is not None and self.clock() - self.spun >= self.SETTLE:
+            self.parted = now
+        if spins:
+            self.spun = now
+        elif self.spun is not None and now - self.spun >= self.SETTLE:
             self.spun = None             # OpenBLAS's threads sleep by now
-        if self._kind(way) not in self.warm:
-            self.warm.add(self._kind(way))    # its first run is not its speed
-            return
+        if way not in self.ran:
+            self.ran.add(way)
+            if self._kind(way) not in self.warm:
+                self.warm.add(self._kind(way))    # its first run is not its speed
+                return
         if self.todo:
             if way == self.todo[0]:      # not a step run while the BLAS threads settle
                 self._probe(way, seconds)
@@ -244,7 +368,7 @@ class Tuner:
             # a passing hiccup of the machine (1.6-1.9x for a few steps on this VM) is not that
             if self._spins(self.choice) and typical >= self.DISTRUST * self.baseline:
                 self.slowed[self.choice] = (typical, self.clock())
-        if slow or self.clock() >= self.next_probe:
+        if slow or now >= self.next_probe:
             self._start_probe()
 
     @staticmethod
@@ -273,8 +397,13 @@ class Tuner:
         if len(times) >= self.PROBE_STEPS or (fastest is not None and seconds > 2 * fastest):
             self.todo.pop(0)
         if not self.todo:
-            before = self.choice
+            self._choose()
+
+    def _choose(self):
+        """The round is over: the fastest way probed is the choice until the next."""
+        before = self.choice
+        if self.best:
             self.choice = min(self.best, key=self._score)
             self.baseline = self._typical(self.best[self.choice])
-            self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
-            self.next_probe = self.clock() + self.wait
+        self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
+        self.next_probe = self.clock() + self.wait
