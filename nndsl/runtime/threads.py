@@ -115,9 +115,8 @@ class CpuLoad:
 
     - `others()`: the cores other processes kept busy lately: the machine's busy time
       (/proc/stat, the hypervisor's steal included) less this process's own and its
-      children's (`os.times`),
-      over the last WINDOW to 2·WINDOW seconds; None where it cannot tell (no /proc, too
-      short a while);
+      children's (`os.times`), over the last WINDOW to 2·WINDOW seconds; None where it
+      cannot tell (no /proc, too short a while);
     - `threads_idle()`: whether this process's other threads (OpenBLAS's, numba's) have
       stopped spinning: their CPU time (`time.process_time` less the calling thread's
       `time.thread_time`) grew by less than a fifth of a core over the last IDLE_WINDOW.
