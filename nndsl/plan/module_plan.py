@@ -121,21 +121,23 @@ def module_plan(model: ir.ModelIR, dtype: str = "float32") -> ModulePlan:
     layout = _param_layout(model, g)
     batch_last = _batch_last(tensors, outputs)
 
-    def lowered(ws_offsets, ws_size):
+    def lowered(ws_offsets, ws_size, touches_only=False):
         return _lowered(model, dtype, g, tensors, outputs, masks, layout, batch_last, ws_offsets, ws_size,
-                        forward_stages, loss_handles, adjoints, planned)
+                        forward_stages, loss_handles, adjoints, planned, touches_only)
 
-    # lowered twice: tensor by tensor, to see which tensors each plan needs when; then with
-    # tensors that are never needed at once sharing memory (`liveness.py`)
-    first = lowered(*_workspace_layout(tensors))
+    # lowered twice: tensor by tensor, to see which tensors each plan touches when (its calls
+    # say no more); then with tensors that are never needed at once sharing memory
+    # (`liveness.py`)
+    first = lowered(*_workspace_layout(tensors), touches_only=True)
     return lowered(*_packed_workspace(first))
 
 
 def _lowered(model, dtype, g, tensors, outputs, masks, layout, batch_last, ws_offsets, ws_size,
-             forward_stages, loss_handles, adjoints, planned) -> ModulePlan:
-    """Every plan's kernel calls, with the workspace laid out at `ws_offsets`."""
+             forward_stages, loss_handles, adjoints, planned, touches_only=False) -> ModulePlan:
+    """Every plan's kernel calls, with the workspace laid out at `ws_offsets` (`touches_only`:
+    calls that say only the tensors they touch, see `KernelLibrary`)."""
     storage = _storage(tensors, layout, g, ws_offsets, batch_last)
-    lib = KernelLibrary(tensors, storage, dtype)
+    lib = KernelLibrary(tensors, storage, dtype, touches_only)
 
     fwd_stages = needed_stages(forward_stages, outputs, tensors)
     forward = _kernel("forward", inference(fwd_stages, tensors), [], lib, keep=set(outputs))
