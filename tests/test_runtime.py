@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -693,6 +697,24 @@ def test_other_threads_are_idle_once_their_cpu_time_stops_growing():
     assert all(idle for t, idle in seen if t >= first_idle)
     clock.now += 0.005
     assert not load.threads_idle(clock.now)                       # woken again: judged afresh
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the machine's busy time is Linux's /proc/stat")
+def test_the_readings_count_this_process_and_its_ended_children():
+    """The machine's busy time includes ours; ours includes a child's once it has ended (a
+    cold first step compiles in a helper process, whose CPU is not another program's)."""
+    from nndsl.runtime.threads import _machine_busy_seconds, _own_busy_seconds, _other_threads_seconds
+    machine, mine, threads = _machine_busy_seconds(), _own_busy_seconds(), _other_threads_seconds()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:                             # 0.3 s of this thread's CPU
+        pass
+    assert _machine_busy_seconds() - machine >= 0.8 * (_own_busy_seconds() - mine) >= 0.2
+    assert _other_threads_seconds() - threads < 0.1               # it was this thread's, not another's
+    mine = _own_busy_seconds()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                                          "while time.process_time() < end: pass"], check=True)
+    assert _own_busy_seconds() - mine >= 0.25
+
 
 def test_a_model_that_splits_its_loops_tunes_them_as_a_way(monkeypatch):
     """A model whose loops run over numba's threads (batchnorm's) never splits its batch; "auto"
