@@ -15,6 +15,7 @@ import sympy as sp
 
 from ..diagnostics import CompileError, Diagnostic
 from ..frontend import ir
+from ..registry import registrar
 from . import functions as fn
 from .formulas import Builder, Handle, N, fixed_size, idx, make_stage
 
@@ -22,18 +23,8 @@ LAYER_FORMULAS: dict[str, Callable] = {}
 LOSS_FORMULAS: dict[str, Callable] = {}
 
 
-def layer(name):
-    def register(f):
-        LAYER_FORMULAS[name] = f
-        return f
-    return register
-
-
-def loss(name):
-    def register(f):
-        LOSS_FORMULAS[name] = f
-        return f
-    return register
+layer = registrar(LAYER_FORMULAS)          # @layer("dense"): a layer's formula
+loss = registrar(LOSS_FORMULAS)            # @loss("squared"): a loss's formula
 
 
 class Graph:

@@ -18,6 +18,7 @@ import numpy as np
 import sympy as sp
 
 from ..frontend import ir
+from ..registry import registrar
 from .elementwise import Elementwise
 from .errors import ExportError
 from .graph import OnnxGraph
@@ -30,13 +31,8 @@ IR_VERSION = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 ONNX_EXPORTERS: dict[str, Callable] = {}
 
 
-def onnx_exporter(*ops):
-    """Registers `f(ex, node, *input_tensors) -> output tensor` for node ops."""
-    def register(f):
-        for op in ops:
-            ONNX_EXPORTERS[op] = f
-        return f
-    return register
+# @onnx_exporter(*ops) registers `f(ex, node, *input_tensors) -> output tensor` for node ops
+onnx_exporter = registrar(ONNX_EXPORTERS)
 
 
 class _Shim:

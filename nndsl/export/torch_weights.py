@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import registrar
 from ..runtime.torch_weights import TABLE_FORMAT, TorchWeightsError, from_torch, to_torch  # noqa: F401  (the API)
 
 
@@ -55,12 +56,7 @@ from ..runtime.torch_weights import TABLE_FORMAT, TorchWeightsError, from_torch,
 TORCH_LAYOUTS: dict = {}
 
 
-def torch_layout(*ops):
-    def register(f):
-        for op in ops:
-            TORCH_LAYOUTS[op] = f
-        return f
-    return register
+torch_layout = registrar(TORCH_LAYOUTS)       # @torch_layout(*ops)
 
 
 def _entry(key, parts, shapes, mode="copy", axis=0, perm=None, zero=None, why=None, dtype=None):
