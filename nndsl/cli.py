@@ -38,25 +38,21 @@ def _at_least(minimum: int):
     return parse
 
 
-def _fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
+def _number(ok, what: str):
+    """An argparse type: a number for which `ok(value)` holds ("must be WHAT" otherwise)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+_fraction = _number(lambda v: 0 <= v < 1, "at least 0 and below 1")
+_positive_float = _number(lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def _arg_parser() -> argparse.ArgumentParser:
