@@ -121,6 +121,10 @@ EQUAL = [
     # float32: CPU helpers (rational tanh, Cephes exp) against CUDA's libdevice; Adam
     # divides by sqrt(v), which amplifies the last bits of tiny gradients
     ("digits_mlp_f32", _example("digits_mlp"), {}, "float32", 1e-4),
+    # every fresh workspace NaN, host and device: the tensors that share memory by liveness
+    # (plan/liveness.py) are sound on the device too, a recurrence's scan kernel included
+    ("lstm_poisoned", _example("lstm"), {"NNDSL_POISON_WORKSPACE": "1"}, "float64", 1e-8),
+    ("user_conv_poisoned", _example("user_conv"), {"NNDSL_POISON_WORKSPACE": "1"}, "float64", 1e-8),
 ]
 
 

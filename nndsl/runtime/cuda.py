@@ -15,7 +15,7 @@ from numba import cuda
 
 from . import cuda_gemm
 from .loader import load_kernel
-from .model import Model
+from .model import Model, fresh_workspace
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 # threads per block of every launch (a power of two: block reductions halve it), and the most
@@ -275,7 +275,8 @@ class CudaModel(Model):
         the device workspace grows with it, and launches and graphs bound to the old one go."""
         ws = super()._workspace(n_rows, sizes)
         if getattr(self, "_ready_dev", False) and self._d_ws.size < ws.size:
-            self._d_ws = cuda.to_device(np.zeros(ws.size, self.tables.dtype), stream=self._stream)
+            # NaN where NNDSL_POISON_WORKSPACE is set, as on the host (`fresh_workspace`)
+            self._d_ws = cuda.to_device(fresh_workspace(ws.size, self.tables.dtype), stream=self._stream)
             for kept in (self._launches, self._update_launch, self._programs, self._graphs):
                 kept.clear()
         return ws
