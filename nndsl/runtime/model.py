@@ -36,17 +36,21 @@ class Model:
         t = self.tables
         self.dtype = t.dtype
         self._rng = np.random.default_rng(seed_value(seed))
-        self.theta = np.empty(t.n_params, t.dtype)
+        # theta, its gradient and every loss's optimiser state: rows of one block. The update
+        # reads and writes them all, and as separate arrays it ran 2.3x slower in half of the
+        # processes here (the MNIST MLP's 235k parameters: 0.20-0.23 ms against 0.085-0.099,
+        # which one block gave in every process; the step 1.12 and 1.62 ms against 1.03-1.07)
+        vectors = np.zeros((2 + 2 * len(t.losses), t.n_params), t.dtype)
+        self.theta, self._grad = vectors[0], vectors[1]
         self.params, self.stats = Params(), Params()
         for name, (offset, shape, *_rest) in t.params.items():
             view = self.theta[offset:offset + t.parameter_count(name)].reshape(shape)
             view[...] = initial_values(t, name, self._rng)
             (self.stats if name in t.stats else self.params)._set_view(name, view)
-        self._grad = np.zeros(t.n_params, t.dtype)
         self._lr = LearningRates({name: float(args["lr"]) for name, (_, args) in t.optimizers.items()}, t.losses)
         self._finite_seen = {}          # id -> array: arrays `step` has checked for NaN/inf
         self.clip_norm = t.train["clip_norm"] or 0.0
-        self._state = {name: (np.zeros(t.n_params, t.dtype), np.zeros(t.n_params, t.dtype)) for name in t.losses}
+        self._state = {name: (vectors[2 + 2 * i], vectors[3 + 2 * i]) for i, name in enumerate(t.losses)}
         self._t = {name: 0 for name in t.losses}
         self._total = {name: 0 for name in t.losses}     # a cosine schedule's steps (fit sets them)
         self._ws = np.zeros(0, t.dtype)
