@@ -107,10 +107,11 @@ def ready_spec(tables, names):
     return tuple(out)
 
 
-def ready_arrays(spec, data):
+def ready_arrays(spec, data, labels=True):
     """The arrays as given when they already have the kernels' dtype, layout and shape (the
     common case in a training loop): (arrays, batch size, free sizes); None sends the call
-    to `checked_arrays`. `spec`: the names' `ready_spec`."""
+    to `checked_arrays`. `spec`: the names' `ready_spec`; `labels`: whether class labels are
+    checked to lie in range (not for rows of arrays `fit` checked whole)."""
     if len(data) != len(spec):
         return None
     arrays, n_rows, sizes = [], -1, {}
@@ -129,7 +130,7 @@ def ready_arrays(spec, data):
         for axis, size in free:
             if sizes.setdefault(size, shape[axis]) != shape[axis]:
                 return None
-        if classes is not None and (a.min() < 0 or a.max() >= classes):
+        if labels and classes is not None and (a.min() < 0 or a.max() >= classes):
             return None
         arrays.append(a)
     return arrays, n_rows, sizes

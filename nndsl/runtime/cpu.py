@@ -129,10 +129,10 @@ class CpuModel(Model):
         return at
 
     # -- steps -------------------------------------------------------------------------
-    def _step(self, name, seed, data, check_finite):
+    def _step(self, name, seed, data, checked):
         step = self.tables.steps[name]
-        arrays, n_rows, sizes = self._arrays(step.data, data, ("step", name))
-        if check_finite:
+        arrays, n_rows, sizes = self._arrays(step.data, data, ("step", name), checked)
+        if not checked:
             self._unseen_finite(step.data, arrays)
         self._t[name] += 1
         if self._threads == "auto":
@@ -371,7 +371,7 @@ class CpuModel(Model):
         names = list(self.tables.steps[name].data) + [k for k in self.tables.lengths if k in batch]
         part = {k: batch[k] for k in names}
         if comm is None:
-            return self._step(name, None, part, False), False
+            return self._step(name, None, part, True), False
         return self._shared_step(name, part, first, global_rows, sizes, comm)
 
     @staticmethod
@@ -394,7 +394,7 @@ class CpuModel(Model):
         local, summed = self._local, self._summed
         L, share = 0.0, 0.0                    # a rank without rows in this batch adds zeros
         if n_local:
-            arrays, n_rows, sizes = self._arrays(step.data, batch, ("step", name))
+            arrays, n_rows, sizes = self._arrays(step.data, batch, ("step", name), checked=True)
             L = self._run(step.train_plan, step.data, arrays, n_rows, sizes, seed, True, loss=name,
                           first=first, grad=local)[0]
             share = n_local / n_global         # the global mean: each local mean by its share

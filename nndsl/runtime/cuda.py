@@ -479,7 +479,7 @@ class CudaModel(Model):
         self._copy_inputs(names, arrays, n_rows, sizes)
         return DeviceLoss(self, self._device_step(name, n_rows, sizes, seed, sticky=0))
 
-    def _step(self, name, seed, data, check_finite):
+    def _step(self, name, seed, data, checked):
         return float(self.step(name, seed, **data))
 
     # -- fit's hooks -------------------------------------------------------------------

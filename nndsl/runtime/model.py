@@ -8,7 +8,8 @@ parameters and optimiser state (host copies), argument checks, `forward` from an
 - `_run(plan, names, arrays, n_rows, sizes, seed, training, want_grad, loss, update, mask)`:
   run a plan's rows (and an optimiser update); returns (the loss value, the host workspace,
   which holds the nodes a `forward` plan computed);
-- `_step(name, seed, data, check_finite)`: one training step;
+- `_step(name, seed, data, checked)`: one training step (`checked`: the data are rows of
+  arrays `fit` checked whole, finite and with labels in range);
 - `_batches`, `_fit_step`, `_fit_losses`, `FIT_READ_EVERY`: the hooks of `fit` (fit.py);
 - `_sync_host()` / `_state_changed()`: bring the host copies up to date / tell the target
   that they changed (a GPU keeps its own).
@@ -94,9 +95,11 @@ class Model:
         return self._lcg >> 33
 
     # -- arrays ------------------------------------------------------------------------
-    def _arrays(self, names, data, what):
+    def _arrays(self, names, data, what, checked=False):
         """(arrays, batch size, free sizes) of the inputs `names` from `data`; `x_lengths=`
-        becomes the step mask of the next run (`_given_masks`)."""
+        becomes the step mask of the next run (`_given_masks`). `checked`: rows of arrays
+        `fit` checked whole, whose labels need no range check per batch (two reductions:
+        3 µs of the iris model's 26 µs steps in `fit`)."""
         t = self.tables
         if type(names) is not tuple:
             names = tuple(names)
@@ -106,7 +109,7 @@ class Model:
         spec = self._ready_specs.get(names)
         if spec is None:
             spec = self._ready_specs[names] = ready_spec(t, names)
-        fast = ready_arrays(spec, data)
+        fast = ready_arrays(spec, data, labels=not checked)
         arrays, n_rows, sizes = fast if fast is not None else checked_arrays(t, names, data, what)
         if t.lengths:
             self._given_masks = {t.lengths[k]: step_mask(t, k, v, n_rows, sizes) for k, v in lengths.items()}
@@ -242,7 +245,7 @@ class Model:
         """One optimiser update of the loss's parameters; returns the loss before the update.
 
         Each array is checked for NaN/inf the first time `step` sees it (by identity)."""
-        return self._step(self._loss_name(name), seed, data, True)
+        return self._step(self._loss_name(name), seed, data, False)
 
     def fit(self, epochs=None, batch_size=None, shuffle=None, validation=None, verbose=True,
             d_steps=None, comm=None, checkpoint=None, every=None, resume=None, patience=None, **data):
