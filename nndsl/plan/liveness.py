@@ -18,6 +18,8 @@ the suite checks by running with a workspace filled with NaN (`NNDSL_POISON_WORK
 """
 from __future__ import annotations
 
+import bisect
+
 import sympy as sp
 
 from .scan import Block
@@ -40,11 +42,14 @@ def touched(items) -> list[frozenset]:
     return out
 
 
-def conflicts(plans, workspace: set[str]) -> dict[str, set[str]]:
-    """{tensor: the tensors live at the same time in some plan}. `plans`: (calls' touched
-    sets, tensors read after the plan, tensors written before it)."""
-    out = {t: set() for t in workspace}
-    for seq, read_after, written_before in plans:
+def intervals(plans, workspace: set[str]) -> dict[str, list[tuple[int, int, int]]]:
+    """{tensor: (plan, first call, last call) of every plan it is live in}. `plans`: (calls'
+    touched sets, tensors read after the plan, tensors written before it). Two tensors
+    conflict when their intervals in some plan overlap; kept as intervals, not as pairs:
+    forward from any node keeps every node live throughout, and its pairs grew with the
+    square of the depth (0.29 s of a 400-layer MLP's plan)."""
+    out = {t: [] for t in workspace}
+    for p, (seq, read_after, written_before) in enumerate(plans):
         first, last = {}, {}
         for i, ts in enumerate(seq):
             for t in ts & workspace:
@@ -54,13 +59,8 @@ def conflicts(plans, workspace: set[str]) -> dict[str, set[str]]:
             last[t] = len(seq)
         for t in written_before & first.keys():
             first[t] = -1
-        live = sorted(first, key=first.get)
-        for k, a in enumerate(live):
-            for b in live[k + 1:]:
-                if first[b] > last[a]:
-                    continue
-                out[a].add(b)
-                out[b].add(a)
+        for t, f in first.items():
+            out[t].append((p, f, last[t]))
     return out
 
 
@@ -76,22 +76,33 @@ def covers(big, small) -> bool:
     return shifted.is_Number and shifted >= 0 or all(c >= 0 for c in sp.Poly(shifted, *sizes).coeffs())
 
 
-def packed(sizes: dict[str, object], conflict: dict[str, set[str]]):
-    """({tensor: offset}, total size): slots filled largest tensor first."""
+def packed(sizes: dict[str, object], live: dict[str, list[tuple[int, int, int]]]):
+    """({tensor: offset}, total size): slots filled largest tensor first; a tensor joins a
+    slot when its `intervals` overlap none of the slot's members' (in each plan a slot's
+    intervals are disjoint and kept sorted, so one look decides)."""
     def at_reference(e):
         e = sp.sympify(e)
         return float(e.subs({v: _REFERENCE for v in e.free_symbols}))
 
-    slots: list[tuple[object, set[str]]] = []
+    def free(taken, plan, f, l):
+        spans = taken.get(plan, [])
+        i = bisect.bisect_right(spans, (l, float("inf"))) - 1       # the last span starting by l
+        return i < 0 or spans[i][1] < f
+
+    slots: list[tuple[object, list[str], dict]] = []
     for t in sorted(sizes, key=lambda t: (-at_reference(sizes[t]), t)):
-        for size, members in slots:
-            if not conflict.get(t, set()) & members and covers(size, sizes[t]):
-                members.add(t)
+        mine = live.get(t, ())
+        for size, members, taken in slots:
+            if all(free(taken, p, f, l) for p, f, l in mine) and covers(size, sizes[t]):
                 break
         else:
-            slots.append((sizes[t], {t}))
+            size, members, taken = sizes[t], [], {}
+            slots.append((size, members, taken))
+        members.append(t)
+        for p, f, l in mine:
+            bisect.insort(taken.setdefault(p, []), (f, l))
     offsets, total = {}, sp.Integer(0)
-    for size, members in slots:
+    for size, members, _ in slots:
         for t in members:
             offsets[t] = total
         total = sp.expand(total + size)

@@ -282,7 +282,7 @@ def _packed_workspace(plan: ModulePlan):
                 plans.append((liveness.touched(calls.calls) + liveness.touched(calls.backward),
                               outputs | {l.ident for l in plan.losses}, set()))
     sizes = {name: sp.prod(tensors[name].shape) for name in workspace}
-    return liveness.packed(sizes, liveness.conflicts(plans, workspace))
+    return liveness.packed(sizes, liveness.intervals(plans, workspace))
 
 
 def _batch_last(tensors: dict[str, Tensor], outputs: list[str]) -> set[str]:
