@@ -52,6 +52,8 @@ class CpuModel(Model):
         self._absent = {k: np.zeros((0,) * (len(shape) + 1), np.int64 if classes is not None else t.dtype)
                         for k, (shape, classes, _) in t.data.items()}
         self._no_mask = np.zeros(max(len(t.nodes), 1), np.uint8)
+        # every data argument of `run`, empty (step masks too): an update alone (`_update_only`)
+        self._no_data = tuple(self._absent.values()) + (np.zeros((0, 0), t.dtype),) * len(t.masks)
         # what else uses the CPUs, for the tuners: sampled from now, so that the first round
         # already knows whether other programs keep the cores busy
         self._load = CpuLoad(time.perf_counter, machine_cores())
@@ -226,9 +228,7 @@ class CpuModel(Model):
         table, _, _, _, value_at, ws, _, _, found = self._plan(step.train_plan, (), 1, sizes, name)
         ws[value_at] = L
         s1, s2 = self._state[name]
-        # every data argument of `run`, empty (step masks too)
-        absent = list(self._absent.values()) + [np.zeros((0, 0), t.dtype)] * len(t.masks)
-        self._call(found, step.update, (self.theta, grad, ws, *absent, table, 0, self._no_mask, 0, 0, True,
+        self._call(found, step.update, (self.theta, grad, ws, *self._no_data, table, 0, self._no_mask, 0, 0, True,
                                         step.update, value_at, s1, s2, step.ranges, self._t[name],
                                         float(self.lr[name]), float(self.clip_norm), self._total[name]))
 

@@ -257,7 +257,7 @@ class Tuner:
         self.spun = None                 # when the last step whose GEMMs used BLAS threads ended
         self.parted = None               # when the last step that needed every core ended
         # the ways of one thread of one BLAS thread (the batch whole, or in chunks)
-        self.calm = [w for w in self.ways if not self._spins(w) and not self._needs_every_core(w)]
+        self.calm = [w for w in self.ways if not self._wide(w)]
         self.scores = {}                 # way -> its typical probe step, in the round that last probed it
         self.recent = []
         self._start_probe()
@@ -276,8 +276,9 @@ class Tuner:
     def _needs_every_core(way):
         return (way[2] if len(way) > 2 else way[0]) > 1
 
-    def _wide(self, way):
-        return self._spins(way) or self._needs_every_core(way)
+    @staticmethod
+    def _wide(way):
+        return Tuner._spins(way) or Tuner._needs_every_core(way)
 
     @property
     def quiet(self):
@@ -413,6 +414,5 @@ class Tuner:
             self.choice = min(self.best, key=self._score)
             self.baseline = self._typical(self.best[self.choice])
         self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
-        self.next_probe = self.clock() + self.wait
-        if first and self.machine_idle and not self._wide(self.choice) and any(map(self._wide, self.best)):
-            self.next_probe = self.clock() + self.RECHECK
+        recheck = first and self.machine_idle and not self._wide(self.choice) and any(map(self._wide, self.best))
+        self.next_probe = self.clock() + (self.RECHECK if recheck else self.wait)
