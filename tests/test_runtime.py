@@ -641,8 +641,21 @@ def test_settling_ends_when_this_process_other_threads_stop_spinning():
     assert tuner.choice == (2, 1)
 
 
+def run_timed(tuner, clock, speed, until):
+    """Steps until the clock reads `until`, each taking speed(way) seconds at its start; the
+    choice after each step (None while a round probes)."""
+    chosen = []
+    while clock.now < until:
+        way = tuner.way()
+        seconds = speed(way)
+        clock.now += seconds
+        tuner.record(way, seconds)
+        chosen.append(tuner.choice if not tuner.todo else None)
+    return chosen
+
+
 @pytest.mark.parametrize("idle, chosen_at_0_8_s", [(True, (1, 2)), (False, (1, 1))])
-def test_a_first_round_that_chose_one_thread_on_an_idle_machine_looks_again_soon(idle, chosen_at_0_8_s):
+def test_a_first_round_on_an_idle_machine_looks_again_soon(idle, chosen_at_0_8_s):
     """A hiccup of the VM during the first round's probes of the BLAS threads (2.0 ms against
     1.0, one start in six) had the default run one thread (1.6 ms) until the next round, 2 s
     later. Where the load says the machine is idle, the second round comes at RECHECK;
@@ -655,15 +668,31 @@ def test_a_first_round_that_chose_one_thread_on_an_idle_machine_looks_again_soon
         if way == (1, 2):
             return 2.0e-3 if clock.now < 0.05 else 1.0e-3         # the hiccup
         return {(1, 1): 1.6e-3, (2, 1): 2.5e-3}[way]
-    chosen = []
-    while clock.now < 0.8:
-        way = tuner.way()
-        seconds = speed(way)
-        clock.now += seconds
-        tuner.record(way, seconds)
-        chosen.append(tuner.choice if not tuner.todo else None)
+    chosen = run_timed(tuner, clock, speed, 0.8)
     assert (1, 1) in chosen                                       # the first round's choice
     assert tuner.choice == chosen_at_0_8_s
+
+
+@pytest.mark.parametrize("hiccup, chosen_at_3_s, rounds", [
+    # the steady BLAS-threaded steps slow down, a round starts in the hiccup and its probes
+    # of every way are slow, the split batch's least: it is checked after RECHECK, and the
+    # BLAS threads come back (the MNIST MLP ran the split batch at 1.2x for 2 s)
+    ({(1, 2): 3.5e-3, (1, 1): 1.9e-3, (2, 1): 1.7e-3}, (1, 2), 4),
+    # a round that keeps its choice, or moves to a faster way, is not checked
+    ({(1, 2): 1.7e-3, (1, 1): 1.6e-3, (2, 1): 0.9e-3}, (2, 1), 3),
+])
+def test_a_round_that_moved_to_a_slower_way_looks_again_soon(hiccup, chosen_at_3_s, rounds):
+    from nndsl.runtime.threads import Tuner
+    clock = Clock()
+    tuner = Tuner([(1, 2), (1, 1), (2, 1)], clock, FakeLoad(clock))
+    normal = {(1, 2): 1.0e-3, (1, 1): 1.6e-3, (2, 1): 1.2e-3}
+    run_timed(tuner, clock, normal.get, 1.5)                      # two rounds: the BLAS threads
+    assert tuner.choice == (1, 2)
+    hiccup_at = clock.now
+    chosen = run_timed(tuner, clock, lambda way: (hiccup if clock.now < hiccup_at + 0.15 else normal)[way], 3.0)
+    ends = [c for c, after in zip(chosen, chosen[1:]) if c is None and after is not None]
+    assert (tuner.choice, len(ends)) == (chosen_at_3_s, rounds - 2)
+
 
 def load_with(clock, cores=2, **fakes):
     from nndsl.runtime.threads import CpuLoad

@@ -210,7 +210,8 @@ class Tuner:
     each time the choice stands, up to a minute). A way with BLAS threads whose steps got twice
     as slow (`DISTRUST`) is not trusted for a minute: its probes score no better than the
     steps it slowed to (OpenBLAS's threads beside a busy core probe well for a few steps,
-    then spin against the other program). Other ways are judged by their probes alone: a passing slowdown of the
+    then spin against the other program), unless the load says the machine is idle a while
+    later (`LOAD_LAG`): then a hiccup of the machine slowed it. Other ways are judged by their probes alone: a passing slowdown of the
     split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
     threads have stopped spinning after the last step that used them (`SETTLE`; steps of the
@@ -234,10 +235,9 @@ class Tuner:
     SLOWER = 1.5
     DISTRUST = 2.0           # a BLAS-threaded choice this much slower is not trusted for a while
     FIRST_WAIT, LAST_WAIT = 2.0, 60.0
-    # seconds to the second round where the first, on an idle machine, chose one thread
-    # over a way with more: the first round takes ~0.15 s, and a hiccup of this VM in that
-    # while (the MNIST MLP's BLAS threads probed at 2.0 ms against 1.0, one start in six)
-    # had the default run one thread, 1.6 ms a step, until the next round
+    # seconds to the next round after a doubtful one (`_doubtful`): a round takes ~0.15 s,
+    # and a hiccup of this VM in that while (the MNIST MLP's BLAS threads probed at 2.0-3.5 ms
+    # against 1.0) had the default run a way 1.2-1.6x slower until the next round, 2 s later
     RECHECK = 0.5
     # seconds OpenBLAS's idle threads spin before they sleep: 2^28 cycles by default
     # (OPENBLAS_THREAD_TIMEOUT), 0.09 s at 3 GHz, 0.13 s at 2 GHz
@@ -246,6 +246,9 @@ class Tuner:
     # took ~10 ms of an idle core here, and BLAS-threaded steps beside them were slow for
     # 30 ms (its thread and theirs share the core)
     PARTS_SETTLE = 0.1
+    # seconds after a slowdown before the load's word that the machine is idle counts: it
+    # averages the machine's busy time over the last 0.25-0.5 s (`CpuLoad.WINDOW`)
+    LOAD_LAG = 2 * CpuLoad.WINDOW
 
     def __init__(self, ways, clock, load=None):
         self.ways, self.clock, self.load = list(ways), clock, load
@@ -390,11 +393,18 @@ class Tuner:
         return sorted(times)[len(times) // 2]
 
     def _score(self, way):
-        """The typical probe step of `way`, or the step it slowed to within the last minute."""
+        """The typical probe step of `way`, or the step it slowed to within the last minute.
+        Where the load, a while after that slowdown (`LOAD_LAG`), says the machine is idle, no
+        program on a busy core slowed it but a hiccup of the machine (3.5x for 0.1 s, the MNIST
+        MLP), and its probes count again."""
         score = self._typical(self.best[way])
         slowed, when = self.slowed.get(way, (0.0, None))
-        if when is not None and self.clock() - when < self.LAST_WAIT:
-            score = max(score, slowed)
+        if when is not None:
+            since = self.clock() - when
+            if since >= self.LAST_WAIT or self.machine_idle and since >= self.LOAD_LAG:
+                del self.slowed[way]
+            else:
+                score = max(score, slowed)
         return score
 
     def _probe(self, way, seconds):
@@ -409,10 +419,20 @@ class Tuner:
 
     def _choose(self):
         """The round is over: the fastest way probed is the choice until the next."""
-        before, first = self.choice, self.baseline is None
+        before, baseline = self.choice, self.baseline
         if self.best:
             self.choice = min(self.best, key=self._score)
             self.baseline = self._typical(self.best[self.choice])
         self.wait = min(self.wait * 2, self.LAST_WAIT) if self.choice == before else self.FIRST_WAIT
-        recheck = first and self.machine_idle and not self._wide(self.choice) and any(map(self._wide, self.best))
-        self.next_probe = self.clock() + (self.RECHECK if recheck else self.wait)
+        self.next_probe = self.clock() + (self.RECHECK if self._doubtful(before, baseline) else self.wait)
+
+    def _doubtful(self, before, baseline):
+        """Whether the round just over may have chosen in a hiccup of the machine, so that the
+        next round comes soon: the first round on a machine the load says is idle (nothing to
+        compare its probes with), or a round that changed the choice to a way slower than the
+        last choice ran (a hiccup that slowed the steady steps starts a round in it; where a
+        program took a core instead, the next round confirms the change). A round that changes
+        the choice to a faster way, or keeps it, is not doubtful: the checks end."""
+        if baseline is None:
+            return self.machine_idle
+        return self.choice != before and self.baseline > baseline
