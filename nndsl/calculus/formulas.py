@@ -205,12 +205,18 @@ _RESERVED = {"np", "nb", "math", "N", "F", "L", "theta", "grad", "ws", "seed", "
              "acc", "top", "i", "value", "t_"}
 
 
+def by_name(symbol) -> str:
+    """The sort key of a symbol: its printed text (`str`), which for a plain Symbol is its
+    name; sympy's printer took 0.3 s of a 48-layer MLP's 0.9 s build sorting symbols so."""
+    return symbol.name if type(symbol) is sp.Symbol else str(symbol)
+
+
 def index_vars(e) -> list[sp.Symbol]:
     """The loop indices in an index expression, those of an indirect read too (`n, t` of
     `x[n, t]` in `E[x[n, t], k]`), never a tensor's name."""
     e = sp.sympify(e)
     labels = {a.base.label for a in e.atoms(sp.Indexed)}
-    return sorted((v for v in e.free_symbols if isinstance(v, sp.Symbol) and v not in labels), key=str)
+    return sorted((v for v in e.free_symbols if isinstance(v, sp.Symbol) and v not in labels), key=by_name)
 
 
 def indirect(e) -> bool:
