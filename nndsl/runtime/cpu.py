@@ -286,7 +286,8 @@ class CpuModel(Model):
         shares = [(cuts[k + 1] - cuts[k]) / n_rows for k in range(parts)]
         self._grad *= shares[0]
         for grad, share in zip(grads[1:], shares[1:]):
-            self._grad += grad * share
+            grad *= share                  # in place: the part's vector is rewritten next step
+            self._grad += grad
         L = float(sum(v * w for v, w in zip(losses, shares)))
         self._update_only(name, sizes, L, self._grad)
         return L
