@@ -125,6 +125,13 @@ EQUAL = [
     # (plan/liveness.py) are sound on the device too, a recurrence's scan kernel included
     ("lstm_poisoned", _example("lstm"), {"NNDSL_POISON_WORKSPACE": "1"}, "float64", 1e-8),
     ("user_conv_poisoned", _example("user_conv"), {"NNDSL_POISON_WORKSPACE": "1"}, "float64", 1e-8),
+    # zero weights before a softmax: h3.W's gradient is zero by symmetry, 3e-20 on the CPU and
+    # 0 on the device, and Adam moves it by lr·g/eps; the parameters compare as one vector
+    # (cuda_worker.rel_whole; random model 5075)
+    ("zero_init_softmax", "model m5075\ninput s1[T, 3]\ntarget y6[T, 2]\n"
+     "h2 = dense(s1, 5, act=sigmoid, init=xavier)\nh3 = dense(h2, 5, act=softmax, bias=false)\n"
+     "mu4 = dense(h3, 2)\nlv5 = dense(h3, 2)\nloss gaussian_nll(mu4, lv5, y6)\ninit zeros\noutput h3, lv5\n",
+     {}, "float64", 1e-8),
 ]
 
 
