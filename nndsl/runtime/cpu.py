@@ -10,7 +10,7 @@ import numpy as np
 from .checks import count
 from .compiler import addresses, function_address
 from .loader import load_kernel_file
-from .model import Model
+from .model import Model, aligned_rows
 from .threads import (CHUNK_BYTES, MIN_ROWS_PER_THREAD, CpuLoad, Tuner, available_cores, blas_threads_setter_address,
                       loop_threads_safe, machine_cores, max_loop_threads, set_blas_threads, use_blas_threads,
                       use_loop_threads)
@@ -297,7 +297,7 @@ class CpuModel(Model):
         if c == 0:
             return self._grad
         while len(self._chunk_grads) < c:
-            self._chunk_grads.append(np.zeros(self.tables.n_params, self.tables.dtype))
+            self._chunk_grads.append(aligned_rows(1, self.tables.n_params, self.tables.dtype)[0])
         return self._chunk_grads[c - 1]
 
     def _run_address(self, found, at, args):
@@ -333,7 +333,7 @@ class CpuModel(Model):
         while len(self._lanes) < k:
             lane = object.__new__(type(self))
             lane.__dict__.update(self.__dict__)
-            lane._grad = np.zeros(self.tables.n_params, self.tables.dtype)
+            lane._grad = aligned_rows(1, self.tables.n_params, self.tables.dtype)[0]
             lane._ws = np.zeros(0, self.tables.dtype)
             lane._plans, lane._lanes, lane._chunk_grads = {}, [], []
             self._lanes.append(lane)
