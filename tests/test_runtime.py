@@ -871,3 +871,14 @@ def test_a_models_vectors_and_workspace_start_on_cache_lines():
     m.step(**random_data(module, n=4, seed=1))
     vectors = [m.theta, m._grad, m._ws, *m._state[module.LOSSES[0]]]
     assert all(v.flags.c_contiguous and v.ctypes.data % CACHE_LINE == 0 for v in vectors)
+
+
+def test_fits_batch_buffers_start_on_cache_lines():
+    from nndsl.runtime.cpu import _HostBatches
+    from nndsl.runtime.model import CACHE_LINE
+    data = {"x": np.arange(150, dtype=np.float32).reshape(10, 3, 5), "label": np.arange(10, dtype=np.int64)}
+    batches = _HostBatches(data, 4)
+    batch = batches.load(np.array([7, 2, 9]), {})
+    for k, v in data.items():
+        assert batches.buffers[k].shape == (4,) + v.shape[1:] and batches.buffers[k].ctypes.data % CACHE_LINE == 0
+        np.testing.assert_array_equal(batch[k], v[[7, 2, 9]])

@@ -410,11 +410,14 @@ class CpuModel(Model):
 
 
 class _HostBatches:
-    """`fit`'s batches on the host: rows gathered into buffers allocated once, not per step."""
+    """`fit`'s batches on the host: rows gathered into buffers allocated once, not per step,
+    each on a cache line (`aligned_rows`: the CNN benchmark's step 1 % faster from an
+    aligned image batch than from one 16 bytes past a line)."""
 
     def __init__(self, data, width):
         self.data = data
-        self.buffers = {k: np.empty((width,) + v.shape[1:], v.dtype) for k, v in data.items()}
+        self.buffers = {k: aligned_rows(1, width * math.prod(v.shape[1:]), v.dtype)[0].reshape((width,) + v.shape[1:])
+                        for k, v in data.items()}
 
     def load(self, rows, noise):
         # mode="clip": the rows are a permutation, and numpy buffers `out` under "raise"

@@ -469,6 +469,8 @@ def aligned_rows(rows, n, dtype):
     of those split across two cache lines: the update of the LSTM benchmark's 20,801
     parameters took 17-18 us, aligned 6.3-7.2."""
     itemsize = np.dtype(dtype).itemsize
+    if CACHE_LINE % itemsize:
+        return np.zeros((rows, n), dtype)          # no such numbers in a model: rows as they come
     per_line = CACHE_LINE // itemsize
     stride = -(-max(n, 1) // per_line) * per_line
     raw = np.zeros(rows * stride + per_line, dtype)
