@@ -207,7 +207,7 @@ _RESERVED = {"np", "nb", "math", "N", "F", "L", "theta", "grad", "ws", "seed", "
 
 def by_name(symbol) -> str:
     """The sort key of a symbol: its printed text (`str`), which for a plain Symbol is its
-    name; sympy's printer took 0.3 s of a 48-layer MLP's 0.9 s build sorting symbols so."""
+    name, read without sympy's printer (a 48-layer MLP's warm build 0.72 -> 0.67 s)."""
     return symbol.name if type(symbol) is sp.Symbol else str(symbol)
 
 

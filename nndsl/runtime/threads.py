@@ -211,8 +211,9 @@ class Tuner:
     as slow (`DISTRUST`) is not trusted for a minute: its probes score no better than the
     steps it slowed to (OpenBLAS's threads beside a busy core probe well for a few steps,
     then spin against the other program), unless the load says the machine is idle a while
-    later (`LOAD_LAG`): then a hiccup of the machine slowed it. Other ways are judged by their probes alone: a passing slowdown of the
-    split batch right after a probe had kept it out for a minute, for a way 1.5x slower.
+    later (`LOAD_LAG`): then a hiccup of the machine slowed it. Other ways are judged by
+    their probes alone: a passing slowdown of the split batch right after a probe had kept
+    it out for a minute, for a way 1.5x slower.
     A way that needs every core (the batch or the loops split) is probed only once OpenBLAS's
     threads have stopped spinning after the last step that used them (`SETTLE`; steps of the
     fastest one-thread way probed so far, `quiet`, run meanwhile): they spin ~0.1 s after
@@ -393,19 +394,18 @@ class Tuner:
         return sorted(times)[len(times) // 2]
 
     def _score(self, way):
-        """The typical probe step of `way`, or the step it slowed to within the last minute.
-        Where the load, a while after that slowdown (`LOAD_LAG`), says the machine is idle, no
-        program on a busy core slowed it but a hiccup of the machine (3.5x for 0.1 s, the MNIST
-        MLP), and its probes count again."""
+        """The typical probe step of `way`, or the step it slowed to (`slowed`)."""
         score = self._typical(self.best[way])
-        slowed, when = self.slowed.get(way, (0.0, None))
-        if when is not None:
-            since = self.clock() - when
-            if since >= self.LAST_WAIT or self.machine_idle and since >= self.LOAD_LAG:
-                del self.slowed[way]
-            else:
-                score = max(score, slowed)
-        return score
+        slowed, _ = self.slowed.get(way, (0.0, None))
+        return max(score, slowed)
+
+    def _forgive(self):
+        """Drop the slowdowns of more than a minute ago, and where the load says the machine is
+        idle a while after a slowdown (`LOAD_LAG`), that one too: no program on a busy core
+        slowed that way but a hiccup of the machine (3.5x for 0.1 s, the MNIST MLP)."""
+        now = self.clock()
+        self.slowed = {way: (slowed, when) for way, (slowed, when) in self.slowed.items()
+                       if now - when < self.LAST_WAIT and not (self.machine_idle and now - when >= self.LOAD_LAG)}
 
     def _probe(self, way, seconds):
         times = self.best.setdefault(way, [])
@@ -420,6 +420,7 @@ class Tuner:
     def _choose(self):
         """The round is over: the fastest way probed is the choice until the next."""
         before, baseline = self.choice, self.baseline
+        self._forgive()
         if self.best:
             self.choice = min(self.best, key=self._score)
             self.baseline = self._typical(self.best[self.choice])
