@@ -14,6 +14,7 @@ parameters and optimiser state (host copies), argument checks, `forward` from an
 - `_sync_host()` / `_state_changed()`: bring the host copies up to date / tell the target
   that they changed (a GPU keeps its own).
 """
+import math
 import os
 
 import numpy as np
@@ -478,12 +479,18 @@ def aligned_rows(rows, n, dtype):
     return raw[skip:skip + rows * stride].reshape(rows, stride)[:, :n]
 
 
+def aligned_zeros(shape, dtype):
+    """A C-contiguous array of zeros of `shape` that starts on a cache line (`aligned_rows`)."""
+    shape = tuple(shape) if isinstance(shape, tuple) else (int(shape),)
+    return aligned_rows(1, math.prod(shape), dtype)[0].reshape(shape)
+
+
 def fresh_workspace(size, dtype):
     """A new workspace of `size` elements: zeros, or NaN where NNDSL_POISON_WORKSPACE is set.
     Tensors that are never needed at once share the workspace's memory (the plan's
     `liveness.py`), which is sound only because no kernel reads what its plan has not
     written before; the tests check that with NaN in every element a plan finds there."""
-    ws = aligned_rows(1, size, dtype)[0]
+    ws = aligned_zeros(size, dtype)
     if os.environ.get("NNDSL_POISON_WORKSPACE"):
         ws[...] = np.nan
     return ws

@@ -379,7 +379,7 @@ class Tuner:
             # only BLAS threads probe well and then slow down (beside a busy core, 3-70x);
             # a passing hiccup of the machine (1.6-1.9x for a few steps on this VM) is not that
             if self._spins(self.choice) and typical >= self.DISTRUST * self.baseline:
-                self.slowed[self.choice] = (typical, self.clock())
+                self.slowed[self.choice] = (typical, now)
         if slow or now >= self.next_probe:
             self._start_probe()
 
